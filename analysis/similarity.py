@@ -1,0 +1,274 @@
+"""Representation-similarity measures: token cosine and linear CKA.
+
+Every function treats the last axis of its inputs as the feature axis and all
+leading axes as examples, so (B, T, D) token activations count as n = B*T
+examples of dimension D. Everything is pure ``jax.numpy`` with control flow
+decided only by static shapes, so the functions can be wrapped in ``jax.jit``
+and ``jax.vmap``. The public functions are themselves jitted (``debiased`` is
+static) so that eager calls in analysis loops compile once per shape instead
+of dispatching op by op; inside an outer jit they are simply inlined.
+
+Precision: work is done in the (inexact-promoted) input dtype. The HSIC terms
+of CKA are differences of large sums; centring and normalising the features
+first keeps float32 within ~1e-7 of a float64 evaluation (checked up to
+n = 4096, D = 1024 on CPU), but bfloat16/float16 inputs should be upcast by
+the caller. Matmuls request ``Precision.HIGHEST`` because the default on
+GPU/TPU may use TF32/bfloat16 passes, which are too coarse for those
+cancellations.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "token_cosine",
+    "stack_cosine_adjacent",
+    "stack_cosine_to_last",
+    "linear_cka",
+    "stack_cka",
+    "shuffled_null_cka",
+    "stack_cka_null",
+]
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def _examples(x: jax.Array) -> jax.Array:
+    """(..., D) -> (n, D) in an inexact dtype."""
+    x = jnp.asarray(x)
+    x = x.astype(jnp.result_type(x.dtype, float))
+    return x.reshape(-1, x.shape[-1])
+
+
+@jax.jit
+def token_cosine(x: jax.Array, y: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Mean per-position cosine similarity.
+
+    cos_i = <x_i, y_i> / max(||x_i|| ||y_i||, eps), averaged over every leading
+    position i. A zero vector gives cosine 0 rather than NaN.
+
+    Args:
+        x: (..., D) activations.
+        y: (..., D) activations, same shape as ``x``.
+        eps: floor on the norm product.
+
+    Returns:
+        Scalar mean cosine similarity.
+    """
+    x, y = _examples(x), _examples(y)
+    dot = jnp.sum(x * y, axis=-1)
+    sq = jnp.sum(x * x, axis=-1) * jnp.sum(y * y, axis=-1)
+    # Flooring the squared product before the sqrt keeps gradients finite at 0.
+    return jnp.mean(dot / jnp.sqrt(jnp.maximum(sq, eps * eps)))
+
+
+@jax.jit
+def stack_cosine_adjacent(h: jax.Array) -> jax.Array:
+    """Token cosine between consecutive layers.
+
+    Args:
+        h: (L, ..., D) stacked layer representations.
+
+    Returns:
+        (L-1,) array; entry l = token_cosine(h[l], h[l+1]).
+    """
+    return jax.vmap(token_cosine)(h[:-1], h[1:])
+
+
+@jax.jit
+def stack_cosine_to_last(h: jax.Array) -> jax.Array:
+    """Token cosine between every layer and the last one.
+
+    Args:
+        h: (L, ..., D) stacked layer representations.
+
+    Returns:
+        (L,) array; entry l = token_cosine(h[l], h[-1]).
+    """
+    return jax.vmap(token_cosine, in_axes=(0, None))(h, h[-1])
+
+
+def _prepare(x: jax.Array) -> jax.Array:
+    """(n, D) -> column-centred, unit-Frobenius-norm copy.
+
+    Both linear-CKA estimators are invariant to feature mean shifts and to
+    isotropic scaling, so this changes no result; it removes the large common
+    components whose cancellation costs precision and bounds the magnitudes so
+    big activations cannot overflow. A constant input stays zero (CKA = NaN).
+    """
+    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    norm = jnp.sqrt(jnp.sum(xc * xc))
+    return xc / jnp.where(norm > 0, norm, 1)
+
+
+def _gram_inner(x: jax.Array, y: jax.Array) -> jax.Array:
+    """tr(K L) = ||Xᵀ Y||_F² for K = X Xᵀ, L = Y Yᵀ, X (n, Dx), Y (n, Dy).
+
+    Chooses on static shapes whichever intermediate is smaller: the Dx×Dy
+    cross-covariance, or the two n×n Gram matrices when n² < Dx·Dy.
+    """
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    if n * n < dx * dy:
+        k = jnp.matmul(x, x.T, precision=_HIGHEST)
+        l = jnp.matmul(y, y.T, precision=_HIGHEST)
+        return jnp.sum(k * l)
+    c = jnp.matmul(x.T, y, precision=_HIGHEST)
+    return jnp.sum(c * c)
+
+
+def _hsic(x: jax.Array, y: jax.Array, debiased: bool) -> jax.Array:
+    """HSIC with linear kernels of prepared (n, Dx), (n, Dy) examples.
+
+    Biased (Gretton et al. 2005): HSIC_0 = tr(K H L H) / (n-1)², which for
+    centred columns is ||Xᵀ Y||_F² / (n-1)².
+
+    Debiased (Song et al. 2012, "Feature Selection via Dependence Maximization"),
+    with K̃, L̃ the Gram matrices with zeroed diagonals:
+        HSIC_1 = [tr(K̃ L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n-1)(n-2)) − 2/(n-2) · 1ᵀK̃L̃1]
+                 / (n(n-3)).
+    Every term is evaluated without forming K̃ or L̃, using a = diag K,
+    b = diag L: tr(K̃L̃) = tr(KL) − a·b, 1ᵀK̃1 = ||Xᵀ1||² − Σa and
+    K̃1 = X(Xᵀ1) − a.
+    """
+    n = x.shape[0]
+    cross = _gram_inner(x, y)
+    if not debiased:
+        return cross / (n - 1) ** 2
+    a = jnp.sum(x * x, axis=1)
+    b = jnp.sum(y * y, axis=1)
+    # Columns are centred, so Xᵀ1 is ~0; keeping it makes this the exact
+    # estimator on whatever the rounding left behind.
+    sx, sy = jnp.sum(x, axis=0), jnp.sum(y, axis=0)
+    k1 = jnp.matmul(x, sx, precision=_HIGHEST) - a
+    l1 = jnp.matmul(y, sy, precision=_HIGHEST) - b
+    trace = cross - jnp.dot(a, b)
+    sums = (jnp.sum(sx * sx) - jnp.sum(a)) * (jnp.sum(sy * sy) - jnp.sum(b))
+    total = trace + sums / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(k1, l1)
+    return total / (n * (n - 3))
+
+
+def _check_n(n: int, debiased: bool) -> None:
+    need = 4 if debiased else 2
+    if n < need:
+        kind = "debiased" if debiased else "biased"
+        raise ValueError(f"{kind} linear CKA needs n >= {need} examples, got {n}")
+
+
+def _flatten_stack(h: jax.Array) -> jax.Array:
+    """(L, ..., D) -> (L, n, D) in an inexact dtype."""
+    h = jnp.asarray(h)
+    h = h.astype(jnp.result_type(h.dtype, float))
+    return h.reshape(h.shape[0], -1, h.shape[-1])
+
+
+@partial(jax.jit, static_argnames="debiased")
+def linear_cka(x: jax.Array, y: jax.Array, debiased: bool = True) -> jax.Array:
+    """Linear centred kernel alignment (Kornblith et al. 2019).
+
+    CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = X Xᵀ, L = Y Yᵀ
+    ("Similarity of Neural Network Representations Revisited", ICML 2019).
+    The debiased variant uses the unbiased HSIC estimator of Song et al. 2012,
+    as in Nguyen, Raghu & Kornblith 2021 ("Do Wide and Deep Networks Learn the
+    Same Things?"); it reads ≈ 0 on independent data, whereas the biased one is
+    inflated when D is not small relative to n. It is not clipped and can be
+    slightly negative. Memory is O(n·D + D²) (n×n only when that is smaller).
+
+    Args:
+        x: (..., Dx) activations, flattened to (n, Dx).
+        y: (..., Dy) activations with the same leading shape, flattened to
+            (n, Dy).
+        debiased: use the unbiased HSIC estimator (needs n >= 4).
+
+    Returns:
+        Scalar CKA; invariant to orthogonal transforms and isotropic scaling of
+        either argument. NaN if either input is constant over examples.
+
+    Raises:
+        ValueError: if the leading shapes differ or n is too small.
+    """
+    if jnp.shape(x)[:-1] != jnp.shape(y)[:-1]:
+        raise ValueError(
+            f"leading shapes differ: {jnp.shape(x)[:-1]} vs {jnp.shape(y)[:-1]}")
+    x, y = _prepare(_examples(x)), _prepare(_examples(y))
+    _check_n(x.shape[0], debiased)
+    xy = _hsic(x, y, debiased)
+    return xy / jnp.sqrt(_hsic(x, x, debiased) * _hsic(y, y, debiased))
+
+
+def _pairwise_cka(hx: jax.Array, hy: jax.Array, debiased: bool) -> jax.Array:
+    """(L, n, D) prepared stacks -> (L, L) CKA of hx[i] against hy[j]."""
+    cross = jax.vmap(
+        lambda a: jax.vmap(lambda b: _hsic(a, b, debiased))(hy))(hx)
+    # Self-HSIC is invariant to a row permutation, so the unpermuted stack
+    # supplies the normaliser for both arguments.
+    self_hsic = jax.vmap(lambda a: _hsic(a, a, debiased))(hx)
+    return cross / jnp.sqrt(self_hsic[:, None] * self_hsic[None, :])
+
+
+@partial(jax.jit, static_argnames="debiased")
+def stack_cka(h: jax.Array, debiased: bool = True) -> jax.Array:
+    """Linear CKA between every pair of layers.
+
+    Args:
+        h: (L, ..., D) stacked layer representations.
+        debiased: see :func:`linear_cka`.
+
+    Returns:
+        (L, L) symmetric matrix; entry (i, j) = linear_cka(h[i], h[j]).
+    """
+    h = jax.vmap(_prepare)(_flatten_stack(h))
+    _check_n(h.shape[1], debiased)
+    return _pairwise_cka(h, h, debiased)
+
+
+@partial(jax.jit, static_argnames="debiased")
+def shuffled_null_cka(
+    x: jax.Array, y: jax.Array, key: jax.Array, debiased: bool = True
+) -> jax.Array:
+    """Linear CKA after permuting the examples of ``y``: a null baseline.
+
+    The permutation keeps each representation's marginal statistics but breaks
+    the example correspondence, so the value is what CKA reads on unrelated
+    representations of the same spectra.
+
+    Args:
+        x: (..., Dx) activations.
+        y: (..., Dy) activations with the same leading shape.
+        key: PRNG key; the permutation is jax.random.permutation(key, n).
+        debiased: see :func:`linear_cka`.
+
+    Returns:
+        Scalar CKA of x against y with shuffled examples.
+    """
+    y = _examples(y)
+    perm = jax.random.permutation(key, y.shape[0])
+    return linear_cka(_examples(x), y[perm], debiased)
+
+
+@partial(jax.jit, static_argnames="debiased")
+def stack_cka_null(
+    h: jax.Array, key: jax.Array, debiased: bool = True
+) -> jax.Array:
+    """Shuffled-example null for :func:`stack_cka`.
+
+    One permutation perm = jax.random.permutation(key, n) of the example axis
+    is applied to the second argument of every pair, so entry (i, j) equals
+    shuffled_null_cka(h[i], h[j], key).
+
+    Args:
+        h: (L, ..., D) stacked layer representations.
+        key: PRNG key.
+        debiased: see :func:`linear_cka`.
+
+    Returns:
+        (L, L) matrix (not symmetric, diagonal not 1).
+    """
+    h = jax.vmap(_prepare)(_flatten_stack(h))
+    _check_n(h.shape[1], debiased)
+    perm = jax.random.permutation(key, h.shape[1])
+    return _pairwise_cka(h, h[:, perm], debiased)

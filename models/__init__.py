@@ -1,0 +1,26 @@
+"""lnscope model zoo: Transformers of every layer-normalization placement (Flax NNX).
+
+    from models import ModelConfig, build_model, PLACEMENTS, NORMS, ARCHS
+    model = build_model(ModelConfig(arch="decoder", placement="b2t", layers=18), seed=0)
+    logits = model(tokens)
+"""
+
+from models.build import build_model, init_state
+from models.config import ARCHS, ModelConfig, StackSpec
+from models.norms import NORMS
+from models.placements import PLACEMENTS, Placement
+from models.transformer import ForwardOutput, Transformer, validate_tokens
+
+__all__ = [
+    "ARCHS",
+    "NORMS",
+    "PLACEMENTS",
+    "ForwardOutput",
+    "ModelConfig",
+    "Placement",
+    "StackSpec",
+    "Transformer",
+    "build_model",
+    "init_state",
+    "validate_tokens",
+]

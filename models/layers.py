@@ -1,0 +1,148 @@
+"""Sublayers (multi-head attention, position-wise FFN), their initializers, and the embeddings.
+
+Sublayers know nothing of placements: a placement decides what goes into them and what happens to
+their output. The few placement-owned pieces that live *inside* a sublayer (HybridNorm's per-head
+q/k/v norms, NormFormer's head scales and mid-FFN norm) are passed in at call time by the block.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+from models.sites import Taps
+
+NormFn = Callable[[str, jax.Array], jax.Array]
+
+# Projection roles a placement may rescale at init (DeepNorm's β, B2T's L^-1/2, GPT-2's 1/sqrt(2L)).
+ROLES: tuple[str, ...] = ("q", "k", "v", "o", "w1", "w2")
+
+
+def init_weight(
+    key: jax.Array, fan_in: int, fan_out: int, cfg: ModelConfig, gain: float = 1.0
+) -> jax.Array:
+    """A (fan_in, fan_out) projection drawn by `cfg.init`, times `gain`.
+
+    xavier_uniform: U(±gain·sqrt(6/(fan_in+fan_out))) (Glorot & Bengio 2010; fairseq's default).
+    xavier_normal: N(0, gain²·2/(fan_in+fan_out)) (DeepNorm's paper init when gain = β).
+    normal: N(0, (0.02·gain)²) (GPT-2).
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    shape = (fan_in, fan_out)
+    if cfg.init == "xavier_uniform":
+        limit = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+    if cfg.init == "xavier_normal":
+        return gain * math.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, dtype)
+    return 0.02 * gain * jax.random.normal(key, shape, dtype)
+
+
+class Linear(nnx.Module):
+    """y = x W (+ b), W of shape (fan_in, fan_out)."""
+
+    def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig, rngs: nnx.Rngs, gain: float = 1.0):
+        self.weight = nnx.Param(init_weight(rngs.params(), fan_in, fan_out, cfg, gain))
+        self.bias = nnx.Param(jnp.zeros((fan_out,), jnp.dtype(cfg.dtype))) if cfg.bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.weight[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Attention(nnx.Module):
+    """Multi-head attention W_O · concat_h softmax(q_h k_hᵀ / sqrt(d_h)) v_h (Vaswani et al. 2017).
+
+    q = W_Q x; k = W_K m, v = W_V m with m = x (self-attention) or the encoder memory (cross).
+    """
+
+    def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
+        d = cfg.d_model
+        self.heads = cfg.heads
+        self.q = Linear(d, d, cfg, rngs, gains.get("q", 1.0))
+        self.k = Linear(d, d, cfg, rngs, gains.get("k", 1.0))
+        self.v = Linear(d, d, cfg, rngs, gains.get("v", 1.0))
+        self.o = Linear(d, d, cfg, rngs, gains.get("o", 1.0))
+
+    def __call__(
+        self,
+        x: jax.Array,  # (B, T, D)
+        memory: jax.Array | None,  # (B, S, D) for cross-attention
+        *,
+        causal: bool,
+        taps: Taps,
+        name: str,
+        qkv_norm: NormFn | None = None,
+        head_scale: jax.Array | None = None,  # (H,)
+    ) -> jax.Array:
+        source = x if memory is None else memory
+        batch, t_len, d = x.shape
+        split = lambda a: a.reshape(a.shape[:-1] + (self.heads, d // self.heads))  # (B, T, H, Dh)
+        q, k, v = split(self.q(x)), split(self.k(source)), split(self.v(source))
+        if qkv_norm is not None:
+            q, k, v = qkv_norm("q", q), qkv_norm("k", k), qkv_norm("v", v)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // self.heads)
+        if causal:
+            mask = jnp.tril(jnp.ones((t_len, source.shape[1]), bool))
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), axis=-1)
+        entropy = -jnp.sum(probs * jnp.log(jnp.clip(probs, jnp.finfo(probs.dtype).tiny)), axis=-1)
+        taps.stat(f"{name}_entropy", jnp.mean(entropy, axis=(0, 2)))  # (H,)
+        heads_out = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)  # (B, T, H, Dh)
+        if head_scale is not None:
+            # NormFormer's paper form: scale each head before W_O (fairseq scales after W_O).
+            heads_out = heads_out * head_scale[:, None].astype(heads_out.dtype)
+        return self.o(heads_out.reshape(batch, t_len, d))
+
+
+class FeedForward(nnx.Module):
+    """FF(x) = W2 · act(W1 x + b1) + b2, with an optional norm on the hidden (NormFormer's LN_ffn)."""
+
+    def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
+        self.w1 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w1", 1.0))
+        self.w2 = Linear(cfg.d_ff, cfg.d_model, cfg, rngs, gains.get("w2", 1.0))
+        self.act = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}[cfg.activation]
+
+    def __call__(self, x: jax.Array, mid_norm: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+        hidden = self.act(self.w1(x))
+        if mid_norm is not None:
+            hidden = mid_norm(hidden)
+        return self.w2(hidden)
+
+
+def sinusoidal_positions(length: int, d: int, dtype: jnp.dtype) -> jax.Array:
+    """Fixed positional encodings (Vaswani et al. 2017), (length, d), sin in the first half (fairseq)."""
+    half = d // 2
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    angle = jnp.arange(length, dtype=jnp.float32)[:, None] * freq[None, :]
+    table = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+    if d % 2:
+        table = jnp.pad(table, ((0, 0), (0, 1)))
+    return table.astype(dtype)
+
+
+class Embedding(nnx.Module):
+    """Token embedding × scale (+ positions); shared by encoder and decoder of an encdec model."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        std = cfg.embed_std if cfg.embed_std is not None else cfg.d_model**-0.5
+        self.scale = cfg.embed_scale if cfg.embed_scale is not None else math.sqrt(cfg.d_model)
+        self.table = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.vocab, cfg.d_model), dtype))
+        self.pos_kind = cfg.pos
+        if cfg.pos == "learned":
+            self.pos = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), dtype))
+        else:
+            self.pos = None
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:  # (B, T) -> (B, T, D)
+        x = self.table[...][tokens] * self.scale
+        if self.pos_kind == "learned":
+            x = x + self.pos[...][: tokens.shape[1]]
+        elif self.pos_kind == "sinusoidal":
+            x = x + sinusoidal_positions(tokens.shape[1], x.shape[-1], x.dtype)
+        return x

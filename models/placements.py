@@ -1,0 +1,401 @@
+"""The placement registry: how norms and residual connections are wired in one block.
+
+A placement is data. Each entry of `PLACEMENTS` holds one small wiring function per sublayer kind
+(`attn`, `cross`, `mlp`) whose docstring is its equation and citation, the norm slots the block must
+build, and the stack-level properties (final norm, embedding norm, a second stream, depth-dependent
+constants, init rescaling, per-layer parameters, layer segments). The block never branches on a
+placement's name. Adding a placement = one wiring function + one `Placement` entry; every test
+parametrized over `PLACEMENTS` picks it up.
+
+A wiring function maps `(s: Sub, stream) -> stream`, where `stream` is a dict holding the residual
+stream `x` (and `dual` for ResiDual), and `s` gives the sublayer's operations:
+    s.branch(h)          S(h): the sublayer itself (tapped as `{kind}_out`)
+    s.norm(slot, z)      the norm in `slot` applied to z (its input and output are tapped)
+    s.param(name)        a per-layer placement parameter (Admin's ω, ReZero's α, ...)
+    s.const(name)        a static constant of the stack (DeepNorm's α, λ, ...)
+    s.site(name, v)      an extra named probe site (e.g. B2T's bottom-to-top path)
+    s.layer_input        the stream entering the layer; s.is_last: last sublayer of the layer
+Equations and paper-vs-code differences: shared/spec/placements.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig, StackSpec
+
+Stream = dict[str, jax.Array]
+Consts = Mapping[str, Any]
+
+
+class Sub(Protocol):
+    kind: str
+    is_last: bool
+    layer_input: jax.Array
+
+    def branch(self, h: jax.Array) -> jax.Array: ...
+    def norm(self, slot: str, z: jax.Array, step: int = 1) -> jax.Array: ...
+    def param(self, name: str) -> jax.Array: ...
+    def const(self, name: str) -> Any: ...
+    def site(self, name: str, value: jax.Array) -> jax.Array: ...
+
+
+Wire = Callable[[Sub, Stream], Stream]
+KINDS = ("attn", "cross", "mlp")
+
+
+def _x(stream: Stream, x: jax.Array) -> Stream:
+    return {**stream, "x": x}
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring functions: one residual sublayer each.
+# --------------------------------------------------------------------------------------------
+def post_ln(s: Sub, st: Stream) -> Stream:
+    """Post-LN: h ← LN(h + S(h)). Vaswani et al. 2017; fairseq `normalize_before=False`."""
+    h = st["x"]
+    return _x(st, s.norm("ln", h + s.branch(h)))
+
+
+def pre_ln(s: Sub, st: Stream) -> Stream:
+    """Pre-LN: h ← h + S(LN(h)), final LN after the stack. Xiong et al. 2020 (Table 1)."""
+    h = st["x"]
+    return _x(st, h + s.branch(s.norm("ln", h)))
+
+
+def b2t(s: Sub, st: Stream) -> Stream:
+    """B2T connection: Post-LN, and the last LN of each layer also receives the layer input x.
+
+    Encoder: h = LN_a(x + SA(x)); x' = LN_f(x + h + FF(h)). Decoder: the CA sublayer is Post-LN and
+    only the FFN's LN gets + x. Takase, Kiyono, Kobayashi, Suzuki 2022/2023, arXiv 2206.00330.
+    """
+    h = st["x"]
+    z = h + s.branch(h)
+    if s.is_last:  # the bottom-to-top term is added once per layer, before its last LN
+        z = z + s.site("b2t_skip", s.layer_input)
+    return _x(st, s.norm("ln", z))
+
+
+def residual(s: Sub, st: Stream) -> Stream:
+    """ResiDual (Pre-Post-LN): f = S(a); u ← u + s·f; a ← LN(a + f); stack out = a_L + LN_out(u_L).
+
+    Two streams: `x` is the Post-LN stream a, `dual` the un-normalized accumulation u. Every
+    sublayer reads only a. Xie et al. 2023, arXiv 2304.14802 (`ResiDualEncoderLayer.forward`).
+    """
+    a = st["x"]
+    f = s.branch(a)
+    return {**st, "x": s.norm("ln", a + f), "dual": st["dual"] + s.const("dual_scale") * f}
+
+
+def skip_scale(s: Sub, st: Stream) -> Stream:
+    """xSkip+LN: h ← LN(λ·h + S(h)), λ fixed (λ = 1 is Post-LN; norm='identity' gives xSkip).
+
+    Liu, Ren, Zhang, Sun, Zou 2021, "Rethinking Skip Connection with Layer Normalization", arXiv 2105.07205.
+    """
+    h = st["x"]
+    return _x(st, s.norm("ln", s.const("skip_lambda") * h + s.branch(h)))
+
+
+def rsln(s: Sub, st: Stream) -> Stream:
+    """rSkip+LN (recursive skip with LN): y₁ = LN(h + S(h)); y_k = LN(h + y_{k−1}), k = 2..λ.
+
+    Liu, Ren et al. 2021, arXiv 2105.07205. λ = 1 is Post-LN. The paper does not say whether the λ
+    applications share parameters; here one norm per sublayer is applied λ times (shared gain/bias).
+    """
+    h = st["x"]
+    y = s.norm("ln", h + s.branch(h))
+    for step in range(2, s.const("rsln_steps") + 1):
+        y = s.norm("ln", h + y, step=step)
+    return _x(st, y)
+
+
+def deepnorm(s: Sub, st: Stream) -> Stream:
+    """DeepNorm: h ← LN(α·h + S(h)); W_V, W_O, W1, W2 initialized with gain β.
+
+    Wang, Ma, Dong, Huang, Zhang, Wei 2022, "DeepNet: Scaling Transformers to 1,000 Layers",
+    arXiv 2203.00555; α, β from `deepnorm_constants`.
+    """
+    h = st["x"]
+    return _x(st, s.norm("ln", s.const("deepnorm_alpha") * h + s.branch(h)))
+
+
+def admin(s: Sub, st: Stream) -> Stream:
+    """Admin: x_i = LN(ω_i ⊙ x_{i−1} + f_i(x_{i−1})), ω_i ∈ R^d set at init (profiled or constant).
+
+    Liu, Liu, Gao, Chen, Han 2020, "Understanding the Difficulty of Training Transformers",
+    arXiv 2004.08249; see `models.admin` for the profiling.
+    """
+    h = st["x"]
+    return _x(st, s.norm("ln", s.param("omega") * h + s.branch(h)))
+
+
+def sandwich(s: Sub, st: Stream) -> Stream:
+    """Sandwich-LN / Peri-LN: h ← h + LN_out(S(LN(h))), final LN after the stack.
+
+    Ding et al. 2021 (CogView, `third_/fourth_layernorm`); Kim et al. 2025 (Peri-LN, arXiv 2502.02732).
+    """
+    h = st["x"]
+    return _x(st, h + s.norm("ln_out", s.branch(s.norm("ln", h))))
+
+
+def hybrid_attention(s: Sub, st: Stream) -> Stream:
+    """HybridNorm attention: h' = h + W_O·Attn(N_q(W_Q h), N_k(W_K h), N_v(W_V h)) (per-head norms).
+
+    Zhuo et al. 2025, "HybridNorm", arXiv 2503.04598; the q/k/v norm slots are applied inside S.
+    """
+    h = st["x"]
+    return _x(st, h + s.branch(h))
+
+
+def hybrid_ffn(s: Sub, st: Stream) -> Stream:
+    """HybridNorm FFN (post-norm residual): y = N(h'); h ← y + FF(y). Zhuo et al. 2025."""
+    y = s.norm("ln", st["x"])
+    return _x(st, y + s.branch(y))
+
+
+def normformer_attention(s: Sub, st: Stream) -> Stream:
+    """NormFormer attention: h ← h + LN_out(HS(MHA(LN(h)))), HS = learnable per-head scales (before W_O).
+
+    Shleifer, Weston, Ott 2021, arXiv 2110.09456 (paper form; fairseq scales after W_O).
+    """
+    h = st["x"]
+    return _x(st, h + s.norm("ln_out", s.branch(s.norm("ln", h))))
+
+
+def normformer_ffn(s: Sub, st: Stream) -> Stream:
+    """NormFormer FFN: h ← λ_res ⊙ h + W2·LN_mid(act(W1·LN(h))), λ_res = 1 unless enabled and learned."""
+    h = st["x"]
+    return _x(st, s.param("resid_scale") * h + s.branch(s.norm("ln", h)))
+
+
+def rezero(s: Sub, st: Stream) -> Stream:
+    """ReZero: h ← h + α·S(h), α = 0 at init, one α per layer shared by its sublayers (official code).
+
+    Bachlechner et al. 2020, "ReZero is All You Need", arXiv 2003.04887 (`RZTXEncoderLayer`).
+    """
+    h = st["x"]
+    return _x(st, h + s.param("alpha") * s.branch(h))
+
+
+def plain(s: Sub, st: Stream) -> Stream:
+    """No normalization: h ← h + S(h). A control (He et al. 2016 residual)."""
+    h = st["x"]
+    return _x(st, h + s.branch(h))
+
+
+# --------------------------------------------------------------------------------------------
+# Stack-level hooks.
+# --------------------------------------------------------------------------------------------
+def start_single(e: jax.Array, consts: Consts) -> Stream:
+    return {"x": e}
+
+
+def start_dual(e: jax.Array, consts: Consts) -> Stream:
+    """ResiDual: a₀ = e, u₀ = s·e (the code's fp16 down-scaling)."""
+    return {"x": e, "dual": consts["dual_scale"] * e}
+
+
+def finish_single(st: Stream, final_norm: Callable[[jax.Array], jax.Array] | None, consts: Consts) -> jax.Array:
+    return st["x"] if final_norm is None else final_norm(st["x"])
+
+
+def finish_dual(st: Stream, final_norm: Callable[[jax.Array], jax.Array] | None, consts: Consts) -> jax.Array:
+    """ResiDual's stack output α·a_L + LN_out(u_L) with α = 1."""
+    return st["x"] + final_norm(st["dual"])
+
+
+def deepnorm_constants(arch: str, stack: str, enc_layers: int, dec_layers: int) -> tuple[float, float]:
+    """DeepNorm's (α, β) for a stack (Wang et al. 2022, Table/Fig. 2; torchscale, Transformer-Clinic).
+
+    encoder-only: ((2N)^¼, (8N)^-¼); decoder-only: ((2M)^¼, (8M)^-¼);
+    encdec encoder: (0.81·(N⁴M)^1/16, 0.87·(N⁴M)^-1/16); encdec decoder: ((3M)^¼, (12M)^-¼).
+    """
+    n, m = enc_layers, dec_layers
+    if arch == "encdec":
+        if stack == "encoder":
+            return 0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)
+        return (3 * m) ** 0.25, (12 * m) ** -0.25
+    depth = n if stack == "encoder" else m
+    return (2 * depth) ** 0.25, (8 * depth) ** -0.25
+
+
+def residual_sublayers(spec: StackSpec) -> int:
+    """n, the number of residual sublayers of a stack (2N encoder, 3M encdec decoder, 2M decoder-only)."""
+    return spec.layers * len(spec.sublayers)
+
+
+def admin_constant_omega(n: int) -> float:
+    """admin_torch's profiling-free ω = sqrt((n+1)/ln(n+1) − 1), the O(log n) output-change choice."""
+    return math.sqrt((n + 1) / math.log(n + 1) - 1)
+
+
+def _no_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    return {}
+
+
+def _no_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    return {}
+
+
+def _no_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    return {}
+
+
+def _all(fn: Wire) -> dict[str, Wire]:
+    return {kind: fn for kind in KINDS}
+
+
+def _slots(*slots: str) -> dict[str, tuple[str, ...]]:
+    return {kind: slots for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A registry entry: the wiring of one placement and the stack-level properties it needs."""
+
+    name: str
+    wiring: Mapping[str, Wire]
+    norm_slots: Mapping[str, tuple[str, ...]]
+    reference: str
+    final_norm: bool = False
+    embed_norm: bool = False
+    start: Callable[[jax.Array, Consts], Stream] = start_single
+    finish: Callable[..., jax.Array] = finish_single
+    constants: Callable[[ModelConfig, StackSpec], dict[str, Any]] = _no_consts
+    init_gains: Callable[[ModelConfig, StackSpec], dict[str, float]] = _no_gains
+    # {"attn" | "cross" | "mlp" | "layer": {name: initial value (per layer)}}; "layer" = shared
+    layer_params: Callable[[ModelConfig, StackSpec], dict[str, dict[str, jax.Array]]] = _no_params
+    # Layers in consecutive segments of different wiring (Mix-LN); None = one segment of `wiring`.
+    segments: Callable[[ModelConfig, StackSpec], tuple[tuple[Mapping[str, Wire], int], ...]] | None = None
+    # Whether ModelConfig.admin_init="profile" applies (ω set from activation variances at init).
+    profiled: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def layer_segments(self, cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
+        if self.segments is None:
+            return ((self.wiring, spec.layers),)
+        return tuple((w, n) for w, n in self.segments(cfg, spec) if n > 0)
+
+
+def _residual_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    return {"dual_scale": cfg.residual_scale}
+
+
+def _b2t_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    # Official code (`rescaling_init`, commit 4d80167): every projection weight × L^-1/2, not LN, not biases.
+    if not cfg.b2t_rescale:
+        return {}
+    return {role: spec.layers**-0.5 for role in ("q", "k", "v", "o", "w1", "w2")}
+
+
+def _deepnorm_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    alpha, _ = deepnorm_constants(spec.arch, spec.name, spec.enc_layers, spec.dec_layers)
+    return {"deepnorm_alpha": alpha}
+
+
+def _deepnorm_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    _, beta = deepnorm_constants(spec.arch, spec.name, spec.enc_layers, spec.dec_layers)
+    return {"v": beta, "o": beta, "w1": beta, "w2": beta}
+
+
+def _admin_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    # "profile" starts from ω = 1 (Post-LN) and is overwritten by models.admin.profile_admin.
+    omega = 1.0 if cfg.admin_init == "profile" else admin_constant_omega(residual_sublayers(spec))
+    value = jnp.full((cfg.d_model,), omega, jnp.dtype(cfg.dtype))
+    return {kind: {"omega": value} for kind in spec.sublayers}
+
+
+def _rezero_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    return {"layer": {"alpha": jnp.zeros((), jnp.dtype(cfg.dtype))}}
+
+
+def _normformer_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    dtype = jnp.dtype(cfg.dtype)
+    params = {"attn": {"head_scale": jnp.ones((cfg.heads,), dtype)}}
+    # λ_res is a parameter only when enabled (fairseq --scale-resids); otherwise the constant 1.
+    params["mlp"] = {"resid_scale": jnp.ones((cfg.d_model,), dtype)} if cfg.normformer_resid_scale else {}
+    return params
+
+
+def _normformer_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    return {"resid_scale": 1.0}
+
+
+def _mix_segments(cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
+    n_post = math.floor(cfg.mix_post_fraction * spec.layers)
+    return ((_all(post_ln), n_post), (_all(pre_ln), spec.layers - n_post))
+
+
+PLACEMENTS: dict[str, Placement] = {
+    p.name: p
+    for p in (
+        Placement("post", _all(post_ln), _slots("ln"), "Vaswani et al. 2017"),
+        Placement("pre", _all(pre_ln), _slots("ln"), "Xiong et al. 2020", final_norm=True),
+        Placement("b2t", _all(b2t), _slots("ln"), "Takase et al. 2022", init_gains=_b2t_gains),
+        Placement(
+            "residual",
+            _all(residual),
+            _slots("ln"),
+            "Xie et al. 2023 (ResiDual)",
+            final_norm=True,
+            start=start_dual,
+            finish=finish_dual,
+            constants=_residual_consts,
+        ),
+        Placement(
+            "skip_scale",
+            _all(skip_scale),
+            _slots("ln"),
+            "Liu, Ren et al. 2021 (xSkip+LN)",
+            constants=lambda cfg, spec: {"skip_lambda": cfg.skip_lambda},
+        ),
+        Placement(
+            "rsln",
+            _all(rsln),
+            _slots("ln"),
+            "Liu, Ren et al. 2021 (rSkip+LN)",
+            constants=lambda cfg, spec: {"rsln_steps": cfg.rsln_steps},
+        ),
+        Placement(
+            "deepnorm",
+            _all(deepnorm),
+            _slots("ln"),
+            "Wang et al. 2022 (DeepNet)",
+            constants=_deepnorm_consts,
+            init_gains=_deepnorm_gains,
+        ),
+        Placement(
+            "admin", _all(admin), _slots("ln"), "Liu et al. 2020 (Admin)", layer_params=_admin_params, profiled=True
+        ),
+        Placement("sandwich", _all(sandwich), _slots("ln", "ln_out"), "Ding et al. 2021 (CogView)", final_norm=True),
+        Placement(
+            "peri", _all(sandwich), _slots("ln", "ln_out"), "Kim et al. 2025 (Peri-LN)", final_norm=True, embed_norm=True
+        ),
+        Placement(
+            "mix", _all(pre_ln), _slots("ln"), "Li, Yin, Liu 2024 (Mix-LN)", final_norm=True, segments=_mix_segments
+        ),
+        Placement(
+            "hybrid",
+            {"attn": hybrid_attention, "cross": hybrid_attention, "mlp": hybrid_ffn},
+            {"attn": ("q", "k", "v"), "cross": ("q", "k", "v"), "mlp": ("ln",)},
+            "Zhuo et al. 2025 (HybridNorm)",
+            final_norm=True,
+        ),
+        Placement(
+            "normformer",
+            {"attn": normformer_attention, "cross": pre_ln, "mlp": normformer_ffn},
+            {"attn": ("ln", "ln_out"), "cross": ("ln",), "mlp": ("ln", "mid")},
+            "Shleifer et al. 2021 (NormFormer)",
+            final_norm=True,
+            layer_params=_normformer_params,
+            constants=_normformer_consts,
+        ),
+        Placement("rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params),
+        Placement("none", _all(plain), _slots(), "plain residual (control)"),
+    )
+}

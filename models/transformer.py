@@ -1,0 +1,99 @@
+"""The Transformer: embeddings, one or two scanned stacks, and an output head.
+
+`model(tokens)` / `model(src, tgt)` return logits; `model.forward(...)` also returns every probe
+site (with optional zero perturbations added) and attention statistics, which is what the probes
+differentiate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.config import ModelConfig
+from models.layers import Embedding
+from models.stack import Stack
+
+
+class ForwardOutput(NamedTuple):
+    logits: jax.Array  # (B, T, vocab), float32 at least
+    sites: dict  # {stack: {"layers": {site: (L, B, T, ...)}, "stack": {site: (B, T, D)}}}
+    stats: dict  # {stack: {"layers": {stat: (L, ...)}, "stack": {}}}
+
+
+def validate_tokens(cfg: ModelConfig, *inputs: Any) -> None:
+    """Raise ValueError for a wrong number of inputs, non-2D or over-long sequences, or token ids out
+    of [0, vocab). Values are checked only when concrete (not under jit tracing); shapes always."""
+    expected = 2 if cfg.arch == "encdec" else 1
+    if len(inputs) != expected:
+        raise ValueError(
+            f"arch={cfg.arch!r} takes {expected} token array(s) "
+            f"({'src, tgt' if expected == 2 else 'tokens'}), got {len(inputs)}"
+        )
+    for name, tokens in zip(("src", "tgt") if expected == 2 else ("tokens",), inputs):
+        shape = np.shape(tokens)
+        if len(shape) != 2:
+            raise ValueError(f"{name} must be an int array of shape (batch, length), got shape {shape}")
+        if shape[1] > cfg.max_len:
+            raise ValueError(f"{name} has length {shape[1]} > max_len={cfg.max_len}")
+        if not jnp.issubdtype(jnp.asarray(tokens).dtype if not isinstance(tokens, jax.core.Tracer) else tokens.dtype, jnp.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+        if not isinstance(tokens, jax.core.Tracer) and shape[0] * shape[1] > 0:
+            values = np.asarray(tokens)
+            low, high = int(values.min()), int(values.max())
+            if low < 0 or high >= cfg.vocab:
+                bad = high if high >= cfg.vocab else low
+                raise ValueError(f"{name} holds token id {bad}; valid ids are 0..{cfg.vocab - 1} (vocab={cfg.vocab})")
+
+
+class Transformer(nnx.Module):
+    """Encoder, decoder-only or encoder-decoder Transformer of one placement (see ModelConfig)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embedding(cfg, rngs)
+        self.stacks = nnx.Dict({spec.name: Stack(cfg, spec, rngs) for spec in cfg.stacks()})
+        if cfg.tie_embeddings:
+            self.head = None
+        else:
+            std = cfg.d_model**-0.5
+            self.head = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab), jnp.dtype(cfg.dtype)))
+
+    def __call__(self, *inputs: jax.Array) -> jax.Array:
+        """Logits (B, T, vocab) for `tokens` (encoder/decoder) or `src, tgt` (encdec)."""
+        return self.forward(*inputs, record=False).logits
+
+    def forward(
+        self,
+        *inputs: jax.Array,
+        perturb: Mapping[str, Any] | None = None,
+        record: bool = True,
+        dropout_key: jax.Array | None = None,
+    ) -> ForwardOutput:
+        """Logits plus probe sites; `perturb` mirrors `sites` (zeros) and is added at each site."""
+        validate_tokens(self.cfg, *inputs)
+        perturb = perturb or {}
+        keys = dict(zip(self.stacks, (None,) * 2)) if dropout_key is None else dict(
+            zip(("encoder", "decoder"), jax.random.split(dropout_key))
+        )
+        sites, stats, memory = {}, {}, None
+        if "encoder" in self.stacks:
+            memory, sites["encoder"], stats["encoder"] = self.stacks["encoder"](
+                self.embed(inputs[0]), perturb=perturb.get("encoder"), record=record, dropout_key=keys.get("encoder")
+            )
+            out = memory
+        if "decoder" in self.stacks:
+            out, sites["decoder"], stats["decoder"] = self.stacks["decoder"](
+                self.embed(inputs[-1]),
+                memory=memory,
+                perturb=perturb.get("decoder"),
+                record=record,
+                dropout_key=keys.get("decoder"),
+            )
+        head = self.embed.table[...].T if self.head is None else self.head[...]
+        logits = out @ head
+        return ForwardOutput(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), sites, stats)

@@ -24,6 +24,12 @@ from models.sites import Taps
 RESID_AFTER = {"attn": "resid_mid", "cross": "resid_mid_cross", "mlp": "resid_post"}
 
 
+def sublayer_input_site(kinds: tuple[str, ...], kind: str) -> str:
+    """The stream site entering sublayer `kind` of a layer whose sublayers are `kinds`."""
+    index = kinds.index(kind)
+    return "resid_pre" if index == 0 else RESID_AFTER[kinds[index - 1]]
+
+
 def stream_site_name(key: str, site: str) -> str:
     """Site name of a stream entry: `x` is the residual stream, others are prefixed (`dual_resid_pre`)."""
     return site if key == "x" else f"{key}_{site}"

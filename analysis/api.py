@@ -1,0 +1,99 @@
+"""Python API for notebooks and scripts: probe models at initialization over many seeds.
+
+    from analysis import probe_at_init
+    df = probe_at_init(cfg, seeds=range(8), batch_size=8, seq_len=64, probes=("act_grad_norm", "cka"))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Mapping
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from analysis.loss import check_batch, random_batch
+from analysis.probes import CHEAP_PROBES, ProbeConfig, probe_program
+from analysis.tidy import to_frame
+from models import ModelConfig, init_state
+
+
+def _seed_list(seeds: Iterable[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed, e.g. range(4)")
+    bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0]
+    if bad:
+        raise ValueError(f"seeds must be non-negative integers, got {bad}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds contain duplicates: {seeds}")
+    return [int(s) for s in seeds]
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, given_batch: bool, chunk: int | None):
+    def one(seed, batch):
+        key = jax.random.key(seed)
+        graphdef, state = init_state(cfg, key)
+        if not given_batch:
+            batch = random_batch(cfg, jax.random.fold_in(key, 1), batch_size, seq_len)
+        return probe_program(graphdef, state, batch, cfg, pcfg, jax.random.fold_in(key, 2))
+
+    if chunk is None:
+        return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
+
+
+def probe_at_init(
+    cfg: ModelConfig,
+    seeds: Iterable[int] = range(4),
+    batch_size: int = 8,
+    seq_len: int = 32,
+    probes: Iterable[str] = CHEAP_PROBES,
+    *,
+    batch: Mapping[str, jax.Array] | None = None,
+    probe_config: ProbeConfig | None = None,
+    run: str = "",
+    seed_chunk: int | None = None,
+) -> pd.DataFrame:
+    """Probe freshly initialized models of `cfg`, one per seed, as a tidy DataFrame (analysis.tidy).
+
+    All seeds run in one compiled call (`jax.vmap` over seeds, model init and Admin profiling inside);
+    `seed_chunk` bounds memory by vmapping that many seeds at a time. Seed s is the model of
+    `build_model(cfg, s)`. The batch is random tokens drawn from each seed unless `batch` is given
+    (then the same batch for every seed).
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    seeds = _seed_list(seeds)
+    pcfg = probe_config if probe_config is not None else ProbeConfig(probes=tuple(probes))
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if seq_len > cfg.max_len:
+        raise ValueError(f"seq_len={seq_len} > max_len={cfg.max_len}")
+    if seed_chunk is not None and (not isinstance(seed_chunk, int) or seed_chunk < 1):
+        raise ValueError(f"seed_chunk must be an integer >= 1 or None, got {seed_chunk!r}")
+    if batch is not None:
+        check_batch(cfg, batch)
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    fn = _compiled(cfg, pcfg, batch_size, seq_len, batch is not None, seed_chunk)
+    result = jax.device_get(fn(jnp.asarray(seeds, jnp.uint32), batch))
+    return to_frame(result, cfg, seeds, run=run)
+
+
+def probe_model(
+    model: nnx.Module, batch: Mapping[str, jax.Array], probes: Iterable[str] = CHEAP_PROBES, *, seed: int = 0, run: str = ""
+) -> pd.DataFrame:
+    """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`."""
+    cfg = model.cfg
+    check_batch(cfg, batch)
+    pcfg = ProbeConfig(probes=tuple(probes))
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, jax.random.key(seed)))
+    result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
+    result = jax.tree.map(lambda a: np.asarray(a)[None], result)
+    return to_frame(result, cfg, [seed], run=run)

@@ -1,0 +1,422 @@
+"""Figures over the tidy result frame: layer profiles, CKA heatmaps, depth scaling.
+
+Every plot takes the tidy long DataFrame (one row per observation, columns ``run, arch, placement,
+norm, layers, d_model, seed, step, stack, layer, site, quantity, value, other_layer``) and an
+``Axes``, draws on it and returns it. Plots only select, aggregate over seeds and draw; they never
+compute probes and never import ``models`` (cockpit's compute/draw split). Each states the columns it
+needs and raises ``ValueError`` naming the missing columns, or the empty selection together with the
+values that were available.
+
+The seed spread is always drawn. The line is the median over seeds and the band (or error bar) is
+    - ``"minmax"``: min..max over seeds;
+    - ``"iqr"``: 25th..75th percentile over seeds;
+    - ``"ci"``: the line is the mean and the band mean +- t_{0.975, n-1} s / sqrt(n), the two-sided
+      95% Student-t interval (no band where n < 2).
+
+Selection: ``step=None`` takes each run's final recorded step, and ``where={column: value or list}``
+narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
+(say two depths mixed in one profile) is refused with the columns that differ, never averaged.
+
+Colors follow the order in which hue values first appear in the *whole* frame, so a placement keeps
+its color in every panel drawn from one frame.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+
+__all__ = ["plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling", "figure_grid", "save_figure"]
+
+Band = Literal["minmax", "iqr", "ci"]
+DPI = 130
+_LEGEND_INSIDE_MAX = 8  # more entries than this move outside the axes, in a smaller font
+_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI"}
+# Columns that tell configurations apart; named when a selection holds several rows per key.
+_CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")
+_MARKERS = "osD^vP*Xh<>p"
+
+
+class _AtLeast:
+    """Filter value meaning ``column >= bound`` (reads as ``layer>=0`` in error messages)."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+
+
+def _fmt(filters: Mapping[str, Any]) -> str:
+    return ", ".join(f"{c}>={v.bound}" if isinstance(v, _AtLeast) else f"{c}={v!r}"
+                     for c, v in filters.items())
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], who: str) -> None:
+    missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{who} needs columns {missing}, missing from the frame (it has {list(df.columns)})")
+
+
+def _select(df: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows matching every filter: a scalar means equality, a list/tuple/set membership.
+
+    Filters apply in order; the first one that empties the selection is reported with the values its
+    column takes among the rows that passed the earlier filters.
+    """
+    mask = np.ones(len(df), dtype=bool)
+    for col, want in filters.items():
+        if col not in df.columns:
+            raise ValueError(f"cannot filter on column {col!r}: the frame has {list(df.columns)}")
+        values = df[col]
+        if isinstance(want, _AtLeast):
+            hit = (values >= want.bound).to_numpy()
+        elif isinstance(want, (list, tuple, set, frozenset)):
+            hit = values.isin(list(want)).to_numpy()
+        else:
+            hit = (values == want).to_numpy()
+        if not (mask & hit).any():
+            available = sorted(pd.unique(values[mask]).tolist(), key=str)
+            raise ValueError(f"no rows with {_fmt(filters)}; available {col} values: {available}")
+        mask &= hit
+    return df[mask]
+
+
+def _at_step(sel: pd.DataFrame, step: int | None) -> pd.DataFrame:
+    """Rows at ``step``, or at each run's final recorded step when ``step`` is None."""
+    if step is None:
+        return sel[sel["step"] == sel.groupby("run")["step"].transform("max")]
+    return _select(sel, {"step": step})
+
+
+def _check_unique(sel: pd.DataFrame, keys: Sequence[str], who: str) -> None:
+    """One observation per key, else name the configuration columns that differ."""
+    dup = sel.duplicated(list(keys), keep=False)
+    if dup.any():
+        groups = sel[dup].groupby(list(keys))
+        varying = [c for c in _CONFIG_COLUMNS if c in sel.columns and c not in keys
+                   and groups[c].nunique().max() > 1]
+        raise ValueError(f"{who}: several rows per {tuple(keys)}; they differ in {varying}. "
+                         f"Pick one with where={{column: value}}")
+
+
+def _check_band(band: str) -> None:
+    if band not in _BAND_TEXT:
+        raise ValueError(f"band={band!r}; expected one of {list(_BAND_TEXT)}")
+
+
+@lru_cache(maxsize=None)
+def _t_ppf(q: float, dof: int) -> float:
+    """Quantile ``q`` (0.5 < q < 1) of Student's t with ``dof`` degrees of freedom, numpy only.
+
+    The CDF is 1/2 + the integral of the density from 0 to t (Simpson's rule, 2000 intervals), inverted
+    by bisection. Accurate to ~1e-7 against tabulated values (tested for dof = 1, 2, 4, 30).
+    """
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def cdf(t: float) -> float:
+        x = np.linspace(0.0, t, 2001)
+        pdf = np.exp(log_c - (dof + 1) / 2 * np.log1p(x * x / dof))
+        return 0.5 + t / 6000 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
+
+    lo, hi = 0.0, 2.0
+    while cdf(hi) < q:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
+    """Columns ``by + [center, lo, hi, n]``: the line and band over seeds for each group."""
+    g = sel.groupby(by, sort=True)["value"]
+    n = g.count()
+    if band == "minmax":
+        center, lo, hi = g.median(), g.min(), g.max()
+    elif band == "iqr":
+        center, lo, hi = g.median(), g.quantile(0.25), g.quantile(0.75)
+    else:
+        center = g.mean()
+        t = n.map(lambda k: _t_ppf(0.975, int(k) - 1) if k > 1 else np.nan)
+        half = t * g.std(ddof=1) / np.sqrt(n)
+        lo, hi = center - half, center + half
+    return pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n}).reset_index()
+
+
+def _auto_log(values: pd.Series) -> bool:
+    """Log scale when positive finite values span more than one decade; never with values <= 0."""
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
+
+
+def _styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
+    """Color, marker and line style per hue value, in order of first appearance in ``df``."""
+    order = list(pd.unique(df[hue].dropna()))
+    if len(order) <= 20:  # tab20's dark shades first (= tab10), then the light ones, dashed
+        tab20 = plt.get_cmap("tab20").colors
+        colors = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    else:
+        colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(order))))
+    return {h: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)],
+                "linestyle": "-" if i < 10 else "--"} for i, h in enumerate(order)}
+
+
+def _legend(ax: Axes, title: str, n: int) -> None:
+    if n > _LEGEND_INSIDE_MAX:  # outside, right of the axes; constrained layout makes room for it
+        ax.legend(title=title, fontsize="x-small", title_fontsize="x-small", loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, handlelength=1.6,
+                  ncols=1 if n <= 20 else 2, alignment="left")
+    else:
+        ax.legend(title=title, fontsize="small", title_fontsize="x-small", alignment="left")
+
+
+def _step_text(sel: pd.DataFrame) -> str:
+    steps = pd.unique(sel["step"])
+    return f"step {steps[0]}" if len(steps) == 1 else "final step"
+
+
+def plot_layer_profile(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, stack: str,
+                       hue: str = "placement", logy: bool | None = None, band: Band = "minmax",
+                       step: int | None = None, where: Mapping[str, Any] | None = None) -> Axes:
+    """Per-layer profile of one quantity at one site: one line per ``hue`` value, seed spread shaded.
+
+    Needs columns ``quantity, stack, site, layer, seed, step, run, value`` and ``hue``. Rows with
+    ``layer < 0`` (embedding / head) are left out.
+
+    Args:
+        df: tidy result frame.
+        ax: axes to draw on.
+        quantity: e.g. ``"act_grad_norm"``.
+        site: e.g. ``"resid_pre"``.
+        stack: ``"encoder"`` or ``"decoder"``.
+        hue: column giving one line per value.
+        logy: log y axis; None = automatic (log when the positive values span more than a decade,
+            never when any value is <= 0).
+        band: seed spread, ``"minmax"``, ``"iqr"`` or ``"ci"`` (see the module docstring).
+        step: training step; None = each run's final recorded step.
+        where: extra equality (scalar) or membership (list) filters, e.g. ``{"layers": 18}``.
+
+    Returns:
+        ``ax``.
+
+    Raises:
+        ValueError: missing columns, an empty selection, or several rows per (hue, layer, seed).
+    """
+    who = "plot_layer_profile"
+    _check_band(band)
+    _require(df, ["quantity", "stack", "site", "layer", "seed", "step", "run", "value", hue], who)
+    filters = {"quantity": quantity, "stack": stack, "site": site, "layer": _AtLeast(0), **(where or {})}
+    sel = _at_step(_select(df, filters), step)
+    _check_unique(sel, (hue, "layer", "seed"), who)
+    stats = _seed_stats(sel, [hue, "layer"], band)
+    styles = _styles(df, hue)
+    present = [h for h in styles if h in set(stats[hue])]
+    alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1  # many overlapping bands: lighter
+    for h in present:
+        x, center, lo, hi = stats.loc[stats[hue] == h, ["layer", "center", "lo", "hi"]].to_numpy(float).T
+        st = styles[h]
+        ax.plot(x, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=3, **st)
+        ax.fill_between(x, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
+    if logy or (logy is None and _auto_log(sel["value"])):
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # "auto": fit the axis length
+    ax.set_xlabel("layer (0 = bottom)")
+    ax.set_ylabel(f"{quantity} ({site})")
+    ax.set_title(f"{quantity} at {site}: {stack}, {_step_text(sel)}", fontsize="medium")
+    ax.grid(True, alpha=0.3, lw=0.5)
+    _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    return ax
+
+
+def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, quantity: str = "cka",
+                     site: str | None = None, step: int | None = None,
+                     where: Mapping[str, Any] | None = None, cmap: str = "viridis") -> Axes:
+    """Layer-by-layer similarity matrix, averaged over seeds, as an image with a colorbar.
+
+    Needs columns ``quantity, stack, placement, layer, other_layer, seed, step, run, value`` (and
+    ``site`` when ``site`` is given). Cell (row ``layer``, column ``other_layer``) is the seed mean;
+    pairs never measured are blank. The color range is fixed to [0, 1] (display clipping only, the
+    image data are the unclipped means) so panels compare.
+
+    Args:
+        df: tidy result frame.
+        ax: axes to draw on; the colorbar is taken from its figure.
+        stack: ``"encoder"`` or ``"decoder"``.
+        placement: the placement to show.
+        quantity: ``"cka"`` or ``"cka_null"``.
+        site: the residual site, when the frame holds several.
+        step: training step; None = each run's final recorded step.
+        where: extra filters, e.g. ``{"layers": 18}``.
+        cmap: colormap name.
+
+    Returns:
+        ``ax``.
+
+    Raises:
+        ValueError: missing columns, an empty selection, or several rows per (layer, other_layer, seed).
+    """
+    who = "plot_cka_heatmap"
+    _require(df, ["quantity", "stack", "placement", "layer", "other_layer", "seed", "step", "run", "value"]
+             + (["site"] if site is not None else []), who)
+    filters: dict[str, Any] = {"quantity": quantity, "stack": stack, "placement": placement}
+    if site is not None:
+        filters["site"] = site
+    filters |= {"layer": _AtLeast(0), "other_layer": _AtLeast(0), **(where or {})}
+    sel = _at_step(_select(df, filters), step)
+    _check_unique(sel, ("layer", "other_layer", "seed"), who)
+    mean = sel.groupby(["layer", "other_layer"])["value"].mean().unstack("other_layer")
+    size = int(max(mean.index.max(), mean.columns.max())) + 1  # pixel i sits at layer i
+    mat = mean.reindex(index=range(size), columns=range(size)).to_numpy(dtype=float)  # (layer, other)
+    im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap,
+                   interpolation="nearest")
+    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label(f"{quantity} (mean over {sel['seed'].nunique()} seeds)")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("other layer (0 = bottom)")
+    ax.set_ylabel("layer (0 = bottom)")
+    ax.set_title(f"{quantity}: {placement}, {stack} ({_step_text(sel)})", fontsize="medium")
+    return ax
+
+
+def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, stack: str,
+                       layer: Literal["last"] | int = "last", hue: str = "placement",
+                       band: Band = "minmax", logy: bool | None = True, step: int | None = None,
+                       where: Mapping[str, Any] | None = None, dodge: float = 0.03) -> Axes:
+    """Value at one layer against model depth, log-log, one line per ``hue`` value.
+
+    Needs columns ``quantity, stack, site, layer, layers, seed, step, run, value`` and ``hue``.
+    The point is the median over seeds, the error bar the seed spread (``band``).
+
+    Args:
+        df: tidy result frame.
+        ax: axes to draw on.
+        quantity: e.g. ``"act_grad_norm"``.
+        site: e.g. ``"resid_pre"``.
+        stack: ``"encoder"`` or ``"decoder"``.
+        layer: ``"last"`` (layer == layers - 1), a layer index >= 0, or a negative index counted from
+            the top (-1 = last).
+        hue: column giving one line per value.
+        band: seed spread, ``"minmax"``, ``"iqr"`` or ``"ci"``.
+        logy: log y axis (default); None = automatic as in ``plot_layer_profile``. Values <= 0 fall
+            back to a linear axis with a warning.
+        step: training step; None = each run's final recorded step.
+        where: extra filters, e.g. ``{"norm": "rms"}``.
+        dodge: relative x offset between neighbouring hue values (the group stays centred on the
+            depth), so error bars do not overlap; 0 puts every point exactly at its depth.
+
+    Returns:
+        ``ax``.
+
+    Raises:
+        ValueError: missing columns, an empty selection, a bad ``layer``, or duplicate rows.
+    """
+    who = "plot_depth_scaling"
+    _check_band(band)
+    _require(df, ["quantity", "stack", "site", "layer", "layers", "seed", "step", "run", "value", hue], who)
+    filters = {"quantity": quantity, "stack": stack, "site": site, **(where or {})}
+    sel = _at_step(_select(df, filters), step)
+    if layer == "last":
+        target, desc = sel["layers"] - 1, "last layer"
+    elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        target, desc = (sel["layers"] + layer if layer < 0 else layer), f"layer {layer}"
+    else:
+        raise ValueError(f"layer={layer!r}; expected 'last' or an int")
+    sel = sel[sel["layer"] == target]
+    if sel.empty:
+        raise ValueError(f"no rows with {_fmt(filters)} at the {desc}")
+    _check_unique(sel, (hue, "layers", "seed"), who)
+    stats = _seed_stats(sel, [hue, "layers"], band)
+    styles = _styles(df, hue)
+    present = [h for h in styles if h in set(stats[hue])]
+    for i, h in enumerate(present):
+        x, center, lo, hi = stats.loc[stats[hue] == h, ["layers", "center", "lo", "hi"]].to_numpy(float).T
+        x = x * (1.0 + dodge) ** (i - (len(present) - 1) / 2)
+        yerr = np.nan_to_num(np.stack([center - lo, hi - center]))  # no seed spread (n=1): no bar
+        ax.errorbar(x, center, yerr=yerr, label=str(h), capsize=2.5, lw=1.2, ms=4, **styles[h])
+    finite = sel["value"].to_numpy(dtype=float)
+    positive = bool((finite[np.isfinite(finite)] > 0).all())
+    if logy and not positive:
+        warnings.warn(f"{who}: {quantity} has values <= 0; using a linear y axis", stacklevel=2)
+    if (logy and positive) or (logy is None and _auto_log(sel["value"])):
+        ax.set_yscale("log")
+    depths = sorted(pd.unique(sel["layers"]))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(depths))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("model depth (layers)")
+    ax.set_ylabel(f"{quantity} ({site}, {desc})")
+    ax.set_title(f"{quantity} vs depth: {stack}, {_step_text(sel)}", fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3, lw=0.5)
+    _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    return ax
+
+
+def figure_grid(n_panels: int, ncols: int = 3,
+                panel_size: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, np.ndarray]:
+    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
+
+    Args:
+        n_panels: number of axes wanted (>= 1); grid cells beyond it are removed.
+        ncols: columns of the grid (fewer when ``n_panels`` is smaller).
+        panel_size: (width, height) of one panel in inches.
+
+    Returns:
+        ``(fig, axes)`` with ``axes`` a flat array of length ``n_panels``, row by row.
+    """
+    if n_panels < 1 or ncols < 1:
+        raise ValueError(f"need n_panels >= 1 and ncols >= 1, got {n_panels}, {ncols}")
+    ncols = min(ncols, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
+                             squeeze=False, layout="constrained")
+    flat = axes.ravel()
+    for ax in flat[n_panels:]:
+        fig.delaxes(ax)
+    return fig, flat[:n_panels]
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) -> Path:
+    """Write ``fig`` atomically and close it.
+
+    The image goes to a temporary file in the target directory, then ``os.replace`` moves it into
+    place, so a reader never sees a half-written file. The format follows the suffix (PNG when none).
+
+    Args:
+        fig: figure to save.
+        path: destination; parent directories are created.
+        dpi: resolution for raster formats.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
+        umask = os.umask(0)  # mkstemp makes the file 0600; give it the usual permissions instead
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path

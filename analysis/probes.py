@@ -1,0 +1,308 @@
+"""The probe program: loss, gradients and every requested probe in one jitted computation.
+
+Probes are pure functions of (graphdef, state, batch). Site gradients come from differentiating the
+loss with respect to all-zero perturbations added at every probe site of the forward (models.sites),
+so one backward pass yields ∂ℒ/∂θ and ∂ℒ/∂site for every site of every layer. Which probes run is
+static configuration: XLA compiles only what is asked.
+
+Result layout (a nested dict of arrays, no leading seed axis here):
+    {"loss": (), probe: {stack: {"layers": {site: (L, ...)}, "stack": {site: ()}}}}
+`stack` is "encoder", "decoder", or "model" (shared embedding and output head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from analysis import similarity
+from analysis.loss import Batch, loss_from_logits, model_inputs
+from models import ModelConfig
+from models.block import sublayer_input_site
+from models.sites import zeros_like_sites
+
+PROBES: dict[str, str] = {
+    "param_grad_norm": "‖∂ℒ/∂θ‖ per layer and per parameter group (attn, cross, mlp, norms, extra)",
+    "act_grad_norm": "‖∂ℒ/∂site‖ (Frobenius over batch and tokens) at every site of every layer",
+    "ln_jacobian_gain": "‖J_normᵀ g‖/‖g‖ for the actual upstream g, and the 1/σ(x) estimate",
+    "act_norm": "mean per-token RMS of every site",
+    "update_ratio": "mean per-token ‖S(x)‖/‖x‖ of each sublayer's contribution to the stream",
+    "cos_adjacent": "mean per-token cosine between consecutive layers (resid_pre and resid_post)",
+    "cos_to_last": "mean per-token cosine between each layer and the last one",
+    "cka": "linear CKA between every pair of layers' resid_post, and its shuffled-token null",
+    "attn_entropy": "mean attention entropy per layer and head (nats)",
+    "output_change": "E_tokens ‖F̂(θ + δ) − F̂(θ)‖² of the normalized stack output for a small step δ",
+    "hessian_top_eig": "top Hessian eigenvalue of the loss by power iteration on HVPs (costly)",
+}
+CHEAP_PROBES: tuple[str, ...] = (
+    "param_grad_norm",
+    "act_grad_norm",
+    "ln_jacobian_gain",
+    "act_norm",
+    "update_ratio",
+    "cos_adjacent",
+    "cos_to_last",
+    "cka",
+    "attn_entropy",
+)
+GRADIENT_PROBES = frozenset({"param_grad_norm", "act_grad_norm", "ln_jacobian_gain"})
+OUTPUT_CHANGE_MODES = ("sign_grad", "random_sign")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Which probes run, and their few settings.
+
+    Attributes:
+        probes: names from PROBES.
+        cka_debiased: unbiased-HSIC CKA (default; the biased one reads ≈0.2 on unrelated data).
+        similarity_sites: stream sites for the cosine probes.
+        output_change_lr: step size of δ on every layer parameter (embeddings and head frozen).
+        output_change_mode: "sign_grad" (δ = −lr·sign(∂ℒ/∂θ), an Adam-like first step; Liu et al.
+            2020 / spec §3.3) or "random_sign" (δ = lr·random signs).
+        hessian_iters: power-iteration steps of hessian_top_eig.
+    """
+
+    probes: tuple[str, ...] = CHEAP_PROBES
+    cka_debiased: bool = True
+    similarity_sites: tuple[str, ...] = ("resid_pre", "resid_post")
+    output_change_lr: float = 1e-4
+    output_change_mode: str = "sign_grad"
+    hessian_iters: int = 20
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probes, str):
+            raise ValueError(f"probes must be a tuple of names, got the string {self.probes!r}")
+        unknown = [p for p in self.probes if p not in PROBES]
+        if unknown:
+            raise ValueError(f"unknown probe(s) {unknown}; valid choices: {', '.join(PROBES)}")
+        if self.output_change_mode not in OUTPUT_CHANGE_MODES:
+            raise ValueError(
+                f"unknown output_change_mode {self.output_change_mode!r}; valid: {', '.join(OUTPUT_CHANGE_MODES)}"
+            )
+        if not (isinstance(self.output_change_lr, (int, float)) and 0 < self.output_change_lr < float("inf")):
+            raise ValueError(f"output_change_lr must be a finite number > 0, got {self.output_change_lr!r}")
+        if not isinstance(self.hessian_iters, int) or self.hessian_iters < 1:
+            raise ValueError(f"hessian_iters must be an integer >= 1, got {self.hessian_iters!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small reductions. Sites are (L, B, T, ...) under "layers" and (B, T, ...) under "stack".
+# ---------------------------------------------------------------------------------------------
+def _frobenius(a: jax.Array, lead: int) -> jax.Array:
+    """‖a‖_F over all axes after the first `lead` ones."""
+    a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    return jnp.sqrt(jnp.sum(jnp.square(a), axis=tuple(range(lead, a.ndim))))
+
+
+def _token_mean(per_token: jax.Array, lead: int) -> jax.Array:
+    return jnp.mean(per_token, axis=tuple(range(lead, per_token.ndim)))
+
+
+def _rms(a: jax.Array, lead: int) -> jax.Array:
+    """Mean over tokens of the per-token RMS over the feature axis."""
+    a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    return _token_mean(jnp.sqrt(jnp.mean(jnp.square(a), axis=-1)), lead)
+
+
+def _inv_sigma(x: jax.Array, eps: float, lead: int) -> jax.Array:
+    """Mean over tokens of 1/sqrt(Var(x) + ε) = √d/‖x − μ‖ (ε aside): the LN Jacobian's scale."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return _token_mean(jax.lax.rsqrt(jnp.var(x, axis=-1) + eps), lead)
+
+
+def _per_level(sites: dict, fn) -> dict:
+    """Apply fn(array, lead) with lead = 1 for per-layer sites and 0 for stack-level sites."""
+    return {
+        "layers": {k: fn(v, 1) for k, v in sites["layers"].items()},
+        "stack": {k: fn(v, 0) for k, v in sites["stack"].items()},
+    }
+
+
+def _norm_pairs(sites: dict) -> list[str]:
+    return [k[: -len("_norm_in")] for k in sites if k.endswith("_norm_in") and f"{k[:-2]}out" in sites]
+
+
+def _param_group_norms(layer_grads: Any) -> dict[str, jax.Array]:
+    """(L,) gradient norms per parameter leaf ("attn.q.weight") and per top group ("attn", "norms")."""
+    squares: dict[str, jax.Array] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(layer_grads)[0]:
+        name = ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        sq = jnp.sum(jnp.square(leaf.astype(jnp.float32)), axis=tuple(range(1, leaf.ndim)))
+        squares[name] = sq
+        group = name.split(".")[0]
+        squares[group] = squares.get(group, 0.0) + sq
+        squares["block"] = squares.get("block", 0.0) + sq
+    return {k: jnp.sqrt(v) for k, v in squares.items()}
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)) if leaves else jnp.zeros(())
+
+
+def _is_layer_path(path: tuple) -> bool:
+    keys = [getattr(p, "key", None) for p in path]
+    return len(keys) >= 3 and keys[0] == "stacks" and keys[2] == "layers"
+
+
+# ---------------------------------------------------------------------------------------------
+# The program.
+# ---------------------------------------------------------------------------------------------
+def probe_program(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Batch,
+    cfg: ModelConfig,
+    pcfg: ProbeConfig = ProbeConfig(),
+    key: jax.Array | None = None,
+) -> dict:
+    """Loss and every probe of `pcfg.probes` for one model state and one batch (jit/vmap this)."""
+    probes = set(pcfg.probes)
+    key = jax.random.key(0) if key is None else key
+    inputs = model_inputs(cfg, batch)
+
+    def forward(state, perturb):
+        out = nnx.merge(graphdef, state).forward(*inputs, perturb=perturb)
+        return loss_from_logits(cfg, out.logits, batch), out
+
+    needs_grad = bool(probes & GRADIENT_PROBES) or (
+        "output_change" in probes and pcfg.output_change_mode == "sign_grad"
+    )
+    if needs_grad:
+        shapes = jax.eval_shape(lambda s: forward(s, None)[1].sites, state)
+        perturb = zeros_like_sites(shapes)
+        (loss, out), (g_state, g_sites) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, perturb)
+    else:
+        loss, out = forward(state, None)
+    sites, stats = out.sites, out.stats
+    result: dict[str, Any] = {"loss": loss}
+
+    if "param_grad_norm" in probes:
+        grads = nnx.to_pure_dict(g_state)
+        per_stack = {
+            name: {
+                "layers": _param_group_norms(stack_grads["layers"]),
+                "stack": {k: _global_norm(v) for k, v in stack_grads.items() if k != "layers"},
+            }
+            for name, stack_grads in grads["stacks"].items()
+        }
+        model_level = {k: _global_norm(v) for k, v in grads.items() if k != "stacks"}
+        result["param_grad_norm"] = {**per_stack, "model": {"layers": {}, "stack": model_level}}
+
+    if "act_grad_norm" in probes:
+        result["act_grad_norm"] = {name: _per_level(g, _frobenius) for name, g in g_sites.items()}
+
+    if "ln_jacobian_gain" in probes:
+        gain, estimate = {}, {}
+        for name in sites:
+            gain[name], estimate[name] = {}, {}
+            for level, lead in (("layers", 1), ("stack", 0)):
+                g, s = g_sites[name][level], sites[name][level]
+                pairs = _norm_pairs(s)
+                gain[name][level] = {
+                    p: _frobenius(g[f"{p}_norm_in"], lead) / _frobenius(g[f"{p}_norm_out"], lead) for p in pairs
+                }
+                estimate[name][level] = {p: _inv_sigma(s[f"{p}_norm_in"], cfg.norm_eps, lead) for p in pairs}
+        result["ln_jacobian_gain"] = gain
+        result["ln_gain_estimate"] = estimate
+
+    if "act_norm" in probes:
+        result["act_norm"] = {name: _per_level(s, _rms) for name, s in sites.items()}
+
+    if "update_ratio" in probes:
+        ratio = {}
+        for name, s in sites.items():
+            layer = s["layers"]
+            kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layer)
+            per_token = lambda f, x: jnp.linalg.norm(f, axis=-1) / jnp.linalg.norm(x, axis=-1)
+            ratio[name] = {
+                "layers": {
+                    k: _token_mean(per_token(layer[f"{k}_out"], layer[sublayer_input_site(kinds, k)]), 1) for k in kinds
+                },
+                "stack": {},
+            }
+        result["update_ratio"] = ratio
+
+    for probe, fn in (("cos_adjacent", similarity.stack_cosine_adjacent), ("cos_to_last", similarity.stack_cosine_to_last)):
+        if probe in probes:
+            result[probe] = {
+                name: {
+                    "layers": {
+                        site: fn(s["layers"][site])
+                        for site in (*pcfg.similarity_sites, *(f"dual_{x}" for x in pcfg.similarity_sites))
+                        if site in s["layers"]
+                    },
+                    "stack": {},
+                }
+                for name, s in sites.items()
+            }
+
+    if "cka" in probes:
+        cka_key = jax.random.fold_in(key, 1)
+        result["cka"] = {
+            name: {"layers": {"resid_post": similarity.stack_cka(s["layers"]["resid_post"], debiased=pcfg.cka_debiased)}, "stack": {}}
+            for name, s in sites.items()
+        }
+        result["cka_null"] = {
+            name: {
+                "layers": {
+                    "resid_post": similarity.stack_cka_null(s["layers"]["resid_post"], cka_key, debiased=pcfg.cka_debiased)
+                },
+                "stack": {},
+            }
+            for name, s in sites.items()
+        }
+
+    if "attn_entropy" in probes:
+        result["attn_entropy"] = {
+            name: {"layers": {k: v for k, v in st["layers"].items() if k.endswith("_entropy")}, "stack": {}}
+            for name, st in stats.items()
+        }
+
+    if "output_change" in probes:
+        top = list(sites)[-1]
+        base = sites[top]["stack"]["stack_out"]
+        if pcfg.output_change_mode == "sign_grad":
+            direction = jax.tree.map(lambda g: -jnp.sign(g), g_state)
+        else:
+            leaves, treedef = jax.tree.flatten(state)
+            keys = jax.random.split(jax.random.fold_in(key, 2), len(leaves))
+            signs = [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+            direction = jax.tree.unflatten(treedef, signs)
+        moved = jax.tree_util.tree_map_with_path(
+            lambda path, x, d: x + pcfg.output_change_lr * d if _is_layer_path(path) else x, state, direction
+        )
+        after = forward(moved, None)[1].sites[top]["stack"]["stack_out"]
+        normalize = lambda x: x / jnp.std(x, axis=-1, keepdims=True)
+        change = jnp.mean(jnp.sum(jnp.square(normalize(after) - normalize(base)), axis=-1))
+        result["output_change"] = {top: {"layers": {}, "stack": {"stack_out": change}}}
+
+    if "hessian_top_eig" in probes:
+        result["hessian_top_eig"] = {"model": {"layers": {}, "stack": {"loss": _hessian_top_eig(forward, state, key, pcfg)}}}
+    return result
+
+
+def _hessian_top_eig(forward, state: nnx.State, key: jax.Array, pcfg: ProbeConfig) -> jax.Array:
+    """Power iteration v ← Hv/‖Hv‖ with Hessian-vector products (forward-over-reverse)."""
+    loss = lambda s: forward(s, None)[0]
+    grad = jax.grad(loss)
+    hvp = lambda v: jax.jvp(grad, (state,), (v,))[1]
+    dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.fold_in(key, 3), len(leaves))
+    v = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    v = jax.tree.map(lambda x: x / jnp.sqrt(dot(v, v)), v)
+
+    def step(_, carry):
+        v, _ = carry
+        hv = hvp(v)
+        eig = dot(v, hv)
+        return jax.tree.map(lambda x: x / jnp.sqrt(dot(hv, hv)), hv), eig
+
+    _, eig = jax.lax.fori_loop(0, pcfg.hessian_iters, step, (v, jnp.zeros((), jnp.float32)))
+    return eig

@@ -1,0 +1,315 @@
+"""Tests for analysis.figures on synthetic tidy frames with known profiles.
+
+Every expected number is computed here independently (numpy over a pivot of the frame) and compared
+with what the plot put on its axes.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.figures import (
+    _t_ppf,
+    figure_grid,
+    plot_cka_heatmap,
+    plot_depth_scaling,
+    plot_layer_profile,
+    save_figure,
+)
+
+# Plotted data are float64 copies of the frame's values: only rounding can differ.
+PLOT_ATOL = 1e-12
+# Student-t quantiles from a printed table carry 6-7 significant digits.
+T_TABLE_ATOL = 1e-5
+
+PLACEMENTS = ("pre", "post", "peri")
+SEEDS = (0, 1, 2)
+STEPS = (0, 100)
+# Per-placement growth rate of the exponential profile value = 0.5 * exp(rate * layer).
+RATES = {"pre": -0.05, "post": -0.4, "peri": 0.0}
+
+
+def _row(placement: str, layers: int, seed: int, step: int, **kw) -> dict:
+    return {"run": f"{placement}-L{layers}-s{seed}", "arch": "encdec", "placement": placement,
+            "norm": "layer", "layers": layers, "d_model": 64, "seed": seed, "step": step,
+            "other_layer": -1, **kw}
+
+
+def make_frame(depths=(18,), stack="decoder", seed_noise=0.3) -> pd.DataFrame:
+    """Exponential act_grad_norm profiles at resid_pre/resid_post, plus embed rows at layer -1."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for placement in PLACEMENTS:
+        for layers in depths:
+            for seed in SEEDS:
+                for step in STEPS:
+                    scale = 1.0 if step == STEPS[-1] else 7.0  # earlier steps must not be plotted
+                    for layer in range(layers):
+                        base = 0.5 * np.exp(RATES[placement] * layer) * scale
+                        for site in ("resid_pre", "resid_post"):
+                            value = base * np.exp(seed_noise * rng.standard_normal())
+                            rows.append(_row(placement, layers, seed, step, stack=stack, layer=layer,
+                                             site=site, quantity="act_grad_norm", value=value))
+                    rows.append(_row(placement, layers, seed, step, stack=stack, layer=-1, site="embed",
+                                     quantity="param_grad_norm", value=1.0))
+    return pd.DataFrame(rows)
+
+
+def make_cka_frame(layers=6) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for placement in PLACEMENTS:
+        for seed in SEEDS:
+            for i in range(layers):
+                for j in range(layers):
+                    value = 1.0 if i == j else rng.uniform(0.0, 1.0)
+                    rows.append(_row(placement, layers, seed, 0, stack="encoder", layer=i, other_layer=j,
+                                     site="resid_post", quantity="cka", value=value))
+    return pd.DataFrame(rows)
+
+
+def _final(df: pd.DataFrame, site="resid_pre") -> pd.DataFrame:
+    return df[(df.quantity == "act_grad_norm") & (df.site == site) & (df.step == STEPS[-1])]
+
+
+def _line(ax, hue_value):
+    (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == f"center:{hue_value}"]
+    return line
+
+
+def _band(ax, hue_value):
+    (band,) = [c for c in ax.collections if c.get_gid() == f"band:{hue_value}"]
+    return band
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_frame()
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_profile_line_is_seed_median_at_final_step(frame, placement):
+    _, ax = plt.subplots()
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    sub = _final(frame)
+    expected = np.median(sub[sub.placement == placement].pivot(index="layer", columns="seed",
+                                                                  values="value").to_numpy(), axis=1)
+    line = _line(ax, placement)
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(18))
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=0, atol=PLOT_ATOL)
+
+
+@pytest.mark.parametrize(("band", "lo_q", "hi_q"), [("minmax", 0, 100), ("iqr", 25, 75)])
+def test_profile_band_covers_seed_spread(frame, band, lo_q, hi_q):
+    _, ax = plt.subplots()
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", band=band)
+    sub = _final(frame)
+    per_seed = sub[sub.placement == "post"].pivot(index="layer", columns="seed", values="value").to_numpy()
+    verts = _band(ax, "post").get_paths()[0].vertices
+    for layer in range(18):
+        ys = verts[np.isclose(verts[:, 0], layer), 1]
+        assert ys.min() == pytest.approx(np.percentile(per_seed[layer], lo_q), abs=PLOT_ATOL)
+        assert ys.max() == pytest.approx(np.percentile(per_seed[layer], hi_q), abs=PLOT_ATOL)
+
+
+def test_profile_ci_band_is_mean_pm_t_sem(frame):
+    _, ax = plt.subplots()
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", band="ci")
+    sub = _final(frame)
+    per_seed = sub[sub.placement == "pre"].pivot(index="layer", columns="seed", values="value").to_numpy()
+    mean = per_seed.mean(axis=1)
+    half = 4.302653 * per_seed.std(axis=1, ddof=1) / np.sqrt(3)  # t_{0.975, 2} from a table
+    np.testing.assert_allclose(_line(ax, "pre").get_ydata(), mean, atol=PLOT_ATOL)
+    verts = _band(ax, "pre").get_paths()[0].vertices
+    for layer in (0, 9, 17):
+        ys = verts[np.isclose(verts[:, 0], layer), 1]
+        assert ys.min() == pytest.approx(mean[layer] - half[layer], rel=1e-6)
+        assert ys.max() == pytest.approx(mean[layer] + half[layer], rel=1e-6)
+
+
+@pytest.mark.parametrize(("dof", "expected"), [(1, 12.706205), (2, 4.302653), (4, 2.776445), (30, 2.042272)])
+def test_t_quantile_matches_table(dof, expected):
+    assert _t_ppf(0.975, dof) == pytest.approx(expected, abs=T_TABLE_ATOL)
+
+
+def _profile_frame(values: np.ndarray) -> pd.DataFrame:
+    """One placement, len(values) layers, 2 seeds with identical values."""
+    return pd.DataFrame([_row("pre", len(values), s, 0, stack="encoder", layer=i, site="resid_post",
+                              quantity="act_norm", value=v)
+                         for s in (0, 1) for i, v in enumerate(values)])
+
+
+@pytest.mark.parametrize(("values", "expect_log"), [
+    (np.geomspace(1e-3, 1.0, 12), True),
+    (np.linspace(0.5, 0.9, 12), False),
+    (np.linspace(-1e-3, 1.0, 12), False),  # spans decades in |value| but crosses zero
+    (np.r_[0.0, np.geomspace(1e-3, 1.0, 11)], False),
+])
+def test_profile_auto_log_scale(values, expect_log):
+    _, ax = plt.subplots()
+    plot_layer_profile(_profile_frame(values), ax, quantity="act_norm", site="resid_post", stack="encoder")
+    assert (ax.get_yscale() == "log") is expect_log
+
+
+def test_profile_explicit_logy_overrides_rule():
+    _, ax = plt.subplots()
+    plot_layer_profile(_profile_frame(np.linspace(0.5, 0.9, 5)), ax, quantity="act_norm",
+                       site="resid_post", stack="encoder", logy=True)
+    assert ax.get_yscale() == "log"
+
+
+def test_profile_labels_and_legend(frame):
+    _, ax = plt.subplots()
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    assert ax.get_xlabel() == "layer (0 = bottom)"
+    assert "act_grad_norm" in ax.get_ylabel() and "resid_pre" in ax.get_ylabel()
+    assert "decoder" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(PLACEMENTS)
+
+
+def test_colors_follow_frame_order_across_panels(frame):
+    """A placement keeps its color in every panel drawn from one frame, whatever each panel selects."""
+    _, (a, b) = plt.subplots(1, 2)
+    plot_layer_profile(frame, a, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    plot_layer_profile(frame, b, quantity="act_grad_norm", site="resid_post", stack="decoder",
+                       where={"placement": ["peri", "post"]})
+    for p in ("post", "peri"):
+        assert _line(a, p).get_color() == _line(b, p).get_color()
+    assert len({_line(a, p).get_color() for p in PLACEMENTS}) == len(PLACEMENTS)
+
+
+def test_missing_columns_are_named(frame):
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"plot_layer_profile needs columns \['site', 'seed'\]"):
+        plot_layer_profile(frame.drop(columns=["site", "seed"]), ax, quantity="act_grad_norm",
+                           site="resid_pre", stack="decoder")
+    with pytest.raises(ValueError, match=r"\['other_layer'\]"):
+        plot_cka_heatmap(frame.drop(columns=["other_layer"]), ax, stack="decoder", placement="pre")
+    with pytest.raises(ValueError, match=r"\['layers'\]"):
+        plot_depth_scaling(frame.drop(columns=["layers"]), ax, quantity="act_grad_norm",
+                           site="resid_pre", stack="decoder")
+
+
+def test_empty_selection_names_filter_and_alternatives(frame):
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"no rows with quantity='act_grad_norm', stack='decoder', site='mlp_out'"
+                                         r".*available site values: \['resid_post', 'resid_pre'\]"):
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="mlp_out", stack="decoder")
+    with pytest.raises(ValueError, match=r"available stack values: \['decoder'\]"):
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="encoder")
+    with pytest.raises(ValueError, match=r"layer>=0"):  # embed rows sit at layer -1
+        plot_layer_profile(frame, ax, quantity="param_grad_norm", site="embed", stack="decoder")
+    with pytest.raises(ValueError, match=r"available quantity values"):
+        plot_cka_heatmap(frame, ax, stack="decoder", placement="pre")
+    with pytest.raises(ValueError, match=r"available step values: \[0, 100\]"):
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", step=5)
+
+
+def test_mixed_configurations_are_refused():
+    df = make_frame(depths=(6, 12))
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"differ in \['run', 'layers'\]"):
+        plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder",
+                       where={"layers": 12})
+    assert len(_line(ax, "pre").get_xdata()) == 12
+
+
+def test_bad_band_and_layer():
+    df = make_frame(depths=(6,))
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="band='sd'"):
+        plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", band="sd")
+    with pytest.raises(ValueError, match="layer='top'"):
+        plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", layer="top")
+
+
+def test_heatmap_image_is_seed_mean_matrix():
+    df = make_cka_frame(layers=6)
+    _, ax = plt.subplots()
+    plot_cka_heatmap(df, ax, stack="encoder", placement="post")
+    sub = df[df.placement == "post"]
+    per_seed = [sub[sub.seed == s].pivot(index="layer", columns="other_layer", values="value").to_numpy()
+                for s in SEEDS]
+    expected = np.mean(per_seed, axis=0)
+    (im,) = ax.images
+    np.testing.assert_allclose(np.asarray(im.get_array()), expected, atol=PLOT_ATOL)
+    assert im.get_clim() == (0.0, 1.0)
+    assert im.origin == "lower"
+    assert "post" in ax.get_title() and "encoder" in ax.get_title()
+    assert ax.get_xlabel() and ax.get_ylabel()
+    assert "cka" in ax.figure.axes[-1].get_ylabel()  # the colorbar
+
+
+def test_depth_scaling_takes_last_layer_median():
+    depths = (6, 12, 24)
+    df = make_frame(depths=depths)
+    _, ax = plt.subplots()
+    plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", dodge=0.0)
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    (container,) = [c for c in ax.containers if c.get_label() == "post"]
+    line = container.lines[0]
+    sub = _final(df)
+    expected = [sub[(sub.placement == "post") & (sub.layers == d) & (sub.layer == d - 1)].value.median()
+                for d in depths]
+    np.testing.assert_array_equal(line.get_xdata(), depths)
+    np.testing.assert_allclose(line.get_ydata(), expected, atol=PLOT_ATOL)
+    assert ax.get_xlabel() == "model depth (layers)"
+
+
+def test_depth_scaling_dodge_is_centred_on_depth():
+    df = make_frame(depths=(6, 12))
+    _, ax = plt.subplots()
+    plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", dodge=0.05)
+    xs = np.array([c.lines[0].get_xdata() for c in ax.containers])  # (placement, depth)
+    np.testing.assert_allclose(np.exp(np.log(xs).mean(axis=0)), [6, 12], rtol=1e-12)
+    assert len(np.unique(xs[:, 0])) == len(PLACEMENTS)
+
+
+def test_depth_scaling_nonpositive_values_fall_back_to_linear():
+    df = make_frame(depths=(6, 12))
+    df.loc[df.quantity == "act_grad_norm", "value"] -= 1.0
+    _, ax = plt.subplots()
+    with pytest.warns(UserWarning, match="linear"):
+        plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    assert ax.get_yscale() == "linear"
+
+
+def test_figure_grid_shapes():
+    fig, axes = figure_grid(5, ncols=3)
+    assert len(axes) == 5 and len(fig.axes) == 5
+    assert tuple(fig.get_size_inches()) == pytest.approx((13.5, 6.4))
+    fig, axes = figure_grid(2)
+    assert tuple(fig.get_size_inches()) == pytest.approx((9.0, 3.2))
+    with pytest.raises(ValueError):
+        figure_grid(0)
+
+
+def test_save_figure_writes_png_atomically(tmp_path, frame):
+    fig, (ax,) = figure_grid(1)
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    out = save_figure(fig, tmp_path / "sub" / "profile.png")
+    assert out == tmp_path / "sub" / "profile.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["profile.png"]  # no temp file left
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_save_figure_cleans_up_on_failure(tmp_path):
+    fig, _ = figure_grid(1)
+    with pytest.raises(ValueError):
+        save_figure(fig, tmp_path / "x.notaformat")
+    assert list(tmp_path.iterdir()) == []

@@ -272,6 +272,8 @@ class Placement:
     layer_params: Callable[[ModelConfig, StackSpec], dict[str, dict[str, jax.Array]]] = _no_params
     # Layers in consecutive segments of different wiring (Mix-LN); None = one segment of `wiring`.
     segments: Callable[[ModelConfig, StackSpec], tuple[tuple[Mapping[str, Wire], int], ...]] | None = None
+    # "post" (norm after the residual add), "pre" (residual stream left un-normalized), "none" (no norm)
+    family: str = "post"
     # Whether ModelConfig.admin_init="profile" applies (ω set from activation variances at init).
     profiled: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -335,7 +337,7 @@ PLACEMENTS: dict[str, Placement] = {
     p.name: p
     for p in (
         Placement("post", _all(post_ln), _slots("ln"), "Vaswani et al. 2017"),
-        Placement("pre", _all(pre_ln), _slots("ln"), "Xiong et al. 2020", final_norm=True),
+        Placement("pre", _all(pre_ln), _slots("ln"), "Xiong et al. 2020", final_norm=True, family="pre"),
         Placement("b2t", _all(b2t), _slots("ln"), "Takase et al. 2022", init_gains=_b2t_gains),
         Placement(
             "residual",
@@ -372,12 +374,12 @@ PLACEMENTS: dict[str, Placement] = {
         Placement(
             "admin", _all(admin), _slots("ln"), "Liu et al. 2020 (Admin)", layer_params=_admin_params, profiled=True
         ),
-        Placement("sandwich", _all(sandwich), _slots("ln", "ln_out"), "Ding et al. 2021 (CogView)", final_norm=True),
+        Placement("sandwich", _all(sandwich), _slots("ln", "ln_out"), "Ding et al. 2021 (CogView)", final_norm=True, family="pre"),
         Placement(
-            "peri", _all(sandwich), _slots("ln", "ln_out"), "Kim et al. 2025 (Peri-LN)", final_norm=True, embed_norm=True
+            "peri", _all(sandwich), _slots("ln", "ln_out"), "Kim et al. 2025 (Peri-LN)", final_norm=True, embed_norm=True, family="pre"
         ),
         Placement(
-            "mix", _all(pre_ln), _slots("ln"), "Li, Yin, Liu 2024 (Mix-LN)", final_norm=True, segments=_mix_segments
+            "mix", _all(pre_ln), _slots("ln"), "Li, Yin, Liu 2024 (Mix-LN)", final_norm=True, segments=_mix_segments, family="pre"
         ),
         Placement(
             "hybrid",
@@ -385,6 +387,7 @@ PLACEMENTS: dict[str, Placement] = {
             {"attn": ("q", "k", "v"), "cross": ("q", "k", "v"), "mlp": ("ln",)},
             "Zhuo et al. 2025 (HybridNorm)",
             final_norm=True,
+            family="post",  # the FFN re-normalizes the stream every layer
         ),
         Placement(
             "normformer",
@@ -392,10 +395,11 @@ PLACEMENTS: dict[str, Placement] = {
             {"attn": ("ln", "ln_out"), "cross": ("ln",), "mlp": ("ln", "mid")},
             "Shleifer et al. 2021 (NormFormer)",
             final_norm=True,
+            family="pre",
             layer_params=_normformer_params,
             constants=_normformer_consts,
         ),
-        Placement("rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params),
-        Placement("none", _all(plain), _slots(), "plain residual (control)"),
+        Placement("rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params, family="none"),
+        Placement("none", _all(plain), _slots(), "plain residual (control)", family="none"),
     )
 }

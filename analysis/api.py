@@ -69,7 +69,7 @@ def probe_at_init(
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     seeds = _seed_list(seeds)
-    pcfg = probe_config if probe_config is not None else ProbeConfig(probes=tuple(probes))
+    pcfg = probe_config if probe_config is not None else ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -91,7 +91,7 @@ def probe_model(
     """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`."""
     cfg = model.cfg
     check_batch(cfg, batch)
-    pcfg = ProbeConfig(probes=tuple(probes))
+    pcfg = ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     graphdef, state = nnx.split(model)
     fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, jax.random.key(seed)))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))

@@ -28,7 +28,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+
+from analysis.stats import t_quantile
 
 __all__ = ["plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling", "figure_grid", "save_figure"]
 
@@ -115,29 +116,6 @@ def _check_band(band: str) -> None:
         raise ValueError(f"band={band!r}; expected one of {list(_BAND_TEXT)}")
 
 
-@lru_cache(maxsize=None)
-def _t_ppf(q: float, dof: int) -> float:
-    """Quantile ``q`` (0.5 < q < 1) of Student's t with ``dof`` degrees of freedom, numpy only.
-
-    The CDF is 1/2 + the integral of the density from 0 to t (Simpson's rule, 2000 intervals), inverted
-    by bisection. Accurate to ~1e-7 against tabulated values (tested for dof = 1, 2, 4, 30).
-    """
-    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-
-    def cdf(t: float) -> float:
-        x = np.linspace(0.0, t, 2001)
-        pdf = np.exp(log_c - (dof + 1) / 2 * np.log1p(x * x / dof))
-        return 0.5 + t / 6000 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
-
-    lo, hi = 0.0, 2.0
-    while cdf(hi) < q:
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
     """Columns ``by + [center, lo, hi, n]``: the line and band over seeds for each group."""
     g = sel.groupby(by, sort=True)["value"]
@@ -148,7 +126,7 @@ def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
         center, lo, hi = g.median(), g.quantile(0.25), g.quantile(0.75)
     else:
         center = g.mean()
-        t = n.map(lambda k: _t_ppf(0.975, int(k) - 1) if k > 1 else np.nan)
+        t = n.map(lambda k: t_quantile(0.975, int(k) - 1) if k > 1 else np.nan)
         half = t * g.std(ddof=1) / np.sqrt(n)
         lo, hi = center - half, center + half
     return pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n}).reset_index()

@@ -76,7 +76,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, str):
-            raise ValueError(f"probes must be a tuple of names, got the string {self.probes!r}")
+            raise ValueError(f"probes must be a tuple of names, got the string {self.probes!r}; valid choices: {', '.join(PROBES)}")
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
             raise ValueError(f"unknown probe(s) {unknown}; valid choices: {', '.join(PROBES)}")

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.stats import t_quantile
+
 from analysis.figures import (
-    _t_ppf,
     figure_grid,
     plot_cka_heatmap,
     plot_depth_scaling,
@@ -142,7 +143,7 @@ def test_profile_ci_band_is_mean_pm_t_sem(frame):
 
 @pytest.mark.parametrize(("dof", "expected"), [(1, 12.706205), (2, 4.302653), (4, 2.776445), (30, 2.042272)])
 def test_t_quantile_matches_table(dof, expected):
-    assert _t_ppf(0.975, dof) == pytest.approx(expected, abs=T_TABLE_ATOL)
+    assert t_quantile(0.975, dof) == pytest.approx(expected, abs=T_TABLE_ATOL)
 
 
 def _profile_frame(values: np.ndarray) -> pd.DataFrame:

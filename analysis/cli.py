@@ -111,7 +111,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
-    run_report(Path(args.out), quick=args.quick, seeds=args.seeds)
+    run_report(Path(args.out), quick=args.quick, seeds=args.seeds, redraw=args.redraw)
     return 0
 
 
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports/init", help="output folder")
     report.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
     report.add_argument("--quick", action="store_true", help="6 layers instead of 18 (a smoke run)")
+    report.add_argument("--redraw", action="store_true", help="redraw figures from an existing init.parquet")
     report.set_defaults(func=_cmd_report)
 
     listing = sub.add_parser("list", help="list placements, norms, archs and probes")

@@ -265,7 +265,7 @@ def probe_program(
         }
 
     if "output_change" in probes:
-        top = list(sites)[-1]
+        top = "decoder" if "decoder" in sites else "encoder"  # not list(sites)[-1]: pytree transforms sort dict keys
         base = sites[top]["stack"]["stack_out"]
         if pcfg.output_change_mode == "sign_grad":
             direction = jax.tree.map(lambda g: -jnp.sign(g), g_state)

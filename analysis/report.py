@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from analysis import figures
 from analysis.api import probe_at_init
-from analysis.io import atomic_write, write_run
+from analysis.io import atomic_write, read_run, write_run
 from analysis.probes import CHEAP_PROBES
 from models import PLACEMENTS, ModelConfig
 
@@ -30,10 +30,14 @@ FAMILY_TITLES = {"post": "norm on the stream (Post-LN family)", "pre": "un-norma
                  "none": "no norm"}  # fmt: skip
 
 
+# skip_scale at its default λ = 1 *is* Post-LN (it would hide the post line); the report shows λ = 2.
+REPORT_OVERRIDES = {"skip_scale": {"skip_lambda": 2.0}}
+
+
 def harness_config(arch: str, placement: str, layers: int) -> ModelConfig:
     """The spec §2 harness (Xavier-uniform, unit-variance token inputs, no biases, no dropout)."""
     return ModelConfig(arch=arch, placement=placement, layers=layers, d_model=64, heads=4, d_ff=256, vocab=128,
-                       max_len=64, pos="none")  # fmt: skip
+                       max_len=64, pos="none", **REPORT_OVERRIDES.get(placement, {}))  # fmt: skip
 
 
 def collect(layers: int, seeds: int, batch_size: int = 8, seq_len: int = 32) -> pd.DataFrame:
@@ -55,8 +59,14 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str, path: 
         for col, family in enumerate(families):
             ax = axes[row * len(families) + col]
             members = [name for name, p in PLACEMENTS.items() if p.family == family]
-            figures.plot_layer_profile(df, ax, quantity=quantity, site=site, stack=stack,
-                                       where={"arch": arch, "placement": members})  # fmt: skip
+            has_rows = (df["quantity"] == quantity) & (df["site"] == site) & (df["arch"] == arch)
+            if not (has_rows & df["placement"].isin(members)).any():  # e.g. LN gains of norm-free placements
+                ax.text(0.5, 0.5, f"no '{site}' site in\n{', '.join(members)}", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=9, color="0.4")  # fmt: skip
+                ax.set_axis_off()
+            else:
+                figures.plot_layer_profile(df, ax, quantity=quantity, site=site, stack=stack,
+                                           where={"arch": arch, "placement": members})  # fmt: skip
             ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=9)
     fig.suptitle(title, fontsize=11)
     figures.save_figure(fig, path)
@@ -95,7 +105,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             "G_top/G_bottom": per_seed("param_grad_norm", "mlp.w2.weight", lambda v: v[:, -1] / v[:, 0]),
             "g_bottom/g_top": per_seed("act_grad_norm", "resid_pre", lambda v: v[:, 0] / v[:, -1]),
             "cos(x_L-1, x_L)": per_seed("cos_adjacent", "resid_pre", lambda v: v[:, -1]),
-            "|x_L|/|x_1|": per_seed("act_norm", "resid_pre", lambda v: v[:, -1] / v[:, 0]),
+            "‖x_L‖/‖x_1‖": per_seed("act_norm", "resid_pre", lambda v: v[:, -1] / v[:, 0]),
         }
         row = {"arch": arch, "placement": placement}
         for name, values in stats.items():
@@ -104,18 +114,34 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_report(out: Path, *, quick: bool = False, seeds: int = 3) -> Path:
-    """Probe, then write init.parquet/json, figures, summary.md and README.md into `out`."""
+def run_report(out: Path, *, quick: bool = False, seeds: int = 3, redraw: bool = False) -> Path:
+    """Probe, then write init.parquet/json, figures, summary.md and README.md into `out`.
+
+    `redraw=True` skips the probing and redraws everything from an existing `out/init.parquet`.
+    """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     out = Path(out)
-    layers = 6 if quick else 18
     start = time.perf_counter()
-    df = collect(layers, seeds)
-    meta = {"layers": layers, "seeds": seeds, "batch_size": 8, "seq_len": 32, "probes": list(CHEAP_PROBES),
-            "model": dataclasses.asdict(harness_config("encdec", "post", layers)),
-            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    write_run(df, meta, out / "init.parquet")
+    if redraw:
+        if not (out / "init.parquet").exists():
+            raise ValueError(f"--redraw needs an existing {out / 'init.parquet'}; run the report without --redraw first")
+        df, meta = read_run(out / "init.parquet")
+    else:
+        layers = 6 if quick else 18
+        df = collect(layers, seeds)
+        meta = {"layers": layers, "seeds": seeds, "batch_size": 8, "seq_len": 32, "probes": list(CHEAP_PROBES),
+                "model": dataclasses.asdict(harness_config("encdec", "post", layers)),
+                "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        write_run(df, meta, out / "init.parquet")  # data first: a figure bug never loses the measurements
+    draw_report(df, meta, out)
+    print(f"report written to {out} ({time.perf_counter() - start:.0f} s)")
+    return out
+
+
+def draw_report(df: pd.DataFrame, meta: dict, out: Path) -> None:
+    """Figures, summary.md and README.md from the tidy report frame."""
+    layers, seeds = meta["layers"], meta["seeds"]
 
     panels = [
         ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input (resid_pre)"),
@@ -141,12 +167,10 @@ def run_report(out: Path, *, quick: bool = False, seeds: int = 3) -> Path:
         + markdown_table(table) + "\n"))  # fmt: skip
     index = [f"# lnscope initialization report\n", f"Generated by `make report` in {meta['seconds']} s "
              f"({layers}-layer stacks, {seeds} seeds, spec §2 harness). Data: `init.parquet` (tidy, one row per "
-             "observation; columns in analysis/tidy.py) and `init.json` (settings).\n", "- `summary.md`: headline "
-             "statistics per placement\n"]  # fmt: skip
+             "observation; columns in analysis/tidy.py) and `init.json` (settings). skip_scale is shown with "
+             "λ = 2 (at λ = 1 it is Post-LN).\n", "- `summary.md`: headline statistics per placement\n"]  # fmt: skip
     index += [f"- `{name}`: {title}\n" for name, title in written]
     atomic_write(out / "README.md", lambda tmp: tmp.write_text("".join(index)))
-    print(f"report written to {out} ({time.perf_counter() - start:.0f} s)")
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="reports/init", help="output folder")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
     parser.add_argument("--quick", action="store_true", help="6 layers instead of 18")
+    parser.add_argument("--redraw", action="store_true", help="redraw figures from an existing init.parquet")
     args = parser.parse_args(argv)
-    run_report(Path(args.out), quick=args.quick, seeds=args.seeds)
+    run_report(Path(args.out), quick=args.quick, seeds=args.seeds, redraw=args.redraw)
 
 
 if __name__ == "__main__":

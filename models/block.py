@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from models.config import ModelConfig, StackSpec
 from models.layers import Attention, FeedForward
 from models.norms import make_norm
-from models.placements import PLACEMENTS, Consts, Stream, Wire
+from models.placements import PLACEMENTS, Consts, Stream, Wire, residual_sublayers
 from models.sites import Taps
 
 # Stream site after each sublayer kind (TransformerLens names; resid_mid_cross for the encdec decoder).
@@ -41,9 +41,11 @@ def _slot_width(cfg: ModelConfig, slot: str) -> int:
 
 def _init_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
     gains = dict(PLACEMENTS[spec.placement].init_gains(cfg, spec))
-    if cfg.gpt2_scaled_init:  # GPT-2 / nanoGPT: residual-output projections × 1/sqrt(2L), any placement
+    if cfg.gpt2_scaled_init:
+        # GPT-2: residual-output projections × 1/sqrt(N_res), N_res = residual sublayers of the stack
+        # (2L = nanoGPT's c_proj rule; 3M for an encdec decoder, whose cross-attention adds a branch).
         for role in ("o", "w2"):
-            gains[role] = gains.get(role, 1.0) / math.sqrt(2 * spec.layers)
+            gains[role] = gains.get(role, 1.0) / math.sqrt(residual_sublayers(spec))
     return gains
 
 

@@ -61,8 +61,8 @@ class ModelConfig:
             token inputs have unit variance per feature.
         pos: positional encoding, "sinusoidal" (fairseq), "learned" (std `embed_std`), or "none".
         tie_embeddings: output head = token-embedding table transposed; else a separate head, N(0, 1/d).
-        gpt2_scaled_init: multiply the residual-output projections (W_O, W2) by 1/sqrt(2L) (GPT-2 /
-            nanoGPT / Megatron), usable with any placement.
+        gpt2_scaled_init: multiply the residual-output projections (W_O, W2) by 1/sqrt(N_res), N_res
+            the residual sublayers of the stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.
         dtype: parameters and compute; "float64" needs `jax.config.update("jax_enable_x64", True)`.
         norm_eps: epsilon of every norm (inside the square root).
 

@@ -128,7 +128,7 @@ def admin(s: Sub, st: Stream) -> Stream:
     """Admin: x_i = LN(ω_i ⊙ x_{i−1} + f_i(x_{i−1})), ω_i ∈ R^d set at init (profiled or constant).
 
     Liu, Liu, Gao, Chen, Han 2020, "Understanding the Difficulty of Training Transformers",
-    arXiv 2004.08249; see `models.admin` for the profiling.
+    arXiv 2004.08249; see `models.build.profile_admin` for the profiling.
     """
     h = st["x"]
     return _x(st, s.norm("ln", s.param("omega") * h + s.branch(h)))
@@ -306,7 +306,7 @@ def _deepnorm_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
 
 
 def _admin_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
-    # "profile" starts from ω = 1 (Post-LN) and is overwritten by models.admin.profile_admin.
+    # "profile" starts from ω = 1 (Post-LN) and is overwritten by models.build.profile_admin.
     omega = 1.0 if cfg.admin_init == "profile" else admin_constant_omega(residual_sublayers(spec))
     value = jnp.full((cfg.d_model,), omega, jnp.dtype(cfg.dtype))
     return {kind: {"omega": value} for kind in spec.sublayers}

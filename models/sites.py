@@ -15,7 +15,7 @@ Site vocabulary (TransformerLens names, per layer):
     attn_out, cross_out, mlp_out                                        sublayer (branch) outputs
     {kind}_{slot}_norm_in / _norm_out                                   each norm's input and output
 and per stack: embed, final_norm_in, final_norm_out, stack_out. Placements add their own (e.g.
-ResiDual's dual stream `dual_resid_post`, B2T's `b2t_in`). A perturbation at `*_norm_in` enters only
+ResiDual's dual stream `dual_resid_post`, B2T's `b2t_skip`). A perturbation at `*_norm_in` enters only
 the norm's path, so its gradient is exactly J_normᵀ·(∂ℒ/∂norm_out).
 """
 

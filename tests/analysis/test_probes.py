@@ -296,8 +296,8 @@ def test_param_grad_norm_matches_direct_grad(encdec) -> None:
 # 3. ln_jacobian_gain = ‖J_normᵀ g‖/‖g‖ with the explicit Jacobian; ln_gain_estimate = mean 1/σ
 # ================================================================================================
 def _norm_module(model, stack: str, pair: str):
-    """The norm behind site pair `pair` ("attn_ln", "final_norm") and whether it is per layer."""
-    if pair == "final_norm":
+    """The norm behind site pair `pair` ("attn_ln"; "final" for final_norm_in/out) and whether it is per layer."""
+    if pair == "final":
         return model.stacks[stack].final_norm, False
     kind, slot = pair.split("_", 1)
     return model.stacks[stack].layers.norms[kind][slot], True
@@ -327,7 +327,7 @@ def test_ln_jacobian_gain_matches_explicit_jacobian(encdec) -> None:
     df, ref, model, eps = encdec["df"], encdec["ref"], encdec["model"], encdec["cfg"].norm_eps
     cases = _ln_cases(ref)
     pairs = {(s, p) for s, p, _ in cases}
-    assert {("encoder", "attn_ln"), ("encoder", "mlp_ln"), ("decoder", "cross_ln"), ("decoder", "final_norm")} <= pairs
+    assert {("encoder", "attn_ln"), ("encoder", "mlp_ln"), ("decoder", "cross_ln"), ("decoder", "final")} <= pairs
     for stack, pair, layer in cases:
         level = "stack" if layer == -1 else "layers"
         pick = (lambda a: a) if layer == -1 else (lambda a: a[layer])
@@ -352,11 +352,13 @@ def test_ln_jacobian_gain_matches_explicit_jacobian(encdec) -> None:
 
 def test_post_ln_gain_bounded_by_inverse_sigma(encdec) -> None:
     """Post-LN (the encoder here): J = (1/sqrt(σ²+ε))·(orthogonal projection), so per token
-    ‖J_tᵀ g_t‖ ≤ ‖g_t‖/sqrt(σ_t²+ε) exactly (spec B-f), and the layer-level gain ≤ the estimate.
+    ‖J_tᵀ g_t‖ ≤ ‖g_t‖/sqrt(σ_t²+ε) exactly (spec B-f); summed over tokens, the layer-level gain is at
+    most the ‖g_t‖²-weighted RMS of 1/sqrt(σ_t²+ε).
 
-    The aggregate bound holds exactly for the weighted RMS of 1/σ_t (weights ‖g_t‖²); the probe's
-    estimate is the plain token mean of 1/σ_t, so "gain ≤ estimate" relies on σ_t varying little across
-    tokens, which it does for Post-LN at init (σ_t² = 1 + Var S(h) per token). Both are checked.
+    The probe's ln_gain_estimate is the *plain* token mean of 1/sqrt(σ_t²+ε), which does not bound the
+    gain when σ_t varies across tokens and the small-σ tokens carry more gradient: here (sinusoidal
+    positions, encoder layer 0 attn LN) the gain is 0.85 against an estimate of 0.71. So "gain ≤
+    estimate" is not asserted; the values are printed.
     """
     df, ref, model, eps = encdec["df"], encdec["ref"], encdec["model"], encdec["cfg"].norm_eps
     lines = []
@@ -369,10 +371,16 @@ def test_post_ln_gain_bounded_by_inverse_sigma(encdec) -> None:
             graphdef, state = nnx.split(model.stacks["encoder"].layers.norms[pair.split("_")[0]]["ln"])
             norm = nnx.merge(graphdef, jax.tree.map(lambda a: a[layer], state))
             jt_g = np.linalg.norm(_explicit_jt_g(norm, x, g), axis=-1)
-            bound = np.linalg.norm(g.reshape(-1, g.shape[-1]), axis=-1) / np.sqrt(np.var(x, axis=-1).reshape(-1) + eps)
-            assert (jt_g <= bound * (1 + 1e-5) + 1e-7).all(), f"{pair}[{layer}]: per-token bound violated"
-            lines.append(f"{pair}[{layer}]: gain {gains[layer]:.4f} <= estimate {estimates[layer]:.4f}")
-            assert gains[layer] <= estimates[layer], "\n".join(lines)
+            g_t = np.linalg.norm(g.reshape(-1, g.shape[-1]), axis=-1)
+            inv_sigma = 1.0 / np.sqrt(np.var(x, axis=-1).reshape(-1) + eps)
+            assert (jt_g <= g_t * inv_sigma * (1 + 1e-5) + 1e-7).all(), f"{pair}[{layer}]: per-token bound violated"
+            weighted = np.sqrt(np.sum(g_t**2 * inv_sigma**2) / np.sum(g_t**2))
+            lines.append(
+                f"encoder {pair}[{layer}]: gain {gains[layer]:.4f} <= weighted 1/σ {weighted:.4f}; "
+                f"plain-mean estimate {estimates[layer]:.4f}"
+            )
+            assert gains[layer] <= weighted * (1 + 1e-5), "\n".join(lines)
+            assert gains[layer] <= inv_sigma.max() * (1 + 1e-5)
     print("\n".join(lines))
 
 
@@ -464,7 +472,7 @@ def test_attn_entropy_uniform_attention(encdec) -> None:
 # ================================================================================================
 # 6. output_change
 # ================================================================================================
-OUTPUT_CHANGE_LRS = (TINY_LR, 1e-4, 1e-3, 1e-2)
+OUTPUT_CHANGE_LRS = (TINY_LR, 1e-4, 1e-3)
 
 
 def test_output_change_matches_manual_sign_step(encdec) -> None:
@@ -472,10 +480,15 @@ def test_output_change_matches_manual_sign_step(encdec) -> None:
     and final norms frozen); E_t ‖F̂(θ') − F̂(θ)‖² with F̂ = decoder output / its per-token std."""
     cfg, graphdef, state, batch = encdec["cfg"], encdec["graphdef"], encdec["state"], encdec["batch"]
     pcfgs = [ProbeConfig(probes=("output_change",), output_change_lr=lr) for lr in OUTPUT_CHANGE_LRS]
+    pcfgs.append(ProbeConfig(probes=("output_change",), output_change_lr=1e-3, output_change_mode="random_sign"))
     run = jax.jit(lambda s: [probe_program(graphdef, s, batch, cfg, p)["output_change"] for p in pcfgs])
     results = jax.device_get(run(state))
-    assert all(set(r) == {"decoder"} and set(r["decoder"]["stack"]) == {"stack_out"} for r in results)
-    changes = np.array([float(r["decoder"]["stack"]["stack_out"]) for r in results])
+    # both modes measure the top (decoder) stack of the encdec model
+    assert [list(r) for r in results] == [["decoder"]] * len(pcfgs), [list(r) for r in results]
+    assert all(set(r["decoder"]["stack"]) == {"stack_out"} for r in results)
+    *changes, random_change = [float(r["decoder"]["stack"]["stack_out"]) for r in results]
+    changes = np.array(changes)
+    assert 0 < random_change < changes[2], (random_change, changes)  # a random step moves less than −sign(g)
 
     grads = encdec["ref"]["param_grads"]
 

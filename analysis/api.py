@@ -33,14 +33,28 @@ def _seed_list(seeds: Iterable[int]) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def batch_key(seed_key: jax.Array) -> jax.Array:
+    """Key of the random batch drawn for a seed (shared by probe_at_init and notebooks)."""
+    return jax.random.fold_in(seed_key, 1)
+
+
+def probe_key(seed_key: jax.Array) -> jax.Array:
+    """Key of the probes' own randomness for a seed (CKA null shuffles, output-change perturbation).
+
+    One derivation for `probe_at_init` and `probe_model`, so both give the same numbers for the
+    same seed, model and batch.
+    """
+    return jax.random.fold_in(seed_key, 2)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, given_batch: bool, chunk: int | None):
     def one(seed, batch):
         key = jax.random.key(seed)
         graphdef, state = init_state(cfg, key)
         if not given_batch:
-            batch = random_batch(cfg, jax.random.fold_in(key, 1), batch_size, seq_len)
-        return probe_program(graphdef, state, batch, cfg, pcfg, jax.random.fold_in(key, 2))
+            batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
+        return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
     if chunk is None:
         return jax.jit(jax.vmap(one, in_axes=(0, None)))
@@ -73,14 +87,15 @@ def probe_at_init(
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if seq_len > cfg.max_len:
+    if batch is None and seq_len > cfg.max_len:
         raise ValueError(f"seq_len={seq_len} > max_len={cfg.max_len}")
     if seed_chunk is not None and (not isinstance(seed_chunk, int) or seed_chunk < 1):
         raise ValueError(f"seed_chunk must be an integer >= 1 or None, got {seed_chunk!r}")
     if batch is not None:
         check_batch(cfg, batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    fn = _compiled(cfg, pcfg, batch_size, seq_len, batch is not None, seed_chunk)
+    shape = (0, 0) if batch is not None else (batch_size, seq_len)  # unused with a given batch: no recompiles
+    fn = _compiled(cfg, pcfg, *shape, batch is not None, seed_chunk)
     result = jax.device_get(fn(jnp.asarray(seeds, jnp.uint32), batch))
     return to_frame(result, cfg, seeds, run=run)
 
@@ -88,12 +103,17 @@ def probe_at_init(
 def probe_model(
     model: nnx.Module, batch: Mapping[str, jax.Array], probes: Iterable[str] = CHEAP_PROBES, *, seed: int = 0, run: str = ""
 ) -> pd.DataFrame:
-    """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`."""
+    """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`.
+
+    `seed` also keys the probes' randomness, as in `probe_at_init`, so a model built with
+    `build_model(cfg, s)` probed here with `seed=s` gives the numbers `probe_at_init` gives for s.
+    """
     cfg = model.cfg
     check_batch(cfg, batch)
     pcfg = ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, jax.random.key(seed)))
+    key = probe_key(jax.random.key(seed))
+    fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
     result = jax.tree.map(lambda a: np.asarray(a)[None], result)
     return to_frame(result, cfg, [seed], run=run)

@@ -117,9 +117,13 @@ def _check_band(band: str) -> None:
 
 
 def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
-    """Columns ``by + [center, lo, hi, n]``: the line and band over seeds for each group."""
+    """Columns ``by + [center, lo, hi, n]``: the line and band over seeds for each group.
+
+    A group with any non-finite seed value (a diverged run) gets NaN everywhere, so the line shows a
+    gap there instead of quietly summarising the remaining seeds (see ``_note_nonfinite``).
+    """
     g = sel.groupby(by, sort=True)["value"]
-    n = g.count()
+    n = g.size()
     if band == "minmax":
         center, lo, hi = g.median(), g.min(), g.max()
     elif band == "iqr":
@@ -129,7 +133,20 @@ def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
         t = n.map(lambda k: t_quantile(0.975, int(k) - 1) if k > 1 else np.nan)
         half = t * g.std(ddof=1) / np.sqrt(n)
         lo, hi = center - half, center + half
-    return pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n}).reset_index()
+    out = pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n})
+    diverged = ~sel.assign(finite=np.isfinite(sel["value"].to_numpy(float))).groupby(by, sort=True)["finite"].all()
+    out.loc[diverged, ["center", "lo", "hi"]] = np.nan
+    return out.reset_index()
+
+
+def _note_nonfinite(ax: Axes, sel: pd.DataFrame) -> None:
+    """Say on the axes how many values are NaN/Inf and in which seeds: they are not drawn."""
+    bad = sel[~np.isfinite(sel["value"].to_numpy(float))]
+    if bad.empty:
+        return
+    seeds = sorted(int(s) for s in pd.unique(bad["seed"]))
+    ax.text(0.01, 0.01, f"{len(bad)} non-finite value(s), seed(s) {seeds}: not drawn (gaps)",
+            transform=ax.transAxes, fontsize="x-small", color="crimson", va="bottom", ha="left")
 
 
 def _auto_log(values: pd.Series) -> bool:
@@ -209,6 +226,7 @@ def plot_layer_profile(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
         ax.fill_between(x, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
     if logy or (logy is None and _auto_log(sel["value"])):
         ax.set_yscale("log")
+    _note_nonfinite(ax, sel)
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # "auto": fit the axis length
     ax.set_xlabel("layer (0 = bottom)")
     ax.set_ylabel(f"{quantity} ({site})")
@@ -254,7 +272,9 @@ def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, 
     filters |= {"layer": _AtLeast(0), "other_layer": _AtLeast(0), **(where or {})}
     sel = _at_step(_select(df, filters), step)
     _check_unique(sel, ("layer", "other_layer", "seed"), who)
-    mean = sel.groupby(["layer", "other_layer"])["value"].mean().unstack("other_layer")
+    # a non-finite seed makes its cell blank rather than averaging over the other seeds
+    mean = sel.groupby(["layer", "other_layer"])["value"].agg(lambda v: v.mean() if np.isfinite(v).all() else np.nan)
+    mean = mean.unstack("other_layer")
     size = int(max(mean.index.max(), mean.columns.max())) + 1  # pixel i sits at layer i
     mat = mean.reindex(index=range(size), columns=range(size)).to_numpy(dtype=float)  # (layer, other)
     im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap,
@@ -266,6 +286,7 @@ def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, 
     ax.set_xlabel("other layer (0 = bottom)")
     ax.set_ylabel("layer (0 = bottom)")
     ax.set_title(f"{quantity}: {placement}, {stack} ({_step_text(sel)})", fontsize="medium")
+    _note_nonfinite(ax, sel)
     return ax
 
 
@@ -330,6 +351,7 @@ def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
         warnings.warn(f"{who}: {quantity} has values <= 0; using a linear y axis", stacklevel=2)
     if (logy and positive) or (logy is None and _auto_log(sel["value"])):
         ax.set_yscale("log")
+    _note_nonfinite(ax, sel)
     depths = sorted(pd.unique(sel["layers"]))
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(depths))

@@ -23,6 +23,7 @@ from analysis import similarity
 from analysis.loss import Batch, loss_from_logits, model_inputs
 from models import ModelConfig
 from models.block import sublayer_input_site
+from models.dtypes import upcast
 from models.sites import zeros_like_sites
 
 PROBES: dict[str, str] = {
@@ -95,7 +96,7 @@ class ProbeConfig:
 # ---------------------------------------------------------------------------------------------
 def _frobenius(a: jax.Array, lead: int) -> jax.Array:
     """‖a‖_F over all axes after the first `lead` ones."""
-    a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    a = upcast(a)
     return jnp.sqrt(jnp.sum(jnp.square(a), axis=tuple(range(lead, a.ndim))))
 
 
@@ -105,13 +106,13 @@ def _token_mean(per_token: jax.Array, lead: int) -> jax.Array:
 
 def _rms(a: jax.Array, lead: int) -> jax.Array:
     """Mean over tokens of the per-token RMS over the feature axis."""
-    a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    a = upcast(a)
     return _token_mean(jnp.sqrt(jnp.mean(jnp.square(a), axis=-1)), lead)
 
 
 def _inv_sigma(x: jax.Array, eps: float, lead: int) -> jax.Array:
     """Mean over tokens of 1/sqrt(Var(x) + ε) = √d/‖x − μ‖ (ε aside): the LN Jacobian's scale."""
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    x = upcast(x)
     return _token_mean(jax.lax.rsqrt(jnp.var(x, axis=-1) + eps), lead)
 
 
@@ -132,7 +133,7 @@ def _param_group_norms(layer_grads: Any) -> dict[str, jax.Array]:
     squares: dict[str, jax.Array] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(layer_grads)[0]:
         name = ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-        sq = jnp.sum(jnp.square(leaf.astype(jnp.float32)), axis=tuple(range(1, leaf.ndim)))
+        sq = jnp.sum(jnp.square(upcast(leaf)), axis=tuple(range(1, leaf.ndim)))
         squares[name] = sq
         group = name.split(".")[0]
         squares[group] = squares.get(group, 0.0) + sq
@@ -142,7 +143,7 @@ def _param_group_norms(layer_grads: Any) -> dict[str, jax.Array]:
 
 def _global_norm(tree: Any) -> jax.Array:
     leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)) if leaves else jnp.zeros(())
+    return jnp.sqrt(sum(jnp.sum(jnp.square(upcast(x))) for x in leaves)) if leaves else jnp.zeros(())
 
 
 def _is_layer_path(path: tuple) -> bool:
@@ -162,6 +163,23 @@ def probe_program(
     key: jax.Array | None = None,
 ) -> dict:
     """Loss and every probe of `pcfg.probes` for one model state and one batch (jit/vmap this)."""
+    return _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads=False)[0]
+
+
+def probe_program_with_grads(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Batch,
+    cfg: ModelConfig,
+    pcfg: ProbeConfig = ProbeConfig(),
+    key: jax.Array | None = None,
+) -> tuple[dict, nnx.State]:
+    """(probe_program's result, ∂ℒ/∂state) from the same single forward and backward pass, for a
+    training step that probes: the update reuses the gradients instead of differentiating again."""
+    return _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads=True)
+
+
+def _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads: bool) -> tuple[dict, Any]:
     probes = set(pcfg.probes)
     key = jax.random.key(0) if key is None else key
     inputs = model_inputs(cfg, batch)
@@ -170,7 +188,7 @@ def probe_program(
         out = nnx.merge(graphdef, state).forward(*inputs, perturb=perturb)
         return loss_from_logits(cfg, out.logits, batch), out
 
-    needs_grad = bool(probes & GRADIENT_PROBES) or (
+    needs_grad = want_grads or bool(probes & GRADIENT_PROBES) or (
         "output_change" in probes and pcfg.output_change_mode == "sign_grad"
     )
     if needs_grad:
@@ -284,7 +302,7 @@ def probe_program(
 
     if "hessian_top_eig" in probes:
         result["hessian_top_eig"] = {"model": {"layers": {}, "stack": {"loss": _hessian_top_eig(forward, state, key, pcfg)}}}
-    return result
+    return result, (g_state if needs_grad else None)
 
 
 def _hessian_top_eig(forward, state: nnx.State, key: jax.Array, pcfg: ProbeConfig) -> jax.Array:
@@ -304,5 +322,5 @@ def _hessian_top_eig(forward, state: nnx.State, key: jax.Array, pcfg: ProbeConfi
         eig = dot(v, hv)
         return jax.tree.map(lambda x: x / jnp.sqrt(dot(hv, hv)), hv), eig
 
-    _, eig = jax.lax.fori_loop(0, pcfg.hessian_iters, step, (v, jnp.zeros((), jnp.float32)))
+    _, eig = jax.lax.fori_loop(0, pcfg.hessian_iters, step, (v, jnp.zeros_like(dot(v, v))))
     return eig

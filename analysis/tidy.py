@@ -31,6 +31,19 @@ COLUMNS = (
     "stack", "layer", "site", "quantity", "value", "other_layer",
 )  # fmt: skip
 PAIRWISE = frozenset({"cka", "cka_null"})
+DTYPES = {
+    "run": object, "arch": object, "placement": object, "norm": object, "layers": np.int64,
+    "d_model": np.int64, "seed": np.int64, "step": np.int64, "stack": object, "layer": np.int64,
+    "site": object, "quantity": object, "value": np.float64, "other_layer": np.int64,
+}  # fmt: skip
+
+
+def _per_seed(arr: Any, n: int, what: str) -> np.ndarray:
+    """arr as an array whose leading axis is the seed axis, or a ValueError naming `what`."""
+    arr = np.asarray(arr)
+    if arr.ndim == 0 or arr.shape[0] != n:
+        raise ValueError(f"{what}: leading (seed) axis of shape {arr.shape} does not match {n} seed(s)")
+    return arr
 
 
 def _stack_meta(cfg: ModelConfig, stack: str) -> tuple[str, int]:
@@ -66,15 +79,16 @@ def to_frame(
 
     for quantity, per_stack in result.items():
         if quantity == "loss":
-            emit("model", "loss", "loss", np.asarray(per_stack).reshape(n, 1), np.array([-1]), np.array([-1]))
+            emit("model", "loss", "loss", _per_seed(per_stack, n, "loss").reshape(n, 1), np.array([-1]), np.array([-1]))
             continue
         for stack, levels in per_stack.items():
             for site, arr in levels["stack"].items():
-                emit(stack, quantity, site, np.asarray(arr).reshape(n, 1), np.array([-1]), np.array([-1]))
+                arr = _per_seed(arr, n, f"{quantity}/{stack}/{site}")
+                if arr.ndim != 1:
+                    raise ValueError(f"{quantity}/{stack}/{site}: stack-level values must be one per seed, got shape {arr.shape}")
+                emit(stack, quantity, site, arr.reshape(n, 1), np.array([-1]), np.array([-1]))
             for site, arr in levels["layers"].items():
-                arr = np.asarray(arr)
-                if arr.shape[0] != n:
-                    raise ValueError(f"{quantity}/{stack}/{site}: leading axis {arr.shape[0]} != {n} seeds")
+                arr = _per_seed(arr, n, f"{quantity}/{stack}/{site}")
                 if arr.ndim == 2:
                     n_layers = arr.shape[1]
                     emit(stack, quantity, site, arr, np.arange(n_layers), np.full(n_layers, -1))
@@ -90,11 +104,11 @@ def to_frame(
                 else:
                     raise ValueError(f"{quantity}/{stack}/{site}: cannot tidy an array of shape {arr.shape}")
     if not blocks:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in COLUMNS})
     frame = pd.concat([pd.DataFrame(b) for b in blocks], ignore_index=True)
     meta = frame["stack"].map(lambda s: _stack_meta(cfg, s))
     frame["placement"] = meta.map(lambda m: m[0])
     frame["layers"] = meta.map(lambda m: m[1]).astype(int)
     frame["run"], frame["arch"], frame["norm"] = run, cfg.arch, cfg.norm
     frame["d_model"], frame["step"] = cfg.d_model, step
-    return frame[list(COLUMNS)]
+    return frame[list(COLUMNS)].astype(DTYPES)

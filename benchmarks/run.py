@@ -42,10 +42,9 @@ import jax.numpy as jnp
 import jaxlib
 import optax
 
-from analysis import probes as probes_module
 from analysis.api import _compiled
 from analysis.loss import loss_from_logits, model_inputs, random_batch
-from analysis.probes import CHEAP_PROBES, ProbeConfig, probe_program
+from analysis.probes import CHEAP_PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ModelConfig, Transformer, build_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -133,13 +132,8 @@ def _timed(fn: Callable[[], Any]) -> float:
 # ---------------------------------------------------------------------------------------------
 # 1. Probed train step over plain train step.
 # ---------------------------------------------------------------------------------------------
-def _probe_with_grads():
-    """analysis.probes.probe_program_with_grads if it exists: (probe result, ∂ℒ/∂state) in one pass."""
-    return getattr(probes_module, "probe_program_with_grads", None)
-
-
 def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig):
-    """(state, opt_state, plain_step, probed_step, grads_reused) for the model of `cfg` at seed 0.
+    """(state, opt_state, plain_step, probed_step) for the model of `cfg` at seed 0.
 
     Both steps are jitted, donate their state, and map (state, opt_state, batch, key) to
     (state, opt_state, loss) -- plus the probe results for the probed step."""
@@ -161,34 +155,20 @@ def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig):
         state, opt_state = apply(state, opt_state, grads)
         return state, opt_state, loss
 
-    hook = _probe_with_grads()
-    if hook is not None:
-        # One forward + backward: the probe program's own parameter gradients drive the update.
-        def probed(state, opt_state, batch, key):
-            result, grads = hook(graphdef, state, batch, cfg, pcfg, key)
-            state, opt_state = apply(state, opt_state, grads)
-            return state, opt_state, result["loss"], result
-
-    else:
-        # probe_program does not return ∂ℒ/∂θ, so the update differentiates its loss once more:
-        # one forward, the probe program's backward (site gradients) and this outer backward.
-        def probed(state, opt_state, batch, key):
-            def f(state):
-                result = probe_program(graphdef, state, batch, cfg, pcfg, key)
-                return result["loss"], result
-
-            grads, result = jax.grad(f, has_aux=True)(state)
-            state, opt_state = apply(state, opt_state, grads)
-            return state, opt_state, result["loss"], result
+    # One forward + backward: the probe program's own parameter gradients drive the update.
+    def probed(state, opt_state, batch, key):
+        result, grads = probe_program_with_grads(graphdef, state, batch, cfg, pcfg, key)
+        state, opt_state = apply(state, opt_state, grads)
+        return state, opt_state, result["loss"], result
 
     donate = dict(donate_argnums=(0, 1))
-    return state, opt_state, jax.jit(plain, **donate), jax.jit(probed, **donate), hook is not None
+    return state, opt_state, jax.jit(plain, **donate), jax.jit(probed, **donate)
 
 
 def bench_probe_overhead(cfg: ModelConfig, rounds: int, calls: int) -> dict[str, Any]:
-    """Per-call times of both steps in interleaved rounds (each step chained on its own state)."""
+    """Median per-call times of both steps, alternating (each step chained on its own state)."""
     pcfg = ProbeConfig(probes=CHEAP_PROBES)
-    state, opt_state, plain, probed, reused = make_train_steps(cfg, pcfg)
+    state, opt_state, plain, probed = make_train_steps(cfg, pcfg)
     batch = random_batch(cfg, jax.random.key(1), BATCH, SEQ)
     key = jax.random.key(2)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
@@ -203,12 +183,16 @@ def bench_probe_overhead(cfg: ModelConfig, rounds: int, calls: int) -> dict[str,
     compile_s = {name: _timed(lambda n=name: call(n)) for name in steps}  # warm-up (includes compile)
     for name in steps:
         _timed(lambda n=name: call(n))
+    # The two steps alternate call by call (the order flipping every call), so that both see the
+    # same machine load; each round of `calls` pairs also gives its own ratio, to show the noise.
     times: dict[str, list[float]] = {name: [] for name in steps}
     round_ratios = []
     for r in range(rounds):
-        order = ("plain", "probed") if r % 2 == 0 else ("probed", "plain")
-        this = {name: [_timed(lambda n=name: call(n)) for _ in range(calls)] for name in order}
-        for name in order:
+        this: dict[str, list[float]] = {name: [] for name in steps}
+        for i in range(calls):
+            for name in ("plain", "probed") if i % 2 == 0 else ("probed", "plain"):
+                this[name].append(_timed(lambda n=name: call(n)))
+        for name in steps:
             times[name].extend(this[name])
         round_ratios.append(_median(this["probed"]) / _median(this["plain"]))
     med = {name: _median(ts) for name, ts in times.items()}
@@ -219,13 +203,7 @@ def bench_probe_overhead(cfg: ModelConfig, rounds: int, calls: int) -> dict[str,
         "first_call_s": compile_s,
         "samples": len(times["plain"]),
         "round_ratio_range": [min(round_ratios), max(round_ratios)],
-        "grads_reused": reused,
-        "method": (
-            "probe_program_with_grads: one forward+backward, its ∂ℒ/∂θ drives the update"
-            if reused
-            else "jax.grad of probe_program's loss with the probes as aux: one forward, two backwards "
-            "(probe_program keeps ∂ℒ/∂θ to itself)"
-        ),
+        "method": "probe_program_with_grads: one forward+backward, its ∂ℒ/∂θ drives the update",
         "config": {"arch": cfg.arch, "layers": [s.layers for s in cfg.stacks()], "batch": BATCH, "seq": SEQ},
     }
 
@@ -429,8 +407,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{seeds['loop_with_compile_s']:.2f} / {seeds['vmap_with_compile_s']:.2f} s"),
     ]
     print("\n".join(lines))
-    if not d["grads_reused"]:
-        print("note: the probed step differentiates twice (probe_program does not return ∂ℒ/∂θ)")
     print(f"load average {info['load_average_start']} -> {info['load_average_end']}; wrote {args.out}")
     return results
 

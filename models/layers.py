@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from models.config import ModelConfig
+from models.dtypes import upcast
 from models.sites import Taps
 
 NormFn = Callable[[str, jax.Array], jax.Array]
@@ -89,7 +90,7 @@ class Attention(nnx.Module):
         if causal:
             mask = jnp.tril(jnp.ones((t_len, source.shape[1]), bool))
             scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), axis=-1)
+        probs = jax.nn.softmax(upcast(scores), axis=-1)
         entropy = -jnp.sum(probs * jnp.log(jnp.clip(probs, jnp.finfo(probs.dtype).tiny)), axis=-1)
         taps.stat(f"{name}_entropy", jnp.mean(entropy, axis=(0, 2)))  # (H,)
         heads_out = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)  # (B, T, H, Dh)

@@ -17,6 +17,8 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from models.dtypes import reduction_dtype
+
 if TYPE_CHECKING:
     from models.config import ModelConfig
 
@@ -24,7 +26,7 @@ sg = jax.lax.stop_gradient
 
 
 def _stat_dtype(x: jax.Array) -> jnp.dtype:
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return reduction_dtype(x.dtype)
 
 
 def standardize(
@@ -55,7 +57,7 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = standardize(x, self.eps)
-        return (y * self.gain[...] + self.bias[...]).astype(x.dtype)
+        return (y * self.gain[...].astype(y.dtype) + self.bias[...].astype(y.dtype)).astype(x.dtype)
 
 
 class LayerNormSimple(nnx.Module):
@@ -112,7 +114,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(_stat_dtype(x))
         ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        return (x32 * jax.lax.rsqrt(ms + self.eps) * self.gain[...]).astype(x.dtype)
+        return (x32 * jax.lax.rsqrt(ms + self.eps) * self.gain[...].astype(x32.dtype)).astype(x.dtype)
 
 
 class DyT(nnx.Module):

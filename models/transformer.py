@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
+from models.dtypes import upcast
 from models.layers import Embedding
 from models.stack import Stack
 
@@ -40,8 +41,9 @@ def validate_tokens(cfg: ModelConfig, *inputs: Any) -> None:
             raise ValueError(f"{name} must be an int array of shape (batch, length), got shape {shape}")
         if shape[1] > cfg.max_len:
             raise ValueError(f"{name} has length {shape[1]} > max_len={cfg.max_len}")
-        if not jnp.issubdtype(jnp.asarray(tokens).dtype if not isinstance(tokens, jax.core.Tracer) else tokens.dtype, jnp.integer):
-            raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+        dtype = tokens.dtype if isinstance(tokens, jax.core.Tracer) else np.asarray(tokens).dtype
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {dtype}")
         if not isinstance(tokens, jax.core.Tracer) and shape[0] * shape[1] > 0:
             values = np.asarray(tokens)
             low, high = int(values.min()), int(values.max())
@@ -96,4 +98,4 @@ class Transformer(nnx.Module):
             )
         head = self.embed.table[...].T if self.head is None else self.head[...]
         logits = out @ head
-        return ForwardOutput(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), sites, stats)
+        return ForwardOutput(upcast(logits), sites, stats)

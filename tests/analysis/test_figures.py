@@ -314,3 +314,33 @@ def test_save_figure_cleans_up_on_failure(tmp_path):
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "x.notaformat")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_seed_leaves_a_gap_and_a_note(frame, bad):
+    """A diverged seed must not vanish into the median of the others: its layer is a gap in the
+    line and band, and the axes say how many values were left out and from which seed."""
+    df = frame.copy()
+    hit = (df.quantity == "act_grad_norm") & (df.site == "resid_pre") & (df.step == STEPS[-1]) \
+        & (df.placement == "post") & (df.seed == 2) & (df.layer == 5)
+    assert hit.sum() == 1
+    df.loc[hit, "value"] = bad
+    _, ax = plt.subplots()
+    plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    y = np.asarray(_line(ax, "post").get_ydata(), float)
+    assert np.isnan(y[5]) and np.isfinite(np.delete(y, 5)).all()
+    assert np.isfinite(np.asarray(_line(ax, "pre").get_ydata(), float)).all()  # other placements untouched
+    notes = [t.get_text() for t in ax.texts]
+    assert any("1 non-finite" in t and "[2]" in t for t in notes), notes
+
+
+def test_heatmap_cell_with_non_finite_seed_is_blank():
+    df = make_cka_frame(layers=4)
+    hit = (df.placement == "post") & (df.seed == 1) & (df.layer == 2) & (df.other_layer == 3)
+    df.loc[hit, "value"] = np.nan
+    _, ax = plt.subplots()
+    plot_cka_heatmap(df, ax, stack="encoder", placement="post")
+    img = ax.images[0].get_array()
+    assert np.ma.is_masked(img[2, 3]) or np.isnan(img[2, 3])
+    assert np.isfinite(np.ma.filled(img, np.nan)).sum() == 15
+    assert any("non-finite" in t.get_text() for t in ax.texts)

@@ -111,7 +111,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
-    run_report(Path(args.out), quick=args.quick, seeds=args.seeds, redraw=args.redraw)
+    layers = 6 if args.quick else args.layers
+    placements = args.placements.split(",") if args.placements else None
+    run_report(Path(args.out), layers=layers, seeds=args.seeds, placements=placements, redraw=args.redraw)
     return 0
 
 
@@ -144,10 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(probe)
     probe.set_defaults(func=_cmd_probe)
 
-    report = sub.add_parser("report", help="the initialization-time report of every placement (make report)")
+    report = sub.add_parser("report", help="the initialization-time report of every placement (make report)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     report.add_argument("--out", default="reports/init", help="output folder")
     report.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    report.add_argument("--quick", action="store_true", help="6 layers instead of 18 (a smoke run)")
+    report.add_argument("--layers", type=int, default=18, help="depth of the encdec (each stack) and decoder-only models")
+    report.add_argument("--quick", action="store_true", help="6 layers instead of --layers (a smoke run)")
+    report.add_argument("--placements", default="", help=f"comma-separated subset of: {', '.join(PLACEMENTS)} (default: all)")
     report.add_argument("--redraw", action="store_true", help="redraw figures from an existing init.parquet")
     report.set_defaults(func=_cmd_report)
 

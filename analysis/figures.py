@@ -44,7 +44,7 @@ __all__ = ["plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling", "figu
 
 Band = Literal["minmax", "iqr", "ci"]
 DPI = 130
-_LEGEND_INSIDE_MAX = 8  # more entries than this move outside the axes, in a smaller font
+_LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
 _BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI"}
 # Columns that tell configurations apart; named when a selection holds several rows per key.
 _CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")

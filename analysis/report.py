@@ -10,10 +10,11 @@ writes the tidy table (init.parquet + init.json), the figures, a summary table a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,8 +41,20 @@ def harness_config(arch: str, placement: str, layers: int) -> ModelConfig:
                        max_len=64, pos="none", **REPORT_OVERRIDES.get(placement, {}))  # fmt: skip
 
 
-def collect(layers: int, seeds: int, batch_size: int = 8, seq_len: int = 32) -> pd.DataFrame:
-    jobs = [(arch, p) for arch, _, _ in ARCH_PANELS for p in PLACEMENTS]
+def check_placements(placements: Sequence[str] | None) -> tuple[str, ...]:
+    """The placements to report, in registry order; all of them for None."""
+    if placements is None:
+        return tuple(PLACEMENTS)
+    unknown = [p for p in placements if p not in PLACEMENTS]
+    if unknown or not placements:
+        raise ValueError(f"placements {list(placements)}: unknown {unknown}; valid choices are {list(PLACEMENTS)}")
+    return tuple(p for p in PLACEMENTS if p in placements)
+
+
+def collect(layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8,
+            seq_len: int = 32) -> pd.DataFrame:
+    """Probe every (arch, placement) of the report at initialization; one tidy frame."""
+    jobs = [(arch, p) for arch, _, _ in ARCH_PANELS for p in check_placements(placements)]
     frames = []
     for arch, placement in tqdm(jobs, desc="probing placements", unit="model"):
         cfg = harness_config(arch, placement, layers)
@@ -73,7 +86,7 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str, path: 
 
 
 def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str, path: Path) -> None:
-    names = list(PLACEMENTS)
+    names = [p for p in PLACEMENTS if p in set(df["placement"])]
     fig, axes = figures.figure_grid(len(names), ncols=5, panel_size=(3.2, 2.8))
     for ax, placement in zip(axes, names):
         figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch})
@@ -93,13 +106,15 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, placement): the spec's headline statistics, median over seeds (seed min–max in brackets)."""
     rows = []
-    for (arch, stack, _), placement in [(a, p) for a in ARCH_PANELS for p in PLACEMENTS]:
+    present = [p for p in PLACEMENTS if p in set(df["placement"])]
+    for (arch, stack, _), placement in [(a, p) for a in ARCH_PANELS for p in present]:
         sel = df[(df["arch"] == arch) & (df["stack"] == stack) & (df["placement"] == placement)]
 
         def per_seed(quantity, site, fn):
             s = sel[(sel["quantity"] == quantity) & (sel["site"] == site) & (sel["layer"] >= 0)]
-            values = s.pivot_table(index="seed", columns="layer", values="value").to_numpy()
-            return fn(values) if values.size else np.full(1, np.nan)
+            values = s.pivot_table(index="seed", columns="layer", values="value", dropna=False).to_numpy()
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 is a result (ReZero), kept as NaN
+                return fn(values) if values.size else np.full(1, np.nan)
 
         stats = {
             "G_top/G_bottom": per_seed("param_grad_norm", "mlp.w2.weight", lambda v: v[:, -1] / v[:, 0]),
@@ -114,13 +129,39 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_report(out: Path, *, quick: bool = False, seeds: int = 3, redraw: bool = False) -> Path:
+SUMMARY_NOTES = """\
+Columns (layer 1 = bottom, L = top; the encdec rows are its decoder):
+- G_top/G_bottom: ‖∂ℒ/∂W2‖ of the top layer's FFN output matrix over the bottom layer's (Xiong et al.'s
+  gradient-norm comparison; ≫ 1 means the bottom layers' parameters get vanishing gradients).
+- g_bottom/g_top: ‖∂ℒ/∂x‖ at the bottom layer's input over the top layer's (Takase et al.'s figure).
+- cos(x_L-1, x_L): mean per-token cosine between the inputs of the last two layers (near 1: the top
+  layers barely change the stream, Xie et al.'s representation collapse).
+- ‖x_L‖/‖x_1‖: per-token RMS of the top layer's input over the bottom layer's (stream growth).
+"""
+
+
+def _nan_note(table: pd.DataFrame) -> str:
+    """Name the cells that are NaN, which are results (0/0 or diverged), not missing data."""
+    cells = [f"{row['arch']}/{row['placement']} {col}" for _, row in table.iterrows()
+             for col in table.columns[2:] if str(row[col]).startswith("nan")]  # fmt: skip
+    if not cells:
+        return ""
+    return ("\nNaN cells are measured, not missing: a 0/0 ratio (ReZero's α = 0 at init gives every sublayer "
+            "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n")
+
+
+def run_report(out: Path, *, layers: int = 18, seeds: int = 3, placements: Sequence[str] | None = None,
+               redraw: bool = False) -> Path:
     """Probe, then write init.parquet/json, figures, summary.md and README.md into `out`.
 
-    `redraw=True` skips the probing and redraws everything from an existing `out/init.parquet`.
+    `layers` deep stacks (18 in the papers' analyses; 6 for a smoke run), `seeds` seeds each, every
+    placement unless `placements` names some. `redraw=True` skips the probing and redraws everything
+    from an existing `out/init.parquet`.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    for name, value in (("seeds", seeds), ("layers", layers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    placements = check_placements(placements)
     out = Path(out)
     start = time.perf_counter()
     if redraw:
@@ -128,9 +169,8 @@ def run_report(out: Path, *, quick: bool = False, seeds: int = 3, redraw: bool =
             raise ValueError(f"--redraw needs an existing {out / 'init.parquet'}; run the report without --redraw first")
         df, meta = read_run(out / "init.parquet")
     else:
-        layers = 6 if quick else 18
-        df = collect(layers, seeds)
-        meta = {"layers": layers, "seeds": seeds, "batch_size": 8, "seq_len": 32, "probes": list(CHEAP_PROBES),
+        df = collect(layers, seeds, placements)
+        meta = {"layers": layers, "seeds": seeds, "placements": list(placements), "batch_size": 8, "seq_len": 32, "probes": list(CHEAP_PROBES),
                 "model": dataclasses.asdict(harness_config("encdec", "post", layers)),
                 "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         write_run(df, meta, out / "init.parquet")  # data first: a figure bug never loses the measurements
@@ -164,24 +204,21 @@ def draw_report(df: pd.DataFrame, meta: dict, out: Path) -> None:
     table = summary_table(df)
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(
         f"# Initialization-time summary ({layers} layers, {seeds} seeds; median [min, max] over seeds)\n\n"
-        + markdown_table(table) + "\n"))  # fmt: skip
-    index = [f"# lnscope initialization report\n", f"Generated by `make report` in {meta['seconds']} s "
+        + markdown_table(table) + "\n\n" + SUMMARY_NOTES + _nan_note(table)))  # fmt: skip
+    index = [f"# lnscope initialization report\n\n", f"Generated by `make report` in {meta['seconds']} s "
              f"({layers}-layer stacks, {seeds} seeds, spec §2 harness). Data: `init.parquet` (tidy, one row per "
              "observation; columns in analysis/tidy.py) and `init.json` (settings). skip_scale is shown with "
-             "λ = 2 (at λ = 1 it is Post-LN).\n", "- `summary.md`: headline statistics per placement\n"]  # fmt: skip
+             "λ = 2 (at λ = 1 it is Post-LN).\n\n", "- `summary.md`: headline statistics per placement\n"]  # fmt: skip
     index += [f"- `{name}`: {title}\n" for name, title in written]
     atomic_write(out / "README.md", lambda tmp: tmp.write_text("".join(index)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="reports/init", help="output folder")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    parser.add_argument("--quick", action="store_true", help="6 layers instead of 18")
-    parser.add_argument("--redraw", action="store_true", help="redraw figures from an existing init.parquet")
-    args = parser.parse_args(argv)
-    run_report(Path(args.out), quick=args.quick, seeds=args.seeds, redraw=args.redraw)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m analysis.report [options]` is `lnscope report [options]` (one parser, in analysis.cli)."""
+    from analysis.cli import main as cli_main
+
+    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

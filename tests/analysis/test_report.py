@@ -1,0 +1,115 @@
+"""The init report (analysis.report): its summary statistics on a frame with known values, and the
+whole pipeline (probe -> parquet -> figures -> markdown) on a small real run, including --redraw."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.cli import main as cli_main
+from analysis.io import read_run
+
+LAYERS = 4
+SEEDS = (0, 1, 2)
+
+
+def _frame(placement: str, profile: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Rows of `profile` ({(quantity, site): (seeds, layers) values}) for one placement, both archs."""
+    rows = []
+    for arch, stack, _ in report.ARCH_PANELS:
+        for (quantity, site), values in profile.items():
+            for seed, per_layer in zip(SEEDS, values):
+                for layer, value in enumerate(per_layer):
+                    rows.append(dict(arch=arch, stack=stack, placement=placement, seed=seed, layer=layer,
+                                     quantity=quantity, site=site, value=float(value)))
+    return pd.DataFrame(rows)
+
+
+def test_summary_table_orients_ratios_top_over_bottom() -> None:
+    # Layer 0 is the bottom. Per seed s: W2 gradient 10^(s+1) at the top, 1 at the bottom, so
+    # G_top/G_bottom = 10, 100, 1000 over seeds and the median is 100 with [10, 1000].
+    grad = np.array([[1.0, 2.0, 3.0, 10.0 ** (s + 1)] for s in range(3)])
+    act_grad = np.array([[0.5, 1, 1, 2.0]] * 3)  # g_bottom/g_top = 0.25
+    cos = np.array([[0.1, 0.2, 0.3, 0.9 + 0.01 * s] for s in range(3)])
+    rms = np.array([[2.0, 3, 4, 8.0]] * 3)  # ‖x_L‖/‖x_1‖ = 4
+    df = _frame("post", {("param_grad_norm", "mlp.w2.weight"): grad, ("act_grad_norm", "resid_pre"): act_grad,
+                         ("cos_adjacent", "resid_pre"): cos, ("act_norm", "resid_pre"): rms})
+    table = report.summary_table(df)
+    assert list(table["placement"]) == ["post", "post"] and list(table["arch"]) == ["encdec", "decoder"]
+    row = table.iloc[0]
+    assert row["G_top/G_bottom"] == "100 [10, 1e+03]"
+    assert row["g_bottom/g_top"] == "0.25 [0.25, 0.25]"
+    assert row["cos(x_L-1, x_L)"] == "0.91 [0.9, 0.92]"
+    assert row["‖x_L‖/‖x_1‖"] == "4 [4, 4]"
+
+
+def test_summary_keeps_a_diverged_seed_and_names_nan_cells() -> None:
+    grad = np.array([[1.0, 1, 1, 2], [1.0, 1, 1, np.nan], [1.0, 1, 1, 4]])
+    ones = np.ones((3, LAYERS))
+    df = _frame("pre", {("param_grad_norm", "mlp.w2.weight"): grad, ("act_grad_norm", "resid_pre"): ones,
+                        ("cos_adjacent", "resid_pre"): ones, ("act_norm", "resid_pre"): ones})
+    table = report.summary_table(df)
+    assert table.iloc[0]["G_top/G_bottom"].startswith("nan")  # not the median of the two finite seeds
+    note = report._nan_note(table)
+    assert "encdec/pre G_top/G_bottom" in note and "decoder/pre G_top/G_bottom" in note
+    assert report._nan_note(report.summary_table(_frame("pre", {("act_norm", "resid_pre"): ones}))).count("nan") == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(placements=["post", "postln"]), "unknown ['postln']"),
+        (dict(placements=[]), "valid choices"),
+        (dict(seeds=0), "seeds must be an integer >= 1, got 0"),
+        (dict(layers=0), "layers must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_report_arguments_fail_before_compute(tmp_path, kwargs, needle) -> None:
+    with pytest.raises(ValueError) as err:
+        report.run_report(tmp_path / "r", **kwargs)
+    assert needle in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_redraw_without_data_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="--redraw needs an existing"):
+        report.run_report(tmp_path, redraw=True)
+
+
+@pytest.mark.slow
+def test_report_pipeline_end_to_end(tmp_path, capsys) -> None:
+    """A 2-layer report of three placements (one per family) through the CLI: data, figures, tables;
+    then --redraw from the parquet alone gives the same summary."""
+    out = tmp_path / "init"
+    placements = ["post", "pre", "rezero"]
+    assert cli_main(["report", "--out", str(out), "--layers", "2", "--seeds", "2",
+                     "--placements", ",".join(placements)]) == 0
+    df, meta = read_run(out / "init.parquet")
+    assert meta["layers"] == 2 and meta["seeds"] == 2 and meta["placements"] == placements
+    assert json.loads((out / "init.json").read_text())["model"]["d_model"] == 64
+    assert set(df["placement"]) == set(placements) and set(df["arch"]) == {"encdec", "decoder"}
+    assert set(df["seed"]) == {0, 1} and df["layer"].max() == 1
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(["act_grad_norm.png", "param_grad_norm.png", "update_ratio.png", "act_norm.png",
+                           "ln_jacobian_gain.png", "cos_adjacent.png", "cka_encdec.png", "cka_decoder.png"])
+    assert all((out / p).stat().st_size > 10_000 for p in pngs)
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| encdec |") == 3 and summary.count("| decoder |") == 3
+    assert "decoder/rezero G_top/G_bottom" in summary  # α = 0 at init: 0/0, named as such
+    index = (out / "README.md").read_text()
+    assert all(p in index for p in pngs) and "summary.md" in index
+    # redraw: figures and tables from the parquet only
+    for p in out.glob("*.png"):
+        p.unlink()
+    report.run_report(out, redraw=True)
+    assert sorted(p.name for p in out.glob("*.png")) == pngs
+    assert (out / "summary.md").read_text() == summary
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries behind

@@ -200,6 +200,9 @@ def linear_cka(x: jax.Array, y: jax.Array, debiased: bool = True) -> jax.Array:
     return xy / jnp.sqrt(_hsic(x, x, debiased) * _hsic(y, y, debiased))
 
 
+STACK_METHODS = ("auto", "features", "gram")
+
+
 def _pairwise_cka(hx: jax.Array, hy: jax.Array, debiased: bool) -> jax.Array:
     """(L, n, D) prepared stacks -> (L, L) CKA of hx[i] against hy[j]."""
     cross = jax.vmap(
@@ -210,19 +213,79 @@ def _pairwise_cka(hx: jax.Array, hy: jax.Array, debiased: bool) -> jax.Array:
     return cross / jnp.sqrt(self_hsic[:, None] * self_hsic[None, :])
 
 
-@partial(jax.jit, static_argnames="debiased")
-def stack_cka(h: jax.Array, debiased: bool = True) -> jax.Array:
+def _gram_terms(h: jax.Array, debiased: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per layer of a prepared (L, n, D) stack: the Gram matrices flattened to (L, n²), with
+    zeroed diagonals when debiased, their row sums (L, n) and their totals (L,)."""
+    k = jnp.einsum("lnd,lmd->lnm", h, h, precision=_HIGHEST)
+    if debiased:
+        k = k * (1.0 - jnp.eye(k.shape[1], dtype=k.dtype))
+    rows = jnp.sum(k, axis=2)
+    return k.reshape(k.shape[0], -1), rows, jnp.sum(rows, axis=1)
+
+
+def _hsic_from_grams(x_terms, y_terms, n: int, debiased: bool, pairwise: bool = True) -> jax.Array:
+    """HSIC from `_gram_terms` of two stacks (the formulas of `_hsic`): (L, L) for every pair, or
+    (L,) for layer i against layer i when not `pairwise`."""
+    (kx, rx, sx), (ky, ry, sy) = x_terms, y_terms
+    if pairwise:
+        dot, outer = (lambda a, b: jnp.matmul(a, b.T, precision=_HIGHEST)), jnp.outer
+    else:
+        dot, outer = (lambda a, b: jnp.sum(a * b, axis=1)), jnp.multiply
+    trace = dot(kx, ky)  # tr(K_i L_j): the Grams are symmetric
+    if not debiased:
+        return trace / (n - 1) ** 2
+    total = trace + outer(sx, sy) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * dot(rx, ry)  # 1ᵀK̃_i L̃_j 1 = r_i·r_j
+    return total / (n * (n - 3))
+
+
+def _pairwise_cka_gram(h: jax.Array, perm: jax.Array | None, debiased: bool) -> jax.Array:
+    """(L, n, D) prepared stack -> (L, L) CKA of h[i] against h[j] (examples of h[j] permuted by
+    `perm` if given), from one n×n Gram matrix per layer: L·n²·D + L²·n² work instead of the
+    feature path's L²·n·D². A permutation of the examples permutes a Gram's rows and columns, so the
+    shuffled null reuses the same Grams."""
+    n = h.shape[1]
+    x_terms = _gram_terms(h, debiased)
+    y_terms = x_terms
+    if perm is not None:
+        k, rows, totals = x_terms
+        y_terms = (k.reshape(-1, n, n)[:, perm][:, :, perm].reshape(k.shape), rows[:, perm], totals)
+    cross = _hsic_from_grams(x_terms, y_terms, n, debiased)
+    # self-HSIC is invariant to a permutation of the examples: one normaliser for both arguments
+    self_hsic = _hsic_from_grams(x_terms, x_terms, n, debiased, pairwise=False)
+    return cross / jnp.sqrt(self_hsic[:, None] * self_hsic[None, :])
+
+
+def _use_gram(layers: int, n: int, d: int, method: str) -> bool:
+    """Whether to take the Gram path (static shapes). "auto": when n <= D, i.e. when a Gram is no
+    larger than a cross-covariance. Counting arithmetic alone misleads: on CPU, n = 512, D = 64,
+    L = 12 the Gram path does ~2× fewer flops but runs ~3× slower (n×n traffic and the permuted
+    gather), while at n = D = 256 it runs ~16× faster (benchmarks/README.md)."""
+    del layers  # the crossover measured did not depend on depth
+    if method not in STACK_METHODS:
+        raise ValueError(f"method={method!r}; expected one of {list(STACK_METHODS)}")
+    if method != "auto":
+        return method == "gram"
+    return n <= d
+
+
+@partial(jax.jit, static_argnames=("debiased", "method"))
+def stack_cka(h: jax.Array, debiased: bool = True, method: str = "auto") -> jax.Array:
     """Linear CKA between every pair of layers.
 
     Args:
         h: (L, ..., D) stacked layer representations.
         debiased: see :func:`linear_cka`.
+        method: ``"features"`` (D×D cross-covariances per pair, O(D²) memory), ``"gram"`` (one n×n
+            Gram per layer, O(L·n²) memory) or ``"auto"``: Gram when n <= D.
+            Both give the same numbers to float32 rounding.
 
     Returns:
         (L, L) symmetric matrix; entry (i, j) = linear_cka(h[i], h[j]).
     """
     h = jax.vmap(_prepare)(_flatten_stack(h))
     _check_n(h.shape[1], debiased)
+    if _use_gram(*h.shape, method):
+        return _pairwise_cka_gram(h, None, debiased)
     return _pairwise_cka(h, h, debiased)
 
 
@@ -250,9 +313,9 @@ def shuffled_null_cka(
     return linear_cka(_examples(x), y[perm], debiased)
 
 
-@partial(jax.jit, static_argnames="debiased")
+@partial(jax.jit, static_argnames=("debiased", "method"))
 def stack_cka_null(
-    h: jax.Array, key: jax.Array, debiased: bool = True
+    h: jax.Array, key: jax.Array, debiased: bool = True, method: str = "auto"
 ) -> jax.Array:
     """Shuffled-example null for :func:`stack_cka`.
 
@@ -264,6 +327,7 @@ def stack_cka_null(
         h: (L, ..., D) stacked layer representations.
         key: PRNG key.
         debiased: see :func:`linear_cka`.
+        method: see :func:`stack_cka`.
 
     Returns:
         (L, L) matrix (not symmetric, diagonal not 1).
@@ -271,4 +335,6 @@ def stack_cka_null(
     h = jax.vmap(_prepare)(_flatten_stack(h))
     _check_n(h.shape[1], debiased)
     perm = jax.random.permutation(key, h.shape[1])
+    if _use_gram(*h.shape, method):
+        return _pairwise_cka_gram(h, perm, debiased)
     return _pairwise_cka(h, h[:, perm], debiased)

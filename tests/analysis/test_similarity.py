@@ -37,6 +37,8 @@ BIASED_NULL_FLOOR = 0.1
 # Every shape compiles fresh, so property tests draw from this fixed set.
 SHAPES = [(64, 8), (96, 16)]
 ESTIMATORS = [True, False]
+# stack CKA's two evaluation orders: per-pair D×D cross-covariances, or one n×n Gram per layer
+METHODS = ["features", "gram"]
 PROPERTY = settings(max_examples=10, deadline=None)
 
 
@@ -175,15 +177,16 @@ def test_shuffled_null_much_lower_than_cka(debiased):
     np.testing.assert_allclose(null, linear_cka(x, y[perm], debiased), atol=SAME_F32_ATOL)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("debiased", ESTIMATORS)
-def test_stack_cka_null_uses_one_permutation(debiased):
+def test_stack_cka_null_uses_one_permutation(debiased, method):
     h = _stack(7)
     key = jax.random.key(3)
-    null = np.asarray(stack_cka_null(h, key, debiased))
+    null = np.asarray(stack_cka_null(h, key, debiased, method))
     loop = [[float(shuffled_null_cka(a, b, key, debiased)) for b in h] for a in h]
     np.testing.assert_allclose(null, loop, atol=SAME_F32_ATOL)
     assert np.all(np.abs(np.diag(null)) < 0.5)  # the unshuffled diagonal would be 1
-    other = np.asarray(stack_cka_null(h, jax.random.key(4), debiased))
+    other = np.asarray(stack_cka_null(h, jax.random.key(4), debiased, method))
     assert not np.allclose(null, other, atol=1e-3)
 
 
@@ -233,10 +236,11 @@ def test_stack_cosines_match_loops():
 
 # --- stack CKA ---
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("debiased", ESTIMATORS)
-def test_stack_cka_matches_double_loop(debiased):
+def test_stack_cka_matches_double_loop(debiased, method):
     h = _stack(12)
-    out = np.asarray(stack_cka(h, debiased))
+    out = np.asarray(stack_cka(h, debiased, method))
     loop = [[float(linear_cka(a, b, debiased)) for b in h] for a in h]
     np.testing.assert_allclose(out, loop, atol=SAME_F32_ATOL)
     np.testing.assert_allclose(np.diag(out), 1.0, atol=SAME_F32_ATOL)
@@ -271,3 +275,32 @@ def test_jit_and_vmap_match_loop(debiased):
 
     cos = jax.jit(jax.vmap(stack_cosine_adjacent))(hs)
     np.testing.assert_allclose(cos, [stack_cosine_adjacent(h) for h in hs], atol=COS_ATOL)
+
+
+@pytest.mark.parametrize("layers, shape, expected", [
+    (12, (8, 64, 64), "features"),  # the report / benchmark shape: n = 512 tokens > D = 64
+    (4, (3, 16, 8), "features"),
+    (18, (64, 64, 64), "features"), # n = 4096: Grams would be L·n² = 300M floats
+    (12, (4, 64, 256), "gram"),     # n = D = 256: the Gram path was ~16× faster on CPU
+    (12, (2, 32, 512), "gram"),     # wide features, few tokens
+])
+def test_stack_cka_auto_picks_the_cheaper_path(layers, shape, expected):
+    from analysis.similarity import _use_gram
+
+    n, d = shape[0] * shape[1], shape[2]
+    assert _use_gram(layers, n, d, "auto") == (expected == "gram")
+    with pytest.raises(ValueError, match="method='fast'.*auto.*features.*gram"):
+        _use_gram(layers, n, d, "fast")
+
+
+@pytest.mark.parametrize("debiased", ESTIMATORS)
+def test_gram_and_feature_paths_agree_on_a_report_sized_stack(debiased):
+    """The shape the probes meet in the report (12 layers, 512 tokens, D = 64), both paths, with
+    the null; plus CKA(X, X) = 1 on the diagonal."""
+    h = _stack(21, layers=12, shape=(8, 64, 64))
+    key = jax.random.key(5)
+    gram, feat = (np.asarray(stack_cka(h, debiased, m)) for m in METHODS)
+    np.testing.assert_allclose(gram, feat, atol=SAME_F32_ATOL)
+    np.testing.assert_allclose(np.diag(gram), 1.0, atol=SAME_F32_ATOL)
+    gram_null, feat_null = (np.asarray(stack_cka_null(h, key, debiased, m)) for m in METHODS)
+    np.testing.assert_allclose(gram_null, feat_null, atol=SAME_F32_ATOL)

@@ -280,12 +280,13 @@ def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, 
     im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap,
                    interpolation="nearest")
     cbar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label(f"{quantity} (mean over {sel['seed'].nunique()} seeds)")
+    cbar.set_label(quantity)  # short: in a grid a long label runs into the next panel's y label
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("other layer (0 = bottom)")
     ax.set_ylabel("layer (0 = bottom)")
-    ax.set_title(f"{quantity}: {placement}, {stack} ({_step_text(sel)})", fontsize="medium")
+    ax.set_title(f"{quantity}: {placement}, {stack}, mean of {sel['seed'].nunique()} seeds ({_step_text(sel)})",
+                 fontsize="medium")
     _note_nonfinite(ax, sel)
     return ax
 

@@ -91,7 +91,9 @@ def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str, path: Pa
     for ax, placement in zip(axes, names):
         figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch})
         ax.set_title(placement, fontsize=9)
-    fig.suptitle(f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean over seeds)", fontsize=11)
+    seeds = df["seed"].nunique()
+    fig.suptitle(f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)",
+                 fontsize=11)  # fmt: skip
     figures.save_figure(fig, path)
 
 

@@ -34,7 +34,7 @@ def _seed_list(seeds: Iterable[int]) -> list[int]:
 
 
 def batch_key(seed_key: jax.Array) -> jax.Array:
-    """Key of the random batch drawn for a seed (shared by probe_at_init and notebooks)."""
+    """Key of the random batch `probe_at_init` draws for a seed (to rebuild that batch elsewhere)."""
     return jax.random.fold_in(seed_key, 1)
 
 

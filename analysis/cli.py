@@ -112,7 +112,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
     layers = 6 if args.quick else args.layers
-    placements = args.placements.split(",") if args.placements else None
+    placements = [p.strip() for p in args.placements.split(",")] if args.placements else None
     run_report(Path(args.out), layers=layers, seeds=args.seeds, placements=placements, redraw=args.redraw)
     return 0
 

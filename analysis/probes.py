@@ -179,7 +179,17 @@ def probe_program_with_grads(
     return _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads=True)
 
 
-def _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads: bool) -> tuple[dict, Any]:
+def _probe_program(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Batch,
+    cfg: ModelConfig,
+    pcfg: ProbeConfig,
+    key: jax.Array | None,
+    want_grads: bool,
+) -> tuple[dict, nnx.State | None]:
+    """The probe program; with `want_grads` the parameter gradients are computed (even if no probe
+    needs them) and returned, else None is returned in their place."""
     probes = set(pcfg.probes)
     key = jax.random.key(0) if key is None else key
     inputs = model_inputs(cfg, batch)
@@ -302,7 +312,7 @@ def _probe_program(graphdef, state, batch, cfg, pcfg, key, want_grads: bool) -> 
 
     if "hessian_top_eig" in probes:
         result["hessian_top_eig"] = {"model": {"layers": {}, "stack": {"loss": _hessian_top_eig(forward, state, key, pcfg)}}}
-    return result, (g_state if needs_grad else None)
+    return result, (g_state if want_grads else None)
 
 
 def _hessian_top_eig(forward, state: nnx.State, key: jax.Array, pcfg: ProbeConfig) -> jax.Array:

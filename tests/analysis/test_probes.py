@@ -634,7 +634,8 @@ def test_seed_chunk_gives_identical_numbers(seed_frames) -> None:
 def test_probe_at_init_with_batch_equals_probe_model() -> None:
     """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s)."""
     batch = random_batch(SEED_CFG, jax.random.key(11), BATCH, LENGTH)
-    at_init = probe_at_init(SEED_CFG, seeds=SEEDS, probes=CHEAP_PROBES, batch=batch)
+    # seq_len only shapes the random batch: with a given batch it is ignored, not checked
+    at_init = probe_at_init(SEED_CFG, seeds=SEEDS, probes=CHEAP_PROBES, batch=batch, seq_len=SEED_CFG.max_len + 1)
     models = pd.concat(
         [probe_model(build_model(SEED_CFG, s), batch, CHEAP_PROBES, seed=s) for s in SEEDS], ignore_index=True
     )

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 
 from analysis.io import write_run
-from analysis.probes import CHEAP_PROBES, PROBES
+from analysis.probe.probes import CHEAP_PROBES, PROBES
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
 from models import config as config_module
 
@@ -81,7 +81,7 @@ def _config_from(args: argparse.Namespace) -> ModelConfig:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from analysis.api import probe_at_init
+    from analysis.probe.api import probe_at_init
 
     cfg = _config_from(args)
     probes = tuple(args.probes.split(",")) if args.probes else CHEAP_PROBES
@@ -109,7 +109,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import run_report
+    from analysis.report.init_report import run_report
 
     layers = 6 if args.quick else args.layers
     placements = [p.strip() for p in args.placements.split(",")] if args.placements else None

@@ -39,3 +39,46 @@ def write_run(frame: pd.DataFrame, meta: dict[str, Any], path: Path) -> None:
 def read_run(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     path = Path(path)
     return pd.read_parquet(path), json.loads(path.with_suffix(".json").read_text())
+
+
+def environment() -> dict[str, Any]:
+    """Where a result was computed: library versions, devices, host, and the git commit (if any).
+
+    Stored beside every result (training runs, checks, reports, benchmarks) so a number can be
+    traced to the code and machine that made it. The commit is None outside a git checkout, and
+    `dirty` says whether tracked files differed from it.
+    """
+    import platform
+    import subprocess
+
+    import flax
+    import jax
+    import jaxlib
+    import numpy
+    import optax
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                                 timeout=10)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": numpy.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+    }

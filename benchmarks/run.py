@@ -3,15 +3,15 @@
     python -m benchmarks.run [--quick] [--out benchmarks/results/latest.json]
 
 1. probe_overhead     probed train step / plain train step          goal <= 1.10
-   A train step is one optax.adam update of the model parameters on analysis.loss's loss, jitted, with
+   A train step is one optax.adam update of the model parameters on analysis.probe.loss's loss, jitted, with
    the model and optimizer state as input and output. The probed step is the same update plus every
-   CHEAP_PROBES output of analysis.probes.probe_program, computed in the same jitted function and
+   CHEAP_PROBES output of analysis.probe.probes.probe_program, computed in the same jitted function and
    returned from it (so XLA cannot drop them). Decoder Pre-LN 12L (headline) and encdec 6L-6L.
 2. compile_depth      compile time at depth 192 / at depth 6         goal <= 1.5
    `jax.jit(f).lower(...).compile()` of the probe program (headline) and of the plain forward,
    decoder, median of fresh compiles (persistent cache off, jax.clear_caches() before each).
 3. seed_vmap_speedup  32 single-seed calls / one 32-seed vmapped call goal >= 5
-   probe_at_init's compiled function (analysis.api._compiled): one call on 32 seeds against a Python
+   probe_at_init's compiled function (analysis.probe.api._compiled): one call on 32 seeds against a Python
    loop of 32 calls of the same function compiled for one seed; steady state (headline) and
    including compilation.
 
@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import jaxlib
 import optax
 
-from analysis.api import _compiled
-from analysis.loss import loss_from_logits, model_inputs, random_batch
-from analysis.probes import CHEAP_PROBES, ProbeConfig, probe_program, probe_program_with_grads
+from analysis.probe.api import _compiled
+from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
+from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ModelConfig, Transformer, build_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -10,7 +10,7 @@ import pytest
 
 from analysis import cli
 from analysis.io import atomic_write, read_run
-from analysis.tidy import COLUMNS
+from analysis.probe.tidy import COLUMNS
 from models import ModelConfig
 
 

@@ -1,4 +1,4 @@
-"""The init report (analysis.report): its summary statistics on a frame with known values, and the
+"""The init report (analysis.report.init_report): its summary statistics on a frame with known values, and the
 whole pipeline (probe -> parquet -> figures -> markdown) on a small real run, including --redraw."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import report
+from analysis.report import init_report as report
 from analysis.cli import main as cli_main
 from analysis.io import read_run
 

@@ -1,4 +1,4 @@
-"""Tests for analysis.figures on synthetic tidy frames with known profiles.
+"""Tests for analysis.report.figures on synthetic tidy frames with known profiles.
 
 Every expected number is computed here independently (numpy over a pivot of the frame) and compared
 with what the plot put on its axes.
@@ -17,7 +17,7 @@ import pytest
 
 from analysis.stats import t_quantile
 
-from analysis.figures import (
+from analysis.report.figures import (
     figure_grid,
     plot_cka_heatmap,
     plot_depth_scaling,

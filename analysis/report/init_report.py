@@ -2,6 +2,7 @@
 
     python -m analysis.report --out reports/init            # 18 layers, 3 seeds, every placement
     python -m analysis.report --out /tmp/smoke --quick      # 6 layers, a smoke run
+(`python -m analysis.report` runs analysis/report/__main__.py, which is `lnscope report`.)
 
 Probes every placement at initialization on an 18-layer encoder-decoder and an 18-layer decoder-only
 stack (the spec §2 harness: d_model 64, 4 heads, FFN 256, random tokens, batch 8, length 32) and
@@ -11,7 +12,6 @@ writes the tidy table (init.parquet + init.json), the figures, a summary table a
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from analysis import figures
-from analysis.api import probe_at_init
+from analysis.report import figures
+from analysis.probe.api import probe_at_init
 from analysis.io import atomic_write, read_run, write_run
-from analysis.probes import CHEAP_PROBES
+from analysis.probe.probes import CHEAP_PROBES
 from models import PLACEMENTS, ModelConfig
 
 ARCH_PANELS = (("encdec", "decoder", "decoder of an encoder-decoder"), ("decoder", "decoder", "decoder-only"))
@@ -213,14 +213,3 @@ def draw_report(df: pd.DataFrame, meta: dict, out: Path) -> None:
              "λ = 2 (at λ = 1 it is Post-LN).\n\n", "- `summary.md`: headline statistics per placement\n"]  # fmt: skip
     index += [f"- `{name}`: {title}\n" for name, title in written]
     atomic_write(out / "README.md", lambda tmp: tmp.write_text("".join(index)))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m analysis.report [options]` is `lnscope report [options]` (one parser, in analysis.cli)."""
-    from analysis.cli import main as cli_main
-
-    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
-"""The probe program (analysis.probes) against independent recomputations.
+"""The probe program (analysis.probe.probes) against independent recomputations.
 
 Every probe is recomputed here from first principles on the same model and batch, by a route that
-does not go through analysis.probes:
+does not go through analysis.probe.probes:
 
 * act_grad_norm: a central finite difference of the loss along a direction added at one site
   (float64, every placement), and the norm of jax.grad with respect to that site's perturbation.
@@ -9,12 +9,12 @@ does not go through analysis.probes:
   sites), sliced per layer and summed per parameter group in numpy.
 * ln_jacobian_gain: the explicit Jacobian (jax.jacrev of the norm module, token by token) applied to
   the upstream gradient at the norm's output; ln_gain_estimate: 1/sqrt(var + eps) in numpy.
-* cos_adjacent / cos_to_last / cka: analysis.similarity on the forward's sites; act_norm and
+* cos_adjacent / cos_to_last / cka: analysis.probe.similarity on the forward's sites; act_norm and
   update_ratio in numpy.
 * attn_entropy: closed forms for uniform attention (q and k weights zeroed).
 * output_change: the parameter move and the normalized output difference redone by hand.
 * hessian_top_eig: the dense Hessian's eigenvalues (numpy.linalg.eigvalsh).
-* the seed plumbing of analysis.api: vmapped seeds = one seed at a time = probe_model.
+* the seed plumbing of analysis.probe.api: vmapped seeds = one seed at a time = probe_model.
 
 Compile time is the budget (each distinct config/probe-set/shape compiles for seconds on CPU), so a
 few tiny configs are shared through module-scoped fixtures.
@@ -32,10 +32,10 @@ import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from analysis import similarity
-from analysis.api import probe_at_init, probe_model
-from analysis.loss import loss_from_logits, model_inputs, random_batch
-from analysis.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
+from analysis.probe import similarity
+from analysis.probe.api import probe_at_init, probe_model
+from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
+from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, Transformer, build_model, init_state
 
 # Tiny shared sizes (every distinct shape compiles fresh).

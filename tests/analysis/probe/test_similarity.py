@@ -1,4 +1,4 @@
-"""Tests for analysis.similarity against float64 numpy references and invariances."""
+"""Tests for analysis.probe.similarity against float64 numpy references and invariances."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.similarity import (
+from analysis.probe.similarity import (
     linear_cka,
     shuffled_null_cka,
     stack_cka,
@@ -285,7 +285,7 @@ def test_jit_and_vmap_match_loop(debiased):
     (12, (2, 32, 512), "gram"),     # wide features, few tokens
 ])
 def test_stack_cka_auto_picks_the_cheaper_path(layers, shape, expected):
-    from analysis.similarity import _use_gram
+    from analysis.probe.similarity import _use_gram
 
     n, d = shape[0] * shape[1], shape[2]
     assert _use_gram(layers, n, d, "auto") == (expected == "gram")

@@ -1,4 +1,4 @@
-"""analysis.tidy.to_frame: the column contract of the result tables (documented in analysis/tidy.py).
+"""analysis.probe.tidy.to_frame: the column contract of the result tables (documented in analysis/tidy.py).
 
 Two sources: a synthetic result (every layout the probe program produces, with known values, NaN and
 Inf, non-contiguous seeds) checked value by value, and one real probe_at_init frame of a small
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.api import probe_at_init
-from analysis.probes import CHEAP_PROBES
-from analysis.tidy import COLUMNS, PAIRWISE, to_frame
+from analysis.probe.api import probe_at_init
+from analysis.probe.probes import CHEAP_PROBES
+from analysis.probe.tidy import COLUMNS, PAIRWISE, to_frame
 from models import ModelConfig
 
 INT_COLUMNS = ("layers", "d_model", "seed", "step", "layer", "other_layer")

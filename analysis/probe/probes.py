@@ -19,8 +19,8 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from analysis import similarity
-from analysis.loss import Batch, loss_from_logits, model_inputs
+from analysis.probe import similarity
+from analysis.probe.loss import Batch, loss_from_logits, model_inputs
 from models import ModelConfig
 from models.block import sublayer_input_site
 from models.dtypes import upcast

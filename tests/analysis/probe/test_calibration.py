@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.api import probe_at_init
+from analysis.probe.api import probe_at_init
 from models import ModelConfig
 
 pytestmark = pytest.mark.slow

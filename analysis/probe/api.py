@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from analysis.loss import check_batch, random_batch
-from analysis.probes import CHEAP_PROBES, ProbeConfig, probe_program
-from analysis.tidy import to_frame
+from analysis.probe.loss import check_batch, random_batch
+from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
+from analysis.probe.tidy import to_frame
 from models import ModelConfig, init_state
 
 
@@ -73,7 +73,7 @@ def probe_at_init(
     run: str = "",
     seed_chunk: int | None = None,
 ) -> pd.DataFrame:
-    """Probe freshly initialized models of `cfg`, one per seed, as a tidy DataFrame (analysis.tidy).
+    """Probe freshly initialized models of `cfg`, one per seed, as a tidy DataFrame (analysis.probe.tidy).
 
     All seeds run in one compiled call (`jax.vmap` over seeds, model init and Admin profiling inside);
     `seed_chunk` bounds memory by vmapping that many seeds at a time. Seed s is the model of

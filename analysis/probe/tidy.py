@@ -11,7 +11,7 @@ Columns (documented contract for figures, checks and reports):
     step         int    training step (0 = initialization)
     stack        str    encoder | decoder | model (shared embedding / head / whole-model scalars)
     layer        int    0 = bottom; -1 for stack-level rows (final norm, embedding, stack output)
-    site         str    probe site or parameter group (see analysis.probes / models.sites)
+    site         str    probe site or parameter group (see analysis.probe.probes / models.sites)
     quantity     str    probe name (act_grad_norm, param_grad_norm, cka, ...)
     value        float  the measurement (NaN/Inf kept: a diverged run is a result)
     other_layer  int    second layer of pairwise quantities (cka, cka_null); -1 otherwise

@@ -1,0 +1,16 @@
+"""The probe room: the loss and batches the probes differentiate, the jitted probe program,
+similarity measures, and the tidy rows every later room reads.
+
+    from analysis.probe import probe_at_init, probe_program_with_grads, ProbeConfig, to_frame
+
+Nothing here imports the training loop, the experiments or the report (the data flows one way).
+"""
+
+from analysis.probe.api import probe_at_init, probe_key, probe_model
+from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
+from analysis.probe.tidy import COLUMNS, to_frame
+
+__all__ = [
+    "CHEAP_PROBES", "COLUMNS", "PROBES", "ProbeConfig", "probe_at_init", "probe_key", "probe_model",
+    "probe_program", "probe_program_with_grads", "to_frame",
+]  # fmt: skip

@@ -19,6 +19,7 @@ import time
 import typing
 from pathlib import Path
 
+from analysis.experiments import cli as experiments_cli
 from analysis.io import write_run
 from analysis.probe.probes import CHEAP_PROBES, PROBES
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list placements, norms, archs and probes")
     listing.set_defaults(func=_cmd_list)
+    experiments_cli.add_commands(sub)
     return parser
 
 

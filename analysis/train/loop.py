@@ -36,7 +36,7 @@ from analysis.io import environment
 from analysis.probe.tidy import to_frame
 from analysis.train import checkpoint, store
 from analysis.train.config import TrainConfig, from_dict, to_dict
-from analysis.train.step import MAX_CHUNK, METRICS, abstract_states, program, seed_sharding
+from analysis.train.step import MAX_CHUNK, METRICS, Runtime, abstract_states, program, seed_sharding
 from analysis.train.tasks import prepare
 
 
@@ -67,7 +67,6 @@ class Plan:
     evals: frozenset[int]
     checkpoints: frozenset[int]
     boundaries: tuple[int, ...]
-    chunk: int  # plain steps per dispatch at most
 
     @classmethod
     def of(cls, cfg: TrainConfig, with_checkpoints: bool) -> "Plan":
@@ -82,9 +81,7 @@ class Plan:
         evals = frozenset([*(range(0, T, cfg.eval_every) if cfg.eval_every else ()), T])
         ckpts = frozenset([*(range(cfg.checkpoint_every, T, cfg.checkpoint_every) if cfg.checkpoint_every else ()), T])
         ckpts = ckpts if with_checkpoints else frozenset()
-        boundaries = tuple(sorted({0, T, *probes, *evals, *ckpts}))
-        gaps = [b - a - (a in probes) for a, b in zip(boundaries, boundaries[1:])]
-        return cls(probes, evals, ckpts, boundaries, max(1, min(MAX_CHUNK, max(gaps, default=1))))
+        return cls(probes, evals, ckpts, tuple(sorted({0, T, *probes, *evals, *ckpts})))
 
 
 class _Recorder:
@@ -162,11 +159,12 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
 
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
-    prog = program(cfg, data, plan.chunk)
+    prog = program(cfg, data)
     shardings = seed_sharding(len(cfg.seeds), devices)
     put = (lambda x, i: jax.device_put(x, shardings[i])) if shardings else (lambda x, i: x)
     seeds = put(jnp.asarray(cfg.seeds, jnp.uint32), 0)
     arrays = put(data.arrays, 1)
+    rt = put(Runtime.of(cfg), 1)
     rec = _Recorder(cfg, run_id)
 
     start = 0
@@ -224,22 +222,22 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         if dead[0]:
             break
         if a in plan.evals:
-            dispatch("eval", a, 0, (prog.evaluate(states.params, arrays),))
+            dispatch("eval", a, 0, (prog.evaluate(states.params, arrays, rt),))
         if a in plan.checkpoints and a > start and folder is not None:
             flush()
             store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
             checkpoint.save(folder, a, states)
         s = a
         if a in plan.probes:
-            new, metrics, result = prog.probed(plan.probes[a])(states, seeds, a, arrays)
+            new, metrics, result = prog.probed(plan.probes[a])(states, seeds, a, arrays, rt)
             dispatch("probe", a, int(a < T), (metrics, result, new.alive))
             states = new if a < T else states  # the final probe measures the trained model; no update
             s += 1
         if b is None:
             break
         while s < b:
-            n = min(plan.chunk, b - s)
-            states, metrics = prog.plain(states, seeds, s, n, arrays)
+            n = min(MAX_CHUNK, b - s)
+            states, metrics = prog.plain(states, seeds, s, n, arrays, rt)
             dispatch("plain", s, n, (metrics, states.alive))
             s += n
     flush()

@@ -34,12 +34,15 @@ from analysis.probe.api import probe_key
 from analysis.probe.loss import loss_from_logits, model_inputs
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
 from analysis.train.config import TrainConfig
-from analysis.train.optim import learning_rate, make_optimizer, optimizer_update
+from analysis.train.optim import Hyper, adamw_updates, make_optimizer
 from analysis.train.tasks import TaskData
 from models import Transformer, init_state
 
 METRICS: tuple[str, ...] = ("loss", "lr", "grad_norm", "update_ratio")
-MAX_CHUNK = 256  # plain steps per dispatch at most: bounds the metric buffers and the early-stop delay
+# Plain steps per dispatch at most. The chunk's metric buffers always have this size (the trip count
+# is a runtime argument), so every run of a (model, task, optimizer kind) shares one compiled chunk;
+# it also bounds how late an all-diverged run notices that it can stop.
+MAX_CHUNK = 256
 
 
 class TrainState(NamedTuple):
@@ -76,7 +79,7 @@ def init_one(cfg: TrainConfig, optimizer: optax.GradientTransformation, seed: ja
 
 def abstract_states(cfg: TrainConfig, sharding: jax.sharding.Sharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, the seed-stacked TrainState as ShapeDtypeStructs) of `cfg`, e.g. to restore a checkpoint."""
-    optimizer = make_optimizer(cfg.optim, cfg.steps)
+    optimizer = make_optimizer(cfg.optim)
     seeds = jax.ShapeDtypeStruct((len(cfg.seeds),), jnp.uint32)
     abstract = jax.eval_shape(jax.vmap(lambda s: init_one(cfg, optimizer, s)), seeds)
     if sharding is not None:
@@ -89,17 +92,36 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(leaves))
 
 
-class Program:
-    """The jitted functions of one TrainConfig (seeds aside). Build with `program(cfg)` (cached)."""
+class Runtime(NamedTuple):
+    """Numbers of a run passed to the compiled functions as arguments (float32/int32 scalars), so runs
+    that differ only in them share one compiled program: learning rate, warm-up, length, ceiling,
+    validation batches."""
 
-    def __init__(self, cfg: TrainConfig, data: TaskData, chunk: int):
+    hyper: Hyper
+    ceiling: jax.Array
+    eval_batches: jax.Array
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> "Runtime":
+        return cls(Hyper.of(cfg.optim, cfg.steps), jnp.asarray(cfg.ceiling, jnp.float32),
+                   jnp.asarray(cfg.eval_batches, jnp.int32))  # fmt: skip
+
+
+class Program:
+    """The jitted functions of one (model, task, optimizer kind); build with `program(cfg, data)`.
+
+    Everything in `Runtime` is an argument, not a constant: learning-rate, warm-up, run-length and
+    ceiling sweeps compile once.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: TaskData, chunk: int = MAX_CHUNK):
         self.cfg, self.data, self.chunk = cfg, data, chunk
         self.model_cfg = cfg.model
-        self.optimizer = make_optimizer(cfg.optim, cfg.steps)
+        self.optimizer = make_optimizer(cfg.optim)
         self.graphdef = graphdef_of(cfg)
         self.init = jax.jit(jax.vmap(self._init_one))
-        self.plain = jax.jit(jax.vmap(self._plain_one, in_axes=(0, 0, None, None, None)))
-        self.evaluate = jax.jit(jax.vmap(self._eval_one, in_axes=(0, None)))
+        self.plain = jax.jit(jax.vmap(self._plain_one, in_axes=(0, 0, None, None, None, None)))
+        self.evaluate = jax.jit(jax.vmap(self._eval_one, in_axes=(0, None, None)))
         self._probed: dict[tuple[str, ...], Any] = {}
 
     # -- per seed ------------------------------------------------------------------------------
@@ -112,10 +134,12 @@ class Program:
         logits = model.forward(*inputs, record=False, dropout_key=dropout_key).logits
         return loss_from_logits(self.model_cfg, logits, batch)
 
-    def _update(self, state: TrainState, loss: jax.Array, grads: Any, step: jax.Array) -> tuple[TrainState, dict]:
+    def _update(self, state: TrainState, loss: jax.Array, grads: Any, step: jax.Array, rt: Runtime):
         grad_norm = _global_norm(grads)
-        bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) | (loss > self.cfg.ceiling)
-        updates, opt_state = optimizer_update(self.optimizer, grads, state.opt, state.params)
+        bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) | (loss > rt.ceiling)
+        updates, opt_state, lr = adamw_updates(
+            self.optimizer, self.cfg.optim.schedule, rt.hyper, step, grads, state.opt, state.params
+        )
         params = optax.apply_updates(state.params, updates)
         keep = state.alive & ~bad
         choose = lambda new, old: jnp.where(keep, new, old)
@@ -127,13 +151,13 @@ class Program:
         )
         metrics = {
             "loss": loss.astype(jnp.float32),
-            "lr": learning_rate(step, self.cfg.optim, self.cfg.steps),
+            "lr": lr,
             "grad_norm": grad_norm,
             "update_ratio": _global_norm(updates) / _global_norm(state.params),
         }
         return new, metrics
 
-    def _plain_one(self, state: TrainState, seed: jax.Array, start: jax.Array, n: jax.Array, arrays: dict):
+    def _plain_one(self, state: TrainState, seed: jax.Array, start: jax.Array, n: jax.Array, arrays: dict, rt: Runtime):
         dropout = self.model_cfg.dropout > 0
 
         def body(i, carry):
@@ -142,45 +166,56 @@ class Program:
             batch = self.data.batch(arrays, batch_key(seed, step))
             dkey = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 4), step) if dropout else None
             loss, grads = jax.value_and_grad(self.loss)(state.params, batch, dkey)
-            state, metrics = self._update(state, loss, grads, step)
+            state, metrics = self._update(state, loss, grads, step, rt)
             return state, {k: buffers[k].at[i].set(metrics[k]) for k in METRICS}
 
         buffers = {k: jnp.full((self.chunk,), jnp.nan, jnp.float32) for k in METRICS}
         return jax.lax.fori_loop(0, n, body, (state, buffers))
 
-    def _probe_one(self, state: TrainState, seed: jax.Array, step: jax.Array, arrays: dict, pcfg: ProbeConfig):
+    def _probe_one(self, state: TrainState, seed: jax.Array, step: jax.Array, arrays: dict, rt: Runtime,
+                   pcfg: ProbeConfig):  # fmt: skip
         batch = self.data.batch(arrays, batch_key(seed, step))
         key = jax.random.fold_in(probe_key(jax.random.key(seed)), step)
         result, grads = probe_program_with_grads(self.graphdef, state.params, batch, self.model_cfg, pcfg, key)
-        state, metrics = self._update(state, result["loss"], grads, step)
+        state, metrics = self._update(state, result["loss"], grads, step, rt)
         return state, metrics, result
 
-    def _eval_one(self, params: nnx.State, arrays: dict) -> jax.Array:
+    def _eval_one(self, params: nnx.State, arrays: dict, rt: Runtime) -> jax.Array:
         def body(i, total):
             batch = self.data.batch(arrays, val_key(self.cfg.task.data_seed, i), split="val")
             return total + self.loss(params, batch)
 
-        return jax.lax.fori_loop(0, self.cfg.eval_batches, body, jnp.zeros((), jnp.float32)) / self.cfg.eval_batches
+        total = jax.lax.fori_loop(0, rt.eval_batches, body, jnp.zeros((), jnp.float32))
+        return total / rt.eval_batches.astype(jnp.float32)
 
     # -- vmapped over seeds ----------------------------------------------------------------------
     def probed(self, probes: tuple[str, ...]):
-        """The jitted probed step for one probe set: (states, seeds, step, arrays) -> (states, metrics, result)."""
+        """The jitted probed step for one probe set: (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
         if probes not in self._probed:
             pcfg = ProbeConfig(probes=probes)
             one = functools.partial(self._probe_one, pcfg=pcfg)
-            self._probed[probes] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+            self._probed[probes] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
         return self._probed[probes]
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_program(cfg: TrainConfig, data: TaskData, chunk: int) -> Program:
-    return Program(cfg, data, chunk)
+def _cached_program(cfg: TrainConfig, data: TaskData) -> Program:
+    return Program(cfg, data)
 
 
-def program(cfg: TrainConfig, data: TaskData, chunk: int) -> Program:
-    """The Program of `cfg` on prepared `data` with plain chunks of up to `chunk` steps; configs that
-    differ only in their seeds share it (they compile once)."""
-    return _cached_program(cfg.replace(seeds=(0,)), data, chunk)
+def program(cfg: TrainConfig, data: TaskData) -> Program:
+    """The Program of `cfg` on prepared `data` (cached).
+
+    Configs that differ only in seeds or Runtime numbers (lr, warm-up, steps, ceiling, eval batches)
+    share it and compile once (a different number of seeds changes shapes, so it retraces).
+    """
+    inverse_sqrt = cfg.optim.schedule == "inverse_sqrt"
+    key = cfg.replace(**{
+        "seeds": (0,), "steps": 1, "optim.lr": 1.0, "optim.warmup_steps": int(inverse_sqrt), "loss_ceiling": 1.0,
+        "eval_batches": 1, "probe_every": 0, "probes": (), "expensive_probes": (), "expensive_probe_every": 0,
+        "eval_every": 0, "checkpoint_every": 0,
+    })  # fmt: skip
+    return _cached_program(key, data)
 
 
 def seed_sharding(n_seeds: int, devices: list | None = None) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding] | None:

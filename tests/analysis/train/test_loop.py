@@ -63,15 +63,18 @@ def test_huge_learning_rate_diverges_and_keeps_its_rows():
 
 
 def test_one_seed_diverges_and_the_other_goes_on():
-    first = train(_cfg(steps=1, probe_every=0))
-    loss0 = first.curves[(first.curves.quantity == "loss") & (first.curves.step == 0)].set_index("seed")["value"]
-    low, high = sorted(loss0.to_numpy())
-    ceiling = (low + high) / 2  # between the two seeds' initial losses
-    r = train(_cfg(probe_every=0, loss_ceiling=float(ceiling)))
-    bad, good = (int(loss0.idxmax()), int(loss0.idxmin()))
-    assert r.status == {bad: "diverged", good: "finished"} and r.diverged_step[bad] == 0
+    reference = train(_cfg(probe_every=0))
+    loss = reference.curves[reference.curves.quantity == "loss"].pivot(index="step", columns="seed", values="value")
+    good = int(loss.max().idxmin())  # the seed whose worst loss is lower
+    bad = 1 - good
+    ceiling = float(loss[good].max()) * (1 + 1e-6)  # above every loss of `good`, below some loss of `bad`
+    first_bad = int(loss.index[loss[bad] > ceiling][0])
+    r = train(_cfg(probe_every=0, loss_ceiling=ceiling))
+    assert r.status == {bad: "diverged", good: "finished"} and r.diverged_step[bad] == first_bad
     assert r.curves[(r.curves.seed == good) & (r.curves.quantity == "loss")]["step"].max() == 5
-    assert r.curves[r.curves.seed == bad]["step"].max() == 0
+    assert r.curves[r.curves.seed == bad]["step"].max() == first_bad
+    kept = r.curves[(r.curves.seed == bad) & (r.curves.quantity == "loss")].set_index("step")["value"]
+    np.testing.assert_array_equal(kept.to_numpy(), loss[bad].loc[: first_bad].to_numpy())
 
 
 def test_same_config_and_seed_is_bitwise_identical():

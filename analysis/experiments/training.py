@@ -243,7 +243,7 @@ def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -
     F.plot_lines(frame, axes[0], x="step", where={"quantity": "val_loss", "stack": "model"}, logy=False,
                  xlabel="update step", ylabel="validation loss (nats/token)", title="validation loss")  # fmt: skip
     if ratio_panel:
-        F.plot_lines(frame, axes[1], x="step", where={"quantity": RATIO[0]}, logy=True, xlabel="update step",
+        F.plot_lines(frame, axes[1], x="step", where={"quantity": RATIO[0]}, logy=True, band="logci", xlabel="update step",
                      ylabel="‖∂ℒ/∂x_0‖ / ‖∂ℒ/∂x_top‖", title="bottom/top gradient ratio (probed in the step)")  # fmt: skip
     fig.suptitle(title)
     return fig

@@ -11,7 +11,9 @@ The seed spread is always drawn. The line is the median over seeds and the band 
     - ``"minmax"``: min..max over seeds;
     - ``"iqr"``: 25th..75th percentile over seeds;
     - ``"ci"``: the line is the mean and the band mean +- t_{0.975, n-1} s / sqrt(n), the two-sided
-      95% Student-t interval (no band where n < 2).
+      95% Student-t interval (no band where n < 2);
+    - ``"logci"``: the same on ln(value), mapped back: the geometric mean and its interval (for
+      positive values drawn on a log axis, where a linear interval would cross zero).
 
 Selection: ``step=None`` takes each run's final recorded step, and ``where={column: value or list}``
 narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
@@ -46,10 +48,11 @@ from analysis.stats import t_quantile
 __all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",
            "plot_lines", "figure_grid", "save_figure"]
 
-Band = Literal["minmax", "iqr", "ci"]
+Band = Literal["minmax", "iqr", "ci", "logci"]
 DPI = 130
 _LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
-_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI"}
+_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI",
+              "logci": "geometric mean, 95% CI"}
 # Columns that tell configurations apart; named when a selection holds several rows per key.
 _CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")
 _MARKERS = "osD^vP*Xh<>p"
@@ -133,10 +136,15 @@ def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
     elif band == "iqr":
         center, lo, hi = g.median(), g.quantile(0.25), g.quantile(0.75)
     else:
-        center = g.mean()
         t = n.map(lambda k: t_quantile(0.975, int(k) - 1) if k > 1 else np.nan)
+        if band == "logci":  # the t interval of the mean of ln(value), mapped back: positive, log-symmetric
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = sel.assign(value=np.log(sel["value"].where(sel["value"] > 0))).groupby(by, sort=True)["value"]
+        center = g.mean()
         half = t * g.std(ddof=1) / np.sqrt(n)
         lo, hi = center - half, center + half
+        if band == "logci":
+            center, lo, hi = np.exp(center), np.exp(lo), np.exp(hi)
     out = pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n})
     diverged = ~sel.assign(finite=np.isfinite(sel["value"].to_numpy(float))).groupby(by, sort=True)["finite"].all()
     out.loc[diverged, ["center", "lo", "hi"]] = np.nan
@@ -194,8 +202,8 @@ def _styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
     if len(order) > 1 and len(set(placement.values())) <= 1:  # e.g. norms of one placement: tell them apart
         placement = {}
     others = [h for h in order if placement.get(h) not in PLACEMENT_COLORS]
-    if len(others) <= 20:
-        colors = _PALETTE
+    if len(others) <= 8:  # Dark2: a palette apart from the placements' tab20, so no value looks like one
+        colors = list(plt.get_cmap("Dark2").colors)
     else:
         colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(others))))
     styles, forms = {}, {}
@@ -424,7 +432,8 @@ def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band
         ax: axes to draw on.
         x: column on the x axis (numeric).
         hue: column giving one line per value; colors follow the placement (module docstring).
-        band: ``"ci"`` (mean ± 95% t interval), ``"minmax"`` or ``"iqr"``.
+        band: ``"ci"`` (mean ± 95% t interval), ``"logci"`` (geometric mean and its interval, for
+            log axes), ``"minmax"`` or ``"iqr"``.
         where: equality (scalar) or membership (list) filters.
         logx: log x axis.
         logy: log y axis; None = automatic (log when positive values span more than a decade).

@@ -173,9 +173,9 @@ def figures(frame: pd.DataFrame) -> dict:
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
         F.plot_lines(r[~r["normalized"]], axes[0], x="skip_lambda", hue="series", logy=True, band="logci", xlabel="skip scale λ",
                      ylabel="g_1/g_L (bottom over top layer input)", title="without LN: explode (λ>1) or vanish (λ<1)",
-                     legend_title="stack")  # fmt: skip
+                     legend_title="model")  # fmt: skip
         F.plot_lines(r[r["normalized"]], axes[1], x="skip_lambda", hue="series", logy=False, xlabel="skip scale λ",
-                     ylabel="g_1/g_L", title="with LN: bounded for every λ", legend_title="stack")  # fmt: skip
+                     ylabel="g_1/g_L", title="with LN: bounded for every λ", legend_title="model")  # fmt: skip
         axes[1].axhline(1.0, color="0.5", lw=0.8, ls=":")
         fig.suptitle("Liu, Ren et al.: gradient ratio against the skip scale λ and depth (decoder-only, init)")
         out["liu2021_skip_scale"] = fig

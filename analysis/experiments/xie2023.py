@@ -196,7 +196,8 @@ def figures(frame: pd.DataFrame) -> dict:
         top = cka[cka["other_layer"] == cka["layers"] - 1]
         F.plot_lines(top, axes[3], x="layers", logx=True, logy=False, xlabel="model depth L (layers)",
                      ylabel="CKA(h_{L-1}, h_L)", title="top adjacent-layer CKA vs depth")  # fmt: skip
-        fig.suptitle("Xie et al.: Pre-LN's representation collapse at init (ResiDual: its Post-LN stream a)")
+        fig.suptitle("Xie et al.: Pre-LN's representation collapse at init (ResiDual's stream a is Post-LN's: their "
+                     "lines coincide)")
         out["xie2023_collapse"] = fig
     if "train" in parts:
         t = frame[frame["part"] == "train"]

@@ -63,15 +63,22 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def backward_stats(x: jax.Array, g_in: jax.Array, g_out: jax.Array, eps: float) -> dict[str, jax.Array]:
-    """Per-layer token means of QUANTITIES; x, g_in, g_out: (L, B, T, d) -> each (L,)."""
+    """Per-layer token means of QUANTITIES; x, g_in, g_out: (L, B, T, d) -> each (L,).
+
+    Tokens whose upstream gradient is exactly zero (the last position of a causal LM, which no
+    next-token loss reads) have no direction: they are left out of the means rather than make them 0/0.
+    """
     x, g_in, g_out = (a.astype(jnp.float32) for a in (x, g_in, g_out))
     sigma = jnp.sqrt(jnp.var(x, axis=-1, keepdims=True) + eps)
     y = (x - jnp.mean(x, axis=-1, keepdims=True)) / sigma
     ones = jnp.ones_like(x)
-    mean = lambda a: jnp.mean(a, axis=(1, 2))
+    live = jnp.any(g_out != 0, axis=-1)  # (L, B, T)
+    safe = lambda a: jnp.where(live, a, 0.0)
+    mean = lambda a: jnp.sum(safe(a), axis=(1, 2)) / jnp.sum(live, axis=(1, 2), dtype=jnp.float32)
+    var_out = jnp.where(live, jnp.var(g_out, axis=-1), 1.0)
     return {
         "ln_grad_mean_cos": mean(_cos(g_in, ones)),
-        "ln_grad_var_ratio": mean(jnp.var(sigma * g_in, axis=-1) / jnp.var(g_out, axis=-1)),
+        "ln_grad_var_ratio": mean(jnp.var(sigma * g_in, axis=-1) / var_out),
         "ln_grad_y_cos": mean(_cos(g_in, y)),
         "ln_upstream_mean_cos": mean(_cos(g_out, ones)),
     }
@@ -118,9 +125,10 @@ class BackwardJob:
     columns: tuple[tuple[str, Any], ...] = ()
 
     kind = "ln_backward"
+    version = 2  # part of the hash: bump it when backward_stats changes (2: zero-gradient tokens left out)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "seeds": self.seeds,
+        return {"kind": self.kind, "version": self.version, "model": dataclasses.asdict(self.model), "seeds": self.seeds,
                 "batch_size": self.batch_size, "seq_len": self.seq_len, "quantities": sorted(QUANTITIES)}  # fmt: skip
 
     def compute(self) -> pd.DataFrame:

@@ -20,10 +20,11 @@ narrows further (e.g. ``{"layers": 18}``). A selection that still holds several 
 (say two depths mixed in one profile) is refused with the columns that differ, never averaged.
 
 Colors: every placement has one fixed color and marker (``PLACEMENT_COLORS``, ``PLACEMENT_MARKERS``)
-in every figure of the project. A hue other than ``placement`` (e.g. ``variant``, a placement in one
-form of its method) takes the color of its placement, and forms of the same placement differ by line
-style. Hue values that are no known placement get colors in the order they first appear in the
-*whole* frame, so a value keeps its color in every panel drawn from one frame.
+in every figure of the project. With hue ``variant`` (a placement in one form of its method, the
+experiments' column) each line takes its placement's color, and forms of the same placement differ
+by line style. Any other hue (a site, a norm), and variants that all stand for one placement, get
+colors of a separate palette in the order they first appear in the *whole* frame, so a value keeps
+its color in every panel drawn from one frame.
 """
 
 from __future__ import annotations
@@ -181,11 +182,12 @@ _FORM_LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _placement_of(df: pd.DataFrame, hue: str) -> dict[Any, str]:
-    """The placement each hue value stands for: itself for hue="placement", else the most frequent
-    placement among its rows outside an encoder stack (an encoder-decoder is named by its decoder)."""
+    """The placement each hue value stands for: itself for hue="placement"; for hue="variant" (a
+    placement in one form of its method) the most frequent placement among its rows outside an
+    encoder stack (an encoder-decoder is named by its decoder). Other hues stand for no placement."""
     if hue == "placement":
         return {h: h for h in pd.unique(df[hue].dropna())}
-    if "placement" not in df.columns:
+    if hue != "variant" or "placement" not in df.columns:
         return {}
     rows = df[df["stack"] != "encoder"] if "stack" in df.columns else df
     rows = rows if not rows.empty else df
@@ -460,9 +462,18 @@ def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band
         ms = 3 if len(xs) > 12 else 4
         ax.plot(xs, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
         ax.fill_between(xs, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
-    if logx:
+    xs_all = np.asarray(sorted(pd.unique(sel[x])), dtype=float)
+    if logx:  # ticks at the measured x values, plainly written (not 6×10⁰)
         ax.set_xscale("log")
-    if logy or (logy is None and _auto_log(sel["value"])):
+        ax.xaxis.set_major_locator(FixedLocator(xs_all))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+    elif np.all(xs_all == np.round(xs_all)):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    values = sel["value"].to_numpy(dtype=float)
+    if logy and not (values[np.isfinite(values)] > 0).any():
+        warnings.warn(f"{who}: no positive finite values to draw on a log axis; using a linear one", stacklevel=2)
+    elif logy or (logy is None and _auto_log(sel["value"])):
         ax.set_yscale("log")
     _note_nonfinite(ax, sel)
     ax.set_xlabel(xlabel or x)

@@ -1,6 +1,7 @@
 """A reduced subset of the real checks, end to end on the tiny preset: run, store, reuse, verdicts,
 figures, JSON from the CLI. The science is checked at the quick preset by `lnscope check`; here the
-plumbing is (tiny models are narrower than the calibration's, so their numbers are not the claims')."""
+plumbing is (tiny models are narrower than the calibration's, so their numbers are not the claims').
+The shared fixture runs 5 init jobs and 2 short training runs (~40 s on an idle 2-core machine): slow tier."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def table(store: Path):
     return run_checks(claim_ids=[*INIT_CLAIMS, TRAIN_CLAIM], preset="tiny", store=store)
 
 
+@pytest.mark.slow
 def test_checks_run_and_give_verdicts(table) -> None:
     assert list(table["id"]) == [*INIT_CLAIMS, TRAIN_CLAIM]
     assert set(table["verdict"]) <= set(VERDICTS)
@@ -78,6 +80,7 @@ def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture) -> None:
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_figures_have_labelled_axes(table, store: Path) -> None:
     frame = EXPERIMENTS["takase2022"].run("tiny", store, parts=["deep"])
     figs = EXPERIMENTS["takase2022"].figures(frame)

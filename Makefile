@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast report benchmark clean
+.PHONY: setup test test-fast report check benchmark clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ test-fast: setup
 # (JAX's persistent compilation cache makes a second run skip most of the compiling.)
 report: setup
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.report --out reports/init
+
+# The papers' hypothesis checks (quick preset): table, checks.json and figures -> reports/checks/.
+# The store keeps every job, so a rerun computes only what changed.
+check: setup
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.cli check --out reports/checks/checks.json \
+		--figures reports/checks --store reports/checks/store
 
 benchmark: setup
 	$(PY) -m benchmarks.run

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.experiments.claims import Claim, extreme_ratio, ratio
+from analysis.experiments.claims import Claim, Feature, Statistic, extreme_ratio, ratio
 from analysis.experiments.common import W2, decoder_job, encdec_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -49,11 +49,11 @@ def plan(p: Preset) -> dict:
     return {"depth": sweep, "deep": [encdec_job(h, "deepnorm", p.deep)]}
 
 
-def _change(variant: str, depth: int) -> object:
+def _change(variant: str, depth: int) -> Feature:
     return feature(f"{variant}@{depth}", "depth", variant, CHANGE, layer=None, layers=depth)
 
 
-def _change_ratio(depth: int) -> ratio:
+def _change_ratio(depth: int) -> Statistic:
     return ratio(_change("post", depth), _change("pre", depth),
                  f"output change of Post-LN over Pre-LN at L={depth} (seed means)")
 

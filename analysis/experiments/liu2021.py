@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, closer_to_one, custom, difference, extreme_ratio, ratio
+from analysis.experiments.claims import Claim, Feature, Statistic, closer_to_one, custom, difference, extreme_ratio, ratio
 from analysis.experiments.common import X_GRAD, decoder_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -77,16 +77,16 @@ def plan(p: Preset) -> dict:
 DEPTH = 12  # the calibration's depth
 
 
-def _g(variant: str, layer: int, depth: int = DEPTH) -> object:
+def _g(variant: str, layer: int, depth: int = DEPTH) -> Feature:
     return feature(f"{variant}:g{layer}@{depth}", "lambda", variant, X_GRAD, layer=layer, layers=depth)
 
 
-def _g_ratio(variant: str, depth: int = DEPTH) -> ratio:
+def _g_ratio(variant: str, depth: int = DEPTH) -> Statistic:
     return ratio(_g(variant, 0, depth), _g(variant, -1, depth),
                  f"g_1/g_L: seed-mean ‖∂ℒ/∂x‖ at the bottom layer's input over the top layer's ({variant}, L={depth})")
 
 
-def _depth_growth(variant: str, depths: tuple[int, int]) -> custom:
+def _depth_growth(variant: str, depths: tuple[int, int]) -> Statistic:
     f = [_g(variant, layer, d) for d in depths for layer in (0, -1)]
     return custom("ratio_of_ratios", f"g_1/g_L at L={depths[1]} over g_1/g_L at L={depths[0]} ({variant}, seed means)",
                   tuple(f), lambda m: (m[f[2].name][..., 0] / m[f[3].name][..., 0]) / (m[f[0].name][..., 0] / m[f[1].name][..., 0]))

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, custom, difference, profile_slope, ratio
+from analysis.experiments.claims import Claim, Feature, Statistic, custom, difference, profile_slope, ratio
 from analysis.experiments.common import W2, X_GRAD, decoder_job, encdec_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -62,16 +62,16 @@ def plan(p: Preset) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------------
-def _G(part: str, variant: str, layer: int | str, name: str, **where) -> object:
+def _G(part: str, variant: str, layer: int | str, name: str, **where) -> Feature:
     return feature(name, part, variant, W2, layer=layer, **where)
 
 
-def _G_ratio(variant: str, part: str = "deep", prefix: str = "") -> ratio:
+def _G_ratio(variant: str, part: str = "deep", prefix: str = "") -> Statistic:
     top, bottom = _G(part, variant, -1, f"{prefix}G_top"), _G(part, variant, 0, f"{prefix}G_bottom")
     return ratio(top, bottom, f"G_top/G_bottom: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer over the bottom one ({variant})")
 
 
-def _ratio_of_ratios() -> custom:
+def _ratio_of_ratios() -> Statistic:
     f = [_G("deep", v, layer, f"{v}:{layer}") for v in ("post", "b2t") for layer in (-1, 0)]
     return custom("ratio_of_ratios", "Post-LN's G_top/G_bottom divided by B2T's (seed means)", tuple(f),
                   lambda m: (m[f[0].name][..., 0] / m[f[1].name][..., 0]) / (m[f[2].name][..., 0] / m[f[3].name][..., 0]))
@@ -80,11 +80,11 @@ def _ratio_of_ratios() -> custom:
 SLOTS = ("attn_ln", "cross_ln", "mlp_ln")
 
 
-def _ln_gain(slot: str) -> object:
+def _ln_gain(slot: str) -> Feature:
     return feature(f"gain:{slot}", "deep", "post", ("ln_jacobian_gain", slot), layer="all")
 
 
-def _ln_share() -> custom:
+def _ln_share() -> Statistic:
     """Σ over decoder layers and LNs of ln(gain) over ln(g_bottom/g_top) across the whole decoder."""
     gains = tuple(_ln_gain(s) for s in SLOTS)
     g_in = feature("g_in", "deep", "post", X_GRAD, layer=0)
@@ -99,7 +99,7 @@ def _ln_share() -> custom:
                   (*gains, g_in, g_out), combine)  # fmt: skip
 
 
-def _cross_smallest() -> custom:
+def _cross_smallest() -> Statistic:
     gains = {s: _ln_gain(s) for s in SLOTS}
 
     def combine(m):
@@ -111,7 +111,7 @@ def _cross_smallest() -> custom:
                   tuple(gains.values()), combine)  # fmt: skip
 
 
-def _top_ratio(variant: str) -> ratio:
+def _top_ratio(variant: str) -> Statistic:
     return ratio(_G("six", variant, -1, f"{variant}_top"), _G("six", "pre", -1, "pre_top"),
                  f"6L-6L: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer, {variant} over Pre-LN")
 

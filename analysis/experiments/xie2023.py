@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, depth_slope, difference, max_abs_difference, ratio, value
+from analysis.experiments.claims import Claim, Feature, Statistic, depth_slope, difference, max_abs_difference, ratio, value
 from analysis.experiments.common import W2, decoder_job, encdec_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -62,11 +62,11 @@ DEPTH = PRESETS["quick"].collapse_depth
 ENC_DEPTHS = PRESETS["quick"].encdec_depths
 
 
-def _c(variant: str, probe: tuple[str, str], layer: int | str, name: str, depth: int = DEPTH) -> object:
+def _c(variant: str, probe: tuple[str, str], layer: int | str, name: str, depth: int = DEPTH) -> Feature:
     return feature(name, "collapse", variant, probe, layer=layer, layers=depth)
 
 
-def _bottom_slope(variant: str) -> depth_slope:
+def _bottom_slope(variant: str) -> Statistic:
     points = {d: feature(f"G0@{d}", "lower_bound", variant, W2, layer=0, layers=d) for d in ENC_DEPTHS}
     return depth_slope(points, f"log-log slope of the bottom decoder layer's seed-mean ‖∂ℒ/∂W2_0‖ against depth ({variant})")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, custom, depth_slope, difference, profile_r2, profile_slope, ratio
+from analysis.experiments.claims import Claim, Feature, Statistic, custom, depth_slope, difference, profile_r2, profile_slope, ratio
 from analysis.experiments.common import W2, decoder_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -66,16 +66,16 @@ def plan(p: Preset) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------------
-def _last(variant: str, depth: int) -> object:
+def _last(variant: str, depth: int) -> Feature:
     return feature(f"{variant}@{depth}", "depth", variant, W2, layer=-1, layers=depth)
 
 
-def _slope(variant: str, depths: tuple[int, ...]) -> depth_slope:
+def _slope(variant: str, depths: tuple[int, ...]) -> Statistic:
     return depth_slope({d: _last(variant, d) for d in depths},
                        f"log-log least-squares slope of the last layer's seed-mean ‖∂ℒ/∂W2_L‖ against depth L ({variant})")
 
 
-def _ratio_growth(depths: tuple[int, ...]) -> custom:
+def _ratio_growth(depths: tuple[int, ...]) -> Statistic:
     feats = {(v, d): _last(v, d) for v in ("post", "pre") for d in depths}
     x = np.log(np.asarray(depths, float))
 
@@ -88,7 +88,7 @@ def _ratio_growth(depths: tuple[int, ...]) -> custom:
                   tuple(feats.values()), combine)
 
 
-def _growth_feature() -> object:
+def _growth_feature() -> Feature:
     return feature("x_sq", "growth", "pre", X_NORM, layer="all", transform="square")
 
 

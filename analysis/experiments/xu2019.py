@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, Feature, custom, difference
+from analysis.experiments.claims import Claim, Feature, Statistic, custom, difference
 from analysis.experiments.common import X_GRAD
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 from analysis.probe.api import batch_key
@@ -168,7 +168,8 @@ def _profiles(quantity: str, norms: tuple[str, ...]) -> tuple[Feature, ...]:
                                             "site": slot}, layer="all") for norm in norms for slot in SLOTS)  # fmt: skip
 
 
-def _over_profiles(quantity: str, norms: tuple[str, ...], how: str, description: str, *, distance_from: float | None = None):
+def _over_profiles(quantity: str, norms: tuple[str, ...], how: str, description: str, *,
+                   distance_from: float | None = None) -> Statistic:
     """max (or min) over norms, LN slots and layers of the seed-mean profile (or of |profile − c|)."""
     feats = _profiles(quantity, norms)
     reduce = np.max if how == "max" else np.min
@@ -180,7 +181,7 @@ def _over_profiles(quantity: str, norms: tuple[str, ...], how: str, description:
     return custom(f"{how}_over_layers", description, feats, combine)
 
 
-def _layer_mean(quantity: str, norms: tuple[str, ...], how: str, description: str):
+def _layer_mean(quantity: str, norms: tuple[str, ...], how: str, description: str) -> Statistic:
     """max (or min) over norms of the mean over slots and layers of the seed-mean profile."""
     feats = _profiles(quantity, norms)
     reduce = np.max if how == "max" else np.min
@@ -192,7 +193,7 @@ def _layer_mean(quantity: str, norms: tuple[str, ...], how: str, description: st
     return custom(f"{how}_of_layer_means", description, feats, combine)
 
 
-def _g_ratio_change() -> Any:
+def _g_ratio_change() -> Statistic:
     f = {(n, l): Feature(f"{n}:g{l}", {"part": "backward", "variant": n, "stack": "decoder", "quantity": X_GRAD[0],
                                          "site": X_GRAD[1]}, layer=l) for n in ("detachnorm", "layernorm_simple") for l in (0, -1)}  # fmt: skip
 

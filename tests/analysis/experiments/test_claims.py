@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import claims as C
-from analysis.stats import bootstrap_ci
 
 N_SEEDS = 8
 LAYERS = 6
@@ -244,31 +243,6 @@ def test_verdict_rule_table() -> None:
     ]  # fmt: skip
     for (lo, hi), threshold, direction, want in cases:
         assert C.verdict(lo, hi, threshold, direction) == want, (lo, hi, threshold, direction)
-
-
-def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
-    rng = np.random.default_rng(3)
-    table = rng.normal(5.0, 1.0, size=(8, 1))
-    mean = lambda m: m[..., 0]
-    first = bootstrap_ci(table, mean, n_boot=500, seed=7)
-    assert first == bootstrap_ci(table, mean, n_boot=500, seed=7)
-    assert first != bootstrap_ci(table, mean, n_boot=500, seed=8)
-    point, lo, hi = first
-    assert point == pytest.approx(table.mean())
-    assert lo < point < hi
-    # the percentile interval of a mean is close to the normal one: ± 1.96 s/√n (within 30% at n = 8)
-    half = 1.96 * table.std(ddof=0) / math.sqrt(len(table))
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.3)
-    assert bootstrap_ci(np.ones((5, 2)), lambda m: m[..., 0] / m[..., 1]) == (1.0, 1.0, 1.0)
-
-
-def test_bootstrap_keeps_non_finite_values() -> None:
-    with_inf = np.array([[1.0], [np.inf], [2.0]])
-    point, lo, hi = bootstrap_ci(with_inf, lambda m: m[..., 0], n_boot=200)
-    assert point == math.inf and hi == math.inf and lo >= 1.0
-    with_nan = np.array([[1.0], [np.nan], [2.0]])
-    point, lo, hi = bootstrap_ci(with_nan, lambda m: m[..., 0], n_boot=200)
-    assert math.isnan(point) and math.isnan(lo) and math.isnan(hi)
 
 
 def test_diverged_and_missing_seeds_are_named() -> None:

@@ -218,10 +218,11 @@ def figures(frame: pd.DataFrame) -> dict:
 
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.0, 3.6))
         post = {"variant": "post", "stack": "decoder"}
-        F.plot_lines(d, axes[0], x="layer", hue="site", where={**post, "quantity": "ln_jacobian_gain"},
+        gains = d[d["quantity"].isin(["ln_jacobian_gain", "ln_gain_estimate"])]  # hue colors over these 3 LNs only
+        F.plot_lines(gains, axes[0], x="layer", hue="site", where={**post, "quantity": "ln_jacobian_gain"},
                      logy=False, xlabel="decoder layer (0 = bottom)", ylabel="‖J_LNᵀ g‖ / ‖g‖",
                      title="measured LN gain (Post-LN decoder)", legend_title="LN of")  # fmt: skip
-        F.plot_lines(d, axes[1], x="layer", hue="site", where={**post, "quantity": "ln_gain_estimate"},
+        F.plot_lines(gains, axes[1], x="layer", hue="site", where={**post, "quantity": "ln_gain_estimate"},
                      logy=False, xlabel="decoder layer (0 = bottom)", ylabel="token mean of 1/σ(z)",
                      title="its 1/σ estimate", legend_title="LN of")  # fmt: skip
         for ax in axes:

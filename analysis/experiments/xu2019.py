@@ -301,7 +301,8 @@ def figures(frame: pd.DataFrame) -> dict:
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
         F.plot_lines(val, axes[0], x="step", logy=False, xlabel="update step", ylabel="validation loss (nats/token)",
                      title="validation loss", legend_title="norm")  # fmt: skip
-        F.plot_lines(diff[diff["variant"] != "layernorm"], axes[1], x="step", logy=False, xlabel="update step",
+        others = [n for n in NORMS if n != "layernorm"]  # `where`, not a subset: colors follow the whole frame
+        F.plot_lines(diff, axes[1], x="step", where={"variant": others}, logy=False, xlabel="update step",
                      ylabel="validation loss − LayerNorm's (nats)", title="difference to LayerNorm (same seed)",
                      legend_title="norm")  # fmt: skip
         axes[1].axhline(0.0, color="0.5", lw=0.8, ls=":")

@@ -63,6 +63,8 @@ def catalogue_markdown() -> str:
             out.append(f"- **Statement:** {c.statement}")
             out.append(f"- **Method form tested:** {c.method_form}")
             out.append(f"- **Statistic ({c.statistic.kind}):** {c.statistic.description}")
+            reads = "; ".join(f"`{f.describe()}`" for f in c.statistic.features)
+            out.append(f"- **Reads (per seed):** {reads}")
             out.append(f"- **Threshold:** {_threshold(c)}. {c.threshold_note[0].upper()}{c.threshold_note[1:]}.")
             parts = ", ".join(c.needs) if c.needs else "all"
             out.append(f"- **Experiment:** `{name}` (parts: {parts}); `lnscope check --claim {c.id}`")

@@ -161,7 +161,11 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
     prog = program(cfg, data)
     shardings = seed_sharding(len(cfg.seeds), devices)
-    put = (lambda x, i: jax.device_put(x, shardings[i])) if shardings else (lambda x, i: x)
+    n_devices = 1 if shardings is None else shardings[0].mesh.devices.size
+    if shardings is None:  # one device, committed (as restored checkpoints are), so both share one compile
+        one = jax.sharding.SingleDeviceSharding((devices or jax.devices())[0])
+        shardings = (one, one)
+    put = lambda x, i: jax.device_put(x, shardings[i])
     seeds = put(jnp.asarray(cfg.seeds, jnp.uint32), 0)
     arrays = put(data.arrays, 1)
     rt = put(Runtime.of(cfg), 1)
@@ -175,7 +179,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         saved = checkpoint.steps(folder)
         if saved:
             start = saved[-1]
-            _, abstract = abstract_states(cfg, shardings[0] if shardings else None)
+            _, abstract = abstract_states(cfg, shardings[0])
             states = checkpoint.restore(folder, start, abstract)
             curves, probes = store.read_partial(folder, before=start)
             _replay(rec, curves, probes)
@@ -256,7 +260,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "seconds": round(time.perf_counter() - started, 3),
         "resumed_from": start or None,
         "stopped_early": bool(dead[0]),
-        "devices": len(shardings[0].mesh.devices.flat) if shardings else 1,
+        "devices": n_devices,
     }
     result = TrainResult(cfg, run_id, status, diverged, curves, probes, info, folder)
     if folder is not None:

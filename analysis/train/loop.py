@@ -124,6 +124,20 @@ class _Recorder:
         return store.as_curves(frame)
 
 
+def _to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly sharded) device arrays; across hosts, gathered from every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _writer() -> bool:
+    """Only one process writes the store's files (every process takes part in orbax checkpoints)."""
+    return jax.process_index() == 0
+
+
 def _after_divergence(frame: pd.DataFrame, diverged: dict[int, int | None]) -> pd.DataFrame:
     """Drop each diverged seed's rows after its divergence step (the step itself is the evidence)."""
     limit = frame["seed"].map(lambda s: diverged.get(int(s)) if diverged.get(int(s)) is not None else np.iinfo(np.int64).max)
@@ -173,9 +187,9 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
 
     start = 0
     if folder is not None:
-        store.remove_leftovers(folder)
-        meta = {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info}
-        store.write_started(folder, meta)
+        if _writer():
+            store.remove_leftovers(folder)
+            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info})
         saved = checkpoint.steps(folder)
         if saved:
             start = saved[-1]
@@ -197,7 +211,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
 
     def fetch(entry) -> None:
         kind, step, n, outputs = entry
-        outputs = jax.device_get(outputs)
+        outputs = _to_host(outputs)
         if kind == "plain":
             rec.plain(step, n, outputs[0])
         elif kind == "probe":
@@ -229,7 +243,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             dispatch("eval", a, 0, (prog.evaluate(states.params, arrays, rt),))
         if a in plan.checkpoints and a > start and folder is not None:
             flush()
-            store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
+            if _writer():
+                store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
             checkpoint.save(folder, a, states)
         s = a
         if a in plan.probes:
@@ -248,7 +263,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     if bar is not None:
         bar.close()
 
-    diverged_at = np.asarray(jax.device_get(states.diverged_at))
+    diverged_at = np.asarray(_to_host(states.diverged_at))
     diverged = {int(s): (int(d) if d >= 0 else None) for s, d in zip(cfg.seeds, diverged_at)}
     status = {s: ("diverged" if d is not None else "finished") for s, d in diverged.items()}
     curves = _sort(_after_divergence(rec.curves(), diverged), ["seed", "quantity", "step"])
@@ -263,7 +278,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "devices": n_devices,
     }
     result = TrainResult(cfg, run_id, status, diverged, curves, probes, info, folder)
-    if folder is not None:
+    if folder is not None and _writer():
         store.write_finished(folder, curves, probes, _meta(result))
     return result
 

@@ -25,9 +25,11 @@ from analysis.train.store import CHECKPOINTS, read_meta
 
 
 def _manager(folder: Path, *, read_only: bool = False) -> ocp.CheckpointManager:
+    # Readers neither create folders nor clean up (orbax's read_only mode would also work, with a
+    # warning on every call).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None, create=not read_only, cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=False, read_only=read_only,
+        enable_async_checkpointing=False,
     )  # fmt: skip
     return ocp.CheckpointManager(Path(folder).resolve() / CHECKPOINTS, options=options)
 

@@ -124,10 +124,70 @@ class _Recorder:
         return store.as_curves(frame)
 
 
+class _Pipeline:
+    """Dispatched pieces whose results the host fetches one piece late, so the device never waits.
+
+    `dispatch` queues a piece's device outputs and fetches every older piece (blocking only on those,
+    which are done or nearly); `flush` fetches the rest. `all_diverged` reflects the last fetched piece.
+    """
+
+    def __init__(self, rec: _Recorder, steps: int, start: int, progress: bool, run_id: str):
+        self.rec, self.pending, self.all_diverged = rec, [], False
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, desc=f"train {run_id[:8]}", unit="step", leave=False)
+
+    def _fetch(self, kind: str, step: int, n: int, outputs: Any) -> None:
+        outputs = _to_host(outputs)
+        if kind == "plain":
+            self.rec.plain(step, n, outputs[0])
+        elif kind == "probe":
+            self.rec.step(step, outputs[0])
+            self.rec.probes(step, outputs[1])
+        else:
+            self.rec.val[step] = np.asarray(outputs[0])
+        if kind != "eval":
+            self.all_diverged = not bool(np.any(outputs[-1]))  # outputs[-1]: the seeds' alive flags
+            if self.bar is not None:
+                self.bar.update(n)
+
+    def dispatch(self, kind: str, step: int, n: int, outputs: Any) -> None:
+        """Queue a piece ("plain" | "probe" | "eval") covering `n` steps from `step`."""
+        self.pending.append((kind, step, n, outputs))
+        while len(self.pending) > 1:
+            self._fetch(*self.pending.pop(0))
+
+    def flush(self) -> None:
+        while self.pending:
+            self._fetch(*self.pending.pop(0))
+
+    def close(self) -> None:
+        self.flush()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly sharded) device arrays; across hosts, gathered from every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _writer() -> bool:
+    """Only one process writes the store's files (every process takes part in orbax checkpoints)."""
+    return jax.process_index() == 0
+
+
 def _after_divergence(frame: pd.DataFrame, diverged: dict[int, int | None]) -> pd.DataFrame:
     """Drop each diverged seed's rows after its divergence step (the step itself is the evidence)."""
-    limit = frame["seed"].map(lambda s: diverged.get(int(s)) if diverged.get(int(s)) is not None else np.iinfo(np.int64).max)
-    return frame[frame["step"].to_numpy() <= limit.to_numpy()].reset_index(drop=True)
+    never = np.iinfo(np.int64).max
+    limit = frame["seed"].map(lambda s: never if diverged.get(int(s)) is None else diverged[int(s)])
+    return frame[frame["step"].to_numpy() <= limit.to_numpy(np.int64)].reset_index(drop=True)
 
 
 def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -161,7 +221,11 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
     prog = program(cfg, data)
     shardings = seed_sharding(len(cfg.seeds), devices)
-    put = (lambda x, i: jax.device_put(x, shardings[i])) if shardings else (lambda x, i: x)
+    n_devices = 1 if shardings is None else shardings[0].mesh.devices.size
+    if shardings is None:  # one device, committed (as restored checkpoints are), so both share one compile
+        one = jax.sharding.SingleDeviceSharding((devices or jax.devices())[0])
+        shardings = (one, one)
+    put = lambda x, i: jax.device_put(x, shardings[i])
     seeds = put(jnp.asarray(cfg.seeds, jnp.uint32), 0)
     arrays = put(data.arrays, 1)
     rt = put(Runtime.of(cfg), 1)
@@ -169,68 +233,37 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
 
     start = 0
     if folder is not None:
-        store.remove_leftovers(folder)
-        meta = {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info}
-        store.write_started(folder, meta)
+        if _writer():
+            store.remove_leftovers(folder)
+            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info})
         saved = checkpoint.steps(folder)
         if saved:
             start = saved[-1]
-            _, abstract = abstract_states(cfg, shardings[0] if shardings else None)
+            _, abstract = abstract_states(cfg, shardings[0])
             states = checkpoint.restore(folder, start, abstract)
             curves, probes = store.read_partial(folder, before=start)
             _replay(rec, curves, probes)
     if start == 0:
         states = prog.init(seeds)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run_id[:8]}", unit="step", leave=False)
-
-    pending: list[tuple[str, int, int, Any]] = []  # (kind, step, n, device outputs)
-    dead = [False]
-
-    def fetch(entry) -> None:
-        kind, step, n, outputs = entry
-        outputs = jax.device_get(outputs)
-        if kind == "plain":
-            rec.plain(step, n, outputs[0])
-        elif kind == "probe":
-            rec.step(step, outputs[0])
-            rec.probes(step, outputs[1])
-        else:
-            rec.val[step] = np.asarray(outputs[0])
-        if kind != "eval":
-            dead[0] = not bool(np.any(outputs[-1]))
-            if bar is not None:
-                bar.update(n)
-
-    def dispatch(kind: str, step: int, n: int, outputs: Any) -> None:
-        pending.append((kind, step, n, outputs))
-        while len(pending) > 1:  # stay one piece behind the device
-            fetch(pending.pop(0))
-
-    def flush() -> None:
-        while pending:
-            fetch(pending.pop(0))
-
+    pipe = _Pipeline(rec, cfg.steps, start, progress, run_id)
     T = cfg.steps
     for a, b in zip(plan.boundaries, (*plan.boundaries[1:], None)):
         if a < start:
             continue
-        if dead[0]:
+        if pipe.all_diverged:
             break
         if a in plan.evals:
-            dispatch("eval", a, 0, (prog.evaluate(states.params, arrays, rt),))
+            pipe.dispatch("eval", a, 0, (prog.evaluate(states.params, arrays, rt),))
         if a in plan.checkpoints and a > start and folder is not None:
-            flush()
-            store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
+            pipe.flush()  # the partial rows must hold every step before the checkpoint
+            if _writer():
+                store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
             checkpoint.save(folder, a, states)
         s = a
         if a in plan.probes:
             new, metrics, result = prog.probed(plan.probes[a])(states, seeds, a, arrays, rt)
-            dispatch("probe", a, int(a < T), (metrics, result, new.alive))
+            pipe.dispatch("probe", a, int(a < T), (metrics, result, new.alive))
             states = new if a < T else states  # the final probe measures the trained model; no update
             s += 1
         if b is None:
@@ -238,13 +271,11 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         while s < b:
             n = min(MAX_CHUNK, b - s)
             states, metrics = prog.plain(states, seeds, s, n, arrays, rt)
-            dispatch("plain", s, n, (metrics, states.alive))
+            pipe.dispatch("plain", s, n, (metrics, states.alive))
             s += n
-    flush()
-    if bar is not None:
-        bar.close()
+    pipe.close()
 
-    diverged_at = np.asarray(jax.device_get(states.diverged_at))
+    diverged_at = np.asarray(_to_host(states.diverged_at))
     diverged = {int(s): (int(d) if d >= 0 else None) for s, d in zip(cfg.seeds, diverged_at)}
     status = {s: ("diverged" if d is not None else "finished") for s, d in diverged.items()}
     curves = _sort(_after_divergence(rec.curves(), diverged), ["seed", "quantity", "step"])
@@ -255,11 +286,11 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "eval_steps": sorted(plan.evals),
         "seconds": round(time.perf_counter() - started, 3),
         "resumed_from": start or None,
-        "stopped_early": bool(dead[0]),
-        "devices": len(shardings[0].mesh.devices.flat) if shardings else 1,
+        "stopped_early": pipe.all_diverged,
+        "devices": n_devices,
     }
     result = TrainResult(cfg, run_id, status, diverged, curves, probes, info, folder)
-    if folder is not None:
+    if folder is not None and _writer():
         store.write_finished(folder, curves, probes, _meta(result))
     return result
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
+from analysis.train.loop import Plan
 from models import ModelConfig
 
 TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
@@ -97,8 +98,8 @@ def test_probing_does_not_change_training():
 
 
 def test_expensive_probes_run_at_their_own_cadence():
-    r = train(_cfg(probe_every=2, expensive_probes=("cka",), expensive_probe_every=4))
-    steps_of = lambda q: sorted(r.probes[r.probes.quantity == q]["step"].unique())
-    assert steps_of("act_grad_norm") == [0, 2, 4, 6]
-    assert steps_of("cka") == [0, 4]
-    assert r.info["probe_steps"]["2"] == ["act_grad_norm", "param_grad_norm"]
+    plan = Plan.of(_cfg(steps=9, probe_every=2, expensive_probes=("cka",), expensive_probe_every=4), with_checkpoints=False)
+    cheap = ("act_grad_norm", "param_grad_norm")
+    assert plan.probes == {0: (*cheap, "cka"), 2: cheap, 4: (*cheap, "cka"), 6: cheap, 8: (*cheap, "cka"), 9: cheap}
+    assert plan.evals == {0, 3, 6, 9} and plan.boundaries == (0, 2, 3, 4, 6, 8, 9)
+    # A run stores this schedule (info["probe_steps"]); its probe rows exist only where a probe ran.

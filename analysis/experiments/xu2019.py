@@ -20,7 +20,9 @@ token means, per layer; plus the model-level ‖∂ℒ/∂x_l‖ of the layers' 
 8 seeds of random tokens in the calibration harness.
 
 Training (the paper's comparison of LN, LN-simple, DetachNorm and AdaNorm): 6-layer Pre-LN
-decoders on the Markov task of analysis/experiments/training.py, one per norm, validation curves.
+decoders on the Markov task of analysis/experiments/training.py, one per norm (the halves too), at
+a constant lr 3e-4 (at 2e-3 the DetachNorm gap shrank from 0.08 to ~0.025 nats in calibration),
+3 seeds, 120 updates, validation curves.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 decoder: next-token cross-entropy, logits[:, :-1] predict tokens[:, 1:].
 encdec: next-token cross-entropy on the target, conditioned on the source.
 encoder: per-token classification of `tokens` against `targets` (random by default).
+
+An optional `loss_mask` key (same shape as the labels' source array: `tokens`, `tgt` or `targets`)
+weights the token losses, ℒ = Σ m_t·nll_t / max(Σ m_t, 1): the training tasks use it to score only
+the target part of a (source, separator, target) sequence or to skip padding. Without it every label
+counts, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from models import ModelConfig
 
 Batch = Mapping[str, jax.Array]
+LOSS_MASK = "loss_mask"
 
 
 def random_batch(cfg: ModelConfig, key: jax.Array, batch_size: int, seq_len: int) -> dict[str, jax.Array]:
@@ -50,16 +56,30 @@ def check_batch(cfg: ModelConfig, batch: Batch) -> None:
         targets = np.asarray(batch["targets"])
         if targets.shape != np.shape(batch["tokens"]):
             raise ValueError(f"targets shape {targets.shape} != tokens shape {np.shape(batch['tokens'])}")
+    if LOSS_MASK in batch:
+        labels_key = {"encdec": "tgt", "encoder": "targets", "decoder": "tokens"}[cfg.arch]
+        if np.shape(batch[LOSS_MASK]) != np.shape(batch[labels_key]):
+            raise ValueError(
+                f"{LOSS_MASK} shape {np.shape(batch[LOSS_MASK])} != {labels_key} shape {np.shape(batch[labels_key])}"
+            )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean token cross-entropy; logits (..., V), labels (...) int."""
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean token cross-entropy; logits (..., V), labels (...) int, optional weights (...) of the labels.
+
+    With weights: Σ w·nll / max(Σ w, 1) (an all-zero mask gives 0, not NaN).
+    """
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    if weights is None:
+        return jnp.mean(nll)
+    weights = weights.astype(nll.dtype)
+    return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def loss_from_logits(cfg: ModelConfig, logits: jax.Array, batch: Batch) -> jax.Array:
+    mask = batch.get(LOSS_MASK)
     if cfg.arch == "encoder":
-        return cross_entropy(logits, batch["targets"])
+        return cross_entropy(logits, batch["targets"], mask)
     labels = batch["tgt"] if cfg.arch == "encdec" else batch["tokens"]
-    return cross_entropy(logits[:, :-1], labels[:, 1:])
+    return cross_entropy(logits[:, :-1], labels[:, 1:], None if mask is None else mask[:, 1:])

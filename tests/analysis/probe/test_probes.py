@@ -699,3 +699,23 @@ def test_probe_model_rejects_bad_input() -> None:
     _raises(lambda: probe_model(model, {"tokens": tokens}, "act_norm"), "'act_norm'", *VALID)
     _raises(lambda: probe_model(model, {"tgt": tokens}), "'tokens'", "missing")
     _raises(lambda: probe_model(model, {"tokens": tokens - 1}), "-1", f"0..{BAD_CFG.vocab - 1}")
+
+
+# -- loss_mask (the training tasks' target-only loss) ----------------------------------------------
+def test_loss_mask_weights_the_token_losses():
+    from analysis.probe.loss import cross_entropy, loss_from_logits
+
+    rng = np.random.default_rng(0)
+    cfg = ModelConfig(arch="decoder", layers=1, d_model=16, heads=2, d_ff=32, vocab=8)
+    logits = jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 8, (2, 5)), jnp.int32)
+    mask = jnp.asarray([[0, 0, 1, 1, 0], [0, 1, 0, 0, 1]], jnp.float32)
+    logp = np.asarray(jax.nn.log_softmax(logits[:, :-1].astype(jnp.float64) if jax.config.jax_enable_x64 else logits[:, :-1]))
+    labels = np.asarray(tokens[:, 1:])
+    nll = -np.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    want = (nll * np.asarray(mask[:, 1:])).sum() / np.asarray(mask[:, 1:]).sum()
+    got = loss_from_logits(cfg, logits, {"tokens": tokens, "loss_mask": mask})
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    # Without a mask the loss is exactly the plain mean (existing users unchanged).
+    assert float(loss_from_logits(cfg, logits, {"tokens": tokens})) == float(cross_entropy(logits[:, :-1], tokens[:, 1:]))
+    assert float(cross_entropy(logits, tokens, jnp.zeros((2, 5), jnp.float32))) == 0.0  # no NaN on an empty mask

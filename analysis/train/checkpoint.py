@@ -1,0 +1,97 @@
+"""Checkpoints with orbax-checkpoint: resumable runs, and trained models for notebooks.
+
+A checkpoint at step s holds the training state of every seed *before* update s (parameters, AdamW
+moments, and each seed's alive flag and divergence step), so a resumed run replays from step s and
+gives the numbers an uninterrupted run gives. Orbax writes each checkpoint into a temporary folder
+and renames it when complete, so a killed run never leaves a half-written checkpoint.
+
+The state is saved as a flat dict of its leaves (keys are leaf indices); restoring rebuilds the
+pytree from the abstract state of the same config, so no nnx/optax types pass through orbax.
+
+    model = load_model("runs/3f2a...", step=200, seed=1)     # an nnx model
+    analysis.probe.probe_model(model, batch)                  # probe the trained model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flax.nnx as nnx
+import jax
+import orbax.checkpoint as ocp
+
+from analysis.train.store import CHECKPOINTS, read_meta
+
+
+def _manager(folder: Path, *, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=not read_only, cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=False, read_only=read_only,
+    )  # fmt: skip
+    return ocp.CheckpointManager(Path(folder).resolve() / CHECKPOINTS, options=options)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def save(folder: Path, step: int, states: Any) -> None:
+    """Save the seed-stacked training state at `step` under `folder/checkpoints/` (blocking)."""
+    manager = _manager(folder)
+    manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
+def steps(folder: Path) -> list[int]:
+    """Steps of the complete checkpoints of a run folder (sorted; [] when there are none)."""
+    if not (Path(folder) / CHECKPOINTS).is_dir():
+        return []
+    manager = _manager(folder, read_only=True)
+    out = sorted(manager.all_steps())
+    manager.close()
+    return out
+
+
+def restore(folder: Path, step: int, abstract: Any) -> Any:
+    """The state saved at `step`, as the pytree of `abstract` (ShapeDtypeStructs, with shardings to
+    place the arrays on devices)."""
+    leaves, treedef = jax.tree.flatten(abstract)
+    manager = _manager(folder, read_only=True)
+    flat = manager.restore(int(step), args=ocp.args.StandardRestore(_flat(abstract)))
+    manager.close()
+    if len(flat) != len(leaves):
+        raise ValueError(f"checkpoint {folder}/{CHECKPOINTS}/{step} has {len(flat)} arrays; this config needs {len(leaves)}")
+    return jax.tree.unflatten(treedef, [flat[f"{i:06d}"] for i in range(len(leaves))])
+
+
+def load_model(run_folder: Path | str, step: int | None = None, seed: int | None = None) -> nnx.Module:
+    """The trained model of one seed at a checkpointed step, as an nnx module.
+
+    Args:
+        run_folder: a run's folder (DIR/<run_id>, as printed by `lnscope train`).
+        step: a checkpointed step (None = the latest, the final model of a finished run).
+        seed: one of the run's seeds (None = its first).
+
+    The model is `build_model(cfg.model, seed)` after `step` updates; probe it with
+    `analysis.probe.probe_model(model, batch, seed=seed)`.
+    """
+    from analysis.train.config import from_dict
+    from analysis.train.step import abstract_states
+
+    run_folder = Path(run_folder)
+    cfg = from_dict(read_meta(run_folder)["config"])
+    available = steps(run_folder)
+    if not available:
+        raise ValueError(f"{run_folder} has no checkpoints")
+    step = available[-1] if step is None else step
+    if step not in available:
+        raise ValueError(f"no checkpoint at step {step} in {run_folder}; available steps: {available}")
+    seed = cfg.seeds[0] if seed is None else seed
+    if seed not in cfg.seeds:
+        raise ValueError(f"seed {seed} is not a seed of this run; valid choices: {list(cfg.seeds)}")
+    graphdef, abstract = abstract_states(cfg)
+    states = restore(run_folder, step, abstract)
+    params = jax.tree.map(lambda a: a[cfg.seeds.index(seed)], states.params)
+    return nnx.merge(graphdef, params)

@@ -1,0 +1,101 @@
+"""Learning-rate schedules (a registry) and the optimizer: optax AdamW, optional global-norm clipping.
+
+Step s is the 0-based index of an update; w = warmup_steps, T = the run's steps, η = lr.
+Warm-up is linear and reaches η at the last warm-up update: η_s = η·(s+1)/w for s < w.
+
+    constant:      η_s = η after warm-up.
+    inverse_sqrt:  η_s = η·sqrt(w/(s+1)) after warm-up (Vaswani et al. 2017; fairseq's
+                   `inverse_sqrt`, the schedule of Xiong et al. 2020 and the other seed papers).
+    cosine:        η_s = η·½(1 + cos(π·(s−w)/(T−w))) after warm-up (Loshchilov & Hutter 2017,
+                   decaying to 0 at the end of the run).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+if TYPE_CHECKING:
+    from analysis.train.config import OptimConfig
+
+Schedule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class Hyper(NamedTuple):
+    """The optimizer's numbers that are runtime arguments of the compiled step, not constants in it:
+    a learning-rate or warm-up sweep reuses one compiled program. Float32 scalars."""
+
+    lr: jax.Array
+    warmup: jax.Array
+    total: jax.Array
+
+    @classmethod
+    def of(cls, o: "OptimConfig", total: int) -> "Hyper":
+        f = lambda x: jnp.asarray(x, jnp.float32)
+        return cls(f(o.lr), f(o.warmup_steps), f(total))
+
+
+def _warmup(step: jax.Array, w: jax.Array) -> jax.Array:
+    """(s+1)/w during warm-up, 1 after (and always 1 when w = 0)."""
+    return jnp.where(w > 0, jnp.minimum(1.0, (step + 1.0) / jnp.maximum(w, 1.0)), 1.0)
+
+
+def constant(step: jax.Array, lr: jax.Array, w: jax.Array, total: jax.Array) -> jax.Array:
+    """η after a linear warm-up."""
+    return lr * _warmup(step, w)
+
+
+def inverse_sqrt(step: jax.Array, lr: jax.Array, w: jax.Array, total: jax.Array) -> jax.Array:
+    """Linear warm-up to η at s = w−1, then η·sqrt(w/(s+1)) (w >= 1, checked by OptimConfig)."""
+    return lr * jnp.where(step < w, (step + 1.0) / w, jnp.sqrt(w / (step + 1.0)))
+
+
+def cosine(step: jax.Array, lr: jax.Array, w: jax.Array, total: jax.Array) -> jax.Array:
+    """Linear warm-up, then η·½(1 + cos(π·progress)), progress = (s−w)/(T−w) in [0, 1]."""
+    progress = jnp.clip((step - w) / jnp.maximum(total - w, 1.0), 0.0, 1.0)
+    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return lr * jnp.where(step < w, (step + 1.0) / jnp.maximum(w, 1.0), decay)
+
+
+SCHEDULES: dict[str, Schedule] = {"inverse_sqrt": inverse_sqrt, "constant": constant, "cosine": cosine}
+
+
+def scheduled_lr(step: jax.Array | int, schedule: str, hyper: Hyper) -> jax.Array:
+    """η_s (float32) of `schedule` for update index `step` (int or int array)."""
+    s = jnp.asarray(step).astype(jnp.float32)
+    return SCHEDULES[schedule](s, hyper.lr, hyper.warmup, hyper.total).astype(jnp.float32)
+
+
+def learning_rate(step: jax.Array | int, o: "OptimConfig", total: int) -> jax.Array:
+    """η_s of `o.schedule` for update index `step` of a `total`-step run."""
+    return scheduled_lr(step, o.schedule, Hyper.of(o, total))
+
+
+def make_optimizer(o: "OptimConfig") -> optax.GradientTransformation:
+    """optax AdamW(b1, b2, eps, weight_decay) at unit learning rate, after clip_by_global_norm if set.
+
+    The schedule's η_s multiplies the result (`adamw_updates`): AdamW's update
+    −η_s·(m̂/(sqrt(v̂)+ε) + λθ) is linear in η_s, so this is AdamW with learning rate η_s, with η
+    and the warm-up kept out of the compiled program's constants.
+    """
+    adamw = optax.adamw(learning_rate=1.0, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    return adamw if o.clip_norm is None else optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
+
+
+def adamw_updates(
+    opt: optax.GradientTransformation, schedule: str, hyper: Hyper, step: jax.Array, grads, opt_state, params
+) -> tuple[object, optax.OptState, jax.Array]:
+    """(updates, new optimizer state, η_s) of one AdamW step at update index `step`.
+
+    optax (0.2.8) computes Adam's bias correction as `decay ** count` with a Python float and an int32
+    count, which strict promotion (our tests' mode, equinox's practice) rejects. The model's compute
+    stays strict; only optax's own arithmetic runs under the standard rules, which promote that pair
+    to float32 exactly as optax intends.
+    """
+    lr = scheduled_lr(step, schedule, hyper)
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = opt.update(grads, opt_state, params)
+    return jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates), opt_state, lr

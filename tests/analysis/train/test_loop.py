@@ -1,0 +1,104 @@
+"""The training loop: smoke runs per arch, divergence as a result, determinism, vmapped seeds against
+seeds trained alone, probes measured in the update's own pass, and the expensive-probe cadence.
+
+All runs use one tiny model shape so the persistent compilation cache serves most compiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
+from models import ModelConfig
+
+TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
+TASK = TaskConfig(name="markov", seq_len=16, batch_size=4)
+# vmap over 2 seeds vs 1 seed, or a probed vs a plain step, changes XLA's fusion and reduction order:
+# float32 rounding differences that training amplifies over a few steps, far below any real effect.
+REORDER_RTOL = 1e-4
+
+
+def _cfg(arch="decoder", **kw) -> TrainConfig:
+    base = dict(model=ModelConfig(arch=arch, **TINY), task=TASK, steps=6, seeds=(0, 1), probe_every=3,
+                probes=("act_grad_norm", "param_grad_norm"), eval_every=3, eval_batches=2)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def _wide(curves: pd.DataFrame) -> pd.DataFrame:
+    return curves.pivot_table(index=["quantity", "step"], columns="seed", values="value", dropna=False)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encdec", "encoder"])
+def test_two_step_smoke_run_per_arch(arch):
+    cfg = _cfg(arch, steps=2, probe_every=1, eval_every=1)
+    r = train(cfg)
+    assert r.status == {0: "finished", 1: "finished"} and r.diverged_step == {0: None, 1: None}
+    c = r.curves
+    assert set(c["quantity"]) == {"loss", "lr", "grad_norm", "update_ratio", "val_loss"}
+    for q in ("loss", "lr", "grad_norm", "update_ratio"):
+        assert sorted(c[(c.quantity == q) & (c.seed == 0)]["step"]) == [0, 1]
+    assert sorted(c[(c.quantity == "val_loss") & (c.seed == 0)]["step"]) == [0, 1, 2]
+    assert np.isfinite(c["value"]).all() and (c[c.quantity == "update_ratio"]["value"] > 0).all()
+    assert sorted(r.probes["step"].unique()) == [0, 1, 2]  # every step, and the trained model
+    assert set(r.probes["run"]) == {r.run_id}
+    # The probe's loss IS the step's loss: one forward/backward serves the update and the probes.
+    probe_loss = r.probes[r.probes.quantity == "loss"].set_index(["seed", "step"])["value"]
+    curve_loss = c[c.quantity == "loss"].set_index(["seed", "step"])["value"]
+    pd.testing.assert_series_equal(probe_loss.loc[curve_loss.index], curve_loss, check_names=False)
+
+
+def test_huge_learning_rate_diverges_and_keeps_its_rows():
+    r = train(_cfg(optim=OptimConfig(lr=10.0), steps=12))
+    assert set(r.status.values()) == {"diverged"}
+    for seed, step in r.diverged_step.items():
+        rows = r.curves[(r.curves.seed == seed) & (r.curves.quantity == "loss")]
+        assert rows["step"].max() == step, "rows after the divergence step are dropped"
+        assert list(rows["step"]) == list(range(step + 1)), "rows up to it are kept"
+        last = rows["value"].iloc[-1]
+        assert not np.isfinite(last) or last > r.config.ceiling
+        assert (r.probes[r.probes.seed == seed]["step"] <= step).all()
+    assert r.info["stopped_early"], "a run whose seeds all diverged stops early"
+
+
+def test_one_seed_diverges_and_the_other_goes_on():
+    reference = train(_cfg(probe_every=0))
+    loss = reference.curves[reference.curves.quantity == "loss"].pivot(index="step", columns="seed", values="value")
+    good = int(loss.max().idxmin())  # the seed whose worst loss is lower
+    bad = 1 - good
+    ceiling = float(loss[good].max()) * (1 + 1e-6)  # above every loss of `good`, below some loss of `bad`
+    first_bad = int(loss.index[loss[bad] > ceiling][0])
+    r = train(_cfg(probe_every=0, loss_ceiling=ceiling))
+    assert r.status == {bad: "diverged", good: "finished"} and r.diverged_step[bad] == first_bad
+    assert r.curves[(r.curves.seed == good) & (r.curves.quantity == "loss")]["step"].max() == 5
+    assert r.curves[r.curves.seed == bad]["step"].max() == first_bad
+    kept = r.curves[(r.curves.seed == bad) & (r.curves.quantity == "loss")].set_index("step")["value"]
+    np.testing.assert_array_equal(kept.to_numpy(), loss[bad].loc[: first_bad].to_numpy())
+
+
+def test_same_config_and_seed_is_bitwise_identical():
+    a, b = train(_cfg()), train(_cfg())
+    pd.testing.assert_frame_equal(a.curves, b.curves, check_exact=True)
+    pd.testing.assert_frame_equal(a.probes, b.probes, check_exact=True)
+
+
+def test_vmapped_seeds_equal_seeds_trained_alone():
+    together = _wide(train(_cfg()).curves)
+    for seed in (0, 1):
+        alone = _wide(train(_cfg(seeds=(seed,))).curves)
+        np.testing.assert_allclose(alone[seed].to_numpy(), together[seed].to_numpy(), rtol=REORDER_RTOL)
+
+
+def test_probing_does_not_change_training():
+    probed = _wide(train(_cfg(probe_every=1)).curves)
+    plain = _wide(train(_cfg(probe_every=0)).curves)
+    np.testing.assert_allclose(probed.to_numpy(), plain.to_numpy(), rtol=REORDER_RTOL)
+
+
+def test_expensive_probes_run_at_their_own_cadence():
+    r = train(_cfg(probe_every=2, expensive_probes=("cka",), expensive_probe_every=4))
+    steps_of = lambda q: sorted(r.probes[r.probes.quantity == q]["step"].unique())
+    assert steps_of("act_grad_norm") == [0, 2, 4, 6]
+    assert steps_of("cka") == [0, 4]
+    assert r.info["probe_steps"]["2"] == ["act_grad_norm", "param_grad_norm"]

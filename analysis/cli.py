@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report (make report)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     report.add_argument("--out", default="", help="output folder (default: reports/<preset>); index.html is the report")
-    report.add_argument("--preset", default="quick", choices=("quick", "paper"),
-                        help="experiments' preset: quick (2-core CPU, minutes) or paper (the papers' sizes, a GPU)")
+    report.add_argument("--preset", default="quick", choices=("tiny", "quick", "paper"),
+                        help="experiments' preset: quick (2-core CPU, minutes), paper (the papers' sizes, a GPU), tiny (smoke)")
     report.add_argument("--experiments", default="all", help="comma-separated experiment names, all, or none")
     report.add_argument("--store", default="", help="folder of reusable experiment results (default: <out>/store)")
     report.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the initialization atlas")

@@ -44,7 +44,7 @@ from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent
 from analysis.report.html import render_html
 from analysis.report.markdown import figure_path, render_markdown
 
-PRESETS = ("quick", "paper")
+PRESETS = ("tiny", "quick", "paper")  # tiny: the test suite's end-to-end size
 Checker = Callable[[Any, pd.DataFrame], pd.DataFrame]
 
 
@@ -110,7 +110,10 @@ def write_checks(checks: pd.DataFrame, data: Path) -> None:
 
 def _settings_text(experiment: Any, preset: str) -> str:
     presets = getattr(experiment, "presets", {}) or {}
-    return f"{preset} preset: {presets[preset]!r}" if preset in presets else ""
+    lines = [f"{preset} preset: {presets[preset]!r}"] if preset in presets else []
+    if getattr(experiment, "command", ""):
+        lines.append(f"command: {experiment.command}")
+    return "\n".join(lines)
 
 
 def _experiment_section(name: str, experiment: Any, preset: str, frame: pd.DataFrame | None, checks: pd.DataFrame,

@@ -5,79 +5,30 @@
     lnscope report --out reports/init
     lnscope list
 
-Model options are generated from `models.ModelConfig`'s fields, so every config field is settable and
-the CLI cannot drift from the API; validation (with the valid choices) is the config's own.
+Options are generated from the config dataclasses (analysis.options: `lnscope probe` from
+`models.ModelConfig`, `lnscope train` from it and the training configs), so every config field is
+settable and the CLI cannot drift from the API; validation (with the valid choices) is the config's own.
+Each room's subcommands live in that room (`analysis/train/cli.py`, `analysis/experiments/cli.py`) and
+are registered below.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
-import typing
 from pathlib import Path
 
+from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
+from analysis.options import add_model_options, dataclass_from_args
 from analysis.probe.probes import CHEAP_PROBES, PROBES
+from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
-from models import config as config_module
-
-_CHOICES = {
-    "arch": ARCHS,
-    "placement": tuple(PLACEMENTS),
-    "enc_placement": tuple(PLACEMENTS),
-    "norm": tuple(NORMS),
-    "activation": config_module.ACTIVATIONS,
-    "init": config_module.INITS,
-    "pos": config_module.POSITIONS,
-    "dtype": config_module.DTYPES,
-    "admin_init": config_module.ADMIN_INITS,
-}
-
-
-def _field_help() -> dict[str, str]:
-    """One line per field, taken from ModelConfig's docstring ("name: text" entries)."""
-    helps: dict[str, str] = {}
-    doc = ModelConfig.__doc__ or ""
-    current = None
-    for line in doc.splitlines():
-        stripped = line.strip()
-        head, sep, text = stripped.partition(":")
-        names = [n.strip().strip("`") for n in head.split(",")]
-        if sep and all(n.isidentifier() for n in names) and any(n in ModelConfig.__dataclass_fields__ for n in names):
-            current = names
-            for n in names:
-                helps[n] = text.strip()
-        elif current and stripped:
-            for n in current:
-                helps[n] += " " + stripped
-        else:
-            current = None
-    return helps
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    helps = _field_help()
-    hints = typing.get_type_hints(ModelConfig)
-    group = parser.add_argument_group("model (models.ModelConfig fields)")
-    for f in dataclasses.fields(ModelConfig):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        text = helps.get(f.name, "").replace("%", "%%")  # argparse formats help strings with %
-        if hint is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-            continue
-        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if typing.get_args(hint) else hint
-        kwargs: dict = {"dest": f.name, "default": f.default, "type": base, "help": text}
-        if f.name in _CHOICES:
-            kwargs["choices"] = _CHOICES[f.name]
-        group.add_argument(flag, **kwargs)
-
 
 def _config_from(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig)})
+    return dataclass_from_args(ModelConfig, args)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -150,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--probes", default="", help=f"comma-separated subset of: {', '.join(PROBES)} (default: the cheap ones)")
     probe.add_argument("--out", required=True, help="output .parquet (a .json of the config is written next to it)")
     probe.add_argument("--run", default="", help="run name stored in the table (default: the output file's stem)")
-    _add_model_options(probe)
+    add_model_options(probe)
     probe.set_defaults(func=_cmd_probe)
 
     report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report (make report)",
@@ -170,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list placements, norms, archs and probes")
     listing.set_defaults(func=_cmd_list)
+
+    add_train_commands(sub)
+    add_experiment_commands(sub)
     return parser
 
 

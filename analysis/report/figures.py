@@ -17,8 +17,11 @@ Selection: ``step=None`` takes each run's final recorded step, and ``where={colu
 narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
 (say two depths mixed in one profile) is refused with the columns that differ, never averaged.
 
-Colors follow the order in which hue values first appear in the *whole* frame, so a placement keeps
-its color in every panel drawn from one frame.
+Colors: every placement has one fixed color and marker (``PLACEMENT_COLORS``, ``PLACEMENT_MARKERS``)
+in every figure of the project. A hue other than ``placement`` (e.g. ``variant``, a placement in one
+form of its method) takes the color of its placement, and forms of the same placement differ by line
+style. Hue values that are no known placement get colors in the order they first appear in the
+*whole* frame, so a value keeps its color in every panel drawn from one frame.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarForm
 
 from analysis.stats import t_quantile
 
-__all__ = ["plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling", "figure_grid", "save_figure"]
+__all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",
+           "plot_lines", "figure_grid", "save_figure"]
 
 Band = Literal["minmax", "iqr", "ci"]
 DPI = 130
@@ -156,16 +160,55 @@ def _auto_log(values: pd.Series) -> bool:
     return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
 
 
+# One color and marker per placement, in every figure (registry order of models.PLACEMENTS; this
+# module does not import models, and tests/analysis/report/test_figures.py checks it covers them all).
+# tab20: the dark shades (= tab10) first, then the light ones.
+_TAB20 = plt.get_cmap("tab20").colors
+_PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+_PLACEMENT_ORDER = ("post", "pre", "b2t", "residual", "skip_scale", "rsln", "deepnorm", "admin", "sandwich", "peri",
+                    "mix", "hybrid", "normformer", "rezero", "none")  # fmt: skip
+PLACEMENT_COLORS: dict[str, tuple[float, float, float]] = {p: _PALETTE[i] for i, p in enumerate(_PLACEMENT_ORDER)}
+PLACEMENT_MARKERS: dict[str, str] = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(_PLACEMENT_ORDER)}
+_FORM_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _placement_of(df: pd.DataFrame, hue: str) -> dict[Any, str]:
+    """The placement each hue value stands for: itself for hue="placement", else the most frequent
+    placement among its rows outside an encoder stack (an encoder-decoder is named by its decoder)."""
+    if hue == "placement":
+        return {h: h for h in pd.unique(df[hue].dropna())}
+    if "placement" not in df.columns:
+        return {}
+    rows = df[df["stack"] != "encoder"] if "stack" in df.columns else df
+    rows = rows if not rows.empty else df
+    return {h: g.mode().iloc[0] for h, g in rows.groupby(hue, sort=False)["placement"]}
+
+
 def _styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
-    """Color, marker and line style per hue value, in order of first appearance in ``df``."""
+    """Color, marker and line style per hue value: the placement's own color and marker, one line
+    style per form of the same placement (in order of first appearance); other values, and hue values
+    that all stand for one placement (norms of one placement), get colors in order of first appearance
+    in ``df``."""
     order = list(pd.unique(df[hue].dropna()))
-    if len(order) <= 20:  # tab20's dark shades first (= tab10), then the light ones, dashed
-        tab20 = plt.get_cmap("tab20").colors
-        colors = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    placement = _placement_of(df, hue)
+    if len(order) > 1 and len(set(placement.values())) <= 1:  # e.g. norms of one placement: tell them apart
+        placement = {}
+    others = [h for h in order if placement.get(h) not in PLACEMENT_COLORS]
+    if len(others) <= 20:
+        colors = _PALETTE
     else:
-        colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(order))))
-    return {h: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)],
-                "linestyle": "-" if i < 10 else "--"} for i, h in enumerate(order)}
+        colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(others))))
+    styles, forms = {}, {}
+    for h in order:
+        p = placement.get(h)
+        if p in PLACEMENT_COLORS:
+            k = forms[p] = forms.get(p, -1) + 1
+            styles[h] = {"color": PLACEMENT_COLORS[p], "marker": PLACEMENT_MARKERS[p],
+                         "linestyle": _FORM_LINESTYLES[k % len(_FORM_LINESTYLES)]}  # fmt: skip
+        else:
+            i = others.index(h)
+            styles[h] = {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "linestyle": "-" if i < 10 else "--"}
+    return styles
 
 
 def _legend(ax: Axes, title: str, n: int) -> None:
@@ -366,6 +409,62 @@ def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
     return ax
 
 
+def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band: Band = "ci",
+               where: Mapping[str, Any] | None = None, logx: bool = False, logy: bool | None = None,
+               xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
+               legend_title: str | None = None) -> Axes:
+    """A value against any column ``x`` (training step, skip scale λ, depth, layer), one line per
+    ``hue`` value, aggregated over seeds with the seed spread shaded.
+
+    Needs columns ``x, hue, seed, value`` (and the ``where`` columns). The selection must hold one row
+    per (hue, x, seed); a diverged seed (NaN/Inf) leaves a gap at its x (see ``_seed_stats``).
+
+    Args:
+        df: tidy frame.
+        ax: axes to draw on.
+        x: column on the x axis (numeric).
+        hue: column giving one line per value; colors follow the placement (module docstring).
+        band: ``"ci"`` (mean ± 95% t interval), ``"minmax"`` or ``"iqr"``.
+        where: equality (scalar) or membership (list) filters.
+        logx: log x axis.
+        logy: log y axis; None = automatic (log when positive values span more than a decade).
+        xlabel, ylabel, title, legend_title: text (defaults name the columns).
+
+    Returns:
+        ``ax``.
+
+    Raises:
+        ValueError: missing columns, an empty selection, or several rows per (hue, x, seed).
+    """
+    who = "plot_lines"
+    _check_band(band)
+    _require(df, [x, hue, "seed", "value", *(where or {})], who)
+    sel = _select(df, where or {})
+    _check_unique(sel, (hue, x, "seed"), who)
+    stats = _seed_stats(sel, [hue, x], band)
+    styles = _styles(df, hue)
+    present = [h for h in styles if h in set(stats[hue])]
+    alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1
+    for h in present:
+        xs, center, lo, hi = stats.loc[stats[hue] == h, [x, "center", "lo", "hi"]].to_numpy(float).T
+        st = styles[h]
+        ms = 3 if len(xs) > 12 else 4
+        ax.plot(xs, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
+        ax.fill_between(xs, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
+    if logx:
+        ax.set_xscale("log")
+    if logy or (logy is None and _auto_log(sel["value"])):
+        ax.set_yscale("log")
+    _note_nonfinite(ax, sel)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or "value")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3, lw=0.5)
+    _legend(ax, f"{legend_title or hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    return ax
+
+
 def figure_grid(n_panels: int, ncols: int = 3,
                 panel_size: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, np.ndarray]:
     """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
@@ -390,8 +489,8 @@ def figure_grid(n_panels: int, ncols: int = 3,
     return fig, flat[:n_panels]
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) -> Path:
-    """Write ``fig`` atomically and close it.
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI, close: bool = True) -> Path:
+    """Write ``fig`` atomically and close it (unless ``close=False``, to save it in another format too).
 
     The image goes to a temporary file in the target directory, then ``os.replace`` moves it into
     place, so a reader never sees a half-written file. The format follows the suffix (PNG when none).
@@ -400,6 +499,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) ->
         fig: figure to save.
         path: destination; parent directories are created.
         dpi: resolution for raster formats.
+        close: close the figure afterwards.
 
     Returns:
         The destination path.
@@ -419,5 +519,6 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
     return path

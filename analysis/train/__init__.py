@@ -10,6 +10,7 @@ Public names:
     train, TrainResult                     the loop (analysis.train.loop)
     load_runs                              a folder of runs -> one DataFrame (analysis.train.store)
     load_model                             a checkpointed model of a run (analysis.train.checkpoint)
+    run_sweep, load_sweep, Sweep           grids of runs from Python or TOML/JSON (analysis.train.sweep)
 
 Imports only from analysis.probe, analysis.io and models (the rooms before it).
 """
@@ -19,9 +20,10 @@ from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
 from analysis.train.loop import TrainResult, read_result, train
 from analysis.train.optim import SCHEDULES
 from analysis.train.store import load_runs
+from analysis.train.sweep import Sweep, load_sweep, run_sweep
 from analysis.train.tasks import TASKS
 
 __all__ = [
     "OptimConfig", "SCHEDULES", "TASKS", "TaskConfig", "TrainConfig", "TrainResult", "load_model", "load_runs",
-    "read_result", "train",
+    "Sweep", "load_sweep", "read_result", "run_sweep", "train",
 ]  # fmt: skip

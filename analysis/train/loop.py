@@ -121,7 +121,7 @@ class _Recorder:
             blocks.append(pd.DataFrame({"seed": seeds, "step": step, "quantity": "val_loss", "value": values.astype(np.float64)}))
         frame = pd.concat(blocks, ignore_index=True) if blocks else store.empty_curves()
         frame.insert(0, "run", self.run_id)
-        return frame[list(store.CURVE_COLUMNS)].astype({"seed": np.int64, "step": np.int64, "value": np.float64})
+        return store.as_curves(frame)
 
 
 def _after_divergence(frame: pd.DataFrame, diverged: dict[int, int | None]) -> pd.DataFrame:

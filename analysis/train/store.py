@@ -9,7 +9,9 @@
         probes.parquet    probe rows, the columns of analysis.probe.tidy.COLUMNS (`run` = run_id,
                           `step` = the training step the probe measured)
         checkpoints/      orbax checkpoints (analysis.train.checkpoint), the final one always
-        partial/          curves and probes recorded up to the last checkpoint of an unfinished run
+    and, while a run is unfinished:
+        started.json      its config (load_model reads it)
+        partial/          curves and probes recorded up to its last checkpoint (read on resume)
 
 Every file is written atomically (temporary file, then rename: analysis.io.atomic_write), so a
 killed run leaves whole files or none; its temporary leftovers are removed when the run restarts.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,7 +35,7 @@ from analysis.train.config import TrainConfig, to_dict
 
 STORE_VERSION = 1  # bump when the meaning of stored numbers changes: old runs then get new folders
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
-PARTIAL, CHECKPOINTS = "partial", "checkpoints"
+PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
 # Columns added to curve and probe rows by load_runs: what tells the runs of a sweep apart.
 RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", "lr", "schedule",
@@ -44,6 +47,18 @@ def config_hash(cfg: TrainConfig, fingerprint: str = "") -> str:
     hash) and the store version: equal configs share a folder, any change gets a new one."""
     payload = json.dumps({"config": to_dict(cfg), "data": fingerprint, "store": STORE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+CURVE_DTYPES = {"run": object, "seed": np.int64, "step": np.int64, "quantity": object, "value": np.float64}
+
+
+def as_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The curve columns with their dtypes (parquet reads strings back as pandas' string dtype)."""
+    return frame[list(CURVE_COLUMNS)].astype(CURVE_DTYPES)
+
+
+def as_probes(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[list(COLUMNS)].astype(DTYPES)
 
 
 def empty_curves() -> pd.DataFrame:
@@ -92,7 +107,7 @@ def read_partial(folder: Path, before: int) -> tuple[pd.DataFrame, pd.DataFrame]
     part = Path(folder) / PARTIAL
     if not (part / CURVES).is_file() or not (part / PROBES).is_file():
         return empty_curves(), empty_probes()
-    curves, probes = pd.read_parquet(part / CURVES), pd.read_parquet(part / PROBES)
+    curves, probes = as_curves(pd.read_parquet(part / CURVES)), as_probes(pd.read_parquet(part / PROBES))
     return curves[curves["step"] < before].reset_index(drop=True), probes[probes["step"] < before].reset_index(drop=True)
 
 
@@ -102,25 +117,29 @@ def write_finished(folder: Path, curves: pd.DataFrame, probes: pd.DataFrame, met
     _write_parquet(folder / CURVES, curves)
     _write_parquet(folder / PROBES, probes)
     _write_json(folder / RUN_JSON, meta)
+    # The scaffolding of an unfinished run is no longer needed (a kill here leaves only redundancy).
+    shutil.rmtree(folder / PARTIAL, ignore_errors=True)
+    (folder / STARTED).unlink(missing_ok=True)
 
 
 def write_started(folder: Path, meta: dict[str, Any]) -> None:
-    """config.json of a run in progress (what load_model reads before the run finishes)."""
-    _write_json(Path(folder) / "config.json", meta)
+    """started.json of a run in progress (what load_model reads before the run finishes)."""
+    _write_json(Path(folder) / STARTED, meta)
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
-    """run.json of a finished run, else config.json of a started one."""
+    """run.json of a finished run, else started.json of an unfinished one."""
     folder = Path(folder)
-    for name in (RUN_JSON, "config.json"):
+    for name in (RUN_JSON, STARTED):
         if (folder / name).is_file():
             return json.loads((folder / name).read_text())
-    raise ValueError(f"{folder} is not a run folder (no {RUN_JSON} or config.json)")
+    raise ValueError(f"{folder} is not a run folder (no {RUN_JSON} or {STARTED})")
 
 
 def read_finished(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     folder = Path(folder)
-    return pd.read_parquet(folder / CURVES), pd.read_parquet(folder / PROBES), json.loads((folder / RUN_JSON).read_text())
+    curves, probes = as_curves(pd.read_parquet(folder / CURVES)), as_probes(pd.read_parquet(folder / PROBES))
+    return curves, probes, json.loads((folder / RUN_JSON).read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,8 +222,8 @@ def load_runs(folder: Path | str, what: str = "curves", *, columns: Iterable[str
                 out[col] = out["run"].map(lambda r, col=col: flat[r].get(col))
         return out.reset_index(drop=True)
 
-    name = CURVES if what == "curves" else PROBES
-    frames = [pd.read_parquet(f / name) for f in folders]
+    name, normalize = (CURVES, as_curves) if what == "curves" else (PROBES, as_probes)
+    frames = [normalize(pd.read_parquet(f / name)) for f in folders]
     rows = pd.concat(frames, ignore_index=True) if frames else empty_curves()
     add = [c for c in per_seed.columns if c not in rows.columns or c in ("run", "seed")]
     return rows.merge(per_seed[add], on=["run", "seed"], how="left")

@@ -1,0 +1,106 @@
+"""`lnscope train` and `lnscope sweep` (registered in analysis/cli.py by `add_commands`).
+
+    lnscope train --arch decoder --placement pre --layers 2 --task charlm --steps 200 --lr 1e-3 \\
+        --schedule constant --warmup-steps 0 --probe-every 25 --seeds 2 --out runs
+    lnscope sweep sweep.toml --out runs
+
+Every option of `lnscope train` is generated from the config dataclasses (analysis.options): the
+model's from models.ModelConfig, `--task`/`--task-vocab`/... from TaskConfig, `--lr`/`--schedule`/...
+from OptimConfig, `--steps`/`--probe-every`/... from TrainConfig. `--seeds N --seed-start S` give the
+seeds S..S+N−1, as in `lnscope probe`. `lnscope train` prints the run folder on stdout (a summary
+goes to stderr); a run that diverges is a result, and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.options import add_dataclass_options, add_model_options, dataclass_from_args
+from analysis.probe.probes import PROBES
+
+
+def _choices() -> dict:
+    from analysis.train.optim import SCHEDULES
+    from analysis.train.tasks import TASKS
+
+    return {"task": {"name": tuple(TASKS)}, "optim": {"schedule": tuple(SCHEDULES)},
+            "train": {"probes": tuple(PROBES), "expensive_probes": tuple(PROBES)}}  # fmt: skip
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
+
+    choices = _choices()
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, trained together under jax.vmap")
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed")
+    parser.add_argument("--out", default="runs", help="store folder; the run goes to OUT/<config hash>/")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    add_dataclass_options(parser, TrainConfig, title="training (analysis.train.TrainConfig fields)",
+                          choices=choices["train"], skip=("seeds",), prefix="train.")  # fmt: skip
+    add_dataclass_options(parser, OptimConfig, title="optimizer (analysis.train.OptimConfig fields)",
+                          choices=choices["optim"], prefix="optim.")  # fmt: skip
+    add_dataclass_options(parser, TaskConfig, title="task (analysis.train.TaskConfig fields)",
+                          choices=choices["task"], flags={"name": "task", "vocab": "task-vocab"}, prefix="task.")  # fmt: skip
+    add_model_options(parser)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of parsed `lnscope train` options."""
+    from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
+    from models import ModelConfig
+
+    if args.seeds < 1 or args.seed_start < 0:
+        raise ValueError(f"--seeds must be >= 1 and --seed-start >= 0, got {args.seeds} and {args.seed_start}")
+    return dataclass_from_args(
+        TrainConfig, args, prefix="train.",
+        model=dataclass_from_args(ModelConfig, args),
+        task=dataclass_from_args(TaskConfig, args, prefix="task."),
+        optim=dataclass_from_args(OptimConfig, args, prefix="optim."),
+        seeds=tuple(range(args.seed_start, args.seed_start + args.seeds)),
+    )  # fmt: skip
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from analysis.train.loop import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, args.out, progress=args.progress)
+    curves = result.curves
+    val = curves[(curves["quantity"] == "val_loss")].sort_values("step").groupby("seed")["value"].last()
+    for seed, status in result.status.items():
+        where = f" at step {result.diverged_step[seed]}" if status == "diverged" else ""
+        loss = f", last val_loss {val[seed]:.4f}" if seed in val.index else ""
+        print(f"seed {seed}: {status}{where}{loss}", file=sys.stderr)
+    if result.skipped:
+        print("(finished earlier: read back from the store, not recomputed)", file=sys.stderr)
+    print(result.folder)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from analysis.train.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)  # parsed and validated before any compute
+    table = run_sweep(sweep, args.out, progress=args.progress)
+    with_text = table.drop(columns=["folder"]).to_string(index=False)
+    print(with_text, file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `train` and `sweep` on the `lnscope` parser's subparsers."""
+    train = subparsers.add_parser(
+        "train", help="train seeds of one config with probes in the step; print the run folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    _add_train_options(train)
+    train.set_defaults(func=_cmd_train)
+
+    sweep = subparsers.add_parser("sweep", help="train a grid of configs from a TOML/JSON file (resumable)",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
+    sweep.add_argument("--out", required=True, help="store folder of the runs")
+    sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")
+    sweep.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,159 @@
+"""Sweeps: a grid over any config fields (dotted names), from Python or from a TOML/JSON file.
+
+    lnscope sweep sweep.toml --out runs/
+
+    # sweep.toml
+    [base]                       # one TrainConfig; nested tables or dotted keys, defaults elsewhere
+    steps = 300
+    seeds = 3                    # an int n means seeds 0..n-1 (vmapped together inside each run)
+    model = { arch = "decoder", layers = 18, d_model = 128, heads = 4, d_ff = 512, vocab = 256 }
+    task = { name = "markov" }
+
+    [grid]                       # every combination is one run (one folder)
+    "model.placement" = ["post", "pre", "b2t", "residual"]
+    "optim.lr" = [3e-4, 1e-3]
+    "optim.schedule" = ["constant"]
+
+Unknown keys anywhere are an error naming the valid ones; so is an empty grid. Every config of the
+grid is built (and validated) before the first run starts. Runs already finished in `out` are read
+back, not recomputed, so a killed sweep is resumed by running it again.
+
+Devices. Each run vmaps its seeds; `train` shards that seed axis over the local devices (jit + vmap
+over sharded inputs), so on a machine with several GPUs the same command uses them all: give a
+number of seeds that the device count divides. On several hosts, start one process per host with
+`jax.distributed.initialize()` before `run_sweep` (or `lnscope sweep`): `jax.devices()` then spans
+every host, the seed axis is sharded across all of them, and orbax writes each checkpoint from all
+processes together. Every process must see the same `out` folder (a shared file system).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from analysis.train.config import TrainConfig, _merge, from_dict, to_dict
+from analysis.train.loop import train
+
+FILE_KEYS = ("base", "grid")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A base config and a grid: {dotted field: values}; runs = the product of the grid's values."""
+
+    base: TrainConfig
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ValueError("the sweep's grid is empty; give at least one field with a list of values "
+                             "(a single run is `lnscope train`)")  # fmt: skip
+        for name, values in self.grid:
+            if not values:
+                raise ValueError(f"grid field {name!r} has no values: the grid is empty")
+
+    def configs(self) -> list[TrainConfig]:
+        """Every run of the grid, validated (the first field varies slowest)."""
+        names = [n for n, _ in self.grid]
+        base = to_dict(self.base)
+        return [from_dict(_merge(base, dict(zip(names, combo)))) for combo in itertools.product(*(v for _, v in self.grid))]
+
+
+def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"placement": [...]}} -> {"model.placement": [...]} (TOML dotted keys nest tables)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def sweep_from_dict(data: Mapping[str, Any]) -> Sweep:
+    """The Sweep of a parsed file: {"base": {...}, "grid": {...}}; unknown keys are an error."""
+    unknown = [k for k in data if k not in FILE_KEYS]
+    if unknown:
+        raise ValueError(f"unknown sweep key(s) {unknown}; valid keys: {', '.join(FILE_KEYS)}")
+    base = dict(data.get("base", {}) or {})
+    if isinstance(base.get("seeds"), int) and not isinstance(base.get("seeds"), bool):
+        base["seeds"] = list(range(base["seeds"]))
+    base_cfg = TrainConfig().replace(**_dotted(base))
+    grid = []
+    for name, values in _dotted(data.get("grid", {}) or {}).items():
+        if not isinstance(values, list):
+            raise ValueError(f"grid field {name!r} must be a list of values, got {values!r}")
+        base_cfg.replace(**{name: values[0]} if values else {})  # an unknown field name fails here
+        grid.append((name, tuple(tuple(v) if isinstance(v, list) else v for v in values)))
+    sweep = Sweep(base_cfg, tuple(grid))
+    sweep.configs()  # validate every run before any compute
+    return sweep
+
+
+def load_sweep(path: Path | str) -> Sweep:
+    """Read a sweep from a .toml or .json file (never pickle)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"sweep file {str(path)!r} cannot be read: {err}") from None
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"sweep file {str(path)!r} is not valid JSON: {err}") from None
+    else:
+        raise ValueError(f"sweep file {str(path)!r} must end in .toml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"sweep file {str(path)!r} must hold a table with keys {', '.join(FILE_KEYS)}")
+    return sweep_from_dict(data)
+
+
+def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *, devices: list | None = None,
+              progress: bool = True) -> pd.DataFrame:  # fmt: skip
+    """Train every run of `sweep` into `out` (finished runs are read back, not recomputed).
+
+    Returns one row per run: run_id, folder, skipped, seconds, the number of diverged seeds, and
+    one column per grid field. Read the results with `analysis.train.load_runs(out)`.
+    """
+    if isinstance(sweep, (str, Path)):
+        sweep = load_sweep(sweep)
+    elif not isinstance(sweep, Sweep):
+        sweep = sweep_from_dict(sweep)
+    configs = sweep.configs()
+    names = [n for n, _ in sweep.grid]
+    rows = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(configs), desc="sweep", unit="run")
+    for cfg in configs:
+        start = time.perf_counter()
+        result = train(cfg, out, devices=devices)
+        diverged = sum(s == "diverged" for s in result.status.values())
+        values = to_dict(cfg)
+        row = {"run_id": result.run_id, "folder": str(result.folder), "skipped": result.skipped,
+               "seconds": round(time.perf_counter() - start, 3), "diverged_seeds": diverged, "seeds": len(cfg.seeds)}  # fmt: skip
+        for name in names:
+            head, _, tail = name.partition(".")
+            row[name] = values[head][tail] if tail else values[head]
+        rows.append(row)
+        if bar is not None:
+            bar.set_postfix_str(f"{result.run_id[:8]} {'read back' if result.skipped else f'{diverged} diverged'}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame(rows)

@@ -74,7 +74,7 @@ class FakeExperiment:
     title: str = "a fake gradient ratio"
     summary: str = "A made-up experiment: `g` per layer for two placements over four seeds.\n\n- item one\n- item two"
     presets: dict = field(default_factory=lambda: {"quick": {"seeds": 4}, "paper": {"seeds": 16}})
-    claims: tuple = ("fake2024.big", "fake2024.small", "fake2024.noisy")
+    claims: tuple = field(default_factory=lambda: fake_claims("fake2024"))
     fail: bool = False
     runs: list = field(default_factory=list)
 
@@ -86,6 +86,7 @@ class FakeExperiment:
         for placement, slope in (("post", 1.0), ("pre", -0.3)):
             for seed in range(4):
                 values = np.exp(slope * np.arange(3)) * (1 + 0.05 * seed)
+                values[-1] *= 1 + 0.1 * (seed - 1.5)  # a seed spread, so the intervals have a width
                 parts.append(_rows(f"fake/{placement}", "decoder", placement, 3, seed, "g", "resid_pre", values))
         return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype(DTYPES)
 
@@ -99,18 +100,20 @@ class FakeExperiment:
         return out
 
 
-def fake_checker(experiment: FakeExperiment, frame: pd.DataFrame) -> pd.DataFrame:
-    """Check rows of the fake claims computed from the frame: one of each verdict."""
-    post = frame[frame["placement"] == "post"].pivot(index="seed", columns="layer", values="value").to_numpy()
-    ratios = post[:, -1] / post[:, 0]  # e² per seed
-    point, low, high = float(ratios.mean()), float(ratios.min()), float(ratios.max())
-    base = dict(paper=experiment.name, source="Fig. 1 (fake)", statistic=point, ci_low=low, ci_high=high,
-                n_seeds=len(ratios), note="")  # fmt: skip
-    return pd.DataFrame([
-        dict(base, id="fake2024.big", statement="post's top/bottom ratio is at least 5", method_form="paper form",
-             threshold=5.0, direction=">=", verdict="reproduced"),
-        dict(base, id="fake2024.small", statement="post's ratio is at most 2", method_form="code form",
-             threshold=2.0, direction="<=", verdict="not reproduced", note="a finding, reported as measured"),
-        dict(base, id="fake2024.noisy", statement="post's ratio lies in [7, 8]", method_form="paper form",
-             threshold=(7.0, 8.0), direction="in", verdict="inconclusive"),
-    ])  # fmt: skip
+def fake_claims(experiment: str) -> tuple:
+    """Three real claims (analysis.experiments.claims) on the fake frame: post's top/bottom ratio
+    (≈ e² ≈ 7.4, with a seed spread) against thresholds it clears, misses, and straddles."""
+    from analysis.experiments.claims import Claim, Feature, ratio
+
+    where = {"placement": "post", "quantity": "g", "site": "resid_pre"}
+    stat = ratio(Feature("top", where, layer=-1), Feature("bottom", where, layer=0), "g_top/g_bottom of post")
+    common = dict(paper="xiong2020", source="Fig. 1 (fake)", experiment=experiment, statistic=stat,
+                  threshold_note="made up for the test")  # fmt: skip
+    return (
+        Claim(id="xiong2020.fake_big", statement="post's top/bottom ratio is at least 5", method_form="paper form",
+              threshold=5.0, direction=">=", **common),
+        Claim(id="xiong2020.fake_small", statement="post's ratio is at most 2", method_form="code form",
+              threshold=2.0, direction="<=", **common),
+        Claim(id="xiong2020.fake_noisy", statement="post's ratio lies in [7.3, 9]", method_form="paper form",
+              threshold=(7.3, 9.0), direction="in", **common),
+    )  # fmt: skip

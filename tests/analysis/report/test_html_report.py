@@ -18,7 +18,7 @@ import pytest
 
 from analysis.report import build, init_report
 from analysis.report.content import CHECK_COLUMNS
-from tests.analysis.report.fakes import ATLAS, FakeExperiment, fake_checker, store_atlas
+from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_ATLAS_FIGURES = len(init_report.PROFILE_PANELS) + len(init_report.ARCH_PANELS)
@@ -52,7 +52,7 @@ class Page(HTMLParser):
 
 def _build(out: Path, **kwargs) -> build.BuiltReport:
     kwargs.setdefault("experiments", {"fake2024": FakeExperiment()})
-    return build.build_report(out, atlas=ATLAS, checker=fake_checker, progress=False, **kwargs)
+    return build.build_report(out, atlas=ATLAS, progress=False, **kwargs)  # the real checks of real claims
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +90,13 @@ def test_every_link_resolves_and_the_check_table_has_a_row_per_claim(report) -> 
     assert anchors and not [a for a in anchors if a not in page.ids]
     assert page.check_rows == 1 + len(experiment.claims)  # header + one per claim
     text = built.index.read_text()
-    assert all(f'id="claim-{c.replace(".", "-")}"' in text for c in experiment.claims)
+    assert all(f'id="claim-{c.id.replace(".", "-")}"' in text for c in experiment.claims)
     for verdict in ("reproduced", "not reproduced", "inconclusive"):
         assert f'class="verdict v-{verdict.replace(" ", "-")}"' in text
     # the order of the page: checks, then the paper's section, then the atlas, then the environment
     positions = [text.index(f'id="{i}"') for i in ("checks", "fake2024", "broken2024", "init", "environment")]
     assert positions == sorted(positions)
-    assert "in [7, 8]" in text and "≥ 5" in text and "≤ 2" in text
+    assert "in [7.3, 9]" in text and "≥ 5" in text and "≤ 2" in text
 
 
 def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
@@ -104,10 +104,11 @@ def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
     assert {p.name for p in (out / "data").iterdir()} >= {"init.parquet", "init.json", "fake2024.parquet",
                                                            "fake2024.json", "checks.parquet", "checks.json"}
     checks = pd.read_parquet(out / "data" / "checks.parquet")
-    assert list(checks["id"]) == list(experiment.claims)
-    assert checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.0, 8.0]]
+    assert list(checks["id"]) == [c.id for c in experiment.claims]
+    assert list(checks["verdict"]) == ["reproduced", "not reproduced", "inconclusive"]
+    assert checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.3, 9.0]]
     records = json.loads((out / "data" / "checks.json").read_text())
-    assert [r["threshold"] for r in records] == [5.0, 2.0, [7.0, 8.0]]
+    assert [r["threshold"] for r in records] == [5.0, 2.0, [7.3, 9.0]]
     pngs = sorted((out / "figures").rglob("*.png"))
     assert len(pngs) == N_ATLAS_FIGURES + 2 and all(p.with_suffix(".svg").exists() for p in pngs)
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
@@ -117,7 +118,7 @@ def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
     assert len(files) == 2 * len(pngs) and all((out / f).exists() for f in files)
     md_anchors = set(re.findall(r'<a id="([^"]+)"></a>', md))
     assert {link[1:] for link in links if link.startswith("#")} <= md_anchors
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "(`fake2024." in line]
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "(`xiong2020.fake_" in line]
     assert len(table_rows) == len(experiment.claims)
 
 
@@ -177,7 +178,8 @@ def test_experiment_selection() -> None:
 
 
 def test_check_columns_match_the_report_table() -> None:
-    assert set(CHECK_COLUMNS) <= set(fake_checker(FakeExperiment(), FakeExperiment().run("quick")).columns)
+    experiment = FakeExperiment()
+    assert set(CHECK_COLUMNS) <= set(build.check_claims(experiment, experiment.run("quick")).columns)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
+from analysis.report.figures import PLACEMENT_COLORS
 from analysis.report.init_report import harness_config
 from analysis.stats import seed_summary
 
@@ -61,9 +62,9 @@ fig, axes = plt.subplots(1, len(stats), figsize=(10, 3.6))
 for ax, (name, values) in zip(axes, stats.items()):
     for i, (placement, group) in enumerate(values.groupby("placement")):
         jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(group))
-        ax.plot(i + jitter, group["value"], "o", alpha=0.6, label=placement)
+        ax.plot(i + jitter, group["value"], "o", alpha=0.6, color=PLACEMENT_COLORS[placement], label=placement)
     ax.set_xticks(range(values["placement"].nunique()), sorted(values["placement"].unique()))
-    ax.set_ylabel(name)
+    ax.set_ylabel(f"{name} (ratio, no unit)" if "/" in name else f"{name} (cosine)")
     ax.set_title(f"{name}, one point per seed ({SEEDS} seeds)", fontsize=10)
 fig.tight_layout()
 

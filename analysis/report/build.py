@@ -2,7 +2,7 @@
 
     lnscope report                                  # quick preset -> reports/quick/index.html
     lnscope report --preset paper                   # the papers' sizes (a GPU) -> reports/paper/
-    lnscope report --quick --out /tmp/smoke         # 6-layer atlas (a smoke run)
+    lnscope report --quick --out /tmp/smoke         # a smoke run: 6-layer atlas, tiny preset
     lnscope report --redraw                         # figures and pages again from the stored data
 
 Steps: the initialization atlas of every placement (`init_report.init_study`), the chosen preset of

@@ -217,3 +217,25 @@ def test_report_opens_in_a_browser_with_every_image_loaded(report, tmp_path) -> 
     shot = tmp_path / "top.png"
     _chromium("--window-size=1280,1600", f"--screenshot={shot}", built.index.as_uri(), cwd=tmp_path)
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(
+    "argv, preset, layers, out",
+    [
+        ([], "quick", 18, "reports/quick"),
+        (["--quick"], "tiny", 6, "reports/tiny"),
+        (["--quick", "--preset", "quick", "--out", "elsewhere"], "quick", 6, "elsewhere"),
+        (["--preset", "paper", "--layers", "4", "--placements", "pre, post"], "paper", 4, "reports/paper"),
+    ],
+)
+def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> None:
+    from analysis import cli
+
+    seen = {}
+    monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
+                        or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
+    assert cli.main(["report", "--experiments", "none", *argv]) == 0
+    assert (seen["preset"], seen["atlas"].layers, seen["out"]) == (preset, layers, out)
+    assert seen["experiments"] == {} and seen["redraw"] is False
+    if "--placements" in argv:
+        assert seen["atlas"].placements == ("post", "pre")

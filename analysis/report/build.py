@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -129,17 +130,26 @@ def _settings_text(experiment: Any, preset: str) -> str:
     return "\n".join(lines)
 
 
-def _experiment_section(name: str, experiment: Any, preset: str, frame: pd.DataFrame | None, checks: pd.DataFrame,
-                        error: str) -> Section:
+def _draw(experiment: Any, frame: pd.DataFrame) -> tuple[tuple[RenderedFigure, ...], str]:
+    """The experiment's figures, rendered; a drawing error is returned as text (the data is already
+    written, so a figure bug costs the figures of one section, not the report)."""
     figures: list[RenderedFigure] = []
-    if frame is not None:
-        drawn = experiment.figures(frame)
-        for fig_name, fig in drawn.items():
-            caption = fig.get_suptitle() or fig_name.replace("_", " ")
-            figures.append(render_figure(fig, fig_name, caption))
+    try:
+        for name, fig in experiment.figures(frame).items():
+            figures.append(render_figure(fig, name, fig.get_suptitle() or name.replace("_", " ")))
+    except Exception as err:
+        traceback.print_exc()
+        return tuple(figures), f"drawing its figures failed: {type(err).__name__}: {err}"
+    finally:
+        plt.close("all")
+    return tuple(figures), ""
+
+
+def _experiment_section(name: str, experiment: Any, preset: str, figures: tuple[RenderedFigure, ...],
+                        checks: pd.DataFrame, error: str) -> Section:
     return Section(
         key=name, title=f"{name}: {experiment.title}", citation=experiment.paper, summary=experiment.summary,
-        claims=checks, figures=tuple(figures), settings=_settings_text(experiment, preset), error=error,
+        claims=checks, figures=figures, settings=_settings_text(experiment, preset), error=error,
     )  # fmt: skip
 
 
@@ -235,7 +245,7 @@ def build_report(
     for name, experiment in experiments.items():
         t = time.perf_counter()
         bar.set_postfix_str(name)
-        frame, error, checks = None, "", pd.DataFrame(columns=list(CHECK_COLUMNS))
+        frame, error, checks, figures = None, "", pd.DataFrame(columns=list(CHECK_COLUMNS)), ()
         try:
             path = data / f"{name}.parquet"
             if redraw:
@@ -248,9 +258,12 @@ def build_report(
             checks = checker(experiment, frame)
         except Exception as err:  # a failing experiment is reported, and the others still run
             error = f"{type(err).__name__}: {err}"
-            failed.append(name)
             traceback.print_exc()
-        section = _experiment_section(name, experiment, preset, frame if not error else None, checks, error)
+        if frame is not None and not error:
+            figures, error = _draw(experiment, frame)
+        if error:
+            failed.append(name)
+        section = _experiment_section(name, experiment, preset, figures, checks, error)
         sections.append(section)
         all_checks.append(checks)
         timings[name] = round(time.perf_counter() - t, 1)

@@ -140,7 +140,7 @@ def _section(section: Section) -> str:
     if section.citation:
         parts.append(f'<p class="citation">{_inline(section.citation)}</p>')
     if section.error:
-        parts.append(f'<p class="error">This part failed to run: <code>{escape(section.error)}</code></p>')
+        parts.append(f'<p class="error">This part failed: <code>{escape(section.error)}</code></p>')
     parts.append("<h3>What was run</h3>" + _paragraphs(section.summary))
     if section.settings:
         parts.append(f"<pre>{escape(section.settings)}</pre>")

@@ -54,7 +54,7 @@ def _section(section: Section) -> str:
     if section.citation:
         out += [f"*{section.citation}*", ""]
     if section.error:
-        out += [f"**This part failed to run:** `{section.error}`", ""]
+        out += [f"**This part failed:** `{section.error}`", ""]
     out += ["### What was run", ""]
     for kind, items in blocks(section.summary):
         out += ([f"- {i}" for i in items] if kind == "ul" else items) + [""]

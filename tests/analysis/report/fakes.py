@@ -74,9 +74,13 @@ class FakeExperiment:
     title: str = "a fake gradient ratio"
     summary: str = "A made-up experiment: `g` per layer for two placements over four seeds.\n\n- item one\n- item two"
     presets: dict = field(default_factory=lambda: {"quick": {"seeds": 4}, "paper": {"seeds": 16}})
-    claims: tuple = field(default_factory=lambda: fake_claims("fake2024"))
+    claims: tuple = ()
     fail: bool = False
+    figures_fail: bool = False
     runs: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.claims = self.claims or fake_claims(self.name)
 
     def run(self, preset: str, store: Path | None = None) -> pd.DataFrame:
         self.runs.append((preset, store))
@@ -91,6 +95,9 @@ class FakeExperiment:
         return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype(DTYPES)
 
     def figures(self, frame: pd.DataFrame) -> dict:
+        if self.figures_fail:
+            plt.figure()  # left open: the report must close it
+            raise ValueError("Data cannot be log-scaled because all values are <= 0.")
         out = {}
         for name, logy in (("profile", False), ("profile_log", True)):
             fig, ax = plt.subplots(figsize=(4, 3))
@@ -110,10 +117,10 @@ def fake_claims(experiment: str) -> tuple:
     common = dict(paper="xiong2020", source="Fig. 1 (fake)", experiment=experiment, statistic=stat,
                   threshold_note="made up for the test")  # fmt: skip
     return (
-        Claim(id="xiong2020.fake_big", statement="post's top/bottom ratio is at least 5", method_form="paper form",
+        Claim(id=f"xiong2020.{experiment}_big", statement="post's top/bottom ratio is at least 5", method_form="paper form",
               threshold=5.0, direction=">=", **common),
-        Claim(id="xiong2020.fake_small", statement="post's ratio is at most 2", method_form="code form",
+        Claim(id=f"xiong2020.{experiment}_small", statement="post's ratio is at most 2", method_form="code form",
               threshold=2.0, direction="<=", **common),
-        Claim(id="xiong2020.fake_noisy", statement="post's ratio lies in [7.3, 9]", method_form="paper form",
+        Claim(id=f"xiong2020.{experiment}_noisy", statement="post's ratio lies in [7.3, 9]", method_form="paper form",
               threshold=(7.3, 9.0), direction="in", **common),
     )  # fmt: skip

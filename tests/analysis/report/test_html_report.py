@@ -31,6 +31,7 @@ class Page(HTMLParser):
         super().__init__()
         self.tags: list[tuple[str, dict]] = []
         self.ids: set[str] = set()
+        self.id_list: list[str] = []
         self.check_rows = 0
         self._in_checks = False
         self.feed(text)
@@ -40,6 +41,7 @@ class Page(HTMLParser):
         self.tags.append((tag, attrs))
         if "id" in attrs:
             self.ids.add(attrs["id"])
+            self.id_list.append(attrs["id"])
         if tag == "table" and "checks" in attrs.get("class", ""):
             self._in_checks = True
         if tag == "tr" and self._in_checks:
@@ -58,14 +60,15 @@ def _build(out: Path, **kwargs) -> build.BuiltReport:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltReport, FakeExperiment]:
     """One report (rendering figures is what costs: ~10 s): a stored atlas study that must be reused,
-    the fake experiment, and a second experiment that raises."""
+    the fake experiment, one that raises, and one whose figures raise."""
     out = tmp_path_factory.mktemp("report")
     store_atlas(out)
     experiment = FakeExperiment()
     with pytest.MonkeyPatch.context() as patch:
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
         patch.setattr(init_report, "collect", refuse)
-        built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True)})
+        built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True),
+                                         "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True)})
     return out, built, experiment
 
 
@@ -88,13 +91,15 @@ def test_every_link_resolves_and_the_check_table_has_a_row_per_claim(report) -> 
     page = Page(built.index.read_text())
     anchors = [attrs["href"][1:] for tag, attrs in page.tags if tag == "a" and "href" in attrs]
     assert anchors and not [a for a in anchors if a not in page.ids]
-    assert page.check_rows == 1 + len(experiment.claims)  # header + one per claim
+    assert len(page.id_list) == len(page.ids), "an id is used twice"
+    assert page.check_rows == 1 + 2 * len(experiment.claims)  # header + one per claim (fake, drawless)
     text = built.index.read_text()
     assert all(f'id="claim-{c.id.replace(".", "-")}"' in text for c in experiment.claims)
     for verdict in ("reproduced", "not reproduced", "inconclusive"):
         assert f'class="verdict v-{verdict.replace(" ", "-")}"' in text
     # the order of the page: checks, then the paper's section, then the atlas, then the environment
-    positions = [text.index(f'id="{i}"') for i in ("checks", "fake2024", "broken2024", "init", "environment")]
+    positions = [text.index(f'id="{i}"') for i in ("checks", "fake2024", "broken2024", "drawless2024", "init",
+                                                      "environment")]
     assert positions == sorted(positions)
     assert "in [7.3, 9]" in text and "≥ 5" in text and "≤ 2" in text
 
@@ -104,11 +109,11 @@ def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
     assert {p.name for p in (out / "data").iterdir()} >= {"init.parquet", "init.json", "fake2024.parquet",
                                                            "fake2024.json", "checks.parquet", "checks.json"}
     checks = pd.read_parquet(out / "data" / "checks.parquet")
-    assert list(checks["id"]) == [c.id for c in experiment.claims]
-    assert list(checks["verdict"]) == ["reproduced", "not reproduced", "inconclusive"]
-    assert checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.3, 9.0]]
+    assert list(checks["id"]) == [f"xiong2020.{e}_{c}" for e in ("fake2024", "drawless2024") for c in ("big", "small", "noisy")]
+    assert list(checks["verdict"]) == ["reproduced", "not reproduced", "inconclusive"] * 2
+    assert checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.3, 9.0]] * 2
     records = json.loads((out / "data" / "checks.json").read_text())
-    assert [r["threshold"] for r in records] == [5.0, 2.0, [7.3, 9.0]]
+    assert [r["threshold"] for r in records] == [5.0, 2.0, [7.3, 9.0]] * 2
     pngs = sorted((out / "figures").rglob("*.png"))
     assert len(pngs) == N_ATLAS_FIGURES + 2 and all(p.with_suffix(".svg").exists() for p in pngs)
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
@@ -118,8 +123,8 @@ def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
     assert len(files) == 2 * len(pngs) and all((out / f).exists() for f in files)
     md_anchors = set(re.findall(r'<a id="([^"]+)"></a>', md))
     assert {link[1:] for link in links if link.startswith("#")} <= md_anchors
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "(`xiong2020.fake_" in line]
-    assert len(table_rows) == len(experiment.claims)
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "(`xiong2020." in line]
+    assert len(table_rows) == 2 * len(experiment.claims)
 
 
 def test_environment_is_recorded(report) -> None:
@@ -132,11 +137,15 @@ def test_environment_is_recorded(report) -> None:
 
 def test_a_failing_experiment_is_reported_and_the_rest_still_written(report) -> None:
     out, built, experiment = report
-    assert built.failed == ("broken2024",) and experiment.runs == [("quick", out / "store")]
+    assert built.failed == ("broken2024", "drawless2024") and experiment.runs == [("quick", out / "store")]
     text = built.index.read_text()
-    broken = text[text.index('id="broken2024"'):text.index('id="init"')]
+    broken = text[text.index('id="broken2024"'):text.index('id="drawless2024"')]
     assert "fake experiment blew up" in broken and "<img" not in broken
     assert not (out / "data" / "broken2024.parquet").exists()
+    drawless = text[text.index('id="drawless2024"'):text.index('id="init"')]
+    assert "drawing its figures failed: ValueError" in drawless and "<img" not in drawless
+    assert 'id="claim-xiong2020-drawless2024_big"' in drawless  # its claims are still checked and listed
+    assert (out / "data" / "drawless2024.parquet").exists()  # its data and checks are kept
 
 
 @pytest.mark.slow
@@ -152,6 +161,9 @@ def test_redraw_needs_no_computation(report, tmp_path) -> None:
     assert untouched.runs == [] and built.failed == ()
     assert Page(built.index.read_text()).check_rows == 4
     assert len(list((copy / "figures").rglob("*.png"))) == N_ATLAS_FIGURES + 2
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums()  # every figure was closed
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import sys
@@ -130,6 +131,38 @@ def _settings_text(experiment: Any, preset: str) -> str:
     return "\n".join(lines)
 
 
+def source_digest() -> str:
+    """Hash of lnscope's own source (models/ and analysis/): any code change redraws every figure."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted([*(root / "models").rglob("*.py"), *(root / "analysis").rglob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def figure_key(data: Path, source: str) -> str:
+    """What a section's figures depend on: its data file and the code that draws them."""
+    return hashlib.sha256(Path(data).read_bytes() + source.encode()).hexdigest()[:16]
+
+
+def _cached_figures(out: Path, key: str, section: str) -> tuple[RenderedFigure, ...] | None:
+    """A section's figures from an earlier report whose data and code were the same, else None."""
+    manifest = out / "figures" / section / "figures.json"
+    try:
+        meta = json.loads(manifest.read_text())
+        if meta["key"] != key:
+            return None
+        folder = manifest.parent
+        return tuple(RenderedFigure(name=f["name"], caption=f["caption"], png=(folder / f"{f['name']}.png").read_bytes(),
+                                    svg=(folder / f"{f['name']}.svg").read_bytes()) for f in meta["figures"])  # fmt: skip
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _manifest(key: str, figures: tuple[RenderedFigure, ...]) -> str:
+    return json.dumps({"key": key, "figures": [{"name": f.name, "caption": f.caption} for f in figures]}, indent=1)
+
+
 def _draw(experiment: Any, frame: pd.DataFrame) -> tuple[tuple[RenderedFigure, ...], str]:
     """The experiment's figures, rendered; a drawing error is returned as text (the data is already
     written, so a figure bug costs the figures of one section, not the report)."""
@@ -153,9 +186,13 @@ def _experiment_section(name: str, experiment: Any, preset: str, figures: tuple[
     )  # fmt: skip
 
 
-def _atlas_section(df: pd.DataFrame, meta: dict) -> Section:
+def _atlas_figures(df: pd.DataFrame, meta: dict) -> tuple[RenderedFigure, ...]:
+    return tuple(render_figure(fig, name, caption)
+                 for name, caption, fig in init_report.atlas_figures(df, meta["layers"], meta["seeds"]))  # fmt: skip
+
+
+def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, ...]) -> Section:
     layers, seeds = meta["layers"], meta["seeds"]
-    figures = tuple(render_figure(fig, name, caption) for name, caption, fig in init_report.atlas_figures(df, layers, seeds))
     table = init_report.summary_table(df)
     summary = init_report.ATLAS_SUMMARY.format(layers=layers, seeds=seeds)
     notes = init_report.SUMMARY_NOTES + init_report._nan_note(table)
@@ -166,11 +203,17 @@ def _atlas_section(df: pd.DataFrame, meta: dict) -> Section:
     )  # fmt: skip
 
 
-def _write_figures(out: Path, sections: list[Section]) -> None:
-    """figures/<section>/<name>.png|svg for every figure; files of figures no longer drawn are removed."""
+def _write_figures(out: Path, sections: list[Section], keys: Mapping[str, str]) -> None:
+    """figures/<section>/<name>.png|svg for every figure, and a manifest with the key they were drawn
+    for (reused by the next report when data and code are unchanged); files of figures no longer
+    drawn are removed."""
     root = out / "figures"
     wanted = set()
     for section in sections:
+        if section.key in keys:
+            path = root / section.key / "figures.json"
+            wanted.add(path)
+            atomic_write(path, lambda tmp, s=section: tmp.write_text(_manifest(keys[s.key], s.figures)))
         for fig in section.figures:
             for suffix, data in (("png", fig.png), ("svg", fig.svg)):
                 path = out / figure_path(section, fig.name, suffix)
@@ -228,6 +271,8 @@ def build_report(
 
     bar = tqdm(total=2 + len(experiments), desc="report", unit="part", disable=not progress, file=sys.stderr)
     timings: dict[str, float] = {}
+    source = source_digest()
+    keys: dict[str, str] = {}  # section -> what its figures were drawn from (data + code)
 
     # 1. The atlas (data first).
     t = time.perf_counter()
@@ -260,7 +305,11 @@ def build_report(
             error = f"{type(err).__name__}: {err}"
             traceback.print_exc()
         if frame is not None and not error:
-            figures, error = _draw(experiment, frame)
+            keys[name] = figure_key(data / f"{name}.parquet", source)
+            cached = None if redraw else _cached_figures(out, keys[name], name)
+            figures, error = (cached, "") if cached is not None else _draw(experiment, frame)
+            if error:
+                keys.pop(name)
         if error:
             failed.append(name)
         section = _experiment_section(name, experiment, preset, figures, checks, error)
@@ -276,7 +325,10 @@ def build_report(
     checks = pd.concat([c for c in all_checks if len(c)], ignore_index=True) if any(len(c) for c in all_checks) \
         else pd.DataFrame(columns=list(CHECK_COLUMNS))  # fmt: skip
     write_checks(checks, data)
-    atlas_section = _atlas_section(init_df, init_meta)
+    keys["init"] = figure_key(data / "init.parquet", source)
+    atlas_figures = None if redraw else _cached_figures(out, keys["init"], "init")
+    atlas_section = _atlas_section(init_df, init_meta, atlas_figures if atlas_figures is not None else
+                                   _atlas_figures(init_df, init_meta))  # fmt: skip
     env = environment()
     env.update({
         "preset": preset,
@@ -291,7 +343,7 @@ def build_report(
     env["wall_time_s"] = round(time.perf_counter() - start, 1)
     content = ReportContent(title=title, preset=preset, checks=checks, sections=tuple(sections), atlas=atlas_section,
                             environment=env)  # fmt: skip
-    _write_figures(out, [*sections, atlas_section])
+    _write_figures(out, [*sections, atlas_section], keys)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(render_markdown(content)))
     atomic_write(out / "index.html", lambda tmp: tmp.write_text(render_html(content)))
     bar.update()

@@ -34,15 +34,17 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-
 h1 { font-size: 1.7em; margin: 28px 0 4px; } h2 { font-size: 1.35em; margin-top: 2.2em;
        border-bottom: 1px solid #ddd; padding-bottom: 4px; } h3 { font-size: 1.08em; margin: 1.4em 0 .4em; }
 .lede { color: #444; margin: 0 0 10px; } .citation { color: #555; font-style: italic; margin-top: -4px; }
-nav { font-size: .93em; margin: 10px 0 0; padding: 8px 12px; background: #f6f6f8; border-radius: 6px; }
-nav a { margin-right: 14px; white-space: nowrap; }
+nav { font-size: .93em; margin: 10px 0 0; padding: 8px 12px; background: #f6f6f8; border-radius: 6px;
+      display: flex; flex-wrap: wrap; gap: 4px 16px; }
+nav a { white-space: nowrap; }
 a { color: #0b57d0; text-decoration: none; } a:hover { text-decoration: underline; }
 code, pre { font: .88em/1.4 ui-monospace, "DejaVu Sans Mono", monospace; background: #f3f3f5;
        border-radius: 3px; } code { padding: 0 3px; } pre { padding: 8px 10px; overflow-x: auto; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: .9em; }
 th, td { border: 1px solid #d8d8dc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f0f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.checks td:first-child { max-width: 430px; }
+table.checks { width: 100%; font-size: .86em; } table.checks td:first-child { min-width: 280px; }
+table.checks td:nth-child(3) { max-width: 210px; color: #333; }
 .verdict { font-weight: 600; padding: 1px 7px; border-radius: 10px; white-space: nowrap; font-size: .92em; }
 .v-reproduced { background: #d7f5dd; color: #0f5a22; } .v-not-reproduced { background: #fbdcdc; color: #8a1212; }
 .v-inconclusive { background: #fdf0cc; color: #6b4e00; }
@@ -165,7 +167,7 @@ def render_html(content: ReportContent) -> str:
     """The whole report as one HTML document (UTF-8 text)."""
     counts = verdict_counts(content.checks)
     nav = ['<a href="#checks">Hypothesis checks</a>']
-    nav += [f'<a href="#{s.key}">{escape(s.title)}</a>' for s in content.sections]
+    nav += [f'<a href="#{s.key}" title="{escape(s.title)}">{escape(s.key)}</a>' for s in content.sections]
     nav += [f'<a href="#{content.atlas.key}">{escape(content.atlas.title)}</a>', '<a href="#environment">Environment</a>']
     env = content.environment
     lede = (f"Preset <code>{escape(content.preset)}</code> · {len(content.checks)} hypothesis checks · "

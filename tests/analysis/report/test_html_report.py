@@ -251,3 +251,23 @@ def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> 
     assert seen["experiments"] == {} and seen["redraw"] is False
     if "--placements" in argv:
         assert seen["atlas"].placements == ("post", "pre")
+
+
+def test_figures_are_redrawn_only_when_their_data_or_the_code_changed(report, tmp_path, monkeypatch) -> None:
+    out, _, _ = report
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    drawn = []
+    real_render = build.render_figure
+    monkeypatch.setattr(build, "render_figure", lambda fig, name, caption: drawn.append(name) or real_render(fig, name, caption))
+    _build(copy, experiments={"fake2024": FakeExperiment()})
+    assert drawn == []  # same data, same code: every figure from the previous report
+    changed = FakeExperiment()
+    changed.run = lambda preset, store=None: FakeExperiment.run(changed, preset, store).assign(value=lambda d: d["value"] * 2)
+    built = _build(copy, experiments={"fake2024": changed})
+    assert drawn == ["profile", "profile_log"]  # only the section whose data changed
+    assert Page(built.index.read_text()).check_rows == 4
+    # the code is part of the key: an edit to lnscope's source invalidates every cached figure
+    stored = json.loads((copy / "figures" / "init" / "figures.json").read_text())["key"]
+    assert stored == build.figure_key(copy / "data" / "init.parquet", build.source_digest())
+    assert stored != build.figure_key(copy / "data" / "init.parquet", "edited code")

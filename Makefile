@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast report browser benchmark clean
+.PHONY: setup test test-fast report browser check benchmark clean
 PRESET ?= quick
 
 setup: $(STAMP)
@@ -37,6 +37,12 @@ browser:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	    else echo "no chromium and no root apt-get: the browser test will be skipped"; fi; }
+
+# The papers' hypothesis checks (quick preset): table, checks.json and figures -> reports/checks/.
+# The store keeps every job, so a rerun computes only what changed.
+check: setup
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.cli check --out reports/checks/checks.json \
+		--figures reports/checks --store reports/checks/store
 
 benchmark: setup
 	$(PY) -m benchmarks.run

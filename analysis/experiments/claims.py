@@ -108,7 +108,8 @@ class Feature:
         keys = pd.DataFrame({"seed": sel["seed"].to_numpy(), "column": column.to_numpy()})
         dup = keys.duplicated(keep=False).to_numpy()
         if dup.any():
-            varying = [c for c in sel.columns if c not in ("value", "seed", "layer") and sel[dup][c].nunique() > 1]
+            keys_used = ("value", "seed", "layer") if self.layer == "all" else ("value", "seed")
+            varying = [c for c in sel.columns if c not in keys_used and sel[dup][c].nunique() > 1]
             raise ValueError(f"feature {self.name!r}: several rows per seed{' and layer' if self.layer == 'all' else ''}; "
                              f"they differ in {varying}. Narrow `where`.")  # fmt: skip
         table = pd.DataFrame({"seed": keys["seed"], "column": keys["column"], "value": sel["value"].to_numpy(float)})
@@ -203,7 +204,7 @@ def value(a: Feature, description: str) -> Statistic:
 
 
 def ratio(a: Feature, b: Feature, description: str) -> Statistic:
-    """mean(a) / mean(b) (ratio of seed means, as the spec's calibration computes it)."""
+    """mean(a) / mean(b) (ratio of seed means, as the calibration computed it)."""
     return Statistic("ratio", description, (a, b), lambda m: _scalar(m[a.name]) / _scalar(m[b.name]))
 
 
@@ -299,7 +300,7 @@ class Claim:
     Attributes:
         id: "<paper>.<name>", unique.
         paper: key of PAPERS.
-        source: the figure/table/theorem it comes from, and the spec claim it encodes.
+        source: the paper's figure/table/theorem it comes from.
         statement: the claim in words.
         method_form: which form of the method it tests (B2T with/without the code's L^-1/2 rescale,
             the encoder's placement in an encoder-decoder, Admin profiled or constant, learning rate).

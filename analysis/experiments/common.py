@@ -17,7 +17,7 @@ from analysis.experiments.runs import InitJob
 # Encoder-decoders: gradient profiles and the LN Jacobian gains that locate the shrinkage.
 PROBES_ENCDEC = ("param_grad_norm", "act_grad_norm", "ln_jacobian_gain")
 # Decoder-only stacks: gradients, stream norms, adjacent cosines, CKA (collapse) and the output change
-# after one sign step of 1e-4 (Admin's amplification; spec §3.3).
+# after one sign step of 1e-4 (Admin's amplification).
 PROBES_DECODER = ("param_grad_norm", "act_grad_norm", "act_norm", "cos_adjacent", "cka", "output_change")
 
 W2 = ("param_grad_norm", "mlp.w2.weight")  # G_l = ‖∂ℒ/∂W2_l‖, the FFN output matrix (Xiong, Takase)

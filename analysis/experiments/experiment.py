@@ -10,7 +10,7 @@ the frame carries its `part`, `variant` (the placement and the form of the metho
 what was computed) and the job's extra columns; claims name the parts they read (`Claim.needs`), so a
 check of one claim runs only what that claim needs.
 
-Presets: "quick" (the 2-core CPU, minutes: the spec §2 harness, reduced width, depth kept where depth
+Presets: "quick" (the 2-core CPU, minutes: the calibration harness, reduced width, depth kept where depth
 is the claim), "paper" (the papers' sizes, for a GPU) and "tiny" (the test suite's end-to-end runs).
 """
 
@@ -33,10 +33,11 @@ PRESET_NAMES = ("tiny", "quick", "paper")
 class Harness:
     """Model widths and the random-token batch of initialization-time runs.
 
-    "quick" is the spec §2 harness the pre-registered thresholds were calibrated on: d_model 64,
+    "quick" is the calibration harness: the sizes of the earlier calibration run around whose
+    measurements (3 seeds) the pre-registered thresholds were set with 2-3x margins: d_model 64,
     4 heads, FFN 256 (ReLU), vocabulary 128, sequence length 32, batch 8, Xavier-uniform projections,
     unit-variance token inputs, no biases, no dropout, no positional encoding (pos="none" was the
-    closer match to the spec's numbers, tests/analysis/probe/test_calibration.py), and 8 seeds (the
+    closer match to the calibration's numbers, tests/analysis/probe/test_calibration.py), and 8 seeds (the
     calibration averaged 3; more seeds only narrow the intervals).
     """
 

@@ -8,6 +8,10 @@ ask for the same model at the same sizes (Takase's and Xie's 18-layer decoders, 
 Admin's depth sweeps) share one computation. The variant label and extra columns a job carries are
 not part of its hash: they are attached to the shared rows on the way out.
 
+The hash covers the configuration, not the code: after changing how a job computes (a probe, the
+model), use a fresh store folder (or delete the affected files). A job class whose own computation
+changes carries a `version` in its spec for that reason.
+
 Store layout (optional; `store=None` keeps results in memory only):
     <store>/jobs/<kind>/<hash>.parquet   the job's tidy rows (analysis.io.write_run, atomic)
     <store>/jobs/<kind>/<hash>.json      its spec, the environment (versions, devices, commit), seconds

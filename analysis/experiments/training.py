@@ -27,15 +27,19 @@ them); none was changed after seeing the checks' results.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.experiments.claims import Feature
 from models import ModelConfig
+
+if TYPE_CHECKING:  # analysis.train is imported lazily (below): init-only checks never load it
+    from matplotlib.figure import Figure
+
+    from analysis.train import TrainConfig, TrainResult
 
 CALIBRATED = ("ours: set from the calibration runs in analysis/experiments/training.py (2 seeds, quick sizes: {}) "
               "with at least 2.5x margin, before the checks' runs; unchanged since")
@@ -109,7 +113,7 @@ class TrainJob:
 
     kind = "train"
 
-    def config(self):
+    def config(self) -> TrainConfig:
         # analysis.train is imported here: init-only checks never load the training room.
         from analysis.train import OptimConfig, TaskConfig, TrainConfig
 
@@ -134,7 +138,7 @@ class TrainJob:
         return to_rows(train(cfg), cfg)
 
 
-def to_rows(result: Any, cfg: Any) -> pd.DataFrame:
+def to_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:
     """A TrainResult as tidy rows (analysis.probe.tidy's columns plus `phase`).
 
     - probe rows as recorded (`step` filled in), and per probe step the derived g_bottom/g_top
@@ -235,7 +239,7 @@ def final_probe(part: str, variant: str, probe: tuple[str, str], layer: int | st
 # ------------------------------------------------------------------------------------------------
 # Figures (called from the experiments' figures(); matplotlib only there)
 # ------------------------------------------------------------------------------------------------
-def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -> Any:
+def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -> Figure:
     """Validation loss (and g_bottom/g_top) against update step, one line per variant."""
     from analysis.report import figures as F
 
@@ -243,7 +247,7 @@ def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -
     F.plot_lines(frame, axes[0], x="step", where={"quantity": "val_loss", "stack": "model"}, logy=False,
                  xlabel="update step", ylabel="validation loss (nats/token)", title="validation loss")  # fmt: skip
     if ratio_panel:
-        F.plot_lines(frame, axes[1], x="step", where={"quantity": RATIO[0]}, logy=True, xlabel="update step",
+        F.plot_lines(frame, axes[1], x="step", where={"quantity": RATIO[0]}, logy=True, band="logci", xlabel="update step",
                      ylabel="‖∂ℒ/∂x_0‖ / ‖∂ℒ/∂x_top‖", title="bottom/top gradient ratio (probed in the step)")  # fmt: skip
     fig.suptitle(title)
     return fig

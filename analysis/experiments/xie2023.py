@@ -2,14 +2,14 @@
 
     lnscope check --paper xie2023 --preset quick --figures reports/experiments
 
-Initialization (the paper's gradient figure and Theorem 3.1, and its collapse argument, spec §2.2):
+Initialization (the paper's gradient figure and Theorem 3.1, and its collapse argument):
 - gradient lower bound across depth: the decoder's per-layer ‖∂ℒ/∂W2_l‖ of encoder-decoders at
   6L-6L, 12L-12L and 18L-18L, Post-LN, Pre-LN and ResiDual (each with the same placement in its
   encoder: the paper's model, whose memory is a + LN(u) for ResiDual);
 - representation collapse: decoder-only stacks at depths 6, 12, 18 and 24, adjacent-layer token
   cosine cos(x_l, x_{l+1}) and debiased linear CKA against layer and against depth, and the stream
   norm ‖x_l‖ (ResiDual's Post-LN stream a, and its dual stream u in the figure).
-8 seeds of random tokens in the spec §2 harness.
+8 seeds of random tokens in the calibration harness.
 
 Training: the deep decoders of analysis/experiments/training.py (Post-LN, Pre-LN, ResiDual at a
 constant lr, no warm-up), and the same collapse probes after the last update.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, depth_slope, difference, max_abs_difference, ratio, value
+from analysis.experiments.claims import Claim, Feature, Statistic, depth_slope, difference, max_abs_difference, ratio, value
 from analysis.experiments.common import W2, decoder_job, encdec_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -37,7 +37,7 @@ class Preset:
     harness: Harness
     encdec_depths: tuple[int, ...] = (6, 12, 18)
     decoder_depths: tuple[int, ...] = (6, 12, 18, 24)
-    collapse_depth: int = 18  # spec claims R-c, R-d
+    collapse_depth: int = 18  #
     train: training.Plan | None = None
 
 
@@ -62,16 +62,16 @@ DEPTH = PRESETS["quick"].collapse_depth
 ENC_DEPTHS = PRESETS["quick"].encdec_depths
 
 
-def _c(variant: str, probe: tuple[str, str], layer: int | str, name: str, depth: int = DEPTH) -> object:
+def _c(variant: str, probe: tuple[str, str], layer: int | str, name: str, depth: int = DEPTH) -> Feature:
     return feature(name, "collapse", variant, probe, layer=layer, layers=depth)
 
 
-def _bottom_slope(variant: str) -> depth_slope:
+def _bottom_slope(variant: str) -> Statistic:
     points = {d: feature(f"G0@{d}", "lower_bound", variant, W2, layer=0, layers=d) for d in ENC_DEPTHS}
     return depth_slope(points, f"log-log slope of the bottom decoder layer's seed-mean ‖∂ℒ/∂W2_0‖ against depth ({variant})")
 
 
-CAL = "the calibration's pre-registered threshold (spec §2.2 claim {}; probe value {}), unchanged"
+CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 OURS = "ours, set before measuring: {}"
 TRAIN_FORM = ("decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a constant "
               "lr 3e-4 without warm-up (quick)")
@@ -79,13 +79,13 @@ ENC_FORM = "encoder-decoder with the same placement in the encoder (the paper's 
 DEC_FORM = f"{DEPTH}-layer decoder-only stack, random tokens; at initialization"
 CLAIMS = (
     Claim(f"{NAME}.residual_bounded", NAME, "Xie et al. 2023, Fig. 2(a) and Theorem 3.1 (ResiDual's gradient lower "
-          "bound); spec claim R-a, §5 claim 8",
+          "bound)",
           "ResiDual's decoder does not vanish like Post-LN's: G_top/G_bottom ≤ 20 at 18L-18L.",
           f"ResiDual (dual-stream scale s = 1), {ENC_FORM}", NAME,
           ratio(feature("top", "lower_bound", "residual", W2, layer=-1, layers=18),
                 feature("bottom", "lower_bound", "residual", W2, layer=0, layers=18),
                 "G_top/G_bottom of the 18L-18L ResiDual decoder (seed means)"),
-          20.0, "<=", CAL.format("R-a", "4.4, measured with a Post-LN encoder"), needs=("lower_bound",)),
+          20.0, "<=", CAL.format("4.4, measured with a Post-LN encoder"), needs=("lower_bound",)),
     Claim(f"{NAME}.residual_lower_bound_depth", NAME, "Xie et al. 2023, Theorem 3.1 (a lower bound independent of "
           "the number of LNs above the layer)",
           "ResiDual's bottom-layer gradient does not vanish with depth: its log-log slope against depth is ≥ -0.5 "
@@ -96,37 +96,37 @@ CLAIMS = (
           "shrinks with the number of LNs above the layer)",
           "Post-LN's bottom-layer gradient vanishes faster than 1/L with depth: log-log slope ≤ -1.",
           f"Post-LN, {ENC_FORM}", NAME, _bottom_slope("post"), -1.0, "<=",
-          OURS.format("1/L as the boundary of 'vanishing with depth' (the spec's 6L and 18L Post-LN G_0, 0.156 and "
+          OURS.format("1/L as the boundary of 'vanishing with depth' (the calibration's 6L and 18L Post-LN G_0, 0.156 and "
                       "0.0028, imply about -3.7)"), needs=("lower_bound",)),
-    Claim(f"{NAME}.pre_collapse", NAME, "Xie et al. 2023, representation collapse of Pre-LN; spec claim R-c, §5 claim 7",
+    Claim(f"{NAME}.pre_collapse", NAME, "Xie et al. 2023, representation collapse of Pre-LN",
           "Pre-LN's top layers barely change the representation: cos(x_{L-1}, x_L) ≥ 0.93.",
           f"Pre-LN, {DEC_FORM}", NAME, value(_c("pre", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
-          0.93, ">=", CAL.format("R-c", 0.97), needs=("collapse",)),
-    Claim(f"{NAME}.pre_collapse_rises", NAME, "Xie et al. 2023; spec claim R-c",
+          0.93, ">=", CAL.format(0.97), needs=("collapse",)),
+    Claim(f"{NAME}.pre_collapse_rises", NAME, "Xie et al. 2023",
           "Pre-LN's adjacent-layer cosine rises through the stack: cos(x_{L-1}, x_L) ≥ cos(x_1, x_2) + 0.1.",
           f"Pre-LN, {DEC_FORM}", NAME,
           difference(_c("pre", COS, -2, "cos_last"), _c("pre", COS, 0, "cos_first"),
                      "cos(x_{L-1}, x_L) − cos(x_1, x_2), seed means"),
-          0.1, ">=", CAL.format("R-c", "0.97 − 0.82 = 0.15"), needs=("collapse",)),
-    Claim(f"{NAME}.post_no_collapse", NAME, "Xie et al. 2023; spec claim R-c",
+          0.1, ">=", CAL.format("0.97 − 0.82 = 0.15"), needs=("collapse",)),
+    Claim(f"{NAME}.post_no_collapse", NAME, "Xie et al. 2023",
           "Post-LN's top layers keep changing the representation: cos(x_{L-1}, x_L) ≤ 0.8.",
           f"Post-LN, {DEC_FORM}", NAME, value(_c("post", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
-          0.8, "<=", CAL.format("R-c", 0.65), needs=("collapse",)),
+          0.8, "<=", CAL.format(0.65), needs=("collapse",)),
     Claim(f"{NAME}.pre_norm_growth", NAME, "Xie et al. 2023 (Pre-LN's ‖x_k‖ grows while each layer adds O(1)); "
-          "spec claim R-d",
+          "",
           "Pre-LN's stream norm grows through the stack: ‖x_L‖/‖x_1‖ ≥ 2.5.",
           f"Pre-LN, {DEC_FORM}", NAME,
           ratio(_c("pre", X_NORM, -1, "x_top"), _c("pre", X_NORM, 0, "x_bottom"),
                 "token-mean RMS of the top layer's input over the bottom layer's (seed means)"),
-          2.5, ">=", CAL.format("R-d", 3.9), needs=("collapse",)),
+          2.5, ">=", CAL.format(3.9), needs=("collapse",)),
     Claim(f"{NAME}.residual_stream_is_post", NAME, "Xie et al. 2023, ResiDual's definition (the a stream is "
-          "Post-LN's); spec claim R-b",
+          "Post-LN's)",
           "In a single-stack model ResiDual's a stream is Post-LN's forward pass: their adjacent cosines agree "
           "at every layer to 1e-4.",
           f"ResiDual vs Post-LN with the same seeds (same parameters), {DEC_FORM}", NAME,
           max_abs_difference(_c("residual", COS, "all", "residual"), _c("post", COS, "all", "post"),
                              "max over layers of |seed-mean cos(a_l, a_{l+1}) of ResiDual − Post-LN's|"),
-          1e-4, "<=", CAL.format("R-b", "identical to 4 d.p."), needs=("collapse",)),
+          1e-4, "<=", CAL.format("identical to 4 d.p."), needs=("collapse",)),
     Claim(f"{NAME}.residual_trains_deep", NAME, "Xie et al. 2023, main results (ResiDual trains deep models Post-LN "
           "cannot)",
           "ResiDual trains a deep (18-layer) model that Post-LN fails to train: its final validation loss is at least "
@@ -135,11 +135,11 @@ CLAIMS = (
                      "final validation loss, Post-LN minus ResiDual (seed means)"),
           0.5, ">=", training.CALIBRATED.format("1.15 nats (3.25 vs 2.10)"), needs=("train",), when="training"),
     Claim(f"{NAME}.pre_collapse_after_training", NAME, "Xie et al. 2023 (representation collapse of trained Pre-LN "
-          "models); spec R-c applied after training",
+          "models) applied after training",
           "Pre-LN's collapse persists after training: cos(x_{L-1}, x_L) ≥ 0.93.", TRAIN_FORM, NAME,
           value(training.final_probe("train", "pre", COS, -2, "cos_last"),
                 "token-mean cos(x_{L-1}, x_L) after the last update, seed mean"),
-          0.93, ">=", "the calibration's pre-registered threshold at init (spec R-c), applied after training "
+          0.93, ">=", "the calibration's pre-registered threshold at init (xie2023.pre_collapse), applied after training "
           "unchanged; set before any training run", needs=("train",), when="training"),
     Claim(f"{NAME}.residual_less_collapsed_after_training", NAME, "Xie et al. 2023 (ResiDual avoids Pre-LN's collapse)",
           "After training ResiDual's top layers change the representation more than Pre-LN's: Pre-LN's "
@@ -171,9 +171,9 @@ def figures(frame: pd.DataFrame) -> dict:
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
         deepest = int(d["layers"].max())
         F.plot_lines(d, axes[0], x="layer", where={"stack": "decoder", "quantity": W2[0], "site": W2[1], "layers": deepest},
-                     logy=True, xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂W2_l‖",
+                     logy=True, band="logci", xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂W2_l‖",
                      title=f"decoder of a {deepest}L-{deepest}L encoder-decoder")  # fmt: skip
-        F.plot_depth_scaling(d, axes[1], quantity=W2[0], site=W2[1], stack="decoder", layer=0, hue="variant", band="ci")
+        F.plot_depth_scaling(d, axes[1], quantity=W2[0], site=W2[1], stack="decoder", layer=0, hue="variant", band="logci")
         axes[1].set_ylabel("‖∂ℒ/∂W2_0‖ of the bottom decoder layer")
         axes[1].set_title("bottom-layer gradient vs depth (its lower bound)", fontsize="medium")
         fig.suptitle("Xie et al.: gradient lower bound at init, Post-LN vs Pre-LN vs ResiDual")
@@ -196,7 +196,8 @@ def figures(frame: pd.DataFrame) -> dict:
         top = cka[cka["other_layer"] == cka["layers"] - 1]
         F.plot_lines(top, axes[3], x="layers", logx=True, logy=False, xlabel="model depth L (layers)",
                      ylabel="CKA(h_{L-1}, h_L)", title="top adjacent-layer CKA vs depth")  # fmt: skip
-        fig.suptitle("Xie et al.: Pre-LN's representation collapse at init (ResiDual: its Post-LN stream a)")
+        fig.suptitle("Xie et al.: Pre-LN's representation collapse at init (ResiDual's stream a is Post-LN's: their "
+                     "lines coincide)")
         out["xie2023_collapse"] = fig
     if "train" in parts:
         t = frame[frame["part"] == "train"]

@@ -2,8 +2,8 @@
 
     lnscope check --paper xiong2020 --preset quick --figures reports/experiments
 
-Initialization (the paper's Theorem 1 and gradient-norm figure, spec §2.3 X-3..X-5): decoder-only
-Post-LN and Pre-LN stacks at depths 3, 6, 12 and 24 (quick), 8 seeds of random tokens in the spec §2
+Initialization (the paper's Theorem 1 and gradient-norm figure): decoder-only
+Post-LN and Pre-LN stacks at depths 3, 6, 12 and 24 (quick), 8 seeds of random tokens in the calibration
 harness; the last layer's ‖∂ℒ/∂W2_L‖ against depth as a log-log fit, drawn beside the mean-field
 prediction (Post-LN independent of L, Pre-LN ∝ L^-1/2); the per-layer ‖∂ℒ/∂W1_l‖ and ‖∂ℒ/∂W2_l‖
 of the 6-layer models (the paper's Figure 3 shape); and Pre-LN's residual growth ‖x_l‖²/d against l
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, custom, depth_slope, difference, profile_r2, profile_slope, ratio
+from analysis.experiments.claims import Claim, Feature, Statistic, custom, depth_slope, difference, profile_r2, profile_slope, ratio
 from analysis.experiments.common import W2, decoder_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -33,9 +33,9 @@ X_NORM = ("act_norm", "resid_pre")  # mean per-token RMS = ‖x_l‖/√d
 @dataclass(frozen=True)
 class Preset:
     harness: Harness
-    depths: tuple[int, ...] = (3, 6, 12, 24)  # spec §2.3: L ∈ {3, ..., 24}
+    depths: tuple[int, ...] = (3, 6, 12, 24)  # the calibration's L ∈ {3, ..., 24}
     profile_depth: int = 6  # the paper's per-layer panels are of 6-layer stacks
-    growth_depth: int = 18  # spec claim X-d's depth
+    growth_depth: int = 18  #'s depth
     train: training.Plan | None = None
 
 
@@ -66,16 +66,16 @@ def plan(p: Preset) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------------
-def _last(variant: str, depth: int) -> object:
+def _last(variant: str, depth: int) -> Feature:
     return feature(f"{variant}@{depth}", "depth", variant, W2, layer=-1, layers=depth)
 
 
-def _slope(variant: str, depths: tuple[int, ...]) -> depth_slope:
+def _slope(variant: str, depths: tuple[int, ...]) -> Statistic:
     return depth_slope({d: _last(variant, d) for d in depths},
                        f"log-log least-squares slope of the last layer's seed-mean ‖∂ℒ/∂W2_L‖ against depth L ({variant})")
 
 
-def _ratio_growth(depths: tuple[int, ...]) -> custom:
+def _ratio_growth(depths: tuple[int, ...]) -> Statistic:
     feats = {(v, d): _last(v, d) for v in ("post", "pre") for d in depths}
     x = np.log(np.asarray(depths, float))
 
@@ -88,7 +88,7 @@ def _ratio_growth(depths: tuple[int, ...]) -> custom:
                   tuple(feats.values()), combine)
 
 
-def _growth_feature() -> object:
+def _growth_feature() -> Feature:
     return feature("x_sq", "growth", "pre", X_NORM, layer="all", transform="square")
 
 
@@ -117,45 +117,45 @@ def _training_claims() -> tuple[Claim, ...]:
 def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ...]:
     deepest = max(depths)
     src = "Xiong et al. 2020, Theorem 1 (last-layer FFN gradient at init) and its empirical figure"
-    cal = "the calibration's pre-registered threshold (spec §2.3 claim {}; probe value {}), unchanged"
+    cal = "the calibration's pre-registered threshold (calibration value {}), unchanged"
     form = "decoder-only stack, random tokens; at initialization"
     return (
-        Claim(f"{NAME}.pre_depth_scaling", NAME, f"{src}; spec claim X-a, §5 claim 6",
+        Claim(f"{NAME}.pre_depth_scaling", NAME, src,
               "Pre-LN's last-layer gradient ‖∂ℒ/∂W2_L‖ shrinks with depth like L^-1/2: log-log slope in [-0.65, -0.30].",
-              f"Pre-LN (final LN), {form}", NAME, _slope("pre", depths), (-0.65, -0.30), "in", cal.format("X-a", -0.44),
+              f"Pre-LN (final LN), {form}", NAME, _slope("pre", depths), (-0.65, -0.30), "in", cal.format(-0.44),
               needs=("depth",)),
-        Claim(f"{NAME}.post_depth_scaling", NAME, f"{src}; spec claim X-b, §5 claim 6",
+        Claim(f"{NAME}.post_depth_scaling", NAME, src,
               "Post-LN's last-layer gradient does not shrink with depth: log-log slope in [-0.15, 0.35].",
-              f"Post-LN, {form}", NAME, _slope("post", depths), (-0.15, 0.35), "in", cal.format("X-b", "+0.17"),
+              f"Post-LN, {form}", NAME, _slope("post", depths), (-0.15, 0.35), "in", cal.format("+0.17"),
               needs=("depth",)),
-        Claim(f"{NAME}.post_over_pre_deep", NAME, f"{src}; spec claim X-c, §5 claim 6",
+        Claim(f"{NAME}.post_over_pre_deep", NAME, src,
               f"At L={deepest}, Post-LN's last-layer gradient is at least 3x Pre-LN's.",
               f"Post-LN vs Pre-LN, {form}", NAME,
               ratio(_last("post", deepest), _last("pre", deepest), f"G_L(Post-LN)/G_L(Pre-LN) at L={deepest} (seed means)"),
-              3.0, ">=", cal.format("X-c", "5.5 at L=24"), needs=("depth",)),
-        Claim(f"{NAME}.post_over_pre_grows", NAME, f"{src}; spec claim X-c",
+              3.0, ">=", cal.format("5.5 at L=24"), needs=("depth",)),
+        Claim(f"{NAME}.post_over_pre_grows", NAME, src,
               "The Post-LN/Pre-LN ratio of last-layer gradients increases with depth (log-log slope > 0).",
               f"Post-LN vs Pre-LN, {form}", NAME, _ratio_growth(depths), 0.0, ">=",
-              "the direction stated in spec X-c (probe ratios 1.5, 2.2, 3.4, 5.5), threshold 0 set before measuring",
+              "the calibration's direction (ratios 1.5, 2.2, 3.4, 5.5), threshold 0 set before measuring",
               needs=("depth",)),
-        Claim(f"{NAME}.pre_growth_linear", NAME, "Xiong et al. 2020, lemma on E‖x_l‖² of Pre-LN; spec claim X-d, §5 claim 7",
+        Claim(f"{NAME}.pre_growth_linear", NAME, "Xiong et al. 2020, lemma on E‖x_l‖² of Pre-LN",
               "Pre-LN's residual stream grows linearly: ‖x_l‖²/d against l fits a line with R² ≥ 0.97.",
               f"Pre-LN, 18-layer {form}; ‖x_l‖²/d read as the squared token-mean RMS of x_l", NAME,
               profile_r2(_growth_feature(), "R² of a straight-line fit of seed-mean ‖x_l‖²/d against layer l"),
-              0.97, ">=", cal.format("X-d", "R² 0.993"), needs=("growth",)),
-        Claim(f"{NAME}.pre_growth_slope", NAME, "Xiong et al. 2020, lemma ((1 + l/2)d ≤ E‖x_l‖² ≤ (1 + 3l/2)d); spec X-d",
+              0.97, ">=", cal.format("R² 0.993"), needs=("growth",)),
+        Claim(f"{NAME}.pre_growth_slope", NAME, "Xiong et al. 2020, lemma ((1 + l/2)d ≤ E‖x_l‖² ≤ (1 + 3l/2)d)",
               "Pre-LN's ‖x_l‖²/d grows by 0.4 to 1.5 per layer (two sublayers per layer).",
               f"Pre-LN, 18-layer {form}", NAME,
               profile_slope(_growth_feature(), "least-squares slope of seed-mean ‖x_l‖²/d against layer l", log=False),
-              (0.4, 1.5), "in", cal.format("X-d", 0.87), needs=("growth",)),
+              (0.4, 1.5), "in", cal.format(0.87), needs=("growth",)),
         Claim(f"{NAME}.pre_layers_equal", NAME, "Xiong et al. 2020, empirical gradient-norm figure ('Pre-LN: about the "
-              "same across layers'); spec caveat X-e",
+              "same across layers')",
               "Pre-LN's per-layer gradients ‖∂ℒ/∂W2_l‖ are about equal across layers: the top layer's is within 20% "
               "of the bottom layer's (G_top/G_bottom in [0.8, 1.25]).",
               f"Pre-LN, 18-layer {form}", NAME,
               ratio(feature("top", "growth", "pre", W2, layer=-1), feature("bottom", "growth", "pre", W2, layer=0),
                     "G_top/G_bottom of the 18-layer Pre-LN stack (seed means)"),
-              (0.8, 1.25), "in", "the paper's statement read as 'within 20%' (spec X-e, which expects it to fail at "
+              (0.8, 1.25), "in", "the paper's statement read as 'within 20%' (the calibration expected it to fail at "
               "18 layers: probe 0.26); set before measuring", needs=("growth",)),
         *_training_claims(),
     )  # fmt: skip
@@ -176,7 +176,7 @@ def figures(frame: pd.DataFrame) -> dict:
         d = frame[frame["part"] == "depth"]
         fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.6, 4.0))
         ax = axes[0]
-        F.plot_depth_scaling(d, ax, quantity=W2[0], site=W2[1], stack="decoder", hue="variant", band="ci")
+        F.plot_depth_scaling(d, ax, quantity=W2[0], site=W2[1], stack="decoder", hue="variant", band="logci")
         stats = d[(d["quantity"] == W2[0]) & (d["site"] == W2[1]) & (d["layer"] == d["layers"] - 1)]
         means = stats.groupby(["variant", "layers"])["value"].mean()
         depths = np.asarray(sorted(stats["layers"].unique()), float)
@@ -193,7 +193,7 @@ def figures(frame: pd.DataFrame) -> dict:
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(4.8, 3.6))
         six = d[d["layers"] == PRESETS["quick"].profile_depth] if (d["layers"] == PRESETS["quick"].profile_depth).any() else d[d["layers"] == d["layers"].min()]
         for ax, (q, site), name in zip(axes, (W1, W2), ("W1", "W2")):
-            F.plot_lines(six, ax, x="layer", where={"stack": "decoder", "quantity": q, "site": site}, logy=True,
+            F.plot_lines(six, ax, x="layer", where={"stack": "decoder", "quantity": q, "site": site}, logy=True, band="logci",
                          xlabel="layer (0 = bottom)", ylabel=f"‖∂ℒ/∂{name}_l‖",
                          title=f"FFN {name} gradient per layer, {int(six['layers'].iloc[0])}-layer stack")  # fmt: skip
         fig.suptitle("Xiong et al. Fig. 3 shape: per-layer gradient norms at init (decoder-only)")

@@ -11,17 +11,20 @@ The seed spread is always drawn. The line is the median over seeds and the band 
     - ``"minmax"``: min..max over seeds;
     - ``"iqr"``: 25th..75th percentile over seeds;
     - ``"ci"``: the line is the mean and the band mean +- t_{0.975, n-1} s / sqrt(n), the two-sided
-      95% Student-t interval (no band where n < 2).
+      95% Student-t interval (no band where n < 2);
+    - ``"logci"``: the same on ln(value), mapped back: the geometric mean and its interval (for
+      positive values drawn on a log axis, where a linear interval would cross zero).
 
 Selection: ``step=None`` takes each run's final recorded step, and ``where={column: value or list}``
 narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
 (say two depths mixed in one profile) is refused with the columns that differ, never averaged.
 
 Colors: every placement has one fixed color and marker (``PLACEMENT_COLORS``, ``PLACEMENT_MARKERS``)
-in every figure of the project. A hue other than ``placement`` (e.g. ``variant``, a placement in one
-form of its method) takes the color of its placement, and forms of the same placement differ by line
-style. Hue values that are no known placement get colors in the order they first appear in the
-*whole* frame, so a value keeps its color in every panel drawn from one frame.
+in every figure of the project. With hue ``variant`` (a placement in one form of its method, the
+experiments' column) each line takes its placement's color, and forms of the same placement differ
+by line style. Any other hue (a site, a norm), and variants that all stand for one placement, get
+colors of a separate palette in the order they first appear in the *whole* frame, so a value keeps
+its color in every panel drawn from one frame.
 """
 
 from __future__ import annotations
@@ -41,18 +44,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
+from analysis.report.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS, styles as _styles
 from analysis.stats import t_quantile
 
 __all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",
            "plot_lines", "figure_grid", "save_figure"]
 
-Band = Literal["minmax", "iqr", "ci"]
+Band = Literal["minmax", "iqr", "ci", "logci"]
 DPI = 130
 _LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
-_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI"}
+_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI",
+              "logci": "geometric mean, 95% CI"}
 # Columns that tell configurations apart; named when a selection holds several rows per key.
 _CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")
-_MARKERS = "osD^vP*Xh<>p"
 
 
 class _AtLeast:
@@ -133,10 +137,15 @@ def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
     elif band == "iqr":
         center, lo, hi = g.median(), g.quantile(0.25), g.quantile(0.75)
     else:
-        center = g.mean()
         t = n.map(lambda k: t_quantile(0.975, int(k) - 1) if k > 1 else np.nan)
+        if band == "logci":  # the t interval of the mean of ln(value), mapped back: positive, log-symmetric
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = sel.assign(value=np.log(sel["value"].where(sel["value"] > 0))).groupby(by, sort=True)["value"]
+        center = g.mean()
         half = t * g.std(ddof=1) / np.sqrt(n)
         lo, hi = center - half, center + half
+        if band == "logci":
+            center, lo, hi = np.exp(center), np.exp(lo), np.exp(hi)
     out = pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n})
     diverged = ~sel.assign(finite=np.isfinite(sel["value"].to_numpy(float))).groupby(by, sort=True)["finite"].all()
     out.loc[diverged, ["center", "lo", "hi"]] = np.nan
@@ -158,57 +167,6 @@ def _auto_log(values: pd.Series) -> bool:
     v = values.to_numpy(dtype=float)
     v = v[np.isfinite(v)]
     return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
-
-
-# One color and marker per placement, in every figure (registry order of models.PLACEMENTS; this
-# module does not import models, and tests/analysis/report/test_figures.py checks it covers them all).
-# tab20: the dark shades (= tab10) first, then the light ones.
-_TAB20 = plt.get_cmap("tab20").colors
-_PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
-_PLACEMENT_ORDER = ("post", "pre", "b2t", "residual", "skip_scale", "rsln", "deepnorm", "admin", "sandwich", "peri",
-                    "mix", "hybrid", "normformer", "rezero", "none")  # fmt: skip
-PLACEMENT_COLORS: dict[str, tuple[float, float, float]] = {p: _PALETTE[i] for i, p in enumerate(_PLACEMENT_ORDER)}
-PLACEMENT_MARKERS: dict[str, str] = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(_PLACEMENT_ORDER)}
-_FORM_LINESTYLES = ("-", "--", ":", "-.")
-
-
-def _placement_of(df: pd.DataFrame, hue: str) -> dict[Any, str]:
-    """The placement each hue value stands for: itself for hue="placement", else the most frequent
-    placement among its rows outside an encoder stack (an encoder-decoder is named by its decoder)."""
-    if hue == "placement":
-        return {h: h for h in pd.unique(df[hue].dropna())}
-    if "placement" not in df.columns:
-        return {}
-    rows = df[df["stack"] != "encoder"] if "stack" in df.columns else df
-    rows = rows if not rows.empty else df
-    return {h: g.mode().iloc[0] for h, g in rows.groupby(hue, sort=False)["placement"]}
-
-
-def _styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
-    """Color, marker and line style per hue value: the placement's own color and marker, one line
-    style per form of the same placement (in order of first appearance); other values, and hue values
-    that all stand for one placement (norms of one placement), get colors in order of first appearance
-    in ``df``."""
-    order = list(pd.unique(df[hue].dropna()))
-    placement = _placement_of(df, hue)
-    if len(order) > 1 and len(set(placement.values())) <= 1:  # e.g. norms of one placement: tell them apart
-        placement = {}
-    others = [h for h in order if placement.get(h) not in PLACEMENT_COLORS]
-    if len(others) <= 20:
-        colors = _PALETTE
-    else:
-        colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(others))))
-    styles, forms = {}, {}
-    for h in order:
-        p = placement.get(h)
-        if p in PLACEMENT_COLORS:
-            k = forms[p] = forms.get(p, -1) + 1
-            styles[h] = {"color": PLACEMENT_COLORS[p], "marker": PLACEMENT_MARKERS[p],
-                         "linestyle": _FORM_LINESTYLES[k % len(_FORM_LINESTYLES)]}  # fmt: skip
-        else:
-            i = others.index(h)
-            styles[h] = {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "linestyle": "-" if i < 10 else "--"}
-    return styles
 
 
 def _legend(ax: Axes, title: str, n: int) -> None:
@@ -424,7 +382,8 @@ def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band
         ax: axes to draw on.
         x: column on the x axis (numeric).
         hue: column giving one line per value; colors follow the placement (module docstring).
-        band: ``"ci"`` (mean ± 95% t interval), ``"minmax"`` or ``"iqr"``.
+        band: ``"ci"`` (mean ± 95% t interval), ``"logci"`` (geometric mean and its interval, for
+            log axes), ``"minmax"`` or ``"iqr"``.
         where: equality (scalar) or membership (list) filters.
         logx: log x axis.
         logy: log y axis; None = automatic (log when positive values span more than a decade).
@@ -451,9 +410,18 @@ def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band
         ms = 3 if len(xs) > 12 else 4
         ax.plot(xs, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
         ax.fill_between(xs, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
-    if logx:
+    xs_all = np.asarray(sorted(pd.unique(sel[x])), dtype=float)
+    if logx:  # ticks at the measured x values, plainly written (not 6×10⁰)
         ax.set_xscale("log")
-    if logy or (logy is None and _auto_log(sel["value"])):
+        ax.xaxis.set_major_locator(FixedLocator(xs_all))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+    elif np.all(xs_all == np.round(xs_all)):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    values = sel["value"].to_numpy(dtype=float)
+    if logy and not (values[np.isfinite(values)] > 0).any():
+        warnings.warn(f"{who}: no positive finite values to draw on a log axis; using a linear one", stacklevel=2)
+    elif logy or (logy is None and _auto_log(sel["value"])):
         ax.set_yscale("log")
     _note_nonfinite(ax, sel)
     ax.set_xlabel(xlabel or x)

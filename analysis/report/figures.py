@@ -11,13 +11,19 @@ The seed spread is always drawn. The line is the median over seeds and the band 
     - ``"minmax"``: min..max over seeds;
     - ``"iqr"``: 25th..75th percentile over seeds;
     - ``"ci"``: the line is the mean and the band mean +- t_{0.975, n-1} s / sqrt(n), the two-sided
-      95% Student-t interval (no band where n < 2).
+      95% Student-t interval (no band where n < 2);
+    - ``"logci"``: the same on ln(value), mapped back: the geometric mean and its interval (for
+      positive values drawn on a log axis, where a linear interval would cross zero).
 
 Selection: ``step=None`` takes each run's final recorded step, and ``where={column: value or list}``
 narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
 (say two depths mixed in one profile) is refused with the columns that differ, never averaged.
 
-Colors follow the order in which hue values first appear in the *whole* frame, so a placement keeps
+Colors: every placement has one fixed color and marker (``PLACEMENT_COLORS``, ``PLACEMENT_MARKERS``)
+in every figure of the project. With hue ``variant`` (a placement in one form of its method, the
+experiments' column) each line takes its placement's color, and forms of the same placement differ
+by line style. Any other hue (a site, a norm), and variants that all stand for one placement, get
+colors of a separate palette in the order they first appear in the *whole* frame, so a value keeps
 its color in every panel drawn from one frame.
 """
 
@@ -38,17 +44,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
+from analysis.report.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS, styles as _styles
 from analysis.stats import t_quantile
 
-__all__ = ["plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling", "figure_grid", "save_figure"]
+__all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",
+           "plot_lines", "figure_grid", "save_figure"]
 
-Band = Literal["minmax", "iqr", "ci"]
+Band = Literal["minmax", "iqr", "ci", "logci"]
 DPI = 130
 _LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
-_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI"}
+_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI",
+              "logci": "geometric mean, 95% CI"}
 # Columns that tell configurations apart; named when a selection holds several rows per key.
 _CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")
-_MARKERS = "osD^vP*Xh<>p"
 
 
 class _AtLeast:
@@ -129,10 +137,15 @@ def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
     elif band == "iqr":
         center, lo, hi = g.median(), g.quantile(0.25), g.quantile(0.75)
     else:
-        center = g.mean()
         t = n.map(lambda k: t_quantile(0.975, int(k) - 1) if k > 1 else np.nan)
+        if band == "logci":  # the t interval of the mean of ln(value), mapped back: positive, log-symmetric
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = sel.assign(value=np.log(sel["value"].where(sel["value"] > 0))).groupby(by, sort=True)["value"]
+        center = g.mean()
         half = t * g.std(ddof=1) / np.sqrt(n)
         lo, hi = center - half, center + half
+        if band == "logci":
+            center, lo, hi = np.exp(center), np.exp(lo), np.exp(hi)
     out = pd.DataFrame({"center": center, "lo": lo, "hi": hi, "n": n})
     diverged = ~sel.assign(finite=np.isfinite(sel["value"].to_numpy(float))).groupby(by, sort=True)["finite"].all()
     out.loc[diverged, ["center", "lo", "hi"]] = np.nan
@@ -154,18 +167,6 @@ def _auto_log(values: pd.Series) -> bool:
     v = values.to_numpy(dtype=float)
     v = v[np.isfinite(v)]
     return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
-
-
-def _styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
-    """Color, marker and line style per hue value, in order of first appearance in ``df``."""
-    order = list(pd.unique(df[hue].dropna()))
-    if len(order) <= 20:  # tab20's dark shades first (= tab10), then the light ones, dashed
-        tab20 = plt.get_cmap("tab20").colors
-        colors = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
-    else:
-        colors = list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(order))))
-    return {h: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)],
-                "linestyle": "-" if i < 10 else "--"} for i, h in enumerate(order)}
 
 
 def _legend(ax: Axes, title: str, n: int) -> None:
@@ -366,6 +367,72 @@ def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
     return ax
 
 
+def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band: Band = "ci",
+               where: Mapping[str, Any] | None = None, logx: bool = False, logy: bool | None = None,
+               xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
+               legend_title: str | None = None) -> Axes:
+    """A value against any column ``x`` (training step, skip scale λ, depth, layer), one line per
+    ``hue`` value, aggregated over seeds with the seed spread shaded.
+
+    Needs columns ``x, hue, seed, value`` (and the ``where`` columns). The selection must hold one row
+    per (hue, x, seed); a diverged seed (NaN/Inf) leaves a gap at its x (see ``_seed_stats``).
+
+    Args:
+        df: tidy frame.
+        ax: axes to draw on.
+        x: column on the x axis (numeric).
+        hue: column giving one line per value; colors follow the placement (module docstring).
+        band: ``"ci"`` (mean ± 95% t interval), ``"logci"`` (geometric mean and its interval, for
+            log axes), ``"minmax"`` or ``"iqr"``.
+        where: equality (scalar) or membership (list) filters.
+        logx: log x axis.
+        logy: log y axis; None = automatic (log when positive values span more than a decade).
+        xlabel, ylabel, title, legend_title: text (defaults name the columns).
+
+    Returns:
+        ``ax``.
+
+    Raises:
+        ValueError: missing columns, an empty selection, or several rows per (hue, x, seed).
+    """
+    who = "plot_lines"
+    _check_band(band)
+    _require(df, [x, hue, "seed", "value", *(where or {})], who)
+    sel = _select(df, where or {})
+    _check_unique(sel, (hue, x, "seed"), who)
+    stats = _seed_stats(sel, [hue, x], band)
+    styles = _styles(df, hue)
+    present = [h for h in styles if h in set(stats[hue])]
+    alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1
+    for h in present:
+        xs, center, lo, hi = stats.loc[stats[hue] == h, [x, "center", "lo", "hi"]].to_numpy(float).T
+        st = styles[h]
+        ms = 3 if len(xs) > 12 else 4
+        ax.plot(xs, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
+        ax.fill_between(xs, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
+    xs_all = np.asarray(sorted(pd.unique(sel[x])), dtype=float)
+    if logx:  # ticks at the measured x values, plainly written (not 6×10⁰)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(xs_all))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+    elif np.all(xs_all == np.round(xs_all)):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    values = sel["value"].to_numpy(dtype=float)
+    if logy and not (values[np.isfinite(values)] > 0).any():
+        warnings.warn(f"{who}: no positive finite values to draw on a log axis; using a linear one", stacklevel=2)
+    elif logy or (logy is None and _auto_log(sel["value"])):
+        ax.set_yscale("log")
+    _note_nonfinite(ax, sel)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or "value")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3, lw=0.5)
+    _legend(ax, f"{legend_title or hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    return ax
+
+
 def figure_grid(n_panels: int, ncols: int = 3,
                 panel_size: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, np.ndarray]:
     """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
@@ -390,8 +457,8 @@ def figure_grid(n_panels: int, ncols: int = 3,
     return fig, flat[:n_panels]
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) -> Path:
-    """Write ``fig`` atomically and close it.
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI, close: bool = True) -> Path:
+    """Write ``fig`` atomically and close it (unless ``close=False``, to save it in another format too).
 
     The image goes to a temporary file in the target directory, then ``os.replace`` moves it into
     place, so a reader never sees a half-written file. The format follows the suffix (PNG when none).
@@ -400,6 +467,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) ->
         fig: figure to save.
         path: destination; parent directories are created.
         dpi: resolution for raster formats.
+        close: close the figure afterwards.
 
     Returns:
         The destination path.
@@ -419,5 +487,6 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
     return path

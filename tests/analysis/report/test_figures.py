@@ -344,3 +344,54 @@ def test_heatmap_cell_with_non_finite_seed_is_blank():
     assert np.ma.is_masked(img[2, 3]) or np.isnan(img[2, 3])
     assert np.isfinite(np.ma.filled(img, np.nan)).sum() == 15
     assert any("non-finite" in t.get_text() for t in ax.texts)
+
+
+def test_every_placement_has_its_own_color_and_marker():
+    from analysis.report.figures import PLACEMENT_COLORS, PLACEMENT_MARKERS
+    from models import PLACEMENTS
+
+    assert list(PLACEMENT_COLORS) == list(PLACEMENTS) == list(PLACEMENT_MARKERS)
+    assert len(set(PLACEMENT_COLORS.values())) == len(PLACEMENTS)
+
+
+def test_variant_hue_takes_its_placements_color_and_forms_differ_by_line_style():
+    """A hue like 'variant' is drawn in its placement's color; two forms of one placement share the
+    color and differ in line style; hue values that all stand for one placement get distinct colors."""
+    from analysis.report.figures import PLACEMENT_COLORS, plot_lines
+
+    rows = []
+    for variant, placement in (("post", "post"), ("b2t", "b2t"), ("b2t + rescale", "b2t")):
+        for seed in SEEDS:
+            for x in range(3):
+                rows.append({"variant": variant, "placement": placement, "stack": "decoder", "seed": seed, "x": x,
+                             "value": 1.0 + x + seed})
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots()
+    plot_lines(frame, ax, x="x")
+    lines = {l.get_gid().split(":", 1)[1]: l for l in ax.get_lines() if l.get_gid()}
+    hexed = lambda line: matplotlib.colors.to_hex(line.get_color())
+    assert hexed(lines["post"]) == matplotlib.colors.to_hex(PLACEMENT_COLORS["post"])
+    assert hexed(lines["b2t"]) == hexed(lines["b2t + rescale"]) == matplotlib.colors.to_hex(PLACEMENT_COLORS["b2t"])
+    assert lines["b2t"].get_linestyle() != lines["b2t + rescale"].get_linestyle()
+    plt.close(fig)
+    norms = frame.assign(placement="pre")
+    fig, ax = plt.subplots()
+    plot_lines(norms, ax, x="x")
+    colors = {matplotlib.colors.to_hex(l.get_color()) for l in ax.get_lines() if l.get_gid()}
+    assert len(colors) == 3
+    plt.close(fig)
+
+
+def test_plot_lines_means_and_log_interval():
+    """plot_lines' center is the seed mean (ci) or the geometric mean (logci), checked by hand."""
+    from analysis.report.figures import plot_lines
+
+    values = {0: [1.0, 2.0, 4.0], 1: [10.0, 20.0, 40.0]}
+    frame = pd.DataFrame([{"variant": "pre", "placement": "pre", "seed": s, "x": x, "value": v}
+                          for x, vs in values.items() for s, v in enumerate(vs)])
+    for band, center in (("ci", np.mean), ("logci", lambda v: np.exp(np.mean(np.log(v))))):
+        fig, ax = plt.subplots()
+        plot_lines(frame, ax, x="x", band=band)
+        line = [l for l in ax.get_lines() if l.get_gid() == "center:pre"][0]
+        np.testing.assert_allclose(line.get_ydata(), [center(values[0]), center(values[1])], atol=PLOT_ATOL)
+        plt.close(fig)

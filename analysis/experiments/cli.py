@@ -1,0 +1,107 @@
+"""`lnscope check`: run the papers' hypothesis checks, print the table, write JSON (and figures).
+
+    lnscope check                                   # every claim, quick preset (2-core CPU, minutes)
+    lnscope check --paper xiong2020 --out checks.json
+    lnscope check --claim takase2022.b2t_mitigates --preset paper --store results
+    lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
+    lnscope check --list                            # the claim catalogue
+    lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
+
+Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts; 2 on
+bad input; 1 when a computation or a figure failed (the checks that ran are still printed and written). Registered in analysis/cli.py by `add_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from analysis.experiments.claims import PAPERS, json_safe
+from analysis.experiments.experiment import PRESET_NAMES
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if not text else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _num(v: object) -> str:
+    return "nan" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of check rows (one line each)."""
+    header = ("verdict", "statistic", "95% CI", "threshold", "n", "claim")
+    lines = []
+    for r in rows:
+        t = r["threshold"]
+        threshold = f"in [{_num(t[0])}, {_num(t[1])}]" if isinstance(t, (list, tuple)) else f"{r['direction']} {_num(t)}"
+        lines.append((r["verdict"], _num(r["statistic"]), f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", threshold,
+                      str(r["n_seeds"]), r["id"]))  # fmt: skip
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from analysis.experiments import EXPERIMENTS, check, collect, select_claims
+    from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
+    from analysis.io import atomic_write
+
+    claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
+    if args.list:
+        print("\n".join(catalogue_lines(claims)))
+        return 0
+    if args.catalogue:
+        path = Path(args.catalogue)
+        atomic_write(path, lambda tmp: tmp.write_text(catalogue_markdown()))
+        print(f"wrote {path}")
+        return 0
+    if args.out and not args.out.endswith(".json"):
+        raise ValueError(f"--out must end in .json, got {args.out}")
+    start = time.perf_counter()
+    frames = collect(claims, preset=args.preset, store=args.store, progress=not args.quiet)
+    rows = [json_safe({**check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(),
+                       "preset": args.preset}) for c in claims]  # fmt: skip
+    print(format_table(rows))
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("reproduced", "not reproduced", "inconclusive")}
+    print(f"\n{len(rows)} checks ({args.preset} preset, {time.perf_counter() - start:.0f} s): "
+          + ", ".join(f"{n} {v}" for v, n in counts.items()))  # fmt: skip
+    if args.out:
+        atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
+        print(f"wrote {args.out}")
+    status = 0
+    if args.figures:
+        paths = []
+        for name, frame in frames.items():
+            try:  # one experiment's broken figure must not cost the others (the checks are already written)
+                paths += EXPERIMENTS[name].save_figures(frame, Path(args.figures))
+            except Exception as err:  # noqa: BLE001 - reported, and the exit status says so
+                print(f"lnscope check: figures of {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+                status = 1
+        print(f"wrote {len(paths)} figure files to {args.figures}")
+    return status
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `lnscope check` to the `lnscope` command's subparsers."""
+    p = subparsers.add_parser("check", help="run the papers' hypothesis checks; print the verdicts, write JSON",
+                              description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=textwrap.dedent(__doc__.split("\n\n", 1)[1]))  # fmt: skip
+    p.add_argument("--paper", default="", help=f"comma-separated papers (default: all): {', '.join(PAPERS)}")
+    p.add_argument("--claim", default="", help="comma-separated claim ids (see --list)")
+    p.add_argument("--when", default="", help="comma-separated: init, training (default: both)")
+    p.add_argument("--preset", default="quick", choices=PRESET_NAMES,
+                   help="quick: 2-core CPU, minutes; paper: the papers' sizes (GPU); tiny: a smoke run")
+    p.add_argument("--out", default="", help="write the checks as JSON (a list of objects) to this .json file")
+    p.add_argument("--store", default=None, help="folder of stored jobs: reused by config hash, new ones added")
+    p.add_argument("--figures", default="", help="draw the experiments' figures into this folder (PNG and SVG)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per check")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--list", action="store_true", help="print the claim catalogue (of the selection) and exit")
+    p.add_argument("--catalogue", default="", help="write the claim catalogue as Markdown to this file and exit")
+    p.set_defaults(func=_cmd_check)

@@ -5,7 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast report check benchmark clean
+.PHONY: setup test test-fast report browser check benchmark clean
+PRESET ?= quick
 
 setup: $(STAMP)
 
@@ -23,10 +24,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
-# The main job: initialization-time probe report of every placement -> reports/init/
-# (JAX's persistent compilation cache makes a second run skip most of the compiling.)
+# The main job: the initialization atlas, every experiment's quick preset and its hypothesis checks
+# -> reports/$(PRESET)/index.html (one self-contained file; `make report PRESET=paper` on a GPU).
+# Stored results are reused, and JAX's persistent compilation cache skips most of the compiling.
 report: setup
-	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.report --out reports/init
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.report --preset $(PRESET) --out reports/$(PRESET)
+
+# Debian's chromium for the report's browser test (which skips, saying so, without it). Needs root
+# and apt-get (CI has both); elsewhere install a chromium yourself.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	    else echo "no chromium and no root apt-get: the browser test will be skipped"; fi; }
 
 # The papers' hypothesis checks (quick preset): table, checks.json and figures -> reports/checks/.
 # The store keeps every job, so a rerun computes only what changed.

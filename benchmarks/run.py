@@ -56,7 +56,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "seed_vmap_speedup": (">=", 5.0),
 }
 
-# The configurations of the brief (spec of the benchmarks).
+# The configurations the benchmarks were asked for.
 BASE = dict(placement="pre", d_model=64, heads=4, d_ff=256)
 BATCH, SEQ = 8, 64
 TRAIN_CONFIGS = {

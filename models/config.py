@@ -1,6 +1,6 @@
 """Model configuration: one frozen, validated dataclass for every architecture and placement.
 
-Every default is visible here and matches the harness of `shared/spec/placements.md` §2 (fairseq-style
+Every default is visible here and is the harness of docs/placements.md ("The harness": fairseq-style
 Xavier-uniform projections, unit-variance token inputs, no biases, no dropout), so that
 `ModelConfig(arch=..., placement=...)` is the model the papers analyse at initialization.
 """
@@ -46,13 +46,13 @@ class ModelConfig:
             with cross-attention).
         placement: key of `models.PLACEMENTS` (how norms and residuals are wired in every block).
         enc_placement: encdec only; a different placement for the encoder stack (default: `placement`).
-            The spec's calibration (§3.5) used Post-LN encoders under some decoder variants.
+            The calibration (docs/calibration.md) used Post-LN encoders under some decoder variants.
         norm: key of `models.NORMS`, used in every norm slot of the placement (and the final norm).
         layers: layers of each stack; `enc_layers` / `dec_layers` override it per stack.
         d_model, heads, d_ff, vocab, max_len: widths and sizes; `d_model % heads == 0`.
         activation: FFN activation, "relu" (the papers) or "gelu".
         dropout: rate on every sublayer output before its residual add (fairseq); 0 = deterministic.
-        bias: biases in the attention and FFN projections (zero at init; off as in the spec harness).
+        bias: biases in the attention and FFN projections (zero at init; off in the harness).
 
     Initialization:
         init: "xavier_uniform" (fairseq, gain 1), "xavier_normal", or "normal" (std 0.02, GPT-2).

@@ -15,7 +15,7 @@ stream `x` (and `dual` for ResiDual), and `s` gives the sublayer's operations:
     s.const(name)        a static constant of the stack (DeepNorm's α, λ, ...)
     s.site(name, v)      an extra named probe site (e.g. B2T's bottom-to-top path)
     s.layer_input        the stream entering the layer; s.is_last: last sublayer of the layer
-Equations and paper-vs-code differences: shared/spec/placements.md.
+Equations, references and paper-vs-code differences of every entry: docs/placements.md.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class ProbeConfig:
         similarity_sites: stream sites for the cosine probes.
         output_change_lr: step size of δ on every layer parameter (embeddings and head frozen).
         output_change_mode: "sign_grad" (δ = −lr·sign(∂ℒ/∂θ), an Adam-like first step; Liu et al.
-            2020 / spec §3.3) or "random_sign" (δ = lr·random signs).
+            2020; docs/probes.md) or "random_sign" (δ = lr·random signs).
         hessian_iters: power-iteration steps of hessian_top_eig.
     """
 

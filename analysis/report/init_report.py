@@ -1,18 +1,19 @@
-"""The initialization-time report of every placement (the main job: `make report`).
+"""The initialization atlas: every placement probed at initialization (a part of `lnscope report`).
 
-    python -m analysis.report --out reports/init            # 18 layers, 3 seeds, every placement
-    python -m analysis.report --out /tmp/smoke --quick      # 6 layers, a smoke run
-(`python -m analysis.report` runs analysis/report/__main__.py, which is `lnscope report`.)
-
-Probes every placement at initialization on an 18-layer encoder-decoder and an 18-layer decoder-only
-stack (the spec §2 harness: d_model 64, 4 heads, FFN 256, random tokens, batch 8, length 32) and
-writes the tidy table (init.parquet + init.json), the figures, a summary table and an index.
+Probes every placement on an 18-layer encoder-decoder and an 18-layer decoder-only stack (the
+calibration harness of docs/calibration.md: d_model 64, 4 heads, FFN 256, random tokens, batch 8,
+length 32, 3 seeds) and turns the tidy table into the atlas' figures and its summary table. The
+study is stored with a hash of its settings (`init_study`), so a report run again with the same
+settings reuses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +23,10 @@ from tqdm import tqdm
 
 from analysis.report import figures
 from analysis.probe.api import probe_at_init
-from analysis.io import atomic_write, read_run, write_run
+from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES
+from matplotlib.figure import Figure
+
 from models import PLACEMENTS, ModelConfig
 
 ARCH_PANELS = (("encdec", "decoder", "decoder of an encoder-decoder"), ("decoder", "decoder", "decoder-only"))
@@ -36,7 +39,7 @@ REPORT_OVERRIDES = {"skip_scale": {"skip_lambda": 2.0}}
 
 
 def harness_config(arch: str, placement: str, layers: int) -> ModelConfig:
-    """The spec §2 harness (Xavier-uniform, unit-variance token inputs, no biases, no dropout)."""
+    """The calibration harness of docs/calibration.md (Xavier-uniform, unit-variance token inputs, no biases, no dropout)."""
     return ModelConfig(arch=arch, placement=placement, layers=layers, d_model=64, heads=4, d_ff=256, vocab=128,
                        max_len=64, pos="none", **REPORT_OVERRIDES.get(placement, {}))  # fmt: skip
 
@@ -65,7 +68,7 @@ def collect(layers: int, seeds: int, placements: Sequence[str] | None = None, ba
     return pd.concat(frames, ignore_index=True)
 
 
-def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str, path: Path) -> None:
+def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Figure:
     families = [f for f in FAMILY_TITLES if any(p.family == f for p in PLACEMENTS.values())]
     fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(5.2, 3.6))
     for row, (arch, stack, arch_title) in enumerate(ARCH_PANELS):
@@ -82,10 +85,10 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str, path: 
                                            where={"arch": arch, "placement": members})  # fmt: skip
             ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=9)
     fig.suptitle(title, fontsize=11)
-    figures.save_figure(fig, path)
+    return fig
 
 
-def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str, path: Path) -> None:
+def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figure:
     names = [p for p in PLACEMENTS if p in set(df["placement"])]
     fig, axes = figures.figure_grid(len(names), ncols=5, panel_size=(3.2, 2.8))
     for ax, placement in zip(axes, names):
@@ -94,7 +97,7 @@ def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str, path: Pa
     seeds = df["seed"].nunique()
     fig.suptitle(f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)",
                  fontsize=11)  # fmt: skip
-    figures.save_figure(fig, path)
+    return fig
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -106,7 +109,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, placement): the spec's headline statistics, median over seeds (seed min–max in brackets)."""
+    """Per (arch, placement): the calibration's headline statistics (docs/calibration.md), median over seeds (seed min–max in brackets)."""
     rows = []
     present = [p for p in PLACEMENTS if p in set(df["placement"])]
     for (arch, stack, _), placement in [(a, p) for a in ARCH_PANELS for p in present]:
@@ -152,64 +155,91 @@ def _nan_note(table: pd.DataFrame) -> str:
             "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n")
 
 
-def run_report(out: Path, *, layers: int = 18, seeds: int = 3, placements: Sequence[str] | None = None,
-               redraw: bool = False) -> Path:
-    """Probe, then write init.parquet/json, figures, summary.md and README.md into `out`.
 
-    `layers` deep stacks (18 in the papers' analyses; 6 for a smoke run), `seeds` seeds each, every
-    placement unless `placements` names some. `redraw=True` skips the probing and redraws everything
-    from an existing `out/init.parquet`.
+
+@dataclass(frozen=True)
+class AtlasSettings:
+    """What the initialization atlas probes; its `key()` names a stored study that can be reused.
+
+    Attributes:
+        layers: depth of the decoder-only model and of each stack of the encoder-decoder (18 in the
+            papers' analyses; 6 for a smoke run).
+        seeds: models per configuration (vmapped in one call).
+        placements: registry keys, in registry order (all of them by default).
+        batch_size, seq_len: the random-token batch.
     """
-    for name, value in (("seeds", seeds), ("layers", layers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    placements = check_placements(placements)
-    out = Path(out)
+
+    layers: int = 18
+    seeds: int = 3
+    placements: tuple[str, ...] = tuple(PLACEMENTS)
+    batch_size: int = 8
+    seq_len: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "seeds", "batch_size", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "placements", check_placements(self.placements))
+
+    def meta(self) -> dict:
+        """Everything the study's numbers depend on (settings, probes, the harness model of each
+        placement), as stored beside them."""
+        return {"layers": self.layers, "seeds": self.seeds, "placements": list(self.placements),
+                "batch_size": self.batch_size, "seq_len": self.seq_len, "probes": list(CHEAP_PROBES),
+                "models": {f"{arch}/{p}": dataclasses.asdict(harness_config(arch, p, self.layers))
+                           for arch, _, _ in ARCH_PANELS for p in self.placements}}  # fmt: skip
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.meta(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True) -> tuple[pd.DataFrame, dict]:
+    """The atlas' tidy frame: read from `path` (parquet + json) when it holds a study with the same
+    settings key (and `reuse`), else probed and written there (data before any figure)."""
+    path = Path(path)
+    if reuse and path.exists() and path.with_suffix(".json").exists():
+        df, meta = read_run(path)
+        if meta.get("key") == settings.key():
+            return df, {**meta, "reused": True}
     start = time.perf_counter()
-    if redraw:
-        if not (out / "init.parquet").exists():
-            raise ValueError(f"--redraw needs an existing {out / 'init.parquet'}; run the report without --redraw first")
-        df, meta = read_run(out / "init.parquet")
-    else:
-        df = collect(layers, seeds, placements)
-        meta = {"layers": layers, "seeds": seeds, "placements": list(placements), "batch_size": 8, "seq_len": 32, "probes": list(CHEAP_PROBES),
-                "model": dataclasses.asdict(harness_config("encdec", "post", layers)),
-                "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        write_run(df, meta, out / "init.parquet")  # data first: a figure bug never loses the measurements
-    draw_report(df, meta, out)
-    print(f"report written to {out} ({time.perf_counter() - start:.0f} s)")
+    df = collect(settings.layers, settings.seeds, settings.placements, settings.batch_size, settings.seq_len)
+    meta = {**settings.meta(), "key": settings.key(), "seconds": round(time.perf_counter() - start, 1)}
+    write_run(df, meta, path)
+    return df, {**meta, "reused": False}
+
+
+PROFILE_PANELS = (
+    ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input (resid_pre)"),
+    ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W2_l‖, FFN output matrix of each layer"),
+    ("update_ratio", "mlp", "‖FF(x)‖/‖x‖ of each layer's FFN contribution to the stream"),
+    ("act_norm", "resid_pre", "per-token RMS of each layer's input (resid_pre)"),
+    ("ln_jacobian_gain", "mlp_ln", "‖J_LNᵀ g‖/‖g‖ of the FFN sublayer's norm"),
+    ("cos_adjacent", "resid_pre", "cosine between consecutive layers' inputs"),
+)
+
+
+def atlas_figures(df: pd.DataFrame, layers: int, seeds: int) -> list[tuple[str, str, Figure]]:
+    """(name, caption, figure) of every atlas figure, drawn from the tidy frame (figures only read it)."""
+    out = []
+    for quantity, site, title in PROFILE_PANELS:
+        fig = _profile_grid(df, quantity, site, f"{title} at init, {layers} layers, {seeds} seeds "
+                            "(line: median; band: min-max)")  # fmt: skip
+        caption = (f"{title} at initialization, per layer (0 = bottom). Top row: the decoder of an "
+                   f"{layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only model; one "
+                   "column per placement family. Median over seeds with the min-max band.")  # fmt: skip
+        out.append((quantity, caption, fig))
+    for arch, stack, arch_title in ARCH_PANELS:
+        caption = (f"Debiased linear CKA between every pair of layers' outputs (resid_post), {arch_title}, "
+                   f"mean of {seeds} seeds: one panel per placement.")  # fmt: skip
+        out.append((f"cka_{arch}", caption, _cka_grid(df, arch, stack, arch_title)))
     return out
 
 
-def draw_report(df: pd.DataFrame, meta: dict, out: Path) -> None:
-    """Figures, summary.md and README.md from the tidy report frame."""
-    layers, seeds = meta["layers"], meta["seeds"]
-
-    panels = [
-        ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input (resid_pre)"),
-        ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W2_l‖, FFN output matrix of each layer"),
-        ("update_ratio", "mlp", "‖FF(x)‖/‖x‖ of each layer's FFN contribution to the stream"),
-        ("act_norm", "resid_pre", "per-token RMS of each layer's input (resid_pre)"),
-        ("ln_jacobian_gain", "mlp_ln", "‖J_LNᵀ g‖/‖g‖ of the FFN sublayer's norm"),
-        ("cos_adjacent", "resid_pre", "cosine between consecutive layers' inputs"),
-    ]
-    written = []
-    for quantity, site, title in tqdm(panels, desc="figures", unit="figure"):
-        path = out / f"{quantity}.png"
-        _profile_grid(df, quantity, site, f"{title} at init, {layers} layers, {seeds} seeds (line: median; band: min-max)", path)
-        written.append((path.name, title))
-    for arch, stack, arch_title in ARCH_PANELS:
-        path = out / f"cka_{arch}.png"
-        _cka_grid(df, arch, stack, arch_title, path)
-        written.append((path.name, f"CKA heatmaps, {arch_title}"))
-
-    table = summary_table(df)
-    atomic_write(out / "summary.md", lambda tmp: tmp.write_text(
-        f"# Initialization-time summary ({layers} layers, {seeds} seeds; median [min, max] over seeds)\n\n"
-        + markdown_table(table) + "\n\n" + SUMMARY_NOTES + _nan_note(table)))  # fmt: skip
-    index = [f"# lnscope initialization report\n\n", f"Generated by `make report` in {meta['seconds']} s "
-             f"({layers}-layer stacks, {seeds} seeds, spec §2 harness). Data: `init.parquet` (tidy, one row per "
-             "observation; columns in analysis/tidy.py) and `init.json` (settings). skip_scale is shown with "
-             "λ = 2 (at λ = 1 it is Post-LN).\n\n", "- `summary.md`: headline statistics per placement\n"]  # fmt: skip
-    index += [f"- `{name}`: {title}\n" for name, title in written]
-    atomic_write(out / "README.md", lambda tmp: tmp.write_text("".join(index)))
+ATLAS_SUMMARY = (
+    "Every placement of the zoo probed at initialization on the calibration harness (d_model 64, 4 heads, "
+    "FFN 256, vocabulary 128, Xavier-uniform projections, no positional encoding, uniform random tokens, "
+    "batch 8 of length 32): an {layers}L-{layers}L encoder-decoder (its decoder is shown) and an {layers}-layer "
+    "decoder-only model, {seeds} seeds each. skip_scale is shown at λ = 2 (at λ = 1 it is Post-LN). Equations "
+    "of each placement: docs/placements.md; what each probe computes: docs/probes.md."
+)

@@ -1,8 +1,9 @@
 """Every entry of `models.NORMS` against independent numpy references and the exact claims of
-shared/spec/placements.md §1.7 / §2.5 (Xu et al. 2019: LayerNorm-simple, DetachNorm, AdaNorm) and B-5.
+docs/placements.md (norms) and docs/calibration.md (N-a…N-c, B-f; Xu et al. 2019: LayerNorm-simple,
+DetachNorm, AdaNorm).
 
 Exact checks run in float64 inside `jax.enable_x64(True)` (a context manager, so x64 never leaks
-into other tests); the spec's float32 tolerances (N-a) are checked in float32.
+into other tests); the claims' float32 tolerances (N-a) are checked in float32.
 
 Notation (as in models/norms.py): μ = mean(x), v = mean((x − μ)²), σ = sqrt(v + ε), y = (x − μ)/σ,
 P = I − 11ᵀ/d − y yᵀ/d, so J_LNsimple = P/σ (symmetric).
@@ -29,7 +30,7 @@ NA_TOL = 1e-5
 # bfloat16 has an 8-bit significand: one rounding of an O(1) output is <= 2^-8 relative; allow 2 ulps.
 BF16_REL = 2.0**-7
 
-D = 64  # the width of the spec's N-a claim
+D = 64  # the width of the N-a claim
 ALL = list(NORMS)
 
 
@@ -221,7 +222,7 @@ def upstream(seed: int, shape, dtype=np.float32, mean: float = 0.0) -> np.ndarra
 def test_na_layernorm_simple_gradient_is_centred_and_orthogonal_to_y():
     # Jᵀg = (1/σ)(g − mean(g)·1 − y·(yᵀg)/d). Σ_j (Jᵀg)_j = 0 exactly since Σy = 0.
     # ⟨y, Jᵀg⟩ = (1/σ)(yᵀg)(1 − ‖y‖²/d) = (1/σ)(yᵀg)·ε/(v + ε): zero only up to ε/(v + ε). With the
-    # default ε = 1e-5 and unit-variance x this residual is itself ~1e-5·‖g‖ (the spec's tolerance),
+    # default ε = 1e-5 and unit-variance x this residual is itself ~1e-5·‖g‖ (the claim's tolerance),
     # so x has σ ≈ 3 here (residual ~3e-7·‖g‖); the exact ε term is checked in float64 below.
     m = make("layernorm_simple", D)
     x = jnp.asarray(1.5 + 3.0 * upstream(0, (16, D)))
@@ -347,7 +348,7 @@ def test_nb_adanorm_gradient_treats_phi_as_constant(x64):
 
 def test_nb_adanorm_detached_minus_undetached_gradient(x64):
     # Un-detached z = C(y − k y²) has VJP J(C(1 − 2k y) ⊙ g); detached has J(C(1 − k y) ⊙ g).
-    # undetached − detached = −C·k·J(y ⊙ g), exactly (the term the spec names).
+    # undetached − detached = −C·k·J(y ⊙ g), exactly (the term the N-b claim names).
     ada, simple, x, y, J = _adanorm_setup()
     g = upstream(15, (10, D), np.float64, mean=0.5)
     undetached = lambda v: C * (simple(v) - K * simple(v) ** 2)
@@ -392,7 +393,7 @@ def test_layernorm_full_jacobian(x64):
 @pytest.mark.parametrize("gain", [1.0, -2.5])
 def test_layernorm_jacobian_spectral_norm_constant_gain(gain, x64):
     # P = I − 11ᵀ/d − y yᵀ/d has eigenvalues 0 (on 1), ε/(v + ε) (on y) and 1 (d − 2 times), so
-    # ‖γP/σ‖₂ = |γ|/σ exactly for a constant gain γ (at init γ = 1: the spec's 1/σ).
+    # ‖γP/σ‖₂ = |γ|/σ exactly for a constant gain γ (at init γ = 1: the 1/σ of B-f).
     m = make("layernorm", D, dtype="float64")
     m.gain[...] = jnp.full((D,), gain, jnp.float64)
     for row in rows(19, 4, D):

@@ -1,4 +1,4 @@
-"""Every placement's block against an independent restatement of its equation (spec §1).
+"""Every placement's block against an independent restatement of its equation (docs/placements.md).
 
 The standard: each placement's block equals a hand-written restatement of its paper equation (plain
 jax.numpy on the same parameters), to float32 tolerance, for one and two layers, encoder and decoder,
@@ -6,13 +6,13 @@ and the decoder of an encoder-decoder (with cross-attention; the encoder stack i
 
 Independence: no expected value comes from models.placements / block / stack / layers / norms
 (the model is only built, run, and its parameters read; models.placements' constant functions are
-imported only to be tested against the spec's tables). The reference reads the raw parameter arrays out of the
+imported only to be tested against the documented tables). The reference reads the raw parameter arrays out of the
 model state and restates LayerNorm, multi-head attention (one head at a time), the FFN, the
-embedding and every placement's wiring from `shared/spec/placements.md` §0-§1. All parameters are
+embedding and every placement's wiring from docs/placements.md. All parameters are
 randomized first (gains and biases away from 1/0, Admin's ω, ReZero's α ≠ 0, NormFormer's head
 scales, ...) so a norm in the wrong slot or a wrong constant changes the output.
 
-The second half checks the initialization constants against the spec's tables: DeepNorm's (α, β)
+The second half checks the initialization constants against the tables of docs/placements.md: DeepNorm's (α, β)
 and its β-scaled Xavier init, Admin's constant ω and profiled ω (the profiling fixed point,
 recomputed from the final model's activations), B2T's L^-1/2 rescale and GPT-2's 1/sqrt(2L).
 """
@@ -89,7 +89,7 @@ def _config(placement: str, arch: str, layers: int) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference primitives (spec §0.1), plain jax.numpy.
+# Reference primitives (docs/placements.md, notation), plain jax.numpy.
 # ---------------------------------------------------------------------------------------------
 def layer_norm(z: jax.Array, p: dict) -> jax.Array:
     """LN(z) = γ ⊙ (z − μ(z)) / sqrt(σ²(z) + ε) + β over the last axis (biased σ², ε inside the root)."""
@@ -159,7 +159,7 @@ class Ctx:
         return self.stack == "decoder"
 
     @property
-    def kinds(self) -> tuple[str, ...]:  # §0.1: SA → FF, or SA → CA → FF in an encdec decoder
+    def kinds(self) -> tuple[str, ...]:  # SA → FF, or SA → CA → FF in an encdec decoder
         return ("attn", "cross", "mlp") if self.arch == "encdec" and self.stack == "decoder" else ("attn", "mlp")
 
 
@@ -177,10 +177,10 @@ def norm(P: dict, kind: str, slot: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference layers, one per placement: x (layer input) -> x' (layer output), spec §1.
+# Reference layers, one per placement: x (layer input) -> x' (layer output), docs/placements.md.
 # ---------------------------------------------------------------------------------------------
 def post_layer(P, x, ctx, l):
-    # §1.1 Post-LN: h ← LN_S(h + S(h)) for S = SA (, CA), FF.
+    # Post-LN: h ← LN_S(h + S(h)) for S = SA (, CA), FF.
     h = x
     for kind in ctx.kinds:
         h = layer_norm(h + S(P, kind, h, ctx), norm(P, kind, "ln"))
@@ -188,7 +188,7 @@ def post_layer(P, x, ctx, l):
 
 
 def pre_layer(P, x, ctx, l):
-    # §1.2 Pre-LN: h ← h + S(LN_S(h)); CA normalizes only its query stream.
+    # Pre-LN: h ← h + S(LN_S(h)); CA normalizes only its query stream.
     h = x
     for kind in ctx.kinds:
         h = h + S(P, kind, layer_norm(h, norm(P, kind, "ln")), ctx)
@@ -196,7 +196,7 @@ def pre_layer(P, x, ctx, l):
 
 
 def b2t_layer(P, x, ctx, l):
-    # §1.3 B2T. Encoder: h = LN_a(x + SA(x)); x' = LN_f(x + h + FF(h)).
+    # B2T. Encoder: h = LN_a(x + SA(x)); x' = LN_f(x + h + FF(h)).
     # Enc–dec decoder: h1 = LN_a(x + SA(x)); h2 = LN_c(h1 + CA(h1, m)); x' = LN_f(x + h2 + FF(h2)).
     ln = lambda kind, z: layer_norm(z, norm(P, kind, "ln"))
     if "cross" not in ctx.kinds:
@@ -208,7 +208,7 @@ def b2t_layer(P, x, ctx, l):
 
 
 def skip_scale_layer(P, x, ctx, l):
-    # §1.6 xSkip+LN: y = LN(λ·x + F(x)), λ fixed.
+    # xSkip+LN: y = LN(λ·x + F(x)), λ fixed.
     lam = ctx.cfg.skip_lambda
     h = x
     for kind in ctx.kinds:
@@ -217,8 +217,8 @@ def skip_scale_layer(P, x, ctx, l):
 
 
 def rsln_layer(P, x, ctx, l):
-    # §1.6 rSkip+LN: y_1 = LN(x + F(x)); y_k = LN(x + y_{k−1}), k = 2..λ; output y_λ.
-    # (The spec leaves parameter sharing open; the model documents one shared LN per sublayer.)
+    # rSkip+LN: y_1 = LN(x + F(x)); y_k = LN(x + y_{k−1}), k = 2..λ; output y_λ.
+    # (The paper leaves parameter sharing open; the model documents one shared LN per sublayer.)
     h = x
     for kind in ctx.kinds:
         p = norm(P, kind, "ln")
@@ -230,7 +230,7 @@ def rsln_layer(P, x, ctx, l):
 
 
 def deepnorm_alpha(ctx: Ctx) -> float:
-    """α of the §1.8 table, computed here from the paper formulas."""
+    """α of the DeepNorm table (docs/placements.md), computed here from the paper formulas."""
     n, m = ctx.enc_layers, ctx.dec_layers
     if ctx.arch == "encoder":
         return (2 * n) ** 0.25
@@ -242,7 +242,7 @@ def deepnorm_alpha(ctx: Ctx) -> float:
 
 
 def deepnorm_layer(P, x, ctx, l):
-    # §1.8 DeepNorm: h ← LN(α·h + S(h)).
+    # DeepNorm: h ← LN(α·h + S(h)).
     alpha = deepnorm_alpha(ctx)
     h = x
     for kind in ctx.kinds:
@@ -251,7 +251,7 @@ def deepnorm_layer(P, x, ctx, l):
 
 
 def admin_layer(P, x, ctx, l):
-    # §1.9 Admin: x_i = LN(ω_i ⊙ x_{i−1} + f_i(x_{i−1})), ω_i ∈ R^d.
+    # Admin: x_i = LN(ω_i ⊙ x_{i−1} + f_i(x_{i−1})), ω_i ∈ R^d.
     h = x
     for kind in ctx.kinds:
         h = layer_norm(P["extra"][kind]["omega"] * h + S(P, kind, h, ctx), norm(P, kind, "ln"))
@@ -259,7 +259,7 @@ def admin_layer(P, x, ctx, l):
 
 
 def sandwich_layer(P, x, ctx, l):
-    # §1.10 / §1.11 Sandwich-LN, Peri-LN: h ← h + LN_out(S(LN_in(h))).
+    # Sandwich-LN, Peri-LN: h ← h + LN_out(S(LN_in(h))).
     h = x
     for kind in ctx.kinds:
         h = h + layer_norm(S(P, kind, layer_norm(h, norm(P, kind, "ln")), ctx), norm(P, kind, "ln_out"))
@@ -267,13 +267,13 @@ def sandwich_layer(P, x, ctx, l):
 
 
 def mix_layer(P, x, ctx, l):
-    # §1.12 Mix-LN: layers l < ⌊α_m·L⌋ are Post-LN, the rest Pre-LN.
+    # Mix-LN: layers l < ⌊α_m·L⌋ are Post-LN, the rest Pre-LN.
     n_post = math.floor(ctx.cfg.mix_post_fraction * ctx.layers)
     return post_layer(P, x, ctx, l) if l < n_post else pre_layer(P, x, ctx, l)
 
 
 def hybrid_layer(P, x, ctx, l):
-    # §1.17 HybridNorm: h' = h + W_O·Attn(N_q(W_Q h), N_k(W_K h), N_v(W_V h)) (per-head norms; the
+    # HybridNorm: h' = h + W_O·Attn(N_q(W_Q h), N_k(W_K h), N_v(W_V h)) (per-head norms; the
     # CA of an encdec decoder likewise, k/v from m); FFN: y = N(h'), h_next = y + FF(y).
     h = x
     for kind in ctx.kinds:
@@ -286,7 +286,7 @@ def hybrid_layer(P, x, ctx, l):
 
 
 def normformer_layer(P, x, ctx, l):
-    # §1.16 NormFormer. Attention: h ← h + LN_post(HS(MHA(LN_in(h)))), HS scales head k by c_k
+    # NormFormer. Attention: h ← h + LN_post(HS(MHA(LN_in(h)))), HS scales head k by c_k
     # before W_O (paper form). FFN: h ← λ_res ⊙ h + W2·LN_ffn(act(W1·LN_in(h))), λ_res = 1 unless
     # --scale-resids. CA, if present, unchanged (Pre-LN).
     h = x
@@ -304,7 +304,7 @@ def normformer_layer(P, x, ctx, l):
 
 
 def rezero_layer(P, x, ctx, l):
-    # §1.13 ReZero: h ← h + ρ·S(h), one ρ per layer shared by its sublayers (official code); no LN.
+    # ReZero: h ← h + ρ·S(h), one ρ per layer shared by its sublayers (official code); no LN.
     rho = P["extra"]["layer"]["alpha"]
     h = x
     for kind in ctx.kinds:
@@ -329,7 +329,7 @@ def _layer(params_stack: dict, l: int) -> dict:
 
 def single_stream(layer: Callable, *, final_norm: bool, embed_norm: bool = False) -> Callable:
     def run(params_stack: dict, e: jax.Array, ctx: Ctx) -> tuple[jax.Array, dict]:
-        # Peri-LN (§1.11): h_0 = LN(e); others: h_0 = e.
+        # Peri-LN: h_0 = LN(e); others: h_0 = e.
         h = layer_norm(e, params_stack["embed_norm"]) if embed_norm else e
         posts = []
         for l in range(ctx.layers):
@@ -343,7 +343,7 @@ def single_stream(layer: Callable, *, final_norm: bool, embed_norm: bool = False
 
 
 def residual_stack(params_stack: dict, e: jax.Array, ctx: Ctx) -> tuple[jax.Array, dict]:
-    # §1.4 ResiDual: a_0 = e, u_0 = s·e; every sublayer: f = S(a); u ← u + s·f; a ← LN_S(a + f);
+    # ResiDual: a_0 = e, u_0 = s·e; every sublayer: f = S(a); u ← u + s·f; a ← LN_S(a + f);
     # stack output a_L + LN_out(u_L).
     s = ctx.cfg.residual_scale
     a, u = e, s * e
@@ -523,7 +523,7 @@ DEPTHS = [(1, 1), (2, 3), (6, 6), (12, 3), (18, 18), (100, 100)]
 
 @pytest.mark.parametrize(("n", "m"), DEPTHS)
 def test_deepnorm_constants_match_paper_table(n: int, m: int):
-    # §1.8 table: (arch, stack) -> (α, β)
+    # DeepNorm table: (arch, stack) -> (α, β)
     table = {
         ("encoder", "encoder"): ((2 * n) ** (1 / 4), (8 * n) ** (-1 / 4)),
         ("decoder", "decoder"): ((2 * m) ** (1 / 4), (8 * m) ** (-1 / 4)),
@@ -546,7 +546,7 @@ DEEPNORM_INIT_CASES = [("decoder", dict(layers=3)), ("encdec", dict(enc_layers=3
 
 @pytest.mark.parametrize(("arch", "depth"), DEEPNORM_INIT_CASES, ids=[a for a, _ in DEEPNORM_INIT_CASES])
 def test_deepnorm_init_scales_v_o_ffn_by_beta(arch: str, depth: dict):
-    # §1.8: Xavier with gain β for W_V, W_O (every attention) and W1, W2; gain 1 for W_Q, W_K.
+    # DeepNorm: Xavier with gain β for W_V, W_O (every attention) and W1, W2; gain 1 for W_Q, W_K.
     cfg = ModelConfig(arch=arch, placement="deepnorm", d_model=128, heads=4, d_ff=256, vocab=VOCAB, **depth)
     model = _init_model(cfg)
     n, m = cfg.n_enc_layers, cfg.n_dec_layers
@@ -670,7 +670,7 @@ def _stack_layers(path: str) -> int:
 
 
 def test_b2t_rescale_multiplies_every_projection_by_inverse_sqrt_layers():
-    # §1.3 (code): every q, k, v, out_proj, fc1, fc2 weight of the layer × L^{-1/2}, L = layers of
+    # B2T (code form): every q, k, v, out_proj, fc1, fc2 weight of the layer × L^{-1/2}, L = layers of
     # that stack (the decoder's cross-attention included); not LN, not biases, not embeddings.
     plain = _weights(_init_model(_small(placement="b2t", **ENCDEC_DEPTH)))
     scaled = _weights(_init_model(_small(placement="b2t", b2t_rescale=True, **ENCDEC_DEPTH)))
@@ -682,7 +682,7 @@ def test_b2t_rescale_multiplies_every_projection_by_inverse_sqrt_layers():
 
 
 def test_gpt2_scaled_init_scales_output_projections():
-    # §1.18: residual-output projections W_O, W2 × 1/sqrt(N_res), N_res = residual sublayers of the
+    # GPT-2: residual-output projections W_O, W2 × 1/sqrt(N_res), N_res = residual sublayers of the
     # stack (2L for encoder and decoder-only = nanoGPT's 1/sqrt(2L); 3M for the encdec decoder, whose
     # cross-attention W_O is a residual output too); everything else unchanged.
     plain = _weights(_init_model(_small(placement="b2t", **ENCDEC_DEPTH)))

@@ -1,23 +1,24 @@
-"""Sanity physics at initialization: the spec's calibration claims (shared/spec/placements.md §2-§3).
+"""Sanity physics at initialization: the pre-registered calibration claims of
+docs/calibration.md.
 
-Harness of spec §2: d_model 64, 4 heads, FFN 256 (ReLU), vocabulary 128, sequence length 32, batch 8,
+The calibration harness: d_model 64, 4 heads, FFN 256 (ReLU), vocabulary 128, sequence length 32, batch 8,
 Xavier-uniform projections, N(0, 1) token inputs (ModelConfig's defaults: embed_std d^-1/2 × sqrt(d)),
 untied N(0, 1/d) head, no biases, no dropout, random tokens, 3 seeds, 18 layers per stack.
 
-Positions: pos="none". The spec's harness does not mention positional encodings; of the 16 ratios of
-§3 that these tests read (G_top/G_bottom and g_bottom/g_top of the 8 rows), pos="none" is closer to
-the spec for 14 (e.g. Pre-LN 0.48 vs sinusoidal 0.53, spec 0.45; decoder-only Pre-LN 0.28 vs 0.34,
-spec 0.26), sinusoidal only for the Post-LN enc-dec row (G ratio 432 vs 692 and g ratio 0.0040 vs
-0.0029, spec 247 and 0.010; slope 0.33 vs 0.37, spec 0.31). Measured with this file's code.
+Positions: pos="none". The calibration script had no positional encodings; of the 16 ratios of
+the calibration that these tests read (G_top/G_bottom and g_bottom/g_top of the 8 rows), pos="none" is closer to
+the calibration for 14 (e.g. Pre-LN 0.48 vs sinusoidal 0.53, calibration 0.45; decoder-only Pre-LN 0.28
+vs 0.34, calibration 0.26), sinusoidal only for the Post-LN enc-dec row (G ratio 432 vs 692 and g ratio 0.0040 vs
+0.0029, calibration 247 and 0.010; slope 0.33 vs 0.37, calibration 0.31). Measured with this file's code.
 
-Encoders of the enc-dec rows follow spec §3.5: only the decoder implements B2T / ResiDual / DeepNorm
+Encoders of the enc-dec rows follow the calibration (docs/calibration.md, deviations): only the decoder implements B2T / ResiDual / DeepNorm
 (Post-LN encoder); the Pre-LN row is Pre-LN throughout.
 
 G_l = ‖∂ℒ/∂W2_l‖ (param_grad_norm at "mlp.w2.weight"), g_l = ‖∂ℒ/∂x_l‖ (act_grad_norm at "resid_pre"),
 each averaged over the 3 seeds per layer before taking ratios (top = layer L-1, bottom = layer 0);
 the slope is the least-squares slope of ln G_l against l. Every test prints its numbers (and puts them
-in the assertion message) next to the spec's §3 probe value. A claim that fails is a finding: the
-thresholds are the spec's, not tuned here.
+in the assertion message) next to the calibration's value. A claim that fails is a finding: the
+thresholds are the pre-registered ones, not tuned here.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ CASES = {
     "decoder_post": dict(arch="decoder", placement="post"),
     "decoder_pre": dict(arch="decoder", placement="pre"),
 }
-# Spec §3 probe values: (G_top/G_bottom, slope of ln G, g_bottom/g_top); None where §3 has none.
-SPEC = {
+# Calibration values: (G_top/G_bottom, slope of ln G, g_bottom/g_top); None where it has none.
+CALIBRATION = {
     "post": (247, 0.31, 0.010),
     "pre": (0.45, -0.04, 2.40),
     "b2t": (5.4, 0.09, 0.16),
@@ -78,11 +79,11 @@ class Calibration:
         return self.cache[name]
 
     def report(self, name: str) -> str:
-        m, spec = self(name), SPEC[name]
-        slope_spec = "" if spec[1] is None else f" (spec {spec[1]})"
+        m, ref = self(name), CALIBRATION[name]
+        slope_ref = "" if ref[1] is None else f" (calibration {ref[1]})"
         line = (
-            f"{name}: G_top/G_bottom {m['ratio']:.4g} (spec {spec[0]}), slope of ln G {m['slope']:+.3f}{slope_spec}, "
-            f"g_bottom/g_top {m['g_ratio']:.3g} (spec {spec[2]}); G_l {np.array2string(m['G'], precision=4)}"
+            f"{name}: G_top/G_bottom {m['ratio']:.4g} (calibration {ref[0]}), slope of ln G {m['slope']:+.3f}{slope_ref}, "
+            f"g_bottom/g_top {m['g_ratio']:.3g} (calibration {ref[2]}); G_l {np.array2string(m['G'], precision=4)}"
         )
         print(line)
         return line
@@ -94,7 +95,7 @@ def calib() -> Calibration:
 
 
 # ------------------------------------------------------------------------------------------------
-# 18L-18L encoder-decoder: the decoder's gradient profile (spec B-a, B-b, B-c, R-a, DeepNorm row)
+# 18L-18L encoder-decoder: the decoder's gradient profile (B-a, B-b, B-c, R-a, DeepNorm row)
 # ------------------------------------------------------------------------------------------------
 def test_post_ln_encdec_decoder_vanishes(calib: Calibration) -> None:
     """B-a: G_top/G_bottom ≥ 50 and slope ≥ 0.2 per layer; g_bottom/g_top ≤ 0.1."""
@@ -140,7 +141,7 @@ def test_deepnorm_is_flat(calib: Calibration) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Decoder-only 18 layers (spec B-d and the X-e caveat)
+# Decoder-only 18 layers (B-d and the X-e caveat)
 # ------------------------------------------------------------------------------------------------
 def test_decoder_only_post_ln_does_not_vanish(calib: Calibration) -> None:
     """B-d: without cross-attention, Post-LN at Xavier init has no vanishing: ratio in [0.5, 2]."""

@@ -393,7 +393,7 @@ def test_ln_jacobian_gain_matches_explicit_jacobian(encdec) -> None:
 
 def test_post_ln_gain_bounded_by_inverse_sigma(encdec) -> None:
     """Post-LN (the encoder here): J = (1/sqrt(σ²+ε))·(orthogonal projection), so per token
-    ‖J_tᵀ g_t‖ ≤ ‖g_t‖/sqrt(σ_t²+ε) exactly (spec B-f); summed over tokens, the layer-level gain is at
+    ‖J_tᵀ g_t‖ ≤ ‖g_t‖/sqrt(σ_t²+ε) exactly (B-f in docs/calibration.md); summed over tokens, the layer-level gain is at
     most the ‖g_t‖²-weighted RMS of 1/sqrt(σ_t²+ε).
 
     The probe's ln_gain_estimate is the *plain* token mean of 1/sqrt(σ_t²+ε), which does not bound the

@@ -1,5 +1,6 @@
-"""The init report (analysis.report.init_report): its summary statistics on a frame with known values, and the
-whole pipeline (probe -> parquet -> figures -> markdown) on a small real run, including --redraw."""
+"""The initialization atlas (analysis.report.init_report): its summary statistics on a frame with known
+values, its settings, and the whole pipeline (probe -> parquet -> figures -> pages) on a small real run
+through the CLI, including reuse and --redraw."""
 
 from __future__ import annotations
 
@@ -66,50 +67,51 @@ def test_summary_keeps_a_diverged_seed_and_names_nan_cells() -> None:
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        (dict(placements=["post", "postln"]), "unknown ['postln']"),
-        (dict(placements=[]), "valid choices"),
+        (dict(placements=("post", "postln")), "unknown ['postln']"),
+        (dict(placements=()), "valid choices"),
         (dict(seeds=0), "seeds must be an integer >= 1, got 0"),
         (dict(layers=0), "layers must be an integer >= 1, got 0"),
     ],
 )
-def test_bad_report_arguments_fail_before_compute(tmp_path, kwargs, needle) -> None:
+def test_bad_atlas_settings_fail_before_compute(kwargs, needle) -> None:
     with pytest.raises(ValueError) as err:
-        report.run_report(tmp_path / "r", **kwargs)
+        report.AtlasSettings(**kwargs)
     assert needle in str(err.value)
-    assert not (tmp_path / "r").exists()
 
 
-def test_redraw_without_data_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(ValueError, match="--redraw needs an existing"):
-        report.run_report(tmp_path, redraw=True)
+def test_atlas_key_names_every_setting() -> None:
+    base = report.AtlasSettings(layers=4, seeds=2, placements=("post", "pre"))
+    assert base.key() == report.AtlasSettings(layers=4, seeds=2, placements=("pre", "post")).key()  # registry order
+    others = [dict(layers=5), dict(seeds=3), dict(placements=("post",)), dict(seq_len=16), dict(batch_size=4)]
+    keys = {report.AtlasSettings(**{**dict(layers=4, seeds=2, placements=("post", "pre")), **o}).key() for o in others}
+    assert base.key() not in keys and len(keys) == len(others)
 
 
 @pytest.mark.slow
-def test_report_pipeline_end_to_end(tmp_path, capsys) -> None:
-    """A 2-layer report of three placements (one per family) through the CLI: data, figures, tables;
-    then --redraw from the parquet alone gives the same summary."""
-    out = tmp_path / "init"
+def test_report_pipeline_end_to_end(tmp_path) -> None:
+    """A 2-layer atlas of three placements (one per family) probed for real through the CLI, no
+    experiments: data, figures, pages; then --redraw from the data alone."""
+    out = tmp_path / "report"
     placements = ["post", "pre", "rezero"]
-    assert cli_main(["report", "--out", str(out), "--layers", "2", "--seeds", "2",
-                     "--placements", ",".join(placements)]) == 0
-    df, meta = read_run(out / "init.parquet")
+    argv = ["report", "--out", str(out), "--layers", "2", "--seeds", "2", "--placements", ",".join(placements),
+            "--experiments", "none"]  # fmt: skip
+    assert cli_main(argv) == 0
+    df, meta = read_run(out / "data" / "init.parquet")
     assert meta["layers"] == 2 and meta["seeds"] == 2 and meta["placements"] == placements
-    assert json.loads((out / "init.json").read_text())["model"]["d_model"] == 64
+    assert json.loads((out / "data" / "init.json").read_text())["models"]["encdec/post"]["d_model"] == 64
     assert set(df["placement"]) == set(placements) and set(df["arch"]) == {"encdec", "decoder"}
     assert set(df["seed"]) == {0, 1} and df["layer"].max() == 1
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    pngs = sorted(p.name for p in (out / "figures" / "init").glob("*.png"))
     assert pngs == sorted(["act_grad_norm.png", "param_grad_norm.png", "update_ratio.png", "act_norm.png",
                            "ln_jacobian_gain.png", "cos_adjacent.png", "cka_encdec.png", "cka_decoder.png"])
-    assert all((out / p).stat().st_size > 10_000 for p in pngs)
-    summary = (out / "summary.md").read_text()
-    assert summary.count("| encdec |") == 3 and summary.count("| decoder |") == 3
-    assert "decoder/rezero G_top/G_bottom" in summary  # α = 0 at init: 0/0, named as such
-    index = (out / "README.md").read_text()
-    assert all(p in index for p in pngs) and "summary.md" in index
-    # redraw: figures and tables from the parquet only
-    for p in out.glob("*.png"):
+    assert all((out / "figures" / "init" / p).stat().st_size > 10_000 for p in pngs)
+    page = (out / "index.html").read_text()
+    assert page.count("<tr><td>encdec</td>") == 3 and page.count("<tr><td>decoder</td>") == 3
+    assert "decoder/rezero G_top/G_bottom" in page  # α = 0 at init: 0/0, named as such
+    assert "No hypothesis checks in this report." in page
+    # --redraw needs only the data (reuse of a stored study: tests/analysis/report/test_html_report.py)
+    for p in (out / "figures").rglob("*.png"):
         p.unlink()
-    report.run_report(out, redraw=True)
-    assert sorted(p.name for p in out.glob("*.png")) == pngs
-    assert (out / "summary.md").read_text() == summary
-    assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries behind
+    assert cli_main(["report", "--out", str(out), "--redraw", "--experiments", "none"]) == 0
+    assert sorted(p.name for p in (out / "figures" / "init").glob("*.png")) == pngs
+    assert not list(out.rglob(".*.tmp"))  # atomic writes left no temporaries behind

@@ -21,8 +21,8 @@ Every claim is checked by a percentile-bootstrap interval over seeds of its stat
 resamples, 95%): **reproduced** when the whole interval lies on the claim's side of the threshold,
 **not reproduced** when it lies wholly on the other side, **inconclusive** when it straddles the
 threshold. "The calibration's pre-registered threshold" is a threshold set with a 2-3x margin around
-a measurement of an earlier calibration run, before any of this code ran; "ours" marks a threshold
-set here, before measuring unless the note says otherwise.
+a measurement of an earlier calibration run ([calibration.md](calibration.md)), before any of this
+code ran; "ours" marks a threshold set here, before measuring unless the note says otherwise.
 """
 
 

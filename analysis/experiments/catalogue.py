@@ -21,8 +21,8 @@ Every claim is checked by a percentile-bootstrap interval over seeds of its stat
 resamples, 95%): **reproduced** when the whole interval lies on the claim's side of the threshold,
 **not reproduced** when it lies wholly on the other side, **inconclusive** when it straddles the
 threshold. "The calibration's pre-registered threshold" is a threshold set with a 2-3x margin around
-a measurement of an earlier calibration run, before any of this code ran; "ours" marks a threshold
-set here, before measuring unless the note says otherwise.
+a measurement of an earlier calibration run ([calibration.md](calibration.md)), before any of this
+code ran; "ours" marks a threshold set here, before measuring unless the note says otherwise.
 """
 
 
@@ -63,6 +63,8 @@ def catalogue_markdown() -> str:
             out.append(f"- **Statement:** {c.statement}")
             out.append(f"- **Method form tested:** {c.method_form}")
             out.append(f"- **Statistic ({c.statistic.kind}):** {c.statistic.description}")
+            reads = "; ".join(f"`{f.describe()}`" for f in c.statistic.features)
+            out.append(f"- **Reads (per seed):** {reads}")
             out.append(f"- **Threshold:** {_threshold(c)}. {c.threshold_note[0].upper()}{c.threshold_note[1:]}.")
             parts = ", ".join(c.needs) if c.needs else "all"
             out.append(f"- **Experiment:** `{name}` (parts: {parts}); `lnscope check --claim {c.id}`")

@@ -6,9 +6,10 @@ Initialization (the paper's gradient figure and Theorem 3.1, and its collapse ar
 - gradient lower bound across depth: the decoder's per-layer ‖∂ℒ/∂W2_l‖ of encoder-decoders at
   6L-6L, 12L-12L and 18L-18L, Post-LN, Pre-LN and ResiDual (each with the same placement in its
   encoder: the paper's model, whose memory is a + LN(u) for ResiDual);
-- representation collapse: decoder-only stacks at depths 6, 12, 18 and 24, adjacent-layer token
-  cosine cos(x_l, x_{l+1}) and debiased linear CKA against layer and against depth, and the stream
-  norm ‖x_l‖ (ResiDual's Post-LN stream a, and its dual stream u in the figure).
+- representation collapse: decoder-only Post-LN and Pre-LN stacks at depths 6, 12, 18 and 24, and
+  ResiDual at 18 (its stream a is Post-LN's forward pass in a single stack, which a claim checks),
+  adjacent-layer token cosine cos(x_l, x_{l+1}) and debiased linear CKA against layer and against
+  depth, and the stream norm ‖x_l‖.
 8 seeds of random tokens in the calibration harness.
 
 Training: the deep decoders of analysis/experiments/training.py (Post-LN, Pre-LN, ResiDual at a
@@ -48,7 +49,10 @@ def plan(p: Preset) -> dict:
     h = p.harness
     parts = {
         "lower_bound": [encdec_job(h, pl, d) for pl in PLACEMENTS for d in p.encdec_depths],
-        "collapse": [decoder_job(h, pl, d) for pl in PLACEMENTS for d in p.decoder_depths],
+        # ResiDual's stream a is Post-LN's forward pass in a single stack (xie2023.residual_stream_is_post
+        # checks it at collapse_depth), so its collapse statistics at other depths would repeat Post-LN's.
+        "collapse": [decoder_job(h, pl, d) for pl in ("post", "pre") for d in p.decoder_depths]
+        + [decoder_job(h, "residual", p.collapse_depth)],
     }
     if p.train is not None:
         parts["train"] = training.deep_jobs(p.train, PLACEMENTS)

@@ -20,7 +20,9 @@ token means, per layer; plus the model-level ‖∂ℒ/∂x_l‖ of the layers' 
 8 seeds of random tokens in the calibration harness.
 
 Training (the paper's comparison of LN, LN-simple, DetachNorm and AdaNorm): 6-layer Pre-LN
-decoders on the Markov task of analysis/experiments/training.py, one per norm, validation curves.
+decoders on the Markov task of analysis/experiments/training.py, one per norm (the halves too), at
+a constant lr 3e-4 (at 2e-3 the DetachNorm gap shrank from 0.08 to ~0.025 nats in calibration),
+3 seeds, 120 updates, validation curves.
 """
 
 from __future__ import annotations
@@ -301,7 +303,8 @@ def figures(frame: pd.DataFrame) -> dict:
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
         F.plot_lines(val, axes[0], x="step", logy=False, xlabel="update step", ylabel="validation loss (nats/token)",
                      title="validation loss", legend_title="norm")  # fmt: skip
-        F.plot_lines(diff[diff["variant"] != "layernorm"], axes[1], x="step", logy=False, xlabel="update step",
+        others = [n for n in NORMS if n != "layernorm"]  # `where`, not a subset: colors follow the whole frame
+        F.plot_lines(diff, axes[1], x="step", where={"variant": others}, logy=False, xlabel="update step",
                      ylabel="validation loss − LayerNorm's (nats)", title="difference to LayerNorm (same seed)",
                      legend_title="norm")  # fmt: skip
         axes[1].axhline(0.0, color="0.5", lw=0.8, ls=":")

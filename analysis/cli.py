@@ -19,6 +19,7 @@ import time
 import typing
 from pathlib import Path
 
+from analysis.allocator import ensure_preloaded
 from analysis.io import write_run
 from analysis.probe.probes import CHEAP_PROBES, PROBES
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program (not called from Python): preload mimalloc (analysis.allocator)
+        ensure_preloaded()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -66,6 +66,11 @@ class ModelConfig:
         dtype: parameters and compute; "float64" needs `jax.config.update("jax_enable_x64", True)`.
         norm_eps: epsilon of every norm (inside the square root).
 
+    Execution (how the same numbers are computed; no effect on the model's function):
+        unroll_layers: stacks of at most this many layers run as an unrolled loop over the layers
+            (the faster training step, compile time growing with depth); deeper stacks run as one
+            `lax.scan` (compile time flat in depth). 0 = always scan.
+
     Placement and norm options (ignored by placements/norms that do not use them):
         b2t_rescale: B2T: multiply every projection weight of the layer by L**-0.5, as the official
             code does since 2023-05-18 (off = the paper's form).
@@ -113,6 +118,7 @@ class ModelConfig:
     adanorm_scale: float = 1.0
     adanorm_k: float = 0.1
     dyt_alpha0: float = 0.5
+    unroll_layers: int = 18
 
     def __post_init__(self) -> None:
         # Registries are imported here, not at module top, so that models.placements may import this
@@ -134,6 +140,8 @@ class ModelConfig:
         _choice("admin_init", self.admin_init, ADMIN_INITS)
         for name in ("layers", "d_model", "heads", "d_ff", "vocab", "max_len", "rsln_steps"):
             _positive_int(name, getattr(self, name))
+        if not isinstance(self.unroll_layers, int) or isinstance(self.unroll_layers, bool) or self.unroll_layers < 0:
+            raise ValueError(f"unroll_layers must be an integer >= 0 (0 = always scan), got {self.unroll_layers!r}")
         for name in ("enc_layers", "dec_layers"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -96,3 +96,23 @@ def test_the_threshold_switches_between_loop_and_scan(placement):
     size = lambda layers, threshold: forward_jaxpr_size(cfg_of(placement, layers=layers, unroll_layers=threshold))
     assert size(3, 4) > size(2, 4)
     assert size(5, 4) == size(12, 4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_projections_equal_separate_ones(bias):
+    # One matmul with [W_Q | W_K | W_V] (and the biases concatenated) gives each projection's own
+    # x W + b: same parameters, same numbers (float rounding only).
+    from models.layers import Linear, fused_projections
+
+    cfg = cfg_of("pre", bias=bias, d_model=8)
+    rngs = nnx.Rngs(3)
+    linears = tuple(Linear(8, 8, cfg, rngs) for _ in range(3))
+    if bias:
+        for i, lin in enumerate(linears):
+            lin.bias[...] = jnp.full((8,), 0.1 * (i + 1), jnp.float32)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 8), jnp.float32)
+    for group in (linears, linears[1:]):  # self-attention (q, k, v) and cross-attention (k, v)
+        fused = fused_projections(group, x)
+        assert len(fused) == len(group)
+        for lin, y in zip(group, fused):
+            np.testing.assert_allclose(np.asarray(y), np.asarray(lin(x)), **SAME_F32)

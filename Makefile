@@ -28,8 +28,9 @@ test-fast: setup
 report: setup
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.report --out reports/init
 
+# The speed benchmarks (benchmarks/README.md); sets up the PyTorch peer's venv on first use.
 benchmark: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks --json benchmarks/results/latest.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache

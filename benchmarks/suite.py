@@ -291,22 +291,26 @@ print(json.dumps({{"rows": len(df), "finite": bool(np.isfinite(df["value"]).all(
 
 
 def _rss_code(kind: str, layers: int, sizes: Sizes, pcfg: str) -> str:
+    # VmHWM (the peak of this process's own address space) rather than ru_maxrss, which a child
+    # inherits from its parent across fork + exec (it read the benchmark's 3.4 GiB in every child).
     return f"""
-import json, resource
+import json
 import jax
-from benchmarks.steps import make_train_steps, timed, STEP_PROBES
+from benchmarks.steps import make_train_steps, STEP_PROBES
 from analysis.probe.loss import random_batch
 from analysis.probe.probes import ProbeConfig
 from benchmarks.suite import _cfg
+status = lambda key: next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(key))
 cfg = _cfg({layers}, {sizes.d_model})
 state, opt_state, plain, probed = make_train_steps(cfg, {pcfg})
 batch = random_batch(cfg, jax.random.key(1), {sizes.batch}, {sizes.seq})
+before = status("VmRSS:")
 step = {kind}
 for _ in range(5):
     out = step(state, opt_state, batch, jax.random.key(2))
     jax.block_until_ready(out)
     state, opt_state = out[:2]
-print(json.dumps({{"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"maxrss_mib": status("VmHWM:"), "before_first_call_mib": before}}))
 """
 
 
@@ -320,7 +324,8 @@ def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
     codes = [_deep_code(sizes)] + [_rss_code(kind, layers, sizes, pcfg) for _, kind, pcfg in kinds]
     (deep_wall, deep), *rss_runs = _children(codes, timeout=1800, parallel=not sizes.extras)
     runs = {name: got["maxrss_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}
-    rss = {**{f"{k}_mib": v for k, v in runs.items()}, "ratio": runs["probed"] / runs["plain"], "layers": layers}
+    rss = {**{f"{k}_mib": v for k, v in runs.items()}, "ratio": runs["probed"] / runs["plain"], "layers": layers,
+           "before_first_call_mib": {name: got["before_first_call_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}}
     if "probed_full_cka" in runs:
         rss["ratio_full_cka"] = runs["probed_full_cka"] / runs["plain"]
     deep = {"seconds": deep_wall, **deep, "layers": sizes.deep_layers, "probe_config": repr(DEEP_PROBES)}

@@ -56,8 +56,10 @@ def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int
             "--threads", str(threads), "--steps", str(steps), "--warmup-steps", str(warmup),
             "--cka-impl", "batched"]  # fmt: skip
     out = _run(python, "torch_probe_bench.py", args, timeout=1800)
+    # median_runq_wait_ms: how long the peer's threads waited for a CPU per step (machine load);
+    # torch's OpenMP threads degrade far more than XLA's when the cores are oversubscribed.
     return {"plain_ms": out["timing_off"]["median_step_ms"], "probed_ms": out["timing_on"]["median_step_ms"],
-            "torch": out["torch"]}  # fmt: skip
+            "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"]}  # fmt: skip
 
 
 def seed_sweep(python: Path, *, layers: int, d_model: int, batch: int, seq: int, seeds: int,

@@ -159,6 +159,7 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
             row["torch_speedup_plain"] = row["torch_plain_ms"] / row["plain_ms"]
             row["torch_speedup_probed"] = row["torch_probed_ms"] / row["probed_ms"]
             row["torch"] = peer_rounds[0]["torch"]
+            row["torch_rounds"] = peer_rounds
         out[str(depth)] = row
         del pair
     return out

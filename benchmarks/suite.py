@@ -348,11 +348,10 @@ def _attempt(name: str, fn: Callable[[], Any], reasons: dict[str, str]) -> Any:
 
 
 def headline(results: dict[str, Any]) -> dict[str, float | None]:
-    steps, depths = results.get("steps"), None
+    steps = results.get("steps")
     keys: dict[str, float | None] = dict.fromkeys(GOALS)
     if steps:
         rows = [v for k, v in steps.items() if k.isdigit()]
-        depths = rows
         if all("torch_speedup_plain" in r for r in rows):
             keys["torch_speedup_plain_d128"] = min(r["torch_speedup_plain"] for r in rows)
             keys["torch_speedup_probed_d128"] = min(r["torch_speedup_probed"] for r in rows)
@@ -368,7 +367,6 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
         keys["deep1000_seconds"] = results["deep"]["seconds"]
     if results.get("rss"):
         keys["peak_rss_ratio"] = results["rss"]["ratio"]
-    del depths
     return keys
 
 

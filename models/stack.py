@@ -13,8 +13,9 @@ zero-filled and sliced every step, which cost ~15% of a 6-layer training step on
 naively the step got *slower* (1.3x at 6 layers, 2.4x at 18): XLA fused the residual-gradient chain
 into each layer's weight-gradient transposes and recomputed it there. `grad_barrier` at every layer
 input stops that: the incoming gradient is materialized once per layer (an optimization barrier in
-the backward pass only), and the unrolled step then runs ~0.9x the scanned one with bit-identical
-gradients (benchmarks/README.md). Compile time grows with unrolled depth, hence the threshold.
+the backward pass only), and the unrolled step then runs ~0.85x the scanned one (6 and 18 layers,
+d=128, CPU; benchmarks/README.md) with the same gradients. Compile time grows with unrolled depth,
+hence the threshold.
 """
 
 from __future__ import annotations

@@ -19,17 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
-from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program_with_grads
+from analysis.probe.probes import STEP_PROBES, ProbeConfig, probe_program_with_grads
 from models import ModelConfig, build_model
 
 LEARNING_RATE = 1e-3
-
-# The probe set a probed training step runs every step: every cheap probe, with CKA and its null on
-# 128 of the batch's tokens (half the null's pairs by symmetry). Full-token CKA costs ~6 ms of CPU
-# per call at 18 layers, d = 128 (the whole rest of the probes ~2 ms): affordable for an init study
-# or every k-th step, not every step (benchmarks/README.md, "Probe cost").
-STEP_PROBES = ProbeConfig(probes=CHEAP_PROBES, cka_tokens=128, cka_null="half")
-
+__all__ = ["STEP_PROBES", "StepPair", "make_train_steps", "median_ms", "timed"]  # STEP_PROBES: analysis.probe.probes
 
 def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig):
     """(state, opt_state, plain_step, probed_step) for the model of `cfg` at seed 0.

@@ -207,6 +207,8 @@ STACK_METHODS = ("auto", "features", "gram")
 # Up to this many layers the symmetric feature path computes its L(L+1)/2 pairs as L slab matmuls
 # (an unrolled loop: program size grows with L); deeper stacks use one L·D × L·D matmul (all pairs).
 _SLAB_MAX_LAYERS = 64
+# All pairs' D×D cross-covariances at once hold (L·D)² floats; above this (256 MiB) row by row.
+_CROSS_MAX_FLOATS = 2**26
 
 
 def _cross_traces(hx: jax.Array, hy: jax.Array, upper: bool) -> jax.Array:
@@ -215,15 +217,18 @@ def _cross_traces(hx: jax.Array, hy: jax.Array, upper: bool) -> jax.Array:
     `upper`: only pairs i <= j are computed (as L matmuls of hx[i] against the slab hy[i:], half the
     work); the rest of the matrix is left zero. Otherwise every pair, in one matmul.
     """
-    layers = hx.shape[0]
-    if not upper or layers > _SLAB_MAX_LAYERS:
-        c = jnp.matmul(jnp.transpose(hx, (2, 0, 1)).reshape(-1, hx.shape[1]),  # (D·L, n)
-                       jnp.transpose(hy, (1, 0, 2)).reshape(hy.shape[1], -1), precision=_HIGHEST)  # (n, L·D)
-        d = hx.shape[2]
-        full = jnp.sum(jnp.sum(jnp.square(c).reshape(d, layers * layers * d), axis=0).reshape(layers, layers, d), axis=2)
-        return jnp.triu(full) if upper else full
-    n, d = hx.shape[1], hx.shape[2]
+    layers, n, d = hx.shape
     flat_y = jnp.transpose(hy, (1, 0, 2)).reshape(n, layers * d)  # (n, L·D): layer j in columns j·D..
+    if not upper or layers > _SLAB_MAX_LAYERS:
+        if (layers * d) ** 2 <= _CROSS_MAX_FLOATS:  # every pair in one (D·L, n)·(n, L·D) matmul
+            c = jnp.matmul(jnp.transpose(hx, (2, 0, 1)).reshape(-1, n), flat_y, precision=_HIGHEST)
+            sq = jnp.sum(jnp.square(c).reshape(d, layers * layers * d), axis=0)
+            full = jnp.sum(sq.reshape(layers, layers, d), axis=2)
+        else:  # deep stacks: one row of pairs at a time, memory L·D² instead of (L·D)²
+            row = lambda x: jnp.sum(
+                jnp.sum(jnp.square(jnp.matmul(x.T, flat_y, precision=_HIGHEST)), axis=0).reshape(layers, d), axis=1)
+            full = jax.lax.map(row, hx)
+        return jnp.triu(full) if upper else full
     rows = []
     for i in range(layers):
         c = jnp.matmul(hx[i].T, flat_y[:, i * d :], precision=_HIGHEST)  # (D, (L - i)·D)

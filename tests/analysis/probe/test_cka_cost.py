@@ -106,3 +106,15 @@ def test_defaults_use_every_token_and_the_null_can_be_off():
 def test_bad_cka_options_are_clear_errors(bad):
     with pytest.raises(ValueError, match="cka_"):
         ProbeConfig(**bad)
+
+
+def test_deep_stacks_take_pairs_row_by_row(monkeypatch):
+    # Above _CROSS_MAX_FLOATS the (L·D)² all-pairs cross-covariance is never formed: one row of
+    # pairs at a time (lax.map), same numbers; above _SLAB_MAX_LAYERS the symmetric path uses it too.
+    h = _stack(5, layers=70, n=24, d=3)
+    full = np.asarray(similarity._cross_traces(h, h, upper=False))
+    monkeypatch.setattr(similarity, "_CROSS_MAX_FLOATS", 10)
+    for upper in (False, True):
+        rows = np.asarray(similarity._cross_traces(h, h, upper=upper))
+        expected = np.triu(full) if upper else full
+        np.testing.assert_allclose(rows, expected, rtol=1e-5)

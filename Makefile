@@ -44,8 +44,9 @@ check: setup
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.cli check --out reports/checks/checks.json \
 		--figures reports/checks --store reports/checks/store
 
+# The speed benchmarks (benchmarks/README.md); sets up the PyTorch peer's venv on first use.
 benchmark: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks --json benchmarks/results/latest.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache

@@ -20,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.allocator import ensure_preloaded
 from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
 from analysis.options import add_model_options, dataclass_from_args
 from analysis.probe.probes import CHEAP_PROBES, PROBES
 from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
+
 
 def _config_from(args: argparse.Namespace) -> ModelConfig:
     return dataclass_from_args(ModelConfig, args)
@@ -130,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program (not called from Python): preload mimalloc (analysis.allocator)
+        ensure_preloaded()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -143,6 +143,7 @@ def model_choices() -> dict[str, tuple[str, ...]]:
         "arch": ARCHS, "placement": tuple(PLACEMENTS), "enc_placement": tuple(PLACEMENTS), "norm": tuple(NORMS),
         "activation": model_config.ACTIVATIONS, "init": model_config.INITS, "pos": model_config.POSITIONS,
         "dtype": model_config.DTYPES, "admin_init": model_config.ADMIN_INITS,
+        "compute_dtype": model_config.COMPUTE_DTYPES,
     }  # fmt: skip
 
 

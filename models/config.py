@@ -16,6 +16,7 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 INITS: tuple[str, ...] = ("xavier_uniform", "xavier_normal", "normal")
 POSITIONS: tuple[str, ...] = ("sinusoidal", "learned", "none")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float64")
+COMPUTE_DTYPES: tuple[str, ...] = ("bfloat16",)  # ModelConfig.compute_dtype: None or one of these
 ADMIN_INITS: tuple[str, ...] = ("profile", "constant")
 
 
@@ -66,6 +67,16 @@ class ModelConfig:
         dtype: parameters and compute; "float64" needs `jax.config.update("jax_enable_x64", True)`.
         norm_eps: epsilon of every norm (inside the square root).
 
+    Execution (how the numbers are computed, not which function):
+        compute_dtype: None (matmuls in `dtype`) or "bfloat16": mixed precision, with float32
+            parameters, norms, softmax, residual stream and probes, and every matmul (projections,
+            attention scores and mixing, output head; forward and backward) taking bfloat16 inputs
+            and accumulating in float32. Needs dtype="float32". Numbers differ from float32 by
+            bfloat16 input rounding (tolerances in tests/models/test_mixed_precision.py).
+        unroll_layers: stacks of at most this many layers run as an unrolled loop over the layers
+            (the faster training step, compile time growing with depth); deeper stacks run as one
+            `lax.scan` (compile time flat in depth). 0 = always scan.
+
     Placement and norm options (ignored by placements/norms that do not use them):
         b2t_rescale: B2T: multiply every projection weight of the layer by L**-0.5, as the official
             code does since 2023-05-18 (off = the paper's form).
@@ -113,6 +124,8 @@ class ModelConfig:
     adanorm_scale: float = 1.0
     adanorm_k: float = 0.1
     dyt_alpha0: float = 0.5
+    unroll_layers: int = 18
+    compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
         # Registries are imported here, not at module top, so that models.placements may import this
@@ -134,6 +147,12 @@ class ModelConfig:
         _choice("admin_init", self.admin_init, ADMIN_INITS)
         for name in ("layers", "d_model", "heads", "d_ff", "vocab", "max_len", "rsln_steps"):
             _positive_int(name, getattr(self, name))
+        if self.compute_dtype is not None:
+            _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+            if self.dtype != "float32":
+                raise ValueError(f"compute_dtype={self.compute_dtype!r} needs dtype='float32', got dtype={self.dtype!r}")
+        if not isinstance(self.unroll_layers, int) or isinstance(self.unroll_layers, bool) or self.unroll_layers < 0:
+            raise ValueError(f"unroll_layers must be an integer >= 0 (0 = always scan), got {self.unroll_layers!r}")
         for name in ("enc_layers", "dec_layers"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -1,11 +1,21 @@
-"""A layer stack: L blocks created with `nnx.vmap` (parameters with a leading layer axis) and
-applied with a scan, so compile time does not grow with depth.
+"""A layer stack: L blocks created with `nnx.vmap` (parameters with a leading layer axis), applied
+either as an unrolled Python loop (shallow stacks: the faster step) or with a scan (deep stacks:
+compile time does not grow with depth); `ModelConfig.unroll_layers` is the switch.
 
 The scan runs over the split NNX state (`nnx.split` → slice → `jax.lax.scan` with `nnx.merge` in the
 body), which is what `nnx.scan` does internally; working on the state directly lets placements with
 layer segments (Mix-LN: Post-LN layers, then Pre-LN layers) scan each slice of the same stacked
 parameters with its own wiring. Per-layer perturbations enter as scanned inputs and per-layer sites
 leave as scanned outputs, so each site comes back as an (L, ...) array.
+
+Why unroll at all: the scan keeps its saved-for-backward values in stacked (L, ...) buffers that are
+zero-filled and sliced every step, which cost ~15% of a 6-layer training step on CPU. Unrolled
+naively the step got *slower* (1.3x at 6 layers, 2.4x at 18): XLA fused the residual-gradient chain
+into each layer's weight-gradient transposes and recomputed it there. `grad_barrier` at every layer
+input stops that: the incoming gradient is materialized once per layer (an optimization barrier in
+the backward pass only), and the unrolled step then runs ~0.85x the scanned one (6 and 18 layers,
+d=128, CPU; benchmarks/README.md) with the same gradients. Compile time grows with unrolled depth,
+hence the threshold.
 """
 
 from __future__ import annotations
@@ -23,10 +33,47 @@ from models.placements import PLACEMENTS
 from models.sites import Taps
 
 
+@jax.custom_vjp
+def grad_barrier(tree: Any) -> Any:
+    """Identity whose backward puts the incoming gradient through `jax.lax.optimization_barrier`.
+
+    Forward: nothing changes. Backward: XLA must materialize ∂ℒ/∂(layer input) before anything
+    below uses it, so it cannot fuse the residual-gradient chain into (and recompute it inside) the
+    layer's weight-gradient products. Values and gradients are exactly those without the barrier.
+    """
+    return tree
+
+
+def _barrier_fwd(tree: Any) -> tuple[Any, None]:
+    return tree, None
+
+
+def _barrier_bwd(_: None, cotangent: Any) -> tuple[Any]:
+    return (jax.lax.optimization_barrier(cotangent),)
+
+
+grad_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
+def _unstack(tree: Any, n: int) -> list[Any]:
+    """n trees, the i-th holding leaf[i] of every (n, ...) leaf of `tree` (None -> n Nones)."""
+    if tree is None:
+        return [None] * n
+    leaves, treedef = jax.tree.flatten(tree)
+    parts = [[jnp.squeeze(p, 0) for p in jnp.split(leaf, n, axis=0)] for leaf in leaves]
+    return [jax.tree.unflatten(treedef, [p[i] for p in parts]) for i in range(n)]
+
+
+def unrolled(stack_layers: int, cfg_threshold: int) -> bool:
+    """Whether a stack of `stack_layers` layers runs unrolled (`ModelConfig.unroll_layers`)."""
+    return stack_layers <= cfg_threshold
+
+
 class Stack(nnx.Module):
     def __init__(self, cfg: ModelConfig, spec: StackSpec, rngs: nnx.Rngs):
         placement = PLACEMENTS[spec.placement]
         self.spec = spec
+        self.unroll = unrolled(spec.layers, cfg.unroll_layers)
         self.consts = dict(placement.constants(cfg, spec))
         self.segments = tuple(
             (wiring, n) for wiring, n in placement.layer_segments(cfg, spec)
@@ -75,9 +122,23 @@ class Stack(nnx.Module):
                 )
                 return carry, (taps.sites, taps.stats)
 
-            stream, (seg_sites, seg_stats) = jax.lax.scan(
-                body, stream, (window(state), window(layer_perturb), window(keys))
-            )
+            if self.unroll:
+                # Layer by layer. Slices come from one split per stacked leaf: the transpose of a
+                # split is one concatenate, where L separate slices would transpose to L
+                # full-size zero-padded gradients summed (O(L²) memory traffic).
+                layer_states, layer_perturbs = _unstack(window(state), n), _unstack(window(layer_perturb), n)
+                seg_sites, seg_stats = [], []
+                for i in range(n):
+                    key = None if keys is None else keys[lo + i]
+                    stream, (layer_sites, layer_stats) = body(grad_barrier(stream), (layer_states[i], layer_perturbs[i], key))
+                    seg_sites.append(layer_sites)
+                    seg_stats.append(layer_stats)
+                stack_up = lambda *parts: jnp.stack(parts, axis=0)
+                seg_sites, seg_stats = jax.tree.map(stack_up, *seg_sites), jax.tree.map(stack_up, *seg_stats)
+            else:
+                stream, (seg_sites, seg_stats) = jax.lax.scan(
+                    body, stream, (window(state), window(layer_perturb), window(keys))
+                )
             sites.append(seg_sites)
             stats.append(seg_stats)
             lo += n

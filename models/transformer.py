@@ -16,7 +16,7 @@ import numpy as np
 
 from models.config import ModelConfig
 from models.dtypes import upcast
-from models.layers import Embedding
+from models.layers import Embedding, matmul
 from models.stack import Stack
 
 
@@ -97,5 +97,5 @@ class Transformer(nnx.Module):
                 dropout_key=keys.get("decoder"),
             )
         head = self.embed.table[...].T if self.head is None else self.head[...]
-        logits = out @ head
+        logits = matmul(out, head, self.cfg.compute_dtype)
         return ForwardOutput(upcast(logits), sites, stats)

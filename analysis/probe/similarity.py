@@ -22,6 +22,7 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
@@ -203,10 +204,69 @@ def linear_cka(x: jax.Array, y: jax.Array, debiased: bool = True) -> jax.Array:
 STACK_METHODS = ("auto", "features", "gram")
 
 
-def _pairwise_cka(hx: jax.Array, hy: jax.Array, debiased: bool) -> jax.Array:
-    """(L, n, D) prepared stacks -> (L, L) CKA of hx[i] against hy[j]."""
-    cross = jax.vmap(
-        lambda a: jax.vmap(lambda b: _hsic(a, b, debiased))(hy))(hx)
+# Up to this many layers the symmetric feature path computes its L(L+1)/2 pairs as L slab matmuls
+# (an unrolled loop: program size grows with L); deeper stacks use one L·D × L·D matmul (all pairs).
+_SLAB_MAX_LAYERS = 64
+# All pairs' D×D cross-covariances at once hold (L·D)² floats; above this (256 MiB) row by row.
+_CROSS_MAX_FLOATS = 2**26
+
+
+def _cross_traces(hx: jax.Array, hy: jax.Array, upper: bool) -> jax.Array:
+    """(L, L) matrix of ‖hx[i]ᵀ hy[j]‖_F² (D×D cross-covariances, never n×n).
+
+    `upper`: only pairs i <= j are computed (as L matmuls of hx[i] against the slab hy[i:], half the
+    work); the rest of the matrix is left zero. Otherwise every pair, in one matmul.
+    """
+    layers, n, d = hx.shape
+    flat_y = jnp.transpose(hy, (1, 0, 2)).reshape(n, layers * d)  # (n, L·D): layer j in columns j·D..
+    if not upper or layers > _SLAB_MAX_LAYERS:
+        if (layers * d) ** 2 <= _CROSS_MAX_FLOATS:  # every pair in one (D·L, n)·(n, L·D) matmul
+            c = jnp.matmul(jnp.transpose(hx, (2, 0, 1)).reshape(-1, n), flat_y, precision=_HIGHEST)
+            sq = jnp.sum(jnp.square(c).reshape(d, layers * layers * d), axis=0)
+            full = jnp.sum(sq.reshape(layers, layers, d), axis=2)
+        else:  # deep stacks: one row of pairs at a time, memory L·D² instead of (L·D)²
+            row = lambda x: jnp.sum(
+                jnp.sum(jnp.square(jnp.matmul(x.T, flat_y, precision=_HIGHEST)), axis=0).reshape(layers, d), axis=1)
+            full = jax.lax.map(row, hx)
+        return jnp.triu(full) if upper else full
+    rows = []
+    for i in range(layers):
+        c = jnp.matmul(hx[i].T, flat_y[:, i * d :], precision=_HIGHEST)  # (D, (L - i)·D)
+        per_pair = jnp.sum(jnp.sum(jnp.square(c), axis=0).reshape(layers - i, d), axis=1)
+        rows.append(jnp.concatenate([jnp.zeros((i,), c.dtype), per_pair]))
+    return jnp.stack(rows)
+
+
+def _pairwise_hsic(hx: jax.Array, hy: jax.Array, debiased: bool, upper: bool = False) -> jax.Array:
+    """(L, L) HSIC of hx[i] against hy[j] for prepared (L, n, D) stacks: `_hsic`'s formulas with the
+    per-pair vectors (row norms a, b; K̃1, L̃1; totals) turned into (L, n) matrices whose products
+    give every pair's correction at once. `upper`: only i <= j (the rest is zero)."""
+    n = hx.shape[1]
+    cross = _cross_traces(hx, hy, upper)
+    if not debiased:
+        return cross / (n - 1) ** 2
+    dot = lambda u, v: jnp.matmul(u, v.T, precision=_HIGHEST)  # (L, n) x (L, n) -> (L, L)
+    a, b = jnp.sum(hx * hx, axis=2), jnp.sum(hy * hy, axis=2)  # diag K, diag L: (L, n)
+    sx, sy = jnp.sum(hx, axis=1), jnp.sum(hy, axis=1)  # Xᵀ1: (L, D)
+    k1 = jnp.einsum("lnd,ld->ln", hx, sx, precision=_HIGHEST) - a  # K̃1
+    l1 = jnp.einsum("lnd,ld->ln", hy, sy, precision=_HIGHEST) - b
+    tx = jnp.sum(sx * sx, axis=1) - jnp.sum(a, axis=1)  # 1ᵀK̃1: (L,)
+    ty = jnp.sum(sy * sy, axis=1) - jnp.sum(b, axis=1)
+    total = cross - dot(a, b) + jnp.outer(tx, ty) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * dot(k1, l1)
+    total = total / (n * (n - 3))
+    return jnp.triu(total) if upper else total
+
+
+def _pairwise_cka(hx: jax.Array, hy: jax.Array, debiased: bool, symmetric: bool = False) -> jax.Array:
+    """(L, n, D) prepared stacks -> (L, L) CKA of hx[i] against hy[j].
+
+    `symmetric`: entry (j, i) is taken to be entry (i, j) (exact when hy is hx, since CKA(a, b) =
+    CKA(b, a)), so only the L(L+1)/2 pairs i <= j are computed: half the work. Nothing of shape
+    (L, L, n, n) is formed: the pairs meet through D×D cross-covariances.
+    """
+    cross = _pairwise_hsic(hx, hy, debiased, upper=symmetric)
+    if symmetric:
+        cross = cross + jnp.triu(cross, 1).T
     # Self-HSIC is invariant to a row permutation, so the unpermuted stack
     # supplies the normaliser for both arguments.
     self_hsic = jax.vmap(lambda a: _hsic(a, a, debiased))(hx)
@@ -255,17 +315,21 @@ def _pairwise_cka_gram(h: jax.Array, perm: jax.Array | None, debiased: bool) -> 
     return cross / jnp.sqrt(self_hsic[:, None] * self_hsic[None, :])
 
 
+# The Gram path holds L·n² floats; above this many (1 GiB of float32) the feature path is used.
+_GRAM_MAX_FLOATS = 2**28
+
+
 def _use_gram(layers: int, n: int, d: int, method: str) -> bool:
-    """Whether to take the Gram path (static shapes). "auto": when n <= D, i.e. when a Gram is no
-    larger than a cross-covariance. Counting arithmetic alone misleads: on CPU, n = 512, D = 64,
-    L = 12 the Gram path does ~2× fewer flops but runs ~3× slower (n×n traffic and the permuted
-    gather), while at n = D = 256 it runs ~16× faster (benchmarks/README.md)."""
-    del layers  # the crossover measured did not depend on depth
+    """Whether to take the Gram path (static shapes). "auto": when n <= 4·D and the L Grams fit in
+    memory. Counting arithmetic alone misleads: the Gram path is memory-bound (n×n Grams, the
+    permuted gather of the null), the feature path runs as dense matmuls. Measured on a 2-core CPU
+    (CKA + its null): n = 512, D = 128, L = 18: Gram 74 ms, features 114 ms (CPU time); L = 6: equal;
+    n = 512, D = 64, L = 12: Gram 28 ms, features 12 ms; n = D = 256: Gram ~16x faster."""
     if method not in STACK_METHODS:
         raise ValueError(f"method={method!r}; expected one of {list(STACK_METHODS)}")
     if method != "auto":
         return method == "gram"
-    return n <= d
+    return n <= 4 * d and layers * n * n <= _GRAM_MAX_FLOATS
 
 
 @partial(jax.jit, static_argnames=("debiased", "method"))
@@ -286,7 +350,7 @@ def stack_cka(h: jax.Array, debiased: bool = True, method: str = "auto") -> jax.
     _check_n(h.shape[1], debiased)
     if _use_gram(*h.shape, method):
         return _pairwise_cka_gram(h, None, debiased)
-    return _pairwise_cka(h, h, debiased)
+    return _pairwise_cka(h, h, debiased, symmetric=True)
 
 
 @partial(jax.jit, static_argnames="debiased")
@@ -313,9 +377,9 @@ def shuffled_null_cka(
     return linear_cka(_examples(x), y[perm], debiased)
 
 
-@partial(jax.jit, static_argnames=("debiased", "method"))
+@partial(jax.jit, static_argnames=("debiased", "method", "half"))
 def stack_cka_null(
-    h: jax.Array, key: jax.Array, debiased: bool = True, method: str = "auto"
+    h: jax.Array, key: jax.Array, debiased: bool = True, method: str = "auto", half: bool = False
 ) -> jax.Array:
     """Shuffled-example null for :func:`stack_cka`.
 
@@ -328,13 +392,19 @@ def stack_cka_null(
         key: PRNG key.
         debiased: see :func:`linear_cka`.
         method: see :func:`stack_cka`.
+        half: compute only the pairs i <= j and mirror them, half the work: entry (i, j) is then
+            shuffled_null_cka(h[min(i, j)], h[max(i, j)], key). (The full matrix's entry (j, i)
+            equals shuffled_null_cka(h[i], h[j]) under the inverse permutation, since CKA is
+            symmetric and invariant to permuting both arguments' examples alike: the mirrored
+            value is the same null under another permutation, not an approximation.)
 
     Returns:
-        (L, L) matrix (not symmetric, diagonal not 1).
+        (L, L) matrix (diagonal not 1; symmetric only with `half`).
     """
     h = jax.vmap(_prepare)(_flatten_stack(h))
     _check_n(h.shape[1], debiased)
     perm = jax.random.permutation(key, h.shape[1])
     if _use_gram(*h.shape, method):
-        return _pairwise_cka_gram(h, perm, debiased)
-    return _pairwise_cka(h, h[:, perm], debiased)
+        null = _pairwise_cka_gram(h, perm, debiased)
+        return jnp.triu(null) + jnp.triu(null, 1).T if half else null
+    return _pairwise_cka(h, h[:, perm], debiased, symmetric=half)

@@ -2,6 +2,9 @@
 
 import sys
 
+from analysis.allocator import ensure_preloaded
 from analysis.cli import main
+
+ensure_preloaded()  # once, before any work: mimalloc for XLA's per-call scratch buffers
 
 sys.exit(main(["report", *sys.argv[1:]]))

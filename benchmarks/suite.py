@@ -1,0 +1,467 @@
+"""lnscope's headline speed figures, each a ratio taken in one run (see benchmarks/README.md).
+
+    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~15 min on 2 cores)
+    python -m benchmarks --smoke --no-peer --json /tmp/smoke.json  # tiny sizes: every key, no measurement
+
+Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over
+lnscope's, decoder d=128 at two depths, the smaller), probe_overhead (probed / plain step, the
+larger), flop_floor_ratio (plain step time over its XLA-counted FLOPs at a large matmul's measured
+rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's vmapped one),
+compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
+peak_rss_ratio (peak resident memory of the probed step's process over the plain one's). A key is
+None when it could not be measured, with the reason under "reasons". Timings are medians after a
+first (compile) and a second (warm-up) call, both reported apart; lnscope and the peer alternate
+round by round so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import jaxlib
+import optax
+
+from analysis.allocator import active as allocator_active
+from analysis.io import atomic_write
+from analysis.probe.api import _compiled, probe_at_init
+from analysis.probe.loss import model_inputs, random_batch
+from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
+from benchmarks import peer
+from benchmarks.steps import STEP_PROBES, StepPair, median_ms, timed
+from models import ModelConfig, Transformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# key -> (comparison, goal); None where the issue only asks to report the number.
+GOALS: dict[str, tuple[str, float] | None] = {
+    "torch_speedup_plain_d128": (">=", 1.0),
+    "torch_speedup_probed_d128": (">=", 1.0),
+    "probe_overhead": ("<=", 1.10),
+    "flop_floor_ratio": ("<=", 2.0),
+    "seed_sweep_vs_torch": (">=", 1.5),
+    "compile_ratio_192_over_6": ("<=", 1.5),
+    "deep1000_seconds": ("<", 60.0),
+    "peak_rss_ratio": None,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    d_model: int = 128
+    depths: tuple[int, ...] = (6, 18)
+    batch: int = 8
+    seq: int = 64
+    rounds: int = 5  # lnscope / peer alternations
+    calls: int = 10  # steps of each kind per round
+    matmul_n: int = 2048
+    seed_layers: int = 12
+    seed_d: int = 64
+    seeds: int = 32
+    compile_depths: tuple[int, int] = (6, 192)
+    compile_d: int = 64
+    compile_repeats: int = 3
+    deep_layers: int = 1000
+    deep_d: int = 64
+    deep_batch: int = 8
+    deep_seq: int = 32
+    extras: bool = True  # full-token CKA and bfloat16 steps beside the headline ones
+
+
+FULL = Sizes()
+SMOKE = Sizes(d_model=16, depths=(2,), batch=2, seq=8, rounds=1, calls=2, matmul_n=128, seed_layers=2, seed_d=16,
+              seeds=3, compile_depths=(2, 24), compile_d=16, compile_repeats=1, deep_layers=24, deep_d=16, deep_batch=2,
+              deep_seq=8, extras=False)  # fmt: skip
+
+# A deep stack's init probe: CKA over 1000 layers is 10⁶ pairs; on 64 tokens each (Gram path) it
+# stays a few GFLOP. Every other cheap probe is computed in full.
+DEEP_PROBES = ProbeConfig(probes=CHEAP_PROBES, cka_tokens=64, cka_null="half")
+
+
+def _cfg(layers: int, d_model: int, **kw: Any) -> ModelConfig:
+    return ModelConfig(arch="decoder", placement="pre", layers=layers, d_model=d_model, heads=4, d_ff=4 * d_model,
+                       vocab=256, max_len=128, **kw)  # fmt: skip
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    return {"cpu_model": cpu, "nproc": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "devices": [str(d) for d in jax.devices()],
+            "mimalloc_preloaded": allocator_active(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Training steps against the peer: speedups, probe overhead, FLOP floor.
+# ---------------------------------------------------------------------------------------------
+def matmul_rate(n: int, repeats: int = 7) -> float:
+    """FLOP/s of a jitted n×n·n×n float32 matmul (the machine's large-matmul rate under XLA)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    timed(lambda: f(a))
+    return 2 * n**3 / min(timed(lambda: f(a)) for _ in range(repeats))
+
+
+def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
+    """Per depth: lnscope's plain and probed step (STEP_PROBES) and the peer's, in alternating rounds."""
+    out: dict[str, Any] = {"probe_config": repr(STEP_PROBES)}
+    rate = matmul_rate(sizes.matmul_n)
+    out["matmul_gflops"] = rate / 1e9
+    for depth in sizes.depths:
+        cfg = _cfg(depth, sizes.d_model)
+        pair = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
+        times: dict[str, list[float]] = {"plain": [], "probed": []}
+        peer_rounds: list[dict[str, float]] = []
+        loads = [_load()]
+        for _ in range(sizes.rounds):
+            for name, ts in pair.round(sizes.calls).items():
+                times[name] += ts
+            if python is not None:
+                peer_rounds.append(peer.train_steps(python, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
+                                                    seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+            loads.append(_load())
+        flops = pair.flops("plain")
+        row = {
+            "plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"]),
+            "first_call_s": pair.first_call_s, "warmup_call_s": pair.warmup_s, "samples": len(times["plain"]),
+            "plain_gflop": None if flops is None else flops / 1e9, "load": loads,
+        }  # fmt: skip
+        row["probe_overhead"] = row["probed_ms"] / row["plain_ms"]
+        if flops is not None:
+            row["flop_floor_ms"] = 1e3 * flops / rate
+            row["flop_floor_ratio"] = row["plain_ms"] / row["flop_floor_ms"]
+        if peer_rounds:
+            row["torch_plain_ms"] = statistics.median(r["plain_ms"] for r in peer_rounds)
+            row["torch_probed_ms"] = statistics.median(r["probed_ms"] for r in peer_rounds)
+            row["torch_speedup_plain"] = row["torch_plain_ms"] / row["plain_ms"]
+            row["torch_speedup_probed"] = row["torch_probed_ms"] / row["probed_ms"]
+            row["torch"] = peer_rounds[0]["torch"]
+            row["torch_rounds"] = peer_rounds
+        out[str(depth)] = row
+        del pair
+    return out
+
+
+def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
+    """Not headline keys: the probed step with full-token CKA, and the bfloat16 mixed-precision step,
+    each against the headline step of the same depth, alternating call by call."""
+    out: dict[str, Any] = {}
+    for depth in sizes.depths:
+        cfg = _cfg(depth, sizes.d_model)
+        full = StepPair(cfg, ProbeConfig(), sizes.batch, sizes.seq)
+        base = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
+        mixed = StepPair(cfg.replace(compute_dtype="bfloat16"), STEP_PROBES, sizes.batch, sizes.seq)
+        t: dict[str, list[float]] = {k: [] for k in ("plain", "probed_step", "probed_full", "plain_bf16", "probed_bf16")}
+        for _ in range(sizes.rounds * sizes.calls):
+            t["plain"].append(base.time("plain"))
+            t["probed_full"].append(full.time("probed"))
+            t["probed_step"].append(base.time("probed"))
+            t["plain_bf16"].append(mixed.time("plain"))
+            t["probed_bf16"].append(mixed.time("probed"))
+        med = {k: median_ms(v) for k, v in t.items()}
+        out[str(depth)] = {
+            **{f"{k}_ms": v for k, v in med.items()},
+            "probe_overhead_full_cka": med["probed_full"] / med["plain"],
+            "bf16_over_f32_plain": med["plain_bf16"] / med["plain"],
+            "bf16_over_f32_probed": med["probed_bf16"] / med["probed_step"],
+            "load": _load(),
+        }
+        del full, base, mixed
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialization study over seeds, against the peer's loop.
+# ---------------------------------------------------------------------------------------------
+def bench_seed_sweep(sizes: Sizes, python: Path | None) -> dict[str, Any]:
+    cfg = _cfg(sizes.seed_layers, sizes.seed_d)
+    study = lambda: probe_at_init(cfg, seeds=range(sizes.seeds), batch_size=sizes.batch, seq_len=sizes.seq)
+    _compiled.cache_clear()
+    jax.clear_caches()
+    cold = timed(study)  # compile + run + tidy rows, as a first study in a fresh process
+    warm = [timed(study) for _ in range(3)]  # compiled: a second study of the same config
+    out: dict[str, Any] = {"lnscope_cold_s": cold, "lnscope_warm_s": statistics.median(warm), "load": [_load()]}
+    if python is not None:
+        torch_runs = []
+        for _ in range(2):  # alternating with lnscope's warm runs
+            torch_runs.append(peer.seed_sweep(python, layers=sizes.seed_layers, d_model=sizes.seed_d, batch=sizes.batch,
+                                              seq=sizes.seq, seeds=sizes.seeds)["total_s"])  # fmt: skip
+            warm.append(timed(study))
+        out["lnscope_warm_s"] = statistics.median(warm)
+        out["torch_s"] = statistics.median(torch_runs)
+        out["speedup_warm"] = out["torch_s"] / out["lnscope_warm_s"]
+        out["speedup_cold"] = out["torch_s"] / cold
+    out["load"].append(_load())
+    _compiled.cache_clear()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile time against depth; a 1000-layer stack end to end; peak memory.
+# ---------------------------------------------------------------------------------------------
+def bench_compile(sizes: Sizes) -> dict[str, Any]:
+    """`jit(probe_program).lower().compile()` (all cheap probes) at two depths, fresh caches, medians."""
+
+    def setup(layers: int):
+        cfg = _cfg(layers, sizes.compile_d)
+        graphdef, state = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0))))
+        batch = jax.eval_shape(lambda: random_batch(cfg, jax.random.key(0), 8, 64))
+        abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+        fns = {"probe_program": lambda s, b: probe_program(graphdef, s, b, cfg, ProbeConfig()),
+               "forward": lambda s, b: nnx.merge(graphdef, s)(*model_inputs(cfg, b))}  # fmt: skip
+        return (abstract(state), abstract(batch)), fns
+
+    setups = {d: setup(d) for d in sizes.compile_depths}
+    kinds = ("probe_program", "forward") if sizes.extras else ("probe_program",)
+    samples: dict[str, dict[int, list[float]]] = {k: {d: [] for d in sizes.compile_depths} for k in kinds}
+    for r in range(sizes.compile_repeats):
+        for kind in samples:
+            for depth in sizes.compile_depths if r % 2 == 0 else sizes.compile_depths[::-1]:
+                args, fns = setups[depth]
+                jax.clear_caches()
+                samples[kind][depth].append(timed(lambda: jax.jit(fns[kind]).lower(*args).compile() and 0))
+    shallow, deep = sizes.compile_depths
+    out = {}
+    for kind, per in samples.items():
+        med = {d: statistics.median(v) for d, v in per.items()}
+        out[kind] = {"seconds": {str(d): v for d, v in med.items()}, "ratio": med[deep] / med[shallow]}
+    jax.clear_caches()
+    return out
+
+
+_CHILD_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false", "PYTHONPATH": str(ROOT)}
+
+
+def _children(codes: list[str], timeout: float, parallel: bool) -> list[tuple[float, dict[str, Any]]]:
+    """Run each code in a fresh interpreter (this one's environment, mimalloc preload included);
+    [(wall seconds, the JSON it printed last)]. `parallel` (smoke runs only: their timings are not
+    measurements) starts them all at once."""
+
+    def start(code: str):
+        return time.perf_counter(), subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                                     env={**os.environ, **_CHILD_ENV})  # fmt: skip
+
+    def finish(started, proc) -> tuple[float, dict[str, Any]]:
+        out, err = proc.communicate(timeout=timeout)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
+        return wall, json.loads(out.strip().splitlines()[-1])
+
+    if parallel:
+        running = [start(code) for code in codes]
+        return [finish(*r) for r in running]
+    return [finish(*start(code)) for code in codes]
+
+
+def _deep_code(sizes: Sizes) -> str:
+    return f"""
+import json, time
+t0 = time.perf_counter()
+from analysis.probe.api import probe_at_init
+from benchmarks.suite import DEEP_PROBES, _cfg
+df = probe_at_init(_cfg({sizes.deep_layers}, {sizes.deep_d}), seeds=[0], batch_size={sizes.deep_batch},
+                   seq_len={sizes.deep_seq}, probe_config=DEEP_PROBES)
+import numpy as np
+print(json.dumps({{"rows": len(df), "finite": bool(np.isfinite(df["value"]).all()), "inner_s": time.perf_counter() - t0}}))
+"""
+
+
+def _rss_code(kind: str, layers: int, sizes: Sizes, pcfg: str) -> str:
+    # VmHWM (the peak of this process's own address space) rather than ru_maxrss, which a child
+    # inherits from its parent across fork + exec (it read the benchmark's 3.4 GiB in every child).
+    return f"""
+import json
+import jax
+from benchmarks.steps import make_train_steps, STEP_PROBES
+from analysis.probe.loss import random_batch
+from analysis.probe.probes import ProbeConfig
+from benchmarks.suite import _cfg
+status = lambda key: next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(key))
+cfg = _cfg({layers}, {sizes.d_model})
+state, opt_state, plain, probed = make_train_steps(cfg, {pcfg})
+batch = random_batch(cfg, jax.random.key(1), {sizes.batch}, {sizes.seq})
+before = status("VmRSS:")
+step = {kind}
+for _ in range(5):
+    out = step(state, opt_state, batch, jax.random.key(2))
+    jax.block_until_ready(out)
+    state, opt_state = out[:2]
+print(json.dumps({{"maxrss_mib": status("VmHWM:"), "before_first_call_mib": before}}))
+"""
+
+
+def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
+    """Fresh processes: the deep stack's init probe end to end (deep1000_seconds), and the peak RSS
+    of 5 plain steps against 5 probed steps (deepest step config; peak_rss_ratio)."""
+    layers = max(sizes.depths)
+    kinds = [("plain", "plain", "STEP_PROBES"), ("probed", "probed", "STEP_PROBES")]
+    if sizes.extras:
+        kinds.append(("probed_full_cka", "probed", "ProbeConfig()"))
+    codes = [_deep_code(sizes)] + [_rss_code(kind, layers, sizes, pcfg) for _, kind, pcfg in kinds]
+    (deep_wall, deep), *rss_runs = _children(codes, timeout=1800, parallel=not sizes.extras)
+    runs = {name: got["maxrss_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}
+    rss = {**{f"{k}_mib": v for k, v in runs.items()}, "ratio": runs["probed"] / runs["plain"], "layers": layers,
+           "before_first_call_mib": {name: got["before_first_call_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}}
+    if "probed_full_cka" in runs:
+        rss["ratio_full_cka"] = runs["probed_full_cka"] / runs["plain"]
+    deep = {"seconds": deep_wall, **deep, "layers": sizes.deep_layers, "probe_config": repr(DEEP_PROBES)}
+    return {"deep": deep, "rss": rss, "load": _load()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver.
+# ---------------------------------------------------------------------------------------------
+def _attempt(name: str, fn: Callable[[], Any], reasons: dict[str, str]) -> Any:
+    start = time.perf_counter()
+    try:
+        result = fn()
+    except (peer.PeerUnavailable, RuntimeError, subprocess.SubprocessError, OSError) as error:
+        reasons[name] = f"{type(error).__name__}: {error}"
+        result = None
+    print(f"  {name}: {time.perf_counter() - start:.0f} s (load {_load()})", flush=True)
+    return result
+
+
+def headline(results: dict[str, Any]) -> dict[str, float | None]:
+    steps = results.get("steps")
+    keys: dict[str, float | None] = dict.fromkeys(GOALS)
+    if steps:
+        rows = [v for k, v in steps.items() if k.isdigit()]
+        if all("torch_speedup_plain" in r for r in rows):
+            keys["torch_speedup_plain_d128"] = min(r["torch_speedup_plain"] for r in rows)
+            keys["torch_speedup_probed_d128"] = min(r["torch_speedup_probed"] for r in rows)
+        keys["probe_overhead"] = max(r["probe_overhead"] for r in rows)
+        if all("flop_floor_ratio" in r for r in rows):
+            keys["flop_floor_ratio"] = max(r["flop_floor_ratio"] for r in rows)
+    sweep = results.get("seed_sweep")
+    if sweep and "speedup_warm" in sweep:
+        keys["seed_sweep_vs_torch"] = sweep["speedup_warm"]
+    if results.get("compile"):
+        keys["compile_ratio_192_over_6"] = results["compile"]["probe_program"]["ratio"]
+    if results.get("deep"):
+        keys["deep1000_seconds"] = results["deep"]["seconds"]
+    if results.get("rss"):
+        keys["peak_rss_ratio"] = results["rss"]["ratio"]
+    return keys
+
+
+def verdict(key: str, value: float | None) -> str:
+    goal = GOALS[key]
+    if value is None:
+        return "n/a"
+    if goal is None:
+        return "reported"
+    op, target = goal
+    ok = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+    return "MET" if ok else "MISSED"
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{'key':<28} {'value':>9}  {'goal':<8} verdict"]
+    for key, value in results["headline"].items():
+        goal = GOALS[key]
+        shown = "None" if value is None else f"{value:9.3f}"
+        lines.append(f"{key:<28} {shown:>9}  {'' if goal is None else f'{goal[0]} {goal[1]}':<8} "
+                     f"{verdict(key, value)}{'  (' + results['reasons'][key] + ')' if key in results['reasons'] else ''}")  # fmt: skip
+    steps = results.get("steps") or {}
+    for depth, r in steps.items():
+        if not depth.isdigit():
+            continue
+        torch_part = (f"; torch {r['torch_plain_ms']:.1f} / {r['torch_probed_ms']:.1f} ms"
+                      if "torch_plain_ms" in r else "")  # fmt: skip
+        lines.append(f"  decoder {depth}L d{results['sizes']['d_model']}: plain {r['plain_ms']:.1f} ms, probed "
+                     f"{r['probed_ms']:.1f} ms (medians of {r['samples']}){torch_part}; first call (compile) "
+                     f"{r['first_call_s']['plain']:.1f} / {r['first_call_s']['probed']:.1f} s, warm-up "
+                     f"{1e3 * r['warmup_call_s']['plain']:.0f} / {1e3 * r['warmup_call_s']['probed']:.0f} ms")  # fmt: skip
+    for depth, r in (results.get("variants") or {}).items():
+        lines.append(f"  variants {depth}L: probed full-token CKA {r['probed_full_ms']:.1f} ms "
+                     f"(overhead {r['probe_overhead_full_cka']:.2f}); bf16 plain {r['plain_bf16_ms']:.1f} ms "
+                     f"({r['bf16_over_f32_plain']:.2f}x f32), bf16 probed {r['probed_bf16_ms']:.1f} ms")  # fmt: skip
+    sweep = results.get("seed_sweep")
+    if sweep:
+        lines.append(f"  seed sweep: lnscope cold {sweep['lnscope_cold_s']:.2f} s (compile included), warm "
+                     f"{sweep['lnscope_warm_s']:.2f} s" + (f"; torch {sweep['torch_s']:.2f} s" if "torch_s" in sweep else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="write the results here (atomically)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: every key produced, nothing measured")
+    parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer (its keys become None)")
+    parser.add_argument("--no-peer-setup", action="store_true", help="use the peer venv only if it exists")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    reasons: dict[str, str] = {}
+    results: dict[str, Any] = {"smoke": args.smoke, "sizes": dataclasses.asdict(sizes), "machine": machine_info(),
+                               "load_start": _load()}  # fmt: skip
+    print(f"lnscope benchmarks{' (smoke)' if args.smoke else ''}: {results['machine']['cpu_model']}, "
+          f"nproc {results['machine']['nproc']}, load {results['load_start']}, "
+          f"mimalloc {results['machine']['mimalloc_preloaded']}", flush=True)  # fmt: skip
+    python = None
+    if args.no_peer:
+        reasons["peer"] = "skipped (--no-peer)"
+    else:
+        try:
+            python = peer.ensure_venv(setup=not args.no_peer_setup)
+        except (peer.PeerUnavailable, subprocess.SubprocessError, OSError) as error:
+            reasons["peer"] = str(error)
+    saved = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # real compiles only
+    start = time.perf_counter()
+    try:
+        # optax's Adam mixes Python floats with int32 counts, which strict promotion rejects
+        with jax.numpy_dtype_promotion("standard"):
+            results["steps"] = _attempt("steps", lambda: bench_steps(sizes, python), reasons)
+            if sizes.extras:
+                results["variants"] = _attempt("variants", lambda: bench_step_variants(sizes), reasons)
+        results["seed_sweep"] = _attempt("seed_sweep", lambda: bench_seed_sweep(sizes, python), reasons)
+        results["compile"] = _attempt("compile", lambda: bench_compile(sizes), reasons)
+        fresh = _attempt("fresh_processes", lambda: bench_fresh_processes(sizes), reasons) or {}
+        results["deep"], results["rss"] = fresh.get("deep"), fresh.get("rss")
+        if not fresh:
+            reasons["deep"] = reasons["rss"] = reasons["fresh_processes"]
+    finally:
+        jax.config.update("jax_enable_compilation_cache", saved)
+    results["wall_s"] = time.perf_counter() - start
+    results["load_end"] = _load()
+    results["headline"] = headline(results)
+    for key, value in results["headline"].items():
+        if value is None and key not in reasons:
+            source = {"torch_speedup_plain_d128": "peer", "torch_speedup_probed_d128": "peer",
+                      "seed_sweep_vs_torch": "peer", "probe_overhead": "steps", "flop_floor_ratio": "steps",
+                      "compile_ratio_192_over_6": "compile", "deep1000_seconds": "deep", "peak_rss_ratio": "rss"}[key]  # fmt: skip
+            reasons[key] = reasons.get(source, reasons.get("steps", "not measured"))
+    results["reasons"] = reasons
+    results["verdicts"] = {k: verdict(k, v) for k, v in results["headline"].items()}
+    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=2, default=str) + "\n"))
+    print(table(results))
+    print(f"load {results['load_start']} -> {results['load_end']}, {results['wall_s']:.0f} s; wrote {args.json}")
+    return results

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
 from analysis.options import add_model_options, dataclass_from_args
 from analysis.probe.probes import CHEAP_PROBES, PROBES
+from analysis.runtime import configure_compilation_cache
 from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
 
@@ -131,15 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_process() -> None:
+    """What a program run of lnscope sets up before any work: mimalloc preloaded (a one-time re-exec,
+    analysis.allocator) and JAX's persistent compilation cache (analysis.runtime)."""
+    ensure_preloaded()
+    configure_compilation_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # run as a program (not called from Python): preload mimalloc (analysis.allocator)
-        ensure_preloaded()
+    """The `lnscope` command; `argv=None` means run as a program (sys.argv, and `prepare_process`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        if argv is None:
+            prepare_process()
+        args = parser.parse_args(argv)
         return args.func(args)
     except ValueError as err:  # bad input: a clear message, no traceback
         parser.exit(2, f"lnscope: error: {err}\n")
+    except BrokenPipeError:  # the reader stopped early (`lnscope check --list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import jax
 
-jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parents[1] / ".jax_cache"))
+CACHE = Path(__file__).resolve().parents[1] / ".jax_cache"
+jax.config.update("jax_compilation_cache_dir", str(CACHE))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))  # the job pool's worker processes too
+# pytest-xdist already runs one test process per core: jobs compute in the test's process unless a
+# test asks for a pool (analysis.experiments.runs.compute_jobs)
+os.environ.setdefault("LNSCOPE_WORKERS", "1")
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")

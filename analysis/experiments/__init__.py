@@ -23,6 +23,7 @@ import pandas as pd
 from analysis.experiments import deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
 from analysis.experiments.claims import N_BOOT, PAPERS, Claim, CheckResult, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
+from analysis.experiments.runs import compute_jobs
 
 EXPERIMENTS: dict[str, Experiment] = {
     m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin)
@@ -61,11 +62,12 @@ def collect(claims: Iterable[Claim], *, preset: str = "quick", store: Path | str
         by_experiment.setdefault(c.experiment, []).append(c)
     for name in by_experiment:
         EXPERIMENTS[name].preset(preset)  # fail before computing anything
-    frames = {}
-    for name, group in by_experiment.items():
-        parts = None if any(not c.needs for c in group) else sorted({p for c in group for p in c.needs})
-        frames[name] = EXPERIMENTS[name].run(preset, None if store is None else Path(store), parts=parts, progress=progress)
-    return frames
+    parts = {name: None if any(not c.needs for c in group) else sorted({p for c in group for p in c.needs})
+             for name, group in by_experiment.items()}  # fmt: skip
+    store = None if store is None else Path(store)
+    # every job of every experiment first, on a pool of processes (analysis.experiments.runs.compute_jobs)
+    compute_jobs([j for name in parts for j in EXPERIMENTS[name].jobs(preset, parts[name])], store, progress=progress)
+    return {name: EXPERIMENTS[name].run(preset, store, parts=parts[name], progress=progress) for name in parts}
 
 
 def run_checks(*, papers: Iterable[str] | None = None, claim_ids: Iterable[str] | None = None, preset: str = "quick",

@@ -125,13 +125,21 @@ class Experiment:
         Columns: analysis.probe.tidy's COLUMNS (or a training frame's), plus `part`, `variant`, `job`
         and the jobs' extra columns.
         """
+        plan = self._chosen(preset, parts)
+        frames = [run_jobs(jobs, store, progress=progress, desc=f"{self.name}/{p}").assign(part=p) for p, jobs in plan.items()]
+        return pd.concat(frames, ignore_index=True)
+
+    def jobs(self, preset: str = "quick", parts: Iterable[str] | None = None) -> list[Job]:
+        """Every job `run(preset, parts=parts)` reads, for `compute_jobs` to compute ahead on a pool."""
+        return [job for jobs in self._chosen(preset, parts).values() for job in jobs]
+
+    def _chosen(self, preset: str, parts: Iterable[str] | None) -> dict[str, Sequence[Job]]:
         plan = self.plan(self.preset(preset))
         chosen = list(plan) if parts is None else list(dict.fromkeys(parts))
         unknown = [p for p in chosen if p not in plan]
         if unknown or not chosen:
             raise ValueError(f"experiment {self.name!r}: unknown or no parts {unknown or chosen}; valid: {', '.join(plan)}")
-        frames = [run_jobs(plan[p], store, progress=progress, desc=f"{self.name}/{p}").assign(part=p) for p in chosen]
-        return pd.concat(frames, ignore_index=True)
+        return {p: plan[p] for p in chosen}
 
     def save_figures(self, frame: pd.DataFrame, folder: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
         """Draw `figures(frame)` and write each as `folder/<name>.<format>` (atomic writes)."""

@@ -8,9 +8,14 @@ ask for the same model at the same sizes (Takase's and Xie's 18-layer decoders, 
 Admin's depth sweeps) share one computation. The variant label and extra columns a job carries are
 not part of its hash: they are attached to the shared rows on the way out.
 
-The hash covers the configuration, not the code: after changing how a job computes (a probe, the
-model), use a fresh store folder (or delete the affected files). A job class whose own computation
-changes carries a `version` in its spec for that reason.
+The hash covers the configuration and the source of the rooms every job computes through (models/,
+analysis/probe/, analysis/train/: `analysis.io.source_fingerprint`), so a changed model or probe never
+serves stale numbers from a store. A job class whose own computation lives in its experiment module
+(Xu's backward measurement) carries a `version` in its spec, bumped when that computation changes.
+
+`compute_jobs` computes the missing ones of many jobs at once on a pool of worker processes (2 on the
+2-core CPU: a study is compile-bound, and XLA compiles a program on one core), so a report or
+`lnscope check` hands it every job of every experiment first and the experiments then read them back.
 
 Store layout (optional; `store=None` keeps results in memory only):
     <store>/jobs/<kind>/<hash>.parquet   the job's tidy rows (analysis.io.write_run, atomic)
@@ -22,7 +27,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -30,9 +39,10 @@ from typing import Any, Protocol, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from analysis.io import environment, read_run, write_run
+from analysis.io import environment, read_run, source_fingerprint, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
+from analysis.runtime import release_compiled_if_crowded
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -51,8 +61,9 @@ class Job(Protocol):
 
 
 def job_key(job: Job) -> str:
-    """Hash of everything that determines a job's numbers (not its label)."""
-    text = json.dumps(job.spec(), sort_keys=True, default=str)
+    """Hash of everything that determines a job's numbers (not its label): its spec and the source of
+    the code that computes it (analysis.io.source_fingerprint: models/, analysis/probe/, analysis/train/)."""
+    text = json.dumps({"spec": job.spec(), "code": source_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,6 +111,98 @@ def _stored(store: Path | None, job: Job, key: str) -> Path | None:
     return None if store is None else Path(store) / "jobs" / job.kind / f"{key}.parquet"
 
 
+WORKERS_VAR = "LNSCOPE_WORKERS"  # processes of compute_jobs (default: one per core on a CPU, 1 on an accelerator)
+
+
+def default_workers() -> int:
+    """$LNSCOPE_WORKERS, else one process per available core when JAX runs on the CPU, else 1 (one
+    process owns an accelerator's memory)."""
+    text = os.environ.get(WORKERS_VAR, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{WORKERS_VAR}={text!r}: must be a whole number >= 1 (1 = compute in this process)")
+        return int(text)
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _is_stored(path: Path | None) -> bool:
+    return path is not None and path.exists() and path.with_suffix(".json").exists()
+
+
+def _compute(job: Job, path: Path | None) -> pd.DataFrame:
+    """One job's rows, written to `path` (frame and meta, atomically) when given."""
+    start = time.perf_counter()
+    frame = job.compute()
+    release_compiled_if_crowded()  # many compiled programs exhaust the process' mappings
+    if path is not None:
+        meta = {"spec": job.spec(), "environment": environment(), "seconds": round(time.perf_counter() - start, 2)}
+        write_run(frame, meta, path)
+    return frame
+
+
+def _cost(job: Job) -> float:
+    """A rough relative cost, to start the longest jobs first (a pool then finishes together)."""
+    spec = job.spec()
+    model = spec.get("model") or spec.get("config", {}).get("model") or {}
+    depth = (model.get("layers") or 1) * (2 if model.get("arch") == "encdec" else 1)
+    return depth * (10.0 if job.kind == "train" else 1.0)
+
+
+def _start_worker() -> None:
+    from analysis.runtime import configure_compilation_cache
+
+    configure_compilation_cache()
+
+
+def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int | None = None,
+                 progress: bool = False, desc: str = "computing") -> dict[str, str]:  # fmt: skip
+    """Compute every job that neither this process nor the store holds yet, on `workers` processes
+    (default `default_workers()`), keeping the rows in memory (and in the store) for `run_jobs`.
+
+    Longest jobs start first. A job that fails here is only reported (returned as {key: error}, and
+    printed): `run_jobs` computes it again where it is asked for, so the error surfaces in the
+    experiment that needs it. Worker processes are spawned (never forked from a process running
+    XLA's threads) and use the persistent compilation cache (analysis.runtime).
+    """
+    missing: dict[str, Job] = {}
+    for job in jobs:
+        key = job_key(job)
+        if key not in _MEMORY and key not in missing and not _is_stored(_stored(store, job, key)):
+            missing[key] = job
+    order = sorted(missing, key=lambda k: -_cost(missing[k]))
+    workers = min(default_workers() if workers is None else workers, len(order))
+    failed: dict[str, str] = {}
+    bar = tqdm(total=len(order), desc=f"{desc} ({max(workers, 1)} processes)", unit="job", disable=not progress or not order,
+               file=sys.stderr)  # fmt: skip
+    if workers <= 1:
+        for key in order:
+            try:
+                _MEMORY[key] = _compute(missing[key], _stored(store, missing[key], key))
+            except Exception as err:  # noqa: BLE001 - surfaces again in run_jobs
+                failed[key] = f"{type(err).__name__}: {err}"
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+            futures = {pool.submit(_compute, missing[key], _stored(store, missing[key], key)): key for key in order}
+            for future in as_completed(futures):
+                key = futures[future]
+                try:
+                    _MEMORY[key] = future.result()
+                except Exception as err:  # noqa: BLE001 - a crashed worker too; surfaces again in run_jobs
+                    failed[key] = f"{type(err).__name__}: {err}"
+                bar.update()
+    bar.close()
+    for key, error in failed.items():
+        print(f"job {missing[key].kind}/{key} ({missing[key].variant}) failed: {error}; it is retried where needed",
+              file=sys.stderr)  # fmt: skip
+    return failed
+
+
 def run_jobs(jobs: Sequence[Job], store: Path | None = None, *, progress: bool = False, desc: str = "jobs") -> pd.DataFrame:
     """Every job's rows, computed at most once per process (and once per store), with `variant`,
     `job` (its hash) and its extra columns attached."""
@@ -108,15 +211,7 @@ def run_jobs(jobs: Sequence[Job], store: Path | None = None, *, progress: bool =
         key = job_key(job)
         if key not in _MEMORY:
             path = _stored(store, job, key)
-            if path is not None and path.exists() and path.with_suffix(".json").exists():
-                _MEMORY[key] = read_run(path)[0]
-            else:
-                start = time.perf_counter()
-                frame = job.compute()
-                if path is not None:
-                    meta = {"spec": job.spec(), "environment": environment(), "seconds": round(time.perf_counter() - start, 2)}
-                    write_run(frame, meta, path)
-                _MEMORY[key] = frame
+            _MEMORY[key] = read_run(path)[0] if _is_stored(path) else _compute(job, path)
         frame = _MEMORY[key].copy()
         frame["run"] = f"{job.kind}/{key}"
         frame["variant"], frame["job"] = job.variant, key

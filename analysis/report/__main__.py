@@ -2,9 +2,8 @@
 
 import sys
 
-from analysis.allocator import ensure_preloaded
-from analysis.cli import main
+from analysis.cli import main, prepare_process
 
-ensure_preloaded()  # once, before any work: mimalloc for XLA's per-call scratch buffers
-
-sys.exit(main(["report", *sys.argv[1:]]))
+if __name__ == "__main__":  # not in the worker processes that import this module (multiprocessing's spawn)
+    prepare_process()  # once, before any work: mimalloc preloaded, the persistent compilation cache on
+    sys.exit(main(["report", *sys.argv[1:]]))

@@ -35,13 +35,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from analysis.io import atomic_write, environment, read_run, write_run
+from analysis.runtime import release_compiled
 from analysis.report import init_report
 from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
 from analysis.report.html import render_html
@@ -86,18 +86,6 @@ def select_experiments(names: str | None, available: Mapping[str, Any]) -> dict[
     if unknown or not wanted:
         raise ValueError(f"experiments {wanted}: unknown {unknown}; valid choices are {list(available)} (or all, none)")
     return {n: available[n] for n in available if n in wanted}
-
-
-def release_compiled() -> None:
-    """Drop every compiled XLA program of this process (they are reloaded from JAX's persistent cache
-    when needed again).
-
-    Why: on CPU each compiled program holds ~700 memory mappings, and the kernel's default limit is
-    65530 per process (vm.max_map_count); a report compiles well over a hundred programs, and past
-    the limit LLVM fails with "Cannot allocate memory" and the process crashes. Measured: six
-    18-layer probe programs took the count from 864 to 5134 mappings, jax.clear_caches() back to 936.
-    """
-    jax.clear_caches()
 
 
 def _threshold_bounds(threshold: Any, direction: str) -> tuple[float, float]:
@@ -228,6 +216,24 @@ def _write_figures(out: Path, sections: list[Section], keys: Mapping[str, str]) 
                 folder.rmdir()
 
 
+def _compute_ahead(atlas: init_report.AtlasSettings, experiments: Mapping[str, Any], preset: str, store: Path,
+                   data: Path, *, reuse: bool, progress: bool) -> None:  # fmt: skip
+    """Compute every stored-or-missing job of the atlas and the experiments at once (`compute_jobs`: a
+    pool of processes, longest first). Best effort: an experiment whose plan cannot even be listed, or
+    a job that fails, is left to its section, which then reports the error."""
+    from analysis.experiments.runs import compute_jobs
+
+    stored = reuse and init_report.is_stored_study(atlas, data / "init.parquet")
+    jobs = [] if stored or not reuse else \
+        init_report.atlas_jobs(atlas.layers, atlas.seeds, atlas.placements, atlas.batch_size, atlas.seq_len)  # fmt: skip
+    for experiment in experiments.values():
+        try:
+            jobs += experiment.jobs(preset)
+        except Exception:  # noqa: BLE001 - reported by the experiment's own section
+            continue
+    compute_jobs(jobs, store, progress=progress)
+
+
 def build_report(
     out: Path,
     *,
@@ -274,13 +280,21 @@ def build_report(
     source = source_digest()
     keys: dict[str, str] = {}  # section -> what its figures were drawn from (data + code)
 
+    # 0. Every job of every part, computed ahead on a pool of processes (the parts then read them back).
+    t = time.perf_counter()
+    if not redraw:
+        bar.set_postfix_str("computing")
+        _compute_ahead(atlas, experiments, preset, store, data, reuse=reuse, progress=progress)
+        timings["computing"] = round(time.perf_counter() - t, 1)
+
     # 1. The atlas (data first).
     t = time.perf_counter()
     bar.set_postfix_str("initialization atlas")
     if redraw:
         init_df, init_meta = read_run(data / "init.parquet")
     else:
-        init_df, init_meta = init_report.init_study(atlas, data / "init.parquet", reuse=reuse)
+        init_df, init_meta = init_report.init_study(atlas, data / "init.parquet", reuse=reuse, store=store,
+                                                    progress=progress)  # fmt: skip
     timings["atlas"] = round(time.perf_counter() - t, 1)
     release_compiled()
     bar.update()

@@ -19,11 +19,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from analysis.report import figures
-from analysis.probe.api import probe_at_init
-from analysis.io import read_run, write_run
+from analysis.experiments.runs import InitJob, compute_jobs, run_jobs
+from analysis.io import read_run, source_fingerprint, write_run
 from analysis.probe.probes import CHEAP_PROBES
 from matplotlib.figure import Figure
 
@@ -54,18 +53,21 @@ def check_placements(placements: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(p for p in PLACEMENTS if p in placements)
 
 
+def atlas_jobs(layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8,
+               seq_len: int = 32) -> list[InitJob]:  # fmt: skip
+    """One InitJob per (arch, placement) of the atlas: the harness model probed over seeds 0..seeds-1."""
+    return [InitJob(variant=placement, model=harness_config(arch, placement, layers), seeds=seeds, batch_size=batch_size,
+                    seq_len=seq_len, probes=CHEAP_PROBES)
+            for arch, _, _ in ARCH_PANELS for placement in check_placements(placements)]  # fmt: skip
+
+
 def collect(layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8,
-            seq_len: int = 32) -> pd.DataFrame:
-    """Probe every (arch, placement) of the report at initialization; one tidy frame."""
-    jobs = [(arch, p) for arch, _, _ in ARCH_PANELS for p in check_placements(placements)]
-    frames = []
-    for arch, placement in tqdm(jobs, desc="probing placements", unit="model"):
-        cfg = harness_config(arch, placement, layers)
-        frames.append(
-            probe_at_init(cfg, seeds=range(seeds), batch_size=batch_size, seq_len=seq_len, probes=CHEAP_PROBES,
-                          run=f"init/{arch}/{placement}")  # fmt: skip
-        )
-    return pd.concat(frames, ignore_index=True)
+            seq_len: int = 32, store: Path | None = None, progress: bool = True) -> pd.DataFrame:  # fmt: skip
+    """Probe every (arch, placement) of the report at initialization; one tidy frame (jobs computed on
+    a pool of processes, and kept in `store` when given)."""
+    jobs = atlas_jobs(layers, seeds, placements, batch_size, seq_len)
+    compute_jobs(jobs, store, progress=progress, desc="probing placements")
+    return run_jobs(jobs, store).drop(columns=["variant", "job"])
 
 
 def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Figure:
@@ -184,26 +186,37 @@ class AtlasSettings:
 
     def meta(self) -> dict:
         """Everything the study's numbers depend on (settings, probes, the harness model of each
-        placement), as stored beside them."""
+        placement, the source of the code that probes them), as stored beside them."""
         return {"layers": self.layers, "seeds": self.seeds, "placements": list(self.placements),
                 "batch_size": self.batch_size, "seq_len": self.seq_len, "probes": list(CHEAP_PROBES),
                 "models": {f"{arch}/{p}": dataclasses.asdict(harness_config(arch, p, self.layers))
-                           for arch, _, _ in ARCH_PANELS for p in self.placements}}  # fmt: skip
+                           for arch, _, _ in ARCH_PANELS for p in self.placements},
+                "code": source_fingerprint()}  # fmt: skip
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.meta(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True) -> tuple[pd.DataFrame, dict]:
-    """The atlas' tidy frame: read from `path` (parquet + json) when it holds a study with the same
-    settings key (and `reuse`), else probed and written there (data before any figure)."""
+def is_stored_study(settings: AtlasSettings, path: Path) -> bool:
+    """Whether `path` holds a study with `settings`' key (reused by init_study)."""
     path = Path(path)
-    if reuse and path.exists() and path.with_suffix(".json").exists():
+    if not (path.exists() and path.with_suffix(".json").exists()):
+        return False
+    return json.loads(path.with_suffix(".json").read_text()).get("key") == settings.key()
+
+
+def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True, store: Path | None = None,
+               progress: bool = True) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """The atlas' tidy frame: read from `path` (parquet + json) when it holds a study with the same
+    settings key (and `reuse`), else probed (its jobs kept in `store` when given) and written there
+    (data before any figure)."""
+    path = Path(path)
+    if reuse and is_stored_study(settings, path):
         df, meta = read_run(path)
-        if meta.get("key") == settings.key():
-            return df, {**meta, "reused": True}
+        return df, {**meta, "reused": True}
     start = time.perf_counter()
-    df = collect(settings.layers, settings.seeds, settings.placements, settings.batch_size, settings.seq_len)
+    df = collect(settings.layers, settings.seeds, settings.placements, settings.batch_size, settings.seq_len,
+                 store=store if reuse else None, progress=progress)  # fmt: skip
     meta = {**settings.meta(), "key": settings.key(), "seconds": round(time.perf_counter() - start, 1)}
     write_run(df, meta, path)
     return df, {**meta, "reused": False}

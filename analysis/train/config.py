@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from analysis.probe.probes import CHEAP_PROBES, PROBES
+from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
 from models import ModelConfig
 
 
@@ -178,6 +178,11 @@ class TrainConfig:
         expensive_probes: probes run only at multiples of `expensive_probe_every` (e.g. cka,
             hessian_top_eig), in addition to `probes`.
         expensive_probe_every: a multiple of probe_every; 0 = never.
+        cka_tokens: the `cka` probe (and its shuffled-token null) on a random subsample of this many
+            of the batch's tokens per probe step; None = every token. The default is the training
+            step's probe set, analysis.probe.STEP_PROBES: CKA's cost grows with tokens², and on 128
+            tokens a probed step costs about as much as a plain one (benchmarks/README.md).
+        cka_null: "full", "half" (the null on pairs i <= j, mirrored) or "off"; see ProbeConfig.
         eval_every: validation loss at every multiple of this step and after the last update;
             0 = after the last update only.
         eval_batches: validation batches per evaluation (fixed across steps and seeds).
@@ -196,6 +201,8 @@ class TrainConfig:
     probes: tuple[str, ...] = CHEAP_PROBES
     expensive_probes: tuple[str, ...] = ()
     expensive_probe_every: int = 0
+    cka_tokens: int | None = STEP_PROBES.cka_tokens
+    cka_null: str = STEP_PROBES.cka_null
     eval_every: int = 50
     eval_batches: int = 4
     loss_ceiling: float | None = None
@@ -216,6 +223,7 @@ class TrainConfig:
             _int(name, getattr(self, name), 0)
         _names("probes", self.probes, PROBES)
         _names("expensive_probes", self.expensive_probes, PROBES)
+        self.probe_config(self.probes + self.expensive_probes)  # validates cka_tokens and cka_null
         if self.expensive_probes:
             if self.probe_every == 0 or self.expensive_probe_every == 0 or self.expensive_probe_every % self.probe_every:
                 raise ValueError(
@@ -234,6 +242,10 @@ class TrainConfig:
             )
 
     # -- derived -------------------------------------------------------------------------------
+    def probe_config(self, probes: tuple[str, ...]) -> ProbeConfig:
+        """The ProbeConfig of a probe step that runs `probes` (this run's CKA settings)."""
+        return ProbeConfig(probes=tuple(probes), cka_tokens=self.cka_tokens, cka_null=self.cka_null)
+
     @property
     def ceiling(self) -> float:
         """The loss above which a seed counts as diverged."""

@@ -192,8 +192,7 @@ class Program:
     def probed(self, probes: tuple[str, ...]):
         """The jitted probed step for one probe set: (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
         if probes not in self._probed:
-            pcfg = ProbeConfig(probes=probes)
-            one = functools.partial(self._probe_one, pcfg=pcfg)
+            one = functools.partial(self._probe_one, pcfg=self.cfg.probe_config(probes))
             self._probed[probes] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
         return self._probed[probes]
 
@@ -207,7 +206,8 @@ def program(cfg: TrainConfig, data: TaskData) -> Program:
     """The Program of `cfg` on prepared `data` (cached).
 
     Configs that differ only in seeds or Runtime numbers (lr, warm-up, steps, ceiling, eval batches)
-    share it and compile once (a different number of seeds changes shapes, so it retraces).
+    share it and compile once (a different number of seeds changes shapes, so it retraces). The CKA
+    settings (cka_tokens, cka_null) stay in the key: they change the probed step's program.
     """
     inverse_sqrt = cfg.optim.schedule == "inverse_sqrt"
     key = cfg.replace(**{

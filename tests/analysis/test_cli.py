@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import dataclasses
 import json
 
@@ -76,3 +77,14 @@ def test_list_names_every_placement(capsys) -> None:
     assert cli.main(["list"]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in PLACEMENTS)
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    """`lnscope list | true`: the reader is gone before the first write; no traceback, exit status 0."""
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m analysis.cli list | true; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                          env={**os.environ, "LNSCOPE_ALLOCATOR": "system"})  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

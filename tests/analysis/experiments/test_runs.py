@@ -1,0 +1,63 @@
+"""The job pool (analysis.experiments.runs.compute_jobs): worker processes give the in-process numbers
+bit for bit, store every job once, and report a failing job without losing the others."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.experiments.experiment import HARNESSES
+from analysis.experiments.runs import WORKERS_VAR, _compute, clear_memory, compute_jobs, default_workers, job_key, run_jobs
+
+TINY = HARNESSES["tiny"]
+PROBES = ("act_grad_norm", "param_grad_norm", "act_norm")
+
+
+def _jobs():
+    good = [TINY.init_job(p, PROBES, "decoder", p, 2) for p in ("pre", "post")]
+    # a sequence longer than the model's positions: probe_at_init refuses it inside the worker
+    bad = dataclasses.replace(good[0], variant="too long", model=dataclasses.replace(good[0].model, max_len=8))
+    return good, bad
+
+
+def test_pool_equals_in_process_and_reports_failures(tmp_path: Path) -> None:
+    good, bad = _jobs()
+    clear_memory()
+    failed = compute_jobs([*good, bad, good[0]], tmp_path, workers=2)  # a repeated job is computed once
+    assert list(failed) == [job_key(bad)] and "max_len" in failed[job_key(bad)]
+    stored = sorted(p.name for p in (tmp_path / "jobs" / "init").iterdir())
+    assert stored == sorted(f"{job_key(j)}.{s}" for j in good for s in ("json", "parquet"))
+    pooled = run_jobs(good, tmp_path)
+    clear_memory()
+    for job in good:  # the same job computed here, without a store
+        here = _compute(job, None).drop(columns=["run"])
+        there = pooled[pooled["job"] == job_key(job)].drop(columns=["run", "variant", "job"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(there, here, check_exact=True)
+    with pytest.raises(ValueError, match="max_len"):  # run_jobs computes the failed job again: its error surfaces
+        run_jobs([bad], tmp_path)
+
+
+def test_nothing_to_compute_starts_no_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good, _ = _jobs()
+    clear_memory()
+    compute_jobs(good, tmp_path, workers=1)
+    clear_memory()
+    monkeypatch.setattr("analysis.experiments.runs.ProcessPoolExecutor", lambda *a, **k: pytest.fail("pool started"))
+    assert compute_jobs(good, tmp_path, workers=2) == {}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_bad_worker_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WORKERS_VAR, value)
+    with pytest.raises(ValueError, match=f"{WORKERS_VAR}={value!r}"):
+        default_workers()
+
+
+def test_worker_count_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WORKERS_VAR, "3")
+    assert default_workers() == 3
+    monkeypatch.delenv(WORKERS_VAR)
+    assert default_workers() >= 1

@@ -1,0 +1,51 @@
+"""analysis.runtime: the persistent compilation cache's configuration and releasing compiled programs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from analysis import runtime
+
+
+@pytest.fixture
+def restore_cache_dir():
+    saved = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved)
+
+
+def test_cache_dir_from_env_default_or_off(monkeypatch, tmp_path, restore_cache_dir):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "explicit"))
+    assert runtime.configure_compilation_cache() == tmp_path / "explicit"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "explicit")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.configure_compilation_cache() == tmp_path / "xdg" / "lnscope" / "jax"
+    monkeypatch.setenv(runtime.CACHE_VAR, "off")
+    jax.config.update("jax_compilation_cache_dir", "unchanged")
+    assert runtime.configure_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir == "unchanged"
+    monkeypatch.setenv(runtime.CACHE_VAR, "maybe")
+    with pytest.raises(ValueError, match="'maybe'.*valid choices: on .default., off"):
+        runtime.configure_compilation_cache()
+
+
+def test_release_only_when_the_mappings_are_crowded(monkeypatch):
+    counts = runtime.memory_mappings()
+    if counts is None:
+        pytest.skip("no /proc on this platform")
+    used, limit = counts
+    assert 0 < used < limit
+    released = []
+    monkeypatch.setattr(runtime, "release_compiled", lambda: released.append(True))
+    assert runtime.release_compiled_if_crowded(fraction=1.0) is False and not released
+    assert runtime.release_compiled_if_crowded(fraction=0.0) is True and released == [True]
+
+
+def test_released_programs_still_run():
+    f = jax.jit(lambda x: x * 2 + 1)
+    assert float(f(jnp.float32(1))) == 3.0
+    runtime.release_compiled()
+    assert float(f(jnp.float32(2))) == 5.0

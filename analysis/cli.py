@@ -26,7 +26,7 @@ from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
 from analysis.options import add_model_options, dataclass_from_args
 from analysis.probe.probes import CHEAP_PROBES, PROBES
-from analysis.runtime import configure_compilation_cache
+from analysis.runtime import WORKERS_VAR, configure_compilation_cache
 from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
 
@@ -138,18 +138,23 @@ def prepare_process() -> None:
     analysis.allocator) and JAX's persistent compilation cache (analysis.runtime)."""
     ensure_preloaded()
     configure_compilation_cache()
+    os.environ.setdefault(WORKERS_VAR, "auto")  # a study's jobs on one process per core (analysis.runtime)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The `lnscope` command; `argv=None` means run as a program (sys.argv, and `prepare_process`)."""
+def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
+    """The `lnscope` command; `argv=None` means run as a program (sys.argv, and `prepare_process`,
+    which `prepare=True` asks for with an explicit argv)."""
     parser = build_parser()
     try:
-        if argv is None:
+        if argv is None or prepare:
             prepare_process()
         args = parser.parse_args(argv)
         return args.func(args)
     except ValueError as err:  # bad input: a clear message, no traceback
         parser.exit(2, f"lnscope: error: {err}\n")
+    except KeyboardInterrupt:  # Ctrl-C: stored results stay (every file is written whole), workers are ended
+        print("lnscope: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader stopped early (`lnscope check --list | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

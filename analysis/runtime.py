@@ -3,6 +3,7 @@ compiled programs in long runs.
 
     lnscope ...                                   uses $JAX_COMPILATION_CACHE_DIR, else ~/.cache/lnscope/jax
     LNSCOPE_COMPILATION_CACHE=off lnscope ...     no persistent cache
+    LNSCOPE_WORKERS=3 lnscope check               worker processes for a study's jobs (lnscope: "auto")
 
 Why a persistent cache by default: lnscope's studies are compile-bound on a CPU (a probe program or a
 training step compiles in 5-25 s and then runs for seconds), and a repeated compile read from the
@@ -17,6 +18,8 @@ from pathlib import Path
 import jax
 
 CACHE_VAR = "LNSCOPE_COMPILATION_CACHE"  # "off" disables the persistent cache
+WORKERS_VAR = "LNSCOPE_WORKERS"  # processes that compute a study's jobs: a whole number, or "auto"
+MAX_AUTO_WORKERS = 8  # each worker is a JAX process of ~1-2 GB with its own XLA thread pool
 
 
 def default_cache_dir() -> Path:
@@ -75,3 +78,24 @@ def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
         return False
     release_compiled()
     return True
+
+
+def default_workers() -> int:
+    """Worker processes for a study's jobs (analysis.experiments.runs.compute_jobs), from $LNSCOPE_WORKERS:
+
+    - unset or "1": none, every job computes in this process (the default in Python: a script or
+      notebook needs no `if __name__ == "__main__":` guard);
+    - a whole number N: N spawned processes;
+    - "auto" (what the `lnscope` command and `make report` set): one per available core, at most
+      MAX_AUTO_WORKERS, when JAX runs on the CPU (a study there is compile-bound, and XLA compiles a
+      program on one core); 1 on an accelerator (one process owns its memory).
+    """
+    text = os.environ.get(WORKERS_VAR, "").strip() or "1"
+    if text == "auto":
+        if jax.default_backend() != "cpu":
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores, MAX_AUTO_WORKERS))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{WORKERS_VAR}={text!r}; valid values: a whole number >= 1 (1 = compute in this process) or auto")
+    return int(text)

@@ -52,9 +52,10 @@ def select_claims(*, papers: Iterable[str] | None = None, claim_ids: Iterable[st
 
 
 def collect(claims: Iterable[Claim], *, preset: str = "quick", store: Path | str | None = None,
-            progress: bool = False) -> dict[str, pd.DataFrame]:  # fmt: skip
+            progress: bool = False, workers: int | None = None) -> dict[str, pd.DataFrame]:  # fmt: skip
     """{experiment: its tidy frame} for the claims: each experiment runs once, only the parts its
-    claims need (all parts if any claim needs all), reusing stored jobs when `store` is given."""
+    claims need (all parts if any claim needs all), reusing stored jobs when `store` is given.
+    `workers`: processes computing the jobs (default $LNSCOPE_WORKERS, else 1; see compute_jobs)."""
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESET_NAMES)}")
     by_experiment: dict[str, list[Claim]] = {}
@@ -66,20 +67,21 @@ def collect(claims: Iterable[Claim], *, preset: str = "quick", store: Path | str
              for name, group in by_experiment.items()}  # fmt: skip
     store = None if store is None else Path(store)
     # every job of every experiment first, on a pool of processes (analysis.experiments.runs.compute_jobs)
-    compute_jobs([j for name in parts for j in EXPERIMENTS[name].jobs(preset, parts[name])], store, progress=progress)
+    compute_jobs([j for name in parts for j in EXPERIMENTS[name].jobs(preset, parts[name])], store, workers=workers,
+                 progress=progress)  # fmt: skip
     return {name: EXPERIMENTS[name].run(preset, store, parts=parts[name], progress=progress) for name in parts}
 
 
 def run_checks(*, papers: Iterable[str] | None = None, claim_ids: Iterable[str] | None = None, preset: str = "quick",
                store: Path | str | None = None, when: Iterable[str] | None = None, n_boot: int = N_BOOT,
-               seed: int = 0, progress: bool = False) -> pd.DataFrame:  # fmt: skip
+               seed: int = 0, progress: bool = False, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
     """Check the selected claims: one row per check (CheckResult's fields and `preset`).
 
     A wrong selection or preset is a ValueError before any compute. Verdicts are results: the call
     succeeds whatever they are.
     """
     chosen = select_claims(papers=papers, claim_ids=claim_ids, when=when)
-    frames = collect(chosen, preset=preset, store=store, progress=progress)
+    frames = collect(chosen, preset=preset, store=store, progress=progress, workers=workers)
     rows = [{**dataclasses.asdict(check(c, frames[c.experiment], n_boot=n_boot, seed=seed)), "preset": preset}
             for c in chosen]  # fmt: skip
     return pd.DataFrame(rows)

@@ -11,11 +11,13 @@ not part of its hash: they are attached to the shared rows on the way out.
 The hash covers the configuration and the source of the rooms every job computes through (models/,
 analysis/probe/, analysis/train/: `analysis.io.source_fingerprint`), so a changed model or probe never
 serves stale numbers from a store. A job class whose own computation lives in its experiment module
-(Xu's backward measurement) carries a `version` in its spec, bumped when that computation changes.
+(Xu's backward measurement, the training runs' rows) carries a `version` in its spec, bumped when
+that computation changes.
 
-`compute_jobs` computes the missing ones of many jobs at once on a pool of worker processes (2 on the
-2-core CPU: a study is compile-bound, and XLA compiles a program on one core), so a report or
-`lnscope check` hands it every job of every experiment first and the experiments then read them back.
+`compute_jobs` computes the missing ones of many jobs at once on a pool of worker processes (with
+`lnscope`, one per core on a CPU: a study is compile-bound, and XLA compiles a program on one core),
+so a report or `lnscope check` hands it every job of every experiment first and the experiments then
+read them back.
 
 Store layout (optional; `store=None` keeps results in memory only):
     <store>/jobs/<kind>/<hash>.parquet   the job's tidy rows (analysis.io.write_run, atomic)
@@ -27,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import functools
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,7 +46,7 @@ from tqdm import tqdm
 from analysis.io import environment, read_run, source_fingerprint, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
-from analysis.runtime import release_compiled_if_crowded
+from analysis.runtime import default_workers, release_compiled_if_crowded
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -60,10 +64,21 @@ class Job(Protocol):
     def compute(self) -> pd.DataFrame: ...
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """`analysis.io.source_fingerprint()` as this process first read it (when this module was imported):
+    the code this process runs. A source edited during a long run must not have this process' numbers
+    stored under the edited code's key."""
+    return source_fingerprint()
+
+
+code_fingerprint()
+
+
 def job_key(job: Job) -> str:
     """Hash of everything that determines a job's numbers (not its label): its spec and the source of
-    the code that computes it (analysis.io.source_fingerprint: models/, analysis/probe/, analysis/train/)."""
-    text = json.dumps({"spec": job.spec(), "code": source_fingerprint()}, sort_keys=True, default=str)
+    the code that computes it (`code_fingerprint`: models/, analysis/probe/, analysis/train/)."""
+    text = json.dumps({"spec": job.spec(), "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -111,24 +126,6 @@ def _stored(store: Path | None, job: Job, key: str) -> Path | None:
     return None if store is None else Path(store) / "jobs" / job.kind / f"{key}.parquet"
 
 
-WORKERS_VAR = "LNSCOPE_WORKERS"  # processes of compute_jobs (default: one per core on a CPU, 1 on an accelerator)
-
-
-def default_workers() -> int:
-    """$LNSCOPE_WORKERS, else one process per available core when JAX runs on the CPU, else 1 (one
-    process owns an accelerator's memory)."""
-    text = os.environ.get(WORKERS_VAR, "").strip()
-    if text:
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{WORKERS_VAR}={text!r}: must be a whole number >= 1 (1 = compute in this process)")
-        return int(text)
-    import jax
-
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 def _is_stored(path: Path | None) -> bool:
     return path is not None and path.exists() and path.with_suffix(".json").exists()
 
@@ -146,27 +143,62 @@ def _compute(job: Job, path: Path | None) -> pd.DataFrame:
 
 def _cost(job: Job) -> float:
     """A rough relative cost, to start the longest jobs first (a pool then finishes together)."""
-    spec = job.spec()
-    model = spec.get("model") or spec.get("config", {}).get("model") or {}
-    depth = (model.get("layers") or 1) * (2 if model.get("arch") == "encdec" else 1)
-    return depth * (10.0 if job.kind == "train" else 1.0)
+    try:
+        spec = job.spec()
+        model = spec.get("model") or spec.get("config", {}).get("model") or {}
+        depth = (model.get("layers") or 1) * (2 if model.get("arch") == "encdec" else 1)
+        return float(depth) * (10.0 if job.kind == "train" else 1.0)
+    except Exception:  # noqa: BLE001 - a job of another shape: no estimate, started last
+        return 0.0
 
 
-def _start_worker() -> None:
-    from analysis.runtime import configure_compilation_cache
+# JAX settings a worker takes from the process that started it (a spawned process starts from the
+# environment alone, and these may have been set in code: x64, strict promotion, the cache).
+WORKER_JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_default_matmul_precision",
+                       "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")  # fmt: skip
+_PARENT_CODE: str | None = None  # in a worker: the code fingerprint of the process that started it
 
-    configure_compilation_cache()
+
+def _start_worker(code: str, settings: dict[str, Any]) -> None:
+    import jax
+
+    global _PARENT_CODE
+    _PARENT_CODE = code
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerator memory shared by workers
+    for name, value in settings.items():
+        jax.config.update(name, value)
+
+
+def _compute_in_worker(job: Job, path: Path | None) -> pd.DataFrame:
+    if code_fingerprint() != _PARENT_CODE:
+        raise RuntimeError("lnscope's source changed since this run started; the job is computed in the main process")
+    return _compute(job, path)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and end the workers now (a pool's own shutdown runs every queued job)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int | None = None,
                  progress: bool = False, desc: str = "computing") -> dict[str, str]:  # fmt: skip
     """Compute every job that neither this process nor the store holds yet, on `workers` processes
-    (default `default_workers()`), keeping the rows in memory (and in the store) for `run_jobs`.
+    (default `analysis.runtime.default_workers()`: $LNSCOPE_WORKERS, 1 unless set; the `lnscope`
+    command sets "auto", one per core on a CPU), keeping the rows in memory (and in the store) for
+    `run_jobs`.
 
     Longest jobs start first. A job that fails here is only reported (returned as {key: error}, and
     printed): `run_jobs` computes it again where it is asked for, so the error surfaces in the
     experiment that needs it. Worker processes are spawned (never forked from a process running
-    XLA's threads) and use the persistent compilation cache (analysis.runtime).
+    XLA's threads), take this process' JAX settings (WORKER_JAX_SETTINGS, the compilation cache
+    included) and refuse to compute if lnscope's source changed since this process started. Ctrl-C
+    cancels the queued jobs and ends the workers. With more than one worker, a script that calls
+    this (e.g. through `run_checks`) needs the `if __name__ == "__main__":` guard of any
+    multiprocessing program; notebooks do not.
     """
     missing: dict[str, Job] = {}
     for job in jobs:
@@ -174,7 +206,7 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
         if key not in _MEMORY and key not in missing and not _is_stored(_stored(store, job, key)):
             missing[key] = job
     order = sorted(missing, key=lambda k: -_cost(missing[k]))
-    workers = min(default_workers() if workers is None else workers, len(order))
+    workers = 0 if not order else min(default_workers() if workers is None else workers, len(order))
     failed: dict[str, str] = {}
     bar = tqdm(total=len(order), desc=f"{desc} ({max(workers, 1)} processes)", unit="job", disable=not progress or not order,
                file=sys.stderr)  # fmt: skip
@@ -186,9 +218,13 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
                 failed[key] = f"{type(err).__name__}: {err}"
             bar.update()
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-            futures = {pool.submit(_compute, missing[key], _stored(store, missing[key], key)): key for key in order}
+        import jax
+
+        settings = {name: getattr(jax.config, name) for name in WORKER_JAX_SETTINGS}
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                   initargs=(code_fingerprint(), settings))  # fmt: skip
+        try:
+            futures = {pool.submit(_compute_in_worker, missing[key], _stored(store, missing[key], key)): key for key in order}
             for future in as_completed(futures):
                 key = futures[future]
                 try:
@@ -196,6 +232,10 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
                 except Exception as err:  # noqa: BLE001 - a crashed worker too; surfaces again in run_jobs
                     failed[key] = f"{type(err).__name__}: {err}"
                 bar.update()
+        except BaseException:  # Ctrl-C or an error here: no queued job may run on
+            _stop(pool)
+            raise
+        pool.shutdown()
     bar.close()
     for key, error in failed.items():
         print(f"job {missing[key].kind}/{key} ({missing[key].variant}) failed: {error}; it is retried where needed",

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # analysis.train is imported lazily (below): init-only checks
     from analysis.train import TrainConfig, TrainResult
 
 CALIBRATED = ("ours: set from the calibration runs in analysis/experiments/training.py (seeds 0-1, quick sizes: {}) "
-              "with at least 2.5x margin, before the checks' runs (seeds 2-4); unchanged since")
+              "with at least 2.5x margin, before the checks' runs (quick preset: seeds 2-4); unchanged since")
 DEEP_PROBES = ("act_grad_norm", "act_norm", "cos_adjacent")  # b/t gradient ratio, stream norms, collapse
 RATIO = ("act_grad_ratio", "resid_pre bottom/top")  # derived per probe step: g_0 / g_{L-1}
 
@@ -140,6 +140,7 @@ class TrainJob:
     columns: tuple[tuple[str, Any], ...] = ()
 
     kind = "train"
+    version = 1  # of `to_rows` (the derived rows stored with the run): bump when it changes
 
     def config(self) -> TrainConfig:
         # analysis.train is imported here: init-only checks never load the training room.
@@ -157,7 +158,7 @@ class TrainJob:
     def spec(self) -> dict[str, Any]:
         from analysis.train.config import to_dict
 
-        return {"kind": self.kind, "config": to_dict(self.config())}
+        return {"kind": self.kind, "version": self.version, "config": to_dict(self.config())}
 
     def compute(self) -> pd.DataFrame:
         from analysis.train import train

@@ -2,8 +2,8 @@
 
 import sys
 
-from analysis.cli import main, prepare_process
+from analysis.cli import main
 
-if __name__ == "__main__":  # not in the worker processes that import this module (multiprocessing's spawn)
-    prepare_process()  # once, before any work: mimalloc preloaded, the persistent compilation cache on
-    sys.exit(main(["report", *sys.argv[1:]]))
+if __name__ == "__main__":
+    # prepare=True: mimalloc preloaded, the persistent compilation cache on, jobs on a pool of processes
+    sys.exit(main(["report", *sys.argv[1:]], prepare=True))

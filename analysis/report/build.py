@@ -231,7 +231,10 @@ def _compute_ahead(atlas: init_report.AtlasSettings, experiments: Mapping[str, A
             jobs += experiment.jobs(preset)
         except Exception:  # noqa: BLE001 - reported by the experiment's own section
             continue
-    compute_jobs(jobs, store, progress=progress)
+    try:
+        compute_jobs(jobs, store, progress=progress)
+    except Exception:  # noqa: BLE001 - the parts compute what is missing, and report their own errors
+        traceback.print_exc()
 
 
 def build_report(

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.report import figures
-from analysis.experiments.runs import InitJob, compute_jobs, run_jobs
-from analysis.io import read_run, source_fingerprint, write_run
+from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs, run_jobs
+from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES
 from matplotlib.figure import Figure
 
@@ -191,7 +191,7 @@ class AtlasSettings:
                 "batch_size": self.batch_size, "seq_len": self.seq_len, "probes": list(CHEAP_PROBES),
                 "models": {f"{arch}/{p}": dataclasses.asdict(harness_config(arch, p, self.layers))
                            for arch, _, _ in ARCH_PANELS for p in self.placements},
-                "code": source_fingerprint()}  # fmt: skip
+                "code": code_fingerprint()}  # fmt: skip
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.meta(), sort_keys=True, default=str).encode()).hexdigest()[:16]

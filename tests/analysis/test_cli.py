@@ -88,3 +88,17 @@ def test_output_into_a_closed_pipe_is_not_an_error():
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
                           env={**os.environ, "LNSCOPE_ALLOCATOR": "system"})  # fmt: skip
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_is_a_short_message_and_status_130(monkeypatch, capsys):
+    """Ctrl-C during a command: one line, the shell's status for SIGINT, no traceback."""
+    import argparse
+
+    from analysis import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: argparse.Namespace(func=interrupted))
+    assert cli.main(["list"]) == 130
+    assert capsys.readouterr().err == "lnscope: interrupted\n"

@@ -49,3 +49,19 @@ def test_released_programs_still_run():
     assert float(f(jnp.float32(1))) == 3.0
     runtime.release_compiled()
     assert float(f(jnp.float32(2))) == 5.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "Auto"])
+def test_bad_worker_count_is_named_with_the_valid_values(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.WORKERS_VAR, value)
+    with pytest.raises(ValueError, match=f"{runtime.WORKERS_VAR}={value!r}.*auto"):
+        runtime.default_workers()
+
+
+def test_worker_count_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.WORKERS_VAR, "3")
+    assert runtime.default_workers() == 3
+    monkeypatch.delenv(runtime.WORKERS_VAR)
+    assert runtime.default_workers() == 1  # in Python: this process, unless asked
+    monkeypatch.setenv(runtime.WORKERS_VAR, "auto")  # what the lnscope command sets
+    assert 1 <= runtime.default_workers() <= runtime.MAX_AUTO_WORKERS

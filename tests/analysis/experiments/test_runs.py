@@ -1,5 +1,5 @@
 """The job pool (analysis.experiments.runs.compute_jobs): worker processes give the in-process numbers
-bit for bit, store every job once, and report a failing job without losing the others."""
+bit for bit, store every job once, and report a failing job without losing the others, and stop at once when asked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.experiments.experiment import HARNESSES
-from analysis.experiments.runs import WORKERS_VAR, _compute, clear_memory, compute_jobs, default_workers, job_key, run_jobs
+from analysis.experiments.runs import _compute, _stop, clear_memory, compute_jobs, job_key, run_jobs
 
 TINY = HARNESSES["tiny"]
 PROBES = ("act_grad_norm", "param_grad_norm", "act_norm")
@@ -49,15 +49,20 @@ def test_nothing_to_compute_starts_no_pool(tmp_path: Path, monkeypatch: pytest.M
     assert compute_jobs(good, tmp_path, workers=2) == {}
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
-def test_bad_worker_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(WORKERS_VAR, value)
-    with pytest.raises(ValueError, match=f"{WORKERS_VAR}={value!r}"):
-        default_workers()
+def test_stop_cancels_queued_jobs_and_ends_the_workers() -> None:
+    """What Ctrl-C does to a pool: a plain shutdown would run every queued job first."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
 
-
-def test_worker_count_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(WORKERS_VAR, "3")
-    assert default_workers() == 3
-    monkeypatch.delenv(WORKERS_VAR)
-    assert default_workers() >= 1
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 30) for _ in range(5)]
+    while not futures[0].running():
+        time.sleep(0.05)
+    processes = list(pool._processes.values())
+    start = time.perf_counter()
+    _stop(pool)
+    for process in processes:
+        process.join(timeout=10)
+    assert time.perf_counter() - start < 10 and not any(p.is_alive() for p in processes)
+    assert all(f.cancelled() for f in futures[3:])  # the first ones may already sit in the worker's queue

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.experiments.runs import InitJob
 from analysis.report import build, init_report
 from analysis.report.content import CHECK_COLUMNS
 from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
@@ -67,6 +68,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltR
     with pytest.MonkeyPatch.context() as patch:
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
         patch.setattr(init_report, "collect", refuse)
+        patch.setattr(InitJob, "compute", refuse)  # nor probed ahead of the parts (build._compute_ahead)
         built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True),
                                          "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True)})
     return out, built, experiment

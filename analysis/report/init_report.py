@@ -225,7 +225,7 @@ def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True, store
 PROFILE_PANELS = (
     ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input (resid_pre)"),
     ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W2_l‖, FFN output matrix of each layer"),
-    ("update_ratio", "mlp", "‖FF(x)‖/‖x‖ of each layer's FFN contribution to the stream"),
+    ("update_ratio", "mlp", "‖FF(x)‖/‖x‖ of each layer's FFN output (before ReZero's α) to its stream"),
     ("act_norm", "resid_pre", "per-token RMS of each layer's input (resid_pre)"),
     ("ln_jacobian_gain", "mlp_ln", "‖J_LNᵀ g‖/‖g‖ of the FFN sublayer's norm"),
     ("cos_adjacent", "resid_pre", "cosine between consecutive layers' inputs"),

@@ -89,3 +89,26 @@ def test_figures_have_labelled_axes(table, store: Path) -> None:
         for ax in fig.axes:
             assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
             assert ax.get_legend() is not None
+
+
+@pytest.mark.slow
+def test_training_rows_derive_from_the_recorded_probes(table, store: Path) -> None:
+    """The stored training rows: act_grad_ratio is g_0/g_{L-1} of the same seed and step's probes, and
+    final_val_loss is the last recorded validation loss of each seed."""
+    import numpy as np
+    import pandas as pd
+
+    paths = sorted((store / "jobs" / "train").glob("*.parquet"))
+    assert paths
+    for path in paths:
+        f = pd.read_parquet(path)
+        g = f[(f["quantity"] == "act_grad_norm") & (f["site"] == "resid_pre") & (f["layer"] >= 0)]
+        top = g["layer"].max()
+        want = (g[g["layer"] == 0].set_index(["seed", "step"])["value"]
+                / g[g["layer"] == top].set_index(["seed", "step"])["value"])  # fmt: skip
+        got = f[f["quantity"] == "act_grad_ratio"].set_index(["seed", "step"])["value"]
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(got.sort_index().to_numpy(), want.sort_index().to_numpy(), rtol=1e-12)
+        val = f[f["quantity"] == "val_loss"].sort_values("step").groupby("seed")["value"].last()
+        final = f[f["quantity"] == "final_val_loss"].set_index("seed")["value"]
+        np.testing.assert_allclose(final.sort_index().to_numpy(), val.sort_index().to_numpy(), rtol=1e-12)

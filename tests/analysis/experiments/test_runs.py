@@ -65,4 +65,7 @@ def test_stop_cancels_queued_jobs_and_ends_the_workers() -> None:
     for process in processes:
         process.join(timeout=10)
     assert time.perf_counter() - start < 10 and not any(p.is_alive() for p in processes)
-    assert all(f.cancelled() for f in futures[3:])  # the first ones may already sit in the worker's queue
+    # none of the queued jobs ran to a result: cancelled, or failed with the ended pool (which of the
+    # two depends on when the pool's manager thread notices the ended worker, under load)
+    for future in futures[1:]:
+        assert future.cancelled() or future.exception(timeout=10) is not None

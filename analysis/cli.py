@@ -47,7 +47,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     frame = probe_at_init(
         cfg, seeds=seeds, batch_size=args.batch_size, seq_len=args.seq_len, probes=probes,
-        run=args.run or out.stem, seed_chunk=args.seed_chunk,
+        run=args.run or out.stem, seed_chunk=args.seed_chunk, streams=args.streams,
     )  # fmt: skip
     meta = {
         "model": dataclasses.asdict(cfg),
@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     probe.add_argument("--seeds", type=int, default=4, help="number of seeds (models), vmapped in one call")
     probe.add_argument("--seed-start", type=int, default=0, help="first seed")
-    probe.add_argument("--seed-chunk", type=int, default=None, help="vmap this many seeds at a time (memory)")
+    probe.add_argument("--seed-chunk", type=int, default=None,
+                       help="vmap this many seeds at a time (default: all on an accelerator, 1 on a CPU)")
+    probe.add_argument("--streams", type=int, default=None,
+                       help="seed groups computed at once on threads (default: one per core on a CPU, 1 on an accelerator)")
     probe.add_argument("--batch-size", type=int, default=8, help="random-token batch size")
     probe.add_argument("--seq-len", type=int, default=32, help="sequence length of the batch")
     probe.add_argument("--probes", default="", help=f"comma-separated subset of: {', '.join(PROBES)} (default: the cheap ones)")

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from analysis.io import environment, read_run, source_fingerprint, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
-from analysis.runtime import default_workers, release_compiled_if_crowded
+from analysis.runtime import STREAMS_VAR, available_cores, default_workers, release_compiled_if_crowded
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -159,13 +159,14 @@ WORKER_JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_defau
 _PARENT_CODE: str | None = None  # in a worker: the code fingerprint of the process that started it
 
 
-def _start_worker(code: str, settings: dict[str, Any]) -> None:
+def _start_worker(code: str, settings: dict[str, Any], streams: int) -> None:
     import jax
 
     global _PARENT_CODE
     _PARENT_CODE = code
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerator memory shared by workers
+    os.environ.setdefault(STREAMS_VAR, str(streams))  # the worker's share of the cores, unless the user chose
     for name, value in settings.items():
         jax.config.update(name, value)
 
@@ -222,7 +223,7 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
 
         settings = {name: getattr(jax.config, name) for name in WORKER_JAX_SETTINGS}
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(code_fingerprint(), settings))  # fmt: skip
+                                   initargs=(code_fingerprint(), settings, max(1, available_cores() // workers)))  # fmt: skip
         try:
             futures = {pool.submit(_compute_in_worker, missing[key], _stored(store, missing[key], key)): key for key in order}
             for future in as_completed(futures):

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping
 
 import flax.nnx as nnx
@@ -18,6 +20,7 @@ import pandas as pd
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
+from analysis.runtime import default_seed_chunk, default_streams
 from models import ModelConfig, Transformer, init_state
 
 
@@ -55,7 +58,9 @@ def one_shot(cfg: ModelConfig) -> ModelConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, given_batch: bool, chunk: int | None):
+def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, given_batch: bool, chunk: int):
+    """The jitted study of a group of seeds: (seeds (S,), batch) -> results with a leading (S,) axis,
+    `chunk` seeds vmapped together at a time (lax.map over the rest)."""
     cfg = one_shot(cfg)
 
     def one(seed, batch):
@@ -65,9 +70,44 @@ def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int
             batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
-    if chunk is None:
-        return jax.jit(jax.vmap(one, in_axes=(0, None)))
     return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
+
+
+def _run_streams(fn, groups: list[jax.Array], batch) -> list:
+    """fn(group, batch) for every group, each group on its own thread, results in order.
+
+    Why threads: XLA's CPU kernels keep two cores poorly busy on these studies' small matrices,
+    and two programs at once fill them (benchmarks/README.md). A compiled program runs outside
+    Python's lock, and calls from one thread are executed one after another, so each group needs a
+    thread of its own. The first call compiles (once); the others wait for it to be dispatched.
+    """
+    if len(groups) == 1:
+        return [jax.device_get(fn(groups[0], batch))]
+    dispatched = threading.Event()
+
+    def first(group):
+        try:
+            out = fn(group, batch)
+        finally:
+            dispatched.set()
+        return jax.device_get(out)
+
+    def rest(group):
+        dispatched.wait()
+        return jax.device_get(fn(group, batch))
+
+    with ThreadPoolExecutor(len(groups), thread_name_prefix="lnscope-stream") as pool:
+        futures = [pool.submit(first, groups[0])] + [pool.submit(rest, g) for g in groups[1:]]
+        return [f.result() for f in futures]
+
+
+def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
+    """`seeds` split into `streams` equal groups (one program shape, one compile), the last padded
+    with repeats of its final seed (whose results are dropped)."""
+    size = -(-len(seeds) // streams)
+    padded = seeds + [seeds[-1]] * (size * streams - len(seeds))
+    groups = [jnp.asarray(padded[i * size : (i + 1) * size], jnp.uint32) for i in range(streams)]
+    return groups
 
 
 def probe_at_init(
@@ -81,11 +121,16 @@ def probe_at_init(
     probe_config: ProbeConfig | None = None,
     run: str = "",
     seed_chunk: int | None = None,
+    streams: int | None = None,
 ) -> pd.DataFrame:
     """Probe freshly initialized models of `cfg`, one per seed, as a tidy DataFrame (analysis.probe.tidy).
 
-    All seeds run in one compiled call (`jax.vmap` over seeds, model init and Admin profiling inside);
-    `seed_chunk` bounds memory by vmapping that many seeds at a time. Seed s is the model of
+    Seeds are compiled into one program (model init and Admin profiling inside): `seed_chunk` seeds
+    are vmapped together at a time and the program loops over the rest; `streams` groups of seeds
+    run at once, each on its own thread. Defaults (analysis.runtime): on an accelerator every seed in
+    one vmap and one stream; on a CPU one seed at a time and one stream per core (a 2-core CPU ran
+    32 seeds of a 12-layer d=64 study in 1.4 s so, against 2.7 s vmapped; benchmarks/README.md). Each seed's numbers do not
+    depend on `streams`; `seed_chunk` changes them only by float rounding. Seed s is the model of
     `build_model(cfg, s)`. The batch is random tokens drawn from each seed unless `batch` is given
     (then the same batch for every seed).
     """
@@ -98,14 +143,19 @@ def probe_at_init(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if batch is None and seq_len > cfg.max_len:
         raise ValueError(f"seq_len={seq_len} > max_len={cfg.max_len}")
-    if seed_chunk is not None and (not isinstance(seed_chunk, int) or seed_chunk < 1):
-        raise ValueError(f"seed_chunk must be an integer >= 1 or None, got {seed_chunk!r}")
+    for name, value in (("seed_chunk", seed_chunk), ("streams", streams)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1 or None (the platform's default), got {value!r}")
     if batch is not None:
         check_batch(cfg, batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     shape = (0, 0) if batch is not None else (batch_size, seq_len)  # unused with a given batch: no recompiles
-    fn = _compiled(cfg, pcfg, *shape, batch is not None, seed_chunk)
-    result = jax.device_get(fn(jnp.asarray(seeds, jnp.uint32), batch))
+    streams = min(default_streams() if streams is None else streams, len(seeds))
+    groups = _seed_groups(seeds, streams)
+    chunk = min(default_seed_chunk(len(groups[0])) if seed_chunk is None else seed_chunk, len(groups[0]))
+    fn = _compiled(cfg, pcfg, *shape, batch is not None, chunk)
+    parts = _run_streams(fn, groups, batch)
+    result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)
 
 

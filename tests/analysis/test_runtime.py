@@ -65,3 +65,19 @@ def test_worker_count_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.default_workers() == 1  # in Python: this process, unless asked
     monkeypatch.setenv(runtime.WORKERS_VAR, "auto")  # what the lnscope command sets
     assert 1 <= runtime.default_workers() <= runtime.MAX_AUTO_WORKERS
+
+
+def test_streams_one_per_core_on_cpu_or_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runtime.STREAMS_VAR, raising=False)
+    expected = min(runtime.available_cores(), runtime.MAX_AUTO_STREAMS) if jax.default_backend() == "cpu" else 1
+    assert runtime.default_streams() == expected
+    assert runtime.default_seed_chunk(32) == (1 if jax.default_backend() == "cpu" else 32)
+    monkeypatch.setenv(runtime.STREAMS_VAR, "3")
+    assert runtime.default_streams() == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "auto", "1.5"])
+def test_bad_stream_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.STREAMS_VAR, value)
+    with pytest.raises(ValueError, match=f"{runtime.STREAMS_VAR}={value!r}.*whole number"):
+        runtime.default_streams()

@@ -33,7 +33,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from analysis.probe import similarity
-from analysis.probe.api import probe_at_init, probe_model
+from analysis.probe.api import _seed_groups, probe_at_init, probe_model
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, Transformer, build_model, init_state
@@ -610,9 +610,13 @@ def _assert_same_values(a: pd.DataFrame, b: pd.DataFrame, what: str) -> None:
 def seed_frames():
     common = dict(batch_size=BATCH, seq_len=LENGTH, probes=CHEAP_PROBES)
     return {
-        "vmapped": probe_at_init(SEED_CFG, seeds=SEEDS, **common),
+        # the platform's default: on this CPU one seed at a time, one stream per core
+        "default": probe_at_init(SEED_CFG, seeds=SEEDS, **common),
+        "vmapped": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=len(SEEDS), streams=1, **common),
         "single": pd.concat([probe_at_init(SEED_CFG, seeds=[s], **common) for s in SEEDS], ignore_index=True),
-        "chunked": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=2, **common),
+        # one seed per stream: the single-seed program (no compile of its own), three threads at once
+        "three_streams": probe_at_init(SEED_CFG, seeds=SEEDS, streams=3, seed_chunk=1, **common),
+        "chunked": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=2, streams=1, **common),
     }
 
 
@@ -629,6 +633,25 @@ def test_vmapped_seeds_equal_single_seeds(seed_frames) -> None:
 def test_seed_chunk_gives_identical_numbers(seed_frames) -> None:
     """lax.map in chunks of 2 (then a remainder of 1) = one vmap over all seeds, to 1 ulp."""
     _assert_same_values(seed_frames["vmapped"], seed_frames["chunked"], "seed_chunk=2 vs full vmap")
+
+
+def test_streams_change_no_number(seed_frames) -> None:
+    """Seeds computed on concurrent threads, in groups (the last padded with a repeated seed whose
+    results are dropped), are each seed's numbers: bit for bit those of the same program run one
+    seed per call, and in seed order."""
+    threads, single = seed_frames["three_streams"], seed_frames["single"]
+    assert list(threads.drop_duplicates("seed")["seed"]) == SEEDS
+    by_keys = lambda df: df.sort_values(KEYS).reset_index(drop=True)
+    pd.testing.assert_frame_equal(by_keys(threads), by_keys(single), check_exact=True)
+    default = seed_frames["default"]  # two streams of two seeds (one padding) on this CPU
+    assert list(default.drop_duplicates("seed")["seed"]) == SEEDS
+    _assert_same_values(default, single, "default streams vs one seed at a time")
+
+
+def test_seed_groups_pad_the_last_group() -> None:
+    groups = _seed_groups([4, 7, 9], 2)
+    assert [g.tolist() for g in groups] == [[4, 7], [9, 9]]
+    assert [g.tolist() for g in _seed_groups([3], 1)] == [[3]]
 
 
 def test_probe_at_init_with_batch_equals_probe_model() -> None:
@@ -682,6 +705,8 @@ def test_probe_at_init_rejects_bad_input() -> None:
     _raises(lambda: probe_at_init(cfg, batch_size=BATCH, seq_len=9), "seq_len=9", "max_len=8")
     _raises(lambda: probe_at_init(cfg, batch_size=0, seq_len=LENGTH), "batch_size", "0")
     _raises(lambda: probe_at_init(cfg, seed_chunk=0, **ok), "seed_chunk", "0")
+    _raises(lambda: probe_at_init(cfg, streams=0, **ok), "streams", "0")
+    _raises(lambda: probe_at_init(cfg, streams=True, **ok), "streams", "True")
     tokens = np.zeros((BATCH, LENGTH), np.int32)
     _raises(lambda: probe_at_init(cfg, batch={"src": tokens}, **ok), "'tokens'", "missing")
     _raises(lambda: probe_at_init(cfg, batch={"tokens": tokens + cfg.vocab}, **ok), str(cfg.vocab), f"0..{cfg.vocab - 1}")

@@ -103,3 +103,37 @@ def test_expensive_probes_run_at_their_own_cadence():
     assert plan.probes == {0: (*cheap, "cka"), 2: cheap, 4: (*cheap, "cka"), 6: cheap, 8: (*cheap, "cka"), 9: cheap}
     assert plan.evals == {0, 3, 6, 9} and plan.boundaries == (0, 2, 3, 4, 6, 8, 9)
     # A run stores this schedule (info["probe_steps"]); its probe rows exist only where a probe ran.
+
+
+def test_probes_recorded_in_the_step_equal_the_probe_program_on_the_same_state(tmp_path):
+    """A probe row of a run = `probe_program` run alone on that step's parameters (from the
+    checkpoint), that step's batch and that step's probe key: the vmapped, update-fused probe step
+    measures what the probe program measures, on the state before the step's update."""
+    import jax
+    import flax.nnx as nnx
+
+    from analysis.probe.api import probe_key
+    from analysis.probe.probes import CHEAP_PROBES, probe_program
+    from analysis.probe.tidy import to_frame
+    from analysis.train.checkpoint import load_model
+    from analysis.train.step import batch_key
+    from analysis.train.tasks import prepare
+
+    cfg = _cfg(steps=4, probe_every=2, probes=CHEAP_PROBES, checkpoint_every=2, eval_every=0)
+    r = train(cfg, tmp_path)
+    data = prepare(cfg.task, cfg.model)
+    keys = ["seed", "stack", "layer", "site", "quantity", "other_layer"]
+    step = 2
+    for seed in cfg.seeds:
+        graphdef, params = nnx.split(load_model(r.folder, step=step, seed=seed))
+        batch = data.batch(jax.tree.map(jax.numpy.asarray, data.arrays), batch_key(jax.numpy.uint32(seed), step))
+        key = jax.random.fold_in(probe_key(jax.random.key(seed)), step)
+        alone = jax.jit(lambda p, b, k: probe_program(graphdef, p, b, cfg.model, cfg.probe_config(CHEAP_PROBES), k))
+        result = jax.tree.map(lambda a: np.asarray(a)[None], jax.device_get(alone(params, batch, key)))
+        expected = to_frame(result, cfg.model, [seed]).sort_values(keys).reset_index(drop=True)
+        recorded = r.probes[(r.probes.seed == seed) & (r.probes.step == step)].sort_values(keys).reset_index(drop=True)
+        assert len(expected) > 100 and set(expected.quantity) >= {"cka", "cka_null", "act_grad_norm", "ln_jacobian_gain"}
+        pd.testing.assert_frame_equal(recorded[keys], expected[keys])
+        # two programs (vmapped over seeds and fused with the update, or alone): float32 rounding only
+        np.testing.assert_allclose(recorded["value"], expected["value"], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"seed {seed}, step {step}")

@@ -19,6 +19,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))  # the job pool's
 # pytest-xdist already runs one test process per core: jobs compute in the test's process unless a
 # test asks for a pool (analysis.experiments.runs.compute_jobs)
 os.environ.setdefault("LNSCOPE_WORKERS", "1")
+os.environ.setdefault("LNSCOPE_STREAMS", "1")  # likewise one seed group at a time (tests that need more ask)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -6,7 +6,7 @@
 Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over
 lnscope's, decoder d=128 at two depths, the smaller), probe_overhead (probed / plain step, the
 larger), flop_floor_ratio (plain step time over its XLA-counted FLOPs at a large matmul's measured
-rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's vmapped one),
+rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's probe_at_init with its defaults),
 compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
 peak_rss_ratio (peak resident memory of the probed step's process over the plain one's). A key is
 None when it could not be measured, with the reason under "reasons". Timings are medians after a

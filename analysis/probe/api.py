@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping
 
@@ -79,26 +78,15 @@ def _run_streams(fn, groups: list[jax.Array], batch) -> list:
     Why threads: XLA's CPU kernels keep two cores poorly busy on these studies' small matrices,
     and two programs at once fill them (benchmarks/README.md). A compiled program runs outside
     Python's lock, and calls from one thread are executed one after another, so each group needs a
-    thread of its own. The first call compiles (once); the others wait for it to be dispatched.
+    thread of its own. The program is traced and compiled here, in the caller's thread (once;
+    cached after): JAX's configuration contexts (`jax.enable_x64`, dtype promotion, matmul
+    precision) are thread-local, so a trace on a worker thread would not see the caller's.
     """
     if len(groups) == 1:
         return [jax.device_get(fn(groups[0], batch))]
-    dispatched = threading.Event()
-
-    def first(group):
-        try:
-            out = fn(group, batch)
-        finally:
-            dispatched.set()
-        return jax.device_get(out)
-
-    def rest(group):
-        dispatched.wait()
-        return jax.device_get(fn(group, batch))
-
+    compiled = fn.lower(groups[0], batch).compile()
     with ThreadPoolExecutor(len(groups), thread_name_prefix="lnscope-stream") as pool:
-        futures = [pool.submit(first, groups[0])] + [pool.submit(rest, g) for g in groups[1:]]
-        return [f.result() for f in futures]
+        return list(pool.map(lambda group: jax.device_get(compiled(group, batch)), groups))
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:

@@ -648,6 +648,19 @@ def test_streams_change_no_number(seed_frames) -> None:
     _assert_same_values(default, single, "default streams vs one seed at a time")
 
 
+def test_streams_trace_under_the_callers_jax_context() -> None:
+    """JAX's configuration contexts are thread-local: seeds computed on worker threads must still be
+    traced under the caller's `jax.enable_x64` (a float64 model stays float64). Each seed alone (one
+    stream, the same program) must equal it bit for bit; a float32 trace would differ at ~1e-7."""
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
+        cfg = _cfg(placement="pre", dtype="float64")
+        common = dict(batch_size=BATCH, seq_len=LENGTH, probes=("act_norm", "act_grad_norm"), seed_chunk=1)
+        threads = probe_at_init(cfg, seeds=[0, 1], streams=2, **common)
+        alone = pd.concat([probe_at_init(cfg, seeds=[s], streams=1, **common) for s in (0, 1)], ignore_index=True)
+    by_keys = lambda df: df.sort_values(KEYS).reset_index(drop=True)
+    pd.testing.assert_frame_equal(by_keys(threads), by_keys(alone), check_exact=True)
+
+
 def test_seed_groups_pad_the_last_group() -> None:
     groups = _seed_groups([4, 7, 9], 2)
     assert [g.tolist() for g in groups] == [[4, 7], [9, 9]]

@@ -90,12 +90,12 @@ def _run_streams(fn, groups: list[jax.Array], batch) -> list:
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
-    """`seeds` split into `streams` equal groups (one program shape, one compile), the last padded
-    with repeats of its final seed (whose results are dropped)."""
+    """`seeds` split into at most `streams` equal groups (one program shape, one compile), the last
+    padded with repeats of its final seed (whose results are dropped); never a group of padding only."""
     size = -(-len(seeds) // streams)
-    padded = seeds + [seeds[-1]] * (size * streams - len(seeds))
-    groups = [jnp.asarray(padded[i * size : (i + 1) * size], jnp.uint32) for i in range(streams)]
-    return groups
+    count = -(-len(seeds) // size)
+    padded = seeds + [seeds[-1]] * (size * count - len(seeds))
+    return [jnp.asarray(padded[i * size : (i + 1) * size], jnp.uint32) for i in range(count)]
 
 
 def probe_at_init(

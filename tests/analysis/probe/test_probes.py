@@ -666,6 +666,8 @@ def test_seed_groups_pad_the_last_group() -> None:
     groups = _seed_groups([4, 7, 9], 2)
     assert [g.tolist() for g in groups] == [[4, 7], [9, 9]]
     assert [g.tolist() for g in _seed_groups([3], 1)] == [[3]]
+    # 5 seeds on 4 streams: groups of 2, and three groups, not a fourth of padding only
+    assert [g.tolist() for g in _seed_groups([0, 1, 2, 3, 4], 4)] == [[0, 1], [2, 3], [4, 4]]
 
 
 def test_probe_at_init_with_batch_equals_probe_model() -> None:

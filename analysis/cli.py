@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="probe models at initialization over seeds; write parquet + JSON",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    probe.add_argument("--seeds", type=int, default=4, help="number of seeds (models), vmapped in one call")
+    probe.add_argument("--seeds", type=int, default=4, help="number of seeds (models), in one compiled program")
     probe.add_argument("--seed-start", type=int, default=0, help="first seed")
     probe.add_argument("--seed-chunk", type=int, default=None,
                        help="vmap this many seeds at a time (default: all on an accelerator, 1 on a CPU)")

@@ -95,12 +95,20 @@ def default_workers() -> int:
     """
     text = os.environ.get(WORKERS_VAR, "").strip() or "1"
     if text == "auto":
-        if jax.default_backend() != "cpu":
-            return 1
-        return max(1, min(available_cores(), MAX_AUTO_WORKERS))
+        return _per_core_on_cpu(MAX_AUTO_WORKERS)
+    return _whole_number(WORKERS_VAR, text, "a whole number >= 1 (1 = compute in this process) or auto")
+
+
+def _whole_number(var: str, text: str, valid: str) -> int:
+    """int(text) of the environment variable `var`, or a ValueError naming the value and `valid`."""
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{WORKERS_VAR}={text!r}; valid values: a whole number >= 1 (1 = compute in this process) or auto")
+        raise ValueError(f"{var}={text!r}; valid values: {valid}")
     return int(text)
+
+
+def _per_core_on_cpu(cap: int) -> int:
+    """One per available core (at most `cap`) when JAX runs on the CPU, else 1."""
+    return 1 if jax.default_backend() != "cpu" else max(1, min(available_cores(), cap))
 
 
 def available_cores() -> int:
@@ -114,22 +122,16 @@ def default_streams() -> int:
     on an accelerator (one device runs one program at a time; vmapping the seeds fills it).
 
     Why on a CPU: XLA's kernels keep two cores poorly busy on the small matrices of an init study
-    (a 12-layer d=64 study of 32 seeds: one seed at a time 2.0 s on two cores, 2.6 s vmapped), while
-    two programs at once fill them (1.4 s). A worker process of `compute_jobs` gets its share of
-    the cores (cores // workers), so a pool does not oversubscribe them.
+    (a 12-layer d=64 study of 32 seeds: one seed at a time 2.0-2.2 s on two cores, 2.3-2.7 s vmapped),
+    while two programs at once fill them (1.3-1.5 s). A worker process of `compute_jobs` gets its
+    share of the cores (cores // workers), so a pool does not oversubscribe them.
     """
     text = os.environ.get(STREAMS_VAR, "").strip()
-    if text:
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{STREAMS_VAR}={text!r}; valid values: a whole number >= 1")
-        return int(text)
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, min(available_cores(), MAX_AUTO_STREAMS))
+    return _whole_number(STREAMS_VAR, text, "a whole number >= 1") if text else _per_core_on_cpu(MAX_AUTO_STREAMS)
 
 
 def default_seed_chunk(seeds: int) -> int:
     """How many seeds one program step vmaps together: all of them on an accelerator (wide batched
     kernels are what it is fast at), 1 on a CPU (vmapped seeds leave the caches there: 32 seeds of
-    a 12-layer d=64 study ran 2.6 s vmapped, 2.0 s one after another)."""
+    a 12-layer d=64 study ran 2.3-2.7 s vmapped, 2.0-2.2 s one after another)."""
     return seeds if jax.default_backend() != "cpu" else 1

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -89,7 +89,7 @@ class InitJob:
     Attributes:
         variant: label of the rows (e.g. "b2t (code rescale)").
         model: the configuration.
-        seeds, batch_size, seq_len: seeds vmapped in one call; random-token batch per seed.
+        seeds, batch_size, seq_len: seeds of one probe_at_init study; random-token batch per seed.
         probes: probe names (analysis.probe.PROBES).
         output_change_lr: step size of the output-change probe (a sign step, Admin's amplification).
         columns: extra (column, value) pairs for the rows, e.g. (("skip_lambda", 1.5),).

@@ -166,7 +166,7 @@ class AtlasSettings:
     Attributes:
         layers: depth of the decoder-only model and of each stack of the encoder-decoder (18 in the
             papers' analyses; 6 for a smoke run).
-        seeds: models per configuration (vmapped in one call).
+        seeds: models per configuration (one compiled program, analysis.probe.probe_at_init).
         placements: registry keys, in registry order (all of them by default).
         batch_size, seq_len: the random-token batch.
     """

@@ -595,8 +595,12 @@ SEEDS = [0, 1, 2]
 KEYS = ["seed", "stack", "layer", "site", "quantity", "other_layer"]
 
 
+def _by_keys(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(KEYS).reset_index(drop=True)
+
+
 def _aligned(a: pd.DataFrame, b: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
-    a, b = a.sort_values(KEYS).reset_index(drop=True), b.sort_values(KEYS).reset_index(drop=True)
+    a, b = _by_keys(a), _by_keys(b)
     pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"), obj=what)
     return a["value"].to_numpy(), b["value"].to_numpy()
 
@@ -642,11 +646,10 @@ def test_streams_change_no_number(seed_frames) -> None:
     So a study's stored numbers do not depend on the streams that computed them."""
     threads, single = seed_frames["three_streams"], seed_frames["single"]
     assert list(threads.drop_duplicates("seed")["seed"]) == SEEDS
-    by_keys = lambda df: df.sort_values(KEYS).reset_index(drop=True)
-    pd.testing.assert_frame_equal(by_keys(threads), by_keys(single), check_exact=True)
+    pd.testing.assert_frame_equal(_by_keys(threads), _by_keys(single), check_exact=True)
     default = seed_frames["default"]  # two streams of two seeds (one of them padding): another loop length
     assert list(default.drop_duplicates("seed")["seed"]) == SEEDS
-    pd.testing.assert_frame_equal(by_keys(default), by_keys(single), check_exact=True)
+    pd.testing.assert_frame_equal(_by_keys(default), _by_keys(single), check_exact=True)
 
 
 def test_streams_trace_under_the_callers_jax_context() -> None:
@@ -658,8 +661,7 @@ def test_streams_trace_under_the_callers_jax_context() -> None:
         common = dict(batch_size=BATCH, seq_len=LENGTH, probes=("act_norm", "act_grad_norm"), seed_chunk=1)
         threads = probe_at_init(cfg, seeds=[0, 1], streams=2, **common)
         alone = pd.concat([probe_at_init(cfg, seeds=[s], streams=1, **common) for s in (0, 1)], ignore_index=True)
-    by_keys = lambda df: df.sort_values(KEYS).reset_index(drop=True)
-    pd.testing.assert_frame_equal(by_keys(threads), by_keys(alone), check_exact=True)
+    pd.testing.assert_frame_equal(_by_keys(threads), _by_keys(alone), check_exact=True)
 
 
 def test_seed_groups_pad_the_last_group() -> None:

@@ -215,6 +215,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     run_id = store.config_hash(cfg, data.fingerprint)
     folder = None if out is None else Path(out) / run_id
     if folder is not None and store.is_finished(folder):
+        store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
 
     started = time.perf_counter()

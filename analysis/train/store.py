@@ -117,9 +117,15 @@ def write_finished(folder: Path, curves: pd.DataFrame, probes: pd.DataFrame, met
     _write_parquet(folder / CURVES, curves)
     _write_parquet(folder / PROBES, probes)
     _write_json(folder / RUN_JSON, meta)
-    # The scaffolding of an unfinished run is no longer needed (a kill here leaves only redundancy).
-    shutil.rmtree(folder / PARTIAL, ignore_errors=True)
-    (folder / STARTED).unlink(missing_ok=True)
+    # The scaffolding of an unfinished run is no longer needed (a kill here leaves only redundancy,
+    # removed when the finished run is next read back by `train`).
+    remove_scaffolding(folder)
+
+
+def remove_scaffolding(folder: Path) -> None:
+    """Delete a finished run's leftover partial rows and started.json (its results stay untouched)."""
+    shutil.rmtree(Path(folder) / PARTIAL, ignore_errors=True)
+    (Path(folder) / STARTED).unlink(missing_ok=True)
 
 
 def write_started(folder: Path, meta: dict[str, Any]) -> None:

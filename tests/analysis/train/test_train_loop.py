@@ -137,3 +137,19 @@ def test_probes_recorded_in_the_step_equal_the_probe_program_on_the_same_state(t
         # two programs (vmapped over seeds and fused with the update, or alone): float32 rounding only
         np.testing.assert_allclose(recorded["value"], expected["value"], rtol=1e-5, atol=1e-6,
                                    err_msg=f"seed {seed}, step {step}")
+
+
+def test_rerun_removes_scaffolding_a_kill_left_in_a_finished_run(tmp_path):
+    """A kill between run.json and the cleanup leaves partial/ and started.json in a finished run; the
+    next `train` of that config reads the run back (nothing recomputed) and removes them."""
+    cfg = _cfg(steps=2, probe_every=0, eval_every=0)
+    first = train(cfg, tmp_path)
+    (first.folder / "partial").mkdir()
+    (first.folder / "partial" / "curves.parquet").write_bytes(b"left over")
+    (first.folder / "started.json").write_text("{}")
+    results = {p.name: p.read_bytes() for p in first.folder.iterdir() if p.is_file() and p.name != "started.json"}
+    again = train(cfg, tmp_path)
+    assert again.skipped
+    assert not (first.folder / "partial").exists() and not (first.folder / "started.json").exists()
+    assert {p.name: p.read_bytes() for p in first.folder.iterdir() if p.is_file()} == results
+    pd.testing.assert_frame_equal(again.curves, first.curves)

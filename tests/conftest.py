@@ -4,6 +4,15 @@
   compiles the same small programs across runs.
 - Strict dtype promotion: an accidental float64/int promotion inside the models is a bug, not a
   convenience (equinox's practice). Rank promotion stays allowed: LN gains broadcast by design.
+- Code generation: `make test` runs the suite with XLA_FLAGS=--xla_backend_optimization_level=0
+  (LLVM -O0; the HLO programs are the same), which cuts the suite's compile-bound time by ~30%.
+  Numbers then differ from XLA's default code generation by float rounding only (measured on
+  6-layer init studies of four placements: <= 2e-6 absolute; a 100-update Post-LN training run
+  amplifies it over the updates, as any change of compiler or machine would), and no test compares
+  against numbers made under another code generation. Tests marked `default_codegen` assert exact
+  bits that hold under the default code generation (e.g. seeds computed in loops of different
+  lengths); they run in make test's second pass without the flag, and are skipped, saying why,
+  wherever the flag is set.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import os
 from pathlib import Path
 
 import jax
+import pytest
 
 CACHE = Path(__file__).resolve().parents[1] / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(CACHE))
@@ -23,3 +33,19 @@ os.environ.setdefault("LNSCOPE_STREAMS", "1")  # likewise one seed group at a ti
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+CODEGEN_FLAG = "--xla_backend_optimization_level"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if CODEGEN_FLAG not in flags:
+        return
+    skip = pytest.mark.skip(
+        reason=f"asserts exact bits under XLA's default code generation, but XLA_FLAGS sets {CODEGEN_FLAG} "
+        "(make test runs these in its second pass, without it)"
+    )
+    for item in items:
+        if "default_codegen" in item.keywords:
+            item.add_marker(skip)

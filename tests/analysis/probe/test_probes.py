@@ -614,12 +614,8 @@ def _assert_same_values(a: pd.DataFrame, b: pd.DataFrame, what: str) -> None:
 def seed_frames():
     common = dict(batch_size=BATCH, seq_len=LENGTH, probes=CHEAP_PROBES)
     return {
-        # a CPU's default, one seed at a time, here on two threads (two groups of two, one padding)
-        "default": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=1, streams=2, **common),
         "vmapped": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=len(SEEDS), streams=1, **common),
         "single": pd.concat([probe_at_init(SEED_CFG, seeds=[s], **common) for s in SEEDS], ignore_index=True),
-        # one seed per stream: the single-seed program (no compile of its own), three threads at once
-        "three_streams": probe_at_init(SEED_CFG, seeds=SEEDS, streams=3, seed_chunk=1, **common),
         "chunked": probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=2, streams=1, **common),
     }
 
@@ -639,15 +635,22 @@ def test_seed_chunk_gives_identical_numbers(seed_frames) -> None:
     _assert_same_values(seed_frames["vmapped"], seed_frames["chunked"], "seed_chunk=2 vs full vmap")
 
 
-def test_streams_change_no_number(seed_frames) -> None:
+@pytest.mark.default_codegen
+def test_streams_change_no_number() -> None:
     """Seeds computed on concurrent threads, in groups (the last padded with a repeated seed whose
     results are dropped), are each seed's numbers: bit for bit those of one seed per call, whatever
     the groups' length (one seed at a time, the loop body is the same program), and in seed order.
-    So a study's stored numbers do not depend on the streams that computed them."""
-    threads, single = seed_frames["three_streams"], seed_frames["single"]
+    So a study's stored numbers do not depend on the streams that computed them. (Exact under XLA's
+    default code generation, which users run; under LLVM -O0 loops of different lengths differ in
+    the last bit of ~0.3% of the values, hence the marker.)"""
+    common = dict(batch_size=BATCH, seq_len=LENGTH, probes=CHEAP_PROBES)
+    single = pd.concat([probe_at_init(SEED_CFG, seeds=[s], **common) for s in SEEDS], ignore_index=True)
+    # one seed per stream: the single-seed program (no compile of its own), three threads at once
+    threads = probe_at_init(SEED_CFG, seeds=SEEDS, streams=3, seed_chunk=1, **common)
     assert list(threads.drop_duplicates("seed")["seed"]) == SEEDS
     pd.testing.assert_frame_equal(_by_keys(threads), _by_keys(single), check_exact=True)
-    default = seed_frames["default"]  # two streams of two seeds (one of them padding): another loop length
+    # a CPU's default, one seed at a time, on two threads: two groups of two (one padding), another loop length
+    default = probe_at_init(SEED_CFG, seeds=SEEDS, seed_chunk=1, streams=2, **common)
     assert list(default.drop_duplicates("seed")["seed"]) == SEEDS
     pd.testing.assert_frame_equal(_by_keys(default), _by_keys(single), check_exact=True)
 

@@ -4,7 +4,8 @@ compiled programs in long runs.
     lnscope ...                                   uses $JAX_COMPILATION_CACHE_DIR, else ~/.cache/lnscope/jax
     LNSCOPE_COMPILATION_CACHE=off lnscope ...     no persistent cache
     LNSCOPE_WORKERS=3 lnscope check               worker processes for a study's jobs (lnscope: "auto")
-    LNSCOPE_STREAMS=1 python study.py             seed groups of probe_at_init run at once (CPU: one per core)
+    LNSCOPE_STREAMS=1 python study.py             programs run at once on threads: probe_at_init's seed
+                                                  groups, a training run's seeds (CPU: one per core)
 
 Why a persistent cache by default: lnscope's studies are compile-bound on a CPU (a probe program or a
 training step compiles in 5-25 s and then runs for seconds), and a repeated compile read from the
@@ -14,7 +15,9 @@ cache takes ~0.2 s. It also makes `release_compiled` cheap.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -117,9 +120,10 @@ def available_cores() -> int:
 
 
 def default_streams() -> int:
-    """How many seed groups `probe_at_init` runs at once, each on its own thread: $LNSCOPE_STREAMS
-    if set, else one per available core (at most MAX_AUTO_STREAMS) when JAX runs on the CPU, and 1
-    on an accelerator (one device runs one program at a time; vmapping the seeds fills it).
+    """How many programs run at once, each on its own thread (`probe_at_init`'s seed groups, a
+    training run's per-seed programs): $LNSCOPE_STREAMS if set, else one per available core (at most
+    MAX_AUTO_STREAMS) when JAX runs on the CPU, and 1 on an accelerator (one device runs one program
+    at a time; vmapping the seeds fills it).
 
     Why on a CPU: XLA's kernels keep two cores poorly busy on the small matrices of an init study
     (a 12-layer d=64 study of 32 seeds: one seed at a time 2.0-2.2 s on two cores, 2.3-2.7 s vmapped),
@@ -135,3 +139,24 @@ def default_seed_chunk(seeds: int) -> int:
     kernels are what it is fast at), 1 on a CPU (vmapped seeds leave the caches there: 32 seeds of
     a 12-layer d=64 study ran 2.3-2.7 s vmapped, 2.0-2.2 s one after another)."""
     return seeds if jax.default_backend() != "cpu" else 1
+
+
+def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
+                   post: Callable[[Any], Any] | None = None) -> list:  # fmt: skip
+    """[post(fn(*args)) for args in calls], up to `streams` calls at once, each on its own thread.
+
+    `fn` is a jitted function and every call has the same shapes (one program). Why threads: XLA's
+    CPU kernels keep the cores poorly busy on lnscope's small matrices, and several programs at once
+    fill them; a compiled program runs outside Python's lock, and calls from one thread execute one
+    after another, so each stream needs a thread of its own. The program is traced and compiled
+    here, in the caller's thread (JAX caches it after the first time: ~3 ms): JAX's configuration
+    contexts (`jax.enable_x64`, dtype promotion, matmul precision) are thread-local, so a trace on a
+    worker thread would not see the caller's. Every call runs the same executable whatever
+    `streams` is, so the results do not depend on it, bit for bit.
+    """
+    post = post or (lambda out: out)
+    if streams <= 1 or len(calls) == 1:
+        return [post(fn(*args)) for args in calls]
+    compiled = fn.lower(*calls[0]).compile()
+    with ThreadPoolExecutor(min(streams, len(calls)), thread_name_prefix="lnscope-stream") as pool:
+        return list(pool.map(lambda args: post(compiled(*args)), calls))

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping
 
 import flax.nnx as nnx
@@ -19,7 +18,7 @@ import pandas as pd
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
-from analysis.runtime import default_seed_chunk, default_streams
+from analysis.runtime import default_seed_chunk, default_streams, run_on_threads
 from models import ModelConfig, Transformer, init_state
 
 
@@ -70,23 +69,6 @@ def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
     return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
-
-
-def _run_streams(fn, groups: list[jax.Array], batch) -> list:
-    """fn(group, batch) for every group, each group on its own thread, results in order.
-
-    Why threads: XLA's CPU kernels keep two cores poorly busy on these studies' small matrices,
-    and two programs at once fill them (benchmarks/README.md). A compiled program runs outside
-    Python's lock, and calls from one thread are executed one after another, so each group needs a
-    thread of its own. The program is traced and compiled here, in the caller's thread (once;
-    cached after): JAX's configuration contexts (`jax.enable_x64`, dtype promotion, matmul
-    precision) are thread-local, so a trace on a worker thread would not see the caller's.
-    """
-    if len(groups) == 1:
-        return [jax.device_get(fn(groups[0], batch))]
-    compiled = fn.lower(groups[0], batch).compile()
-    with ThreadPoolExecutor(len(groups), thread_name_prefix="lnscope-stream") as pool:
-        return list(pool.map(lambda group: jax.device_get(compiled(group, batch)), groups))
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
@@ -142,7 +124,7 @@ def probe_at_init(
     groups = _seed_groups(seeds, streams)
     chunk = min(default_seed_chunk(len(groups[0])) if seed_chunk is None else seed_chunk, len(groups[0]))
     fn = _compiled(cfg, pcfg, *shape, batch is not None, chunk)
-    parts = _run_streams(fn, groups, batch)
+    parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
     result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)
 

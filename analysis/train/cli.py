@@ -32,7 +32,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
 
     choices = _choices()
-    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, trained together under jax.vmap")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (CPU: a program each, one per core at once; accelerators: vmapped together)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed")
     parser.add_argument("--out", default="runs", help="store folder; the run goes to OUT/<config hash>/")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")

@@ -170,8 +170,9 @@ class TrainConfig:
         task: the data (TaskConfig).
         optim: the optimizer and schedule (OptimConfig).
         steps: optimizer updates per seed.
-        seeds: model seeds trained together under jax.vmap (seed s starts from build_model(cfg, s)
-            and draws its own training batches).
+        seeds: model seeds (seed s starts from build_model(cfg, s) and draws its own training
+            batches); on a CPU each trains in a program of its own, one per core at once, elsewhere
+            they train together under jax.vmap (analysis.train.seeds).
         probe_every: run `probes` at every multiple of this step (step 0 = initialization) and after
             the last update; 0 = no probes.
         probes: names from analysis.probe.PROBES, measured in the training step itself.

@@ -35,7 +35,9 @@ import pandas as pd
 from analysis.io import environment
 from analysis.probe.tidy import to_frame
 from analysis.train import checkpoint, store
+from analysis.runtime import default_streams
 from analysis.train.config import TrainConfig, from_dict, to_dict
+from analysis.train.seeds import PerSeed, Vmapped, choose_mode
 from analysis.train.step import MAX_CHUNK, METRICS, Runtime, abstract_states, program, seed_sharding
 from analysis.train.tasks import prepare
 
@@ -195,24 +197,33 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | None = None,
-          progress: bool = False) -> TrainResult:  # fmt: skip
-    """Train every seed of `cfg` together (jax.vmap; the seed axis sharded over `devices`).
+          progress: bool = False, vmap_seeds: bool | None = None, streams: int | None = None) -> TrainResult:  # fmt: skip
+    """Train every seed of `cfg`: on a CPU each seed in a program of its own, one per core at once;
+    elsewhere all seeds in one vmapped program, the seed axis sharded over `devices`
+    (analysis.train.seeds).
 
     Args:
         cfg: the run (analysis.train.config.TrainConfig).
         out: a store folder; the run goes to out/<run_id>/. A finished run there is read back
             (TrainResult.skipped), an unfinished one resumes from its last checkpoint. None = in memory.
-        devices: devices to shard the seed axis over (default: all; the largest count that divides
-            the number of seeds is used).
+        devices: devices to shard vmapped seeds over (default: all; the largest count that divides
+            the number of seeds is used). Giving them chooses vmapped seeds.
         progress: show a tqdm bar over the steps.
+        vmap_seeds: True: seeds vmapped together; False: a program per seed; None: the platform's
+            default (above). Part of the run's identity: the two differ by float rounding.
+        streams: per-seed programs run at once on threads (default: analysis.runtime.default_streams,
+            one per core on a CPU). Changes no number.
 
     Bad input (task too large for the model, unreadable corpus, ...) raises ValueError before any
     compute and before anything in `out` is touched.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train expects a TrainConfig, got {type(cfg).__name__}")
+    mode = choose_mode(len(cfg.seeds), devices, vmap_seeds)
+    if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
+        raise ValueError(f"streams must be an integer >= 1, got {streams!r}")
     data = prepare(cfg.task, cfg.model)
-    run_id = store.config_hash(cfg, data.fingerprint)
+    run_id = store.config_hash(cfg, data.fingerprint, seed_programs=mode)
     folder = None if out is None else Path(out) / run_id
     if folder is not None and store.is_finished(folder):
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
@@ -221,13 +232,17 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
     prog = program(cfg, data)
-    shardings = seed_sharding(len(cfg.seeds), devices)
+    shardings = seed_sharding(len(cfg.seeds), devices) if mode == "vmapped" else None
     n_devices = 1 if shardings is None else shardings[0].mesh.devices.size
     if shardings is None:  # one device, committed (as restored checkpoints are), so both share one compile
         one = jax.sharding.SingleDeviceSharding((devices or jax.devices())[0])
         shardings = (one, one)
     put = lambda x, i: jax.device_put(x, shardings[i])
-    seeds = put(jnp.asarray(cfg.seeds, jnp.uint32), 0)
+    if mode == "vmapped":
+        ex = Vmapped(put(jnp.asarray(cfg.seeds, jnp.uint32), 0))
+    else:
+        one_each = [put(jnp.asarray([s], jnp.uint32), 0) for s in cfg.seeds]
+        ex = PerSeed(one_each, default_streams() if streams is None else streams)
     arrays = put(data.arrays, 1)
     rt = put(Runtime.of(cfg), 1)
     rec = _Recorder(cfg, run_id)
@@ -241,11 +256,11 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         if saved:
             start = saved[-1]
             _, abstract = abstract_states(cfg, shardings[0])
-            states = checkpoint.restore(folder, start, abstract)
+            states = ex.split(checkpoint.restore(folder, start, abstract))
             curves, probes = store.read_partial(folder, before=start)
             _replay(rec, curves, probes)
     if start == 0:
-        states = prog.init(seeds)
+        states = ex.init(prog.init)
 
     pipe = _Pipeline(rec, cfg.steps, start, progress, run_id)
     T = cfg.steps
@@ -255,28 +270,28 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         if pipe.all_diverged:
             break
         if a in plan.evals:
-            pipe.dispatch("eval", a, 0, (prog.evaluate(states.params, arrays, rt),))
+            pipe.dispatch("eval", a, 0, (ex.evaluate(prog.evaluate, states, arrays, rt),))
         if a in plan.checkpoints and a > start and folder is not None:
             pipe.flush()  # the partial rows must hold every step before the checkpoint
             if _writer():
                 store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
-            checkpoint.save(folder, a, states)
+            checkpoint.save(folder, a, ex.stacked(states))
         s = a
         if a in plan.probes:
-            new, metrics, result = prog.probed(plan.probes[a])(states, seeds, a, arrays, rt)
-            pipe.dispatch("probe", a, int(a < T), (metrics, result, new.alive))
+            new, metrics, result = ex.step(prog.probed(plan.probes[a]), states, a, arrays, rt)
+            pipe.dispatch("probe", a, int(a < T), (metrics, result, ex.alive(new)))
             states = new if a < T else states  # the final probe measures the trained model; no update
             s += 1
         if b is None:
             break
         while s < b:
             n = min(MAX_CHUNK, b - s)
-            states, metrics = prog.plain(states, seeds, s, n, arrays, rt)
-            pipe.dispatch("plain", s, n, (metrics, states.alive))
+            states, metrics = ex.step(prog.plain, states, s, n, arrays, rt)
+            pipe.dispatch("plain", s, n, (metrics, ex.alive(states)))
             s += n
     pipe.close()
 
-    diverged_at = np.asarray(_to_host(states.diverged_at))
+    diverged_at = np.asarray(_to_host(ex.stacked(states).diverged_at))
     diverged = {int(s): (int(d) if d >= 0 else None) for s, d in zip(cfg.seeds, diverged_at)}
     status = {s: ("diverged" if d is not None else "finished") for s, d in diverged.items()}
     curves = _sort(_after_divergence(rec.curves(), diverged), ["seed", "quantity", "step"])
@@ -289,6 +304,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "resumed_from": start or None,
         "stopped_early": pipe.all_diverged,
         "devices": n_devices,
+        "seed_programs": mode,
+        "streams": ex.streams,
     }
     result = TrainResult(cfg, run_id, status, diverged, curves, probes, info, folder)
     if folder is not None and _writer():

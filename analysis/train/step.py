@@ -1,4 +1,5 @@
-"""The compiled training program: init, plain-step chunks, probed steps and evaluation, seeds vmapped.
+"""The compiled training program: init, plain-step chunks, probed steps and evaluation, seeds vmapped
+(over all of a run's seeds, or over one seed per call: analysis.train.seeds).
 
 Per seed, one update at step s (0-based) is
 

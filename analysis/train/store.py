@@ -42,10 +42,16 @@ RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", 
                "warmup_steps", "steps", "status", "diverged_step")  # fmt: skip
 
 
-def config_hash(cfg: TrainConfig, fingerprint: str = "") -> str:
+def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "vmapped") -> str:
     """16 hex digits of sha256 over the full config, the data's fingerprint (a custom corpus' content
-    hash) and the store version: equal configs share a folder, any change gets a new one."""
-    payload = json.dumps({"config": to_dict(cfg), "data": fingerprint, "store": STORE_VERSION}, sort_keys=True)
+    hash), how the seeds were computed (analysis.train.seeds: "vmapped" or "per_seed"; their numbers
+    differ by float rounding amplified by training) and the store version: equal configs computed
+    alike share a folder, any change gets a new one. ("vmapped" is left out of the hashed payload, so
+    the ids of runs stored before per-seed programs existed are unchanged.)"""
+    content: dict = {"config": to_dict(cfg), "data": fingerprint, "store": STORE_VERSION}
+    if seed_programs != "vmapped":
+        content["seed_programs"] = seed_programs
+    payload = json.dumps(content, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -18,8 +18,10 @@ Unknown keys anywhere are an error naming the valid ones; so is an empty grid. E
 grid is built (and validated) before the first run starts. Runs already finished in `out` are read
 back, not recomputed, so a killed sweep is resumed by running it again.
 
-Devices. Each run vmaps its seeds; `train` shards that seed axis over the local devices (jit + vmap
-over sharded inputs), so on a machine with several GPUs the same command uses them all: give a
+Devices. On a CPU with one device each seed of a run trains in a program of its own, one per core
+at once (analysis.train.seeds). Elsewhere each run vmaps its seeds; `train` shards that seed axis
+over the local devices (jit + vmap over sharded inputs), so on a machine with several GPUs the same
+command uses them all: give a
 number of seeds that the device count divides. On several hosts, start one process per host with
 `jax.distributed.initialize()` before `run_sweep` (or `lnscope sweep`): `jax.devices()` then spans
 every host, the seed axis is sharded across all of them, and orbax writes each checkpoint from all
@@ -122,8 +124,9 @@ def load_sweep(path: Path | str) -> Sweep:
 
 
 def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *, devices: list | None = None,
-              progress: bool = True) -> pd.DataFrame:  # fmt: skip
-    """Train every run of `sweep` into `out` (finished runs are read back, not recomputed).
+              progress: bool = True, vmap_seeds: bool | None = None, streams: int | None = None) -> pd.DataFrame:  # fmt: skip
+    """Train every run of `sweep` into `out` (finished runs are read back, not recomputed);
+    `devices`, `vmap_seeds` and `streams` go to each `train` call.
 
     Returns one row per run: run_id, folder, skipped, seconds, the number of diverged seeds, and
     one column per grid field. Read the results with `analysis.train.load_runs(out)`.
@@ -142,7 +145,7 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
         bar = tqdm(total=len(configs), desc="sweep", unit="run")
     for cfg in configs:
         start = time.perf_counter()
-        result = train(cfg, out, devices=devices)
+        result = train(cfg, out, devices=devices, vmap_seeds=vmap_seeds, streams=streams)
         diverged = sum(s == "diverged" for s in result.status.values())
         values = to_dict(cfg)
         row = {"run_id": result.run_id, "folder": str(result.folder), "skipped": result.skipped,

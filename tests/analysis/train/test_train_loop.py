@@ -85,10 +85,60 @@ def test_same_config_and_seed_is_bitwise_identical():
 
 
 def test_vmapped_seeds_equal_seeds_trained_alone():
-    together = _wide(train(_cfg()).curves)
+    run = train(_cfg(), vmap_seeds=True)
+    assert run.info["seed_programs"] == "vmapped"
+    together = _wide(run.curves)
     for seed in (0, 1):
         alone = _wide(train(_cfg(seeds=(seed,))).curves)
         np.testing.assert_allclose(alone[seed].to_numpy(), together[seed].to_numpy(), rtol=REORDER_RTOL)
+
+
+def _seed_rows(frame: pd.DataFrame, seed: int, keys: list[str]) -> pd.DataFrame:
+    rows = frame[frame.seed == seed].drop(columns="run")
+    return rows.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def test_per_seed_programs_are_each_seed_trained_alone_bit_for_bit():
+    """The CPU default: a program per seed. A seed's curves and probe rows are then those of the seed
+    trained alone, exactly: they do not depend on which seeds ran beside it."""
+    run = train(_cfg())
+    assert run.info["seed_programs"] == "per_seed"
+    probe_keys = ["step", "stack", "layer", "site", "quantity", "other_layer"]
+    for seed in (0, 1):
+        alone = train(_cfg(seeds=(seed,)))
+        assert alone.info["seed_programs"] == "vmapped"  # one seed: the same program either way
+        for kind, keys in (("curves", ["quantity", "step"]), ("probes", probe_keys)):
+            pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
+                                          _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
+
+
+def test_streams_change_no_number():
+    """Per-seed programs on one thread or on two at once: the same executable, the same bits."""
+    one, two = train(_cfg(seeds=(0, 1, 2)), streams=1), train(_cfg(seeds=(0, 1, 2)), streams=2)
+    assert (one.info["streams"], two.info["streams"]) == (1, 2)
+    assert one.run_id == two.run_id
+    pd.testing.assert_frame_equal(one.curves, two.curves, check_exact=True)
+    pd.testing.assert_frame_equal(one.probes, two.probes, check_exact=True)
+
+
+def test_the_seed_mode_is_part_of_the_run_identity():
+    per_seed, vmapped = train(_cfg(steps=1)), train(_cfg(steps=1), vmap_seeds=True)
+    assert per_seed.run_id != vmapped.run_id
+    # one seed runs the same program either way, so it keeps one identity (and the ids stored before)
+    assert train(_cfg(steps=1, seeds=(0,)), vmap_seeds=False).run_id == train(_cfg(steps=1, seeds=(0,))).run_id
+
+
+def test_bad_seed_execution_options_fail_before_any_compute(tmp_path):
+    import jax
+
+    with pytest.raises(ValueError, match="vmap_seeds.*'yes'"):
+        train(_cfg(), tmp_path, vmap_seeds="yes")
+    with pytest.raises(ValueError, match="devices"):
+        train(_cfg(), tmp_path, vmap_seeds=False, devices=jax.devices())
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match=f"streams.*{bad!r}"):
+            train(_cfg(), tmp_path, streams=bad)
+    assert not list(tmp_path.iterdir()), "nothing is written for bad input"
 
 
 def test_probing_does_not_change_training():

@@ -44,7 +44,8 @@ def test_run_folder_layout_and_json(finished):
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "curves.parquet", "probes.parquet", "run.json"]
     assert checkpoint.steps(folder) == [2, 4, 6]
     meta = json.loads((folder / "run.json").read_text())
-    assert meta["run_id"] == r.run_id == store.config_hash(r.config)
+    assert meta["run_id"] == r.run_id == store.config_hash(r.config, seed_programs=r.info["seed_programs"])
+    assert meta["info"]["seed_programs"] == "per_seed"  # the CPU default for two seeds
     assert meta["status"] == {"0": {"status": "finished", "step": None}, "1": {"status": "finished", "step": None}}
     assert meta["config"]["optim"]["lr"] == 1e-3 and meta["config"]["seeds"] == [0, 1]
     assert {"jax", "flax", "devices", "git_commit"} <= set(meta["environment"])

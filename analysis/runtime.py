@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 CACHE_VAR = "LNSCOPE_COMPILATION_CACHE"  # "off" disables the persistent cache
 WORKERS_VAR = "LNSCOPE_WORKERS"  # processes that compute a study's jobs: a whole number, or "auto"
 MAX_AUTO_WORKERS = 8  # each worker is a JAX process of ~1-2 GB with its own XLA thread pool
-STREAMS_VAR = "LNSCOPE_STREAMS"  # programs run at once on threads of one process (probe_at_init's seed groups)
+STREAMS_VAR = "LNSCOPE_STREAMS"  # programs run at once on threads (probe_at_init's seed groups, training's seeds)
 MAX_AUTO_STREAMS = 8
 
 
@@ -155,6 +156,11 @@ def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
     `streams` is, so the results do not depend on it, bit for bit.
     """
     post = post or (lambda out: out)
+    # Python scalars become arrays here, under the caller's contexts (under jax.enable_x64 a Python
+    # int is int64; converted on a worker thread it would be int32 and not fit the compiled program),
+    # and on every path alike, so one stream and several run the same program.
+    as_array = lambda leaf: jnp.asarray(leaf) if isinstance(leaf, (bool, int, float)) else leaf
+    calls = [tuple(jax.tree.map(as_array, args)) for args in calls]
     if streams <= 1 or len(calls) == 1:
         return [post(fn(*args)) for args in calls]
     compiled = fn.lower(*calls[0]).compile()

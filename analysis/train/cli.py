@@ -36,6 +36,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-start", type=int, default=0, help="first seed")
     parser.add_argument("--out", default="runs", help="store folder; the run goes to OUT/<config hash>/")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    _add_seed_options(parser)
     add_dataclass_options(parser, TrainConfig, title="training (analysis.train.TrainConfig fields)",
                           choices=choices["train"], skip=("seeds",), prefix="train.")  # fmt: skip
     add_dataclass_options(parser, OptimConfig, title="optimizer (analysis.train.OptimConfig fields)",
@@ -43,6 +44,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     add_dataclass_options(parser, TaskConfig, title="task (analysis.train.TaskConfig fields)",
                           choices=choices["task"], flags={"name": "task", "vocab": "task-vocab"}, prefix="task.")  # fmt: skip
     add_model_options(parser)
+
+
+def _add_seed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vmap-seeds", action=argparse.BooleanOptionalAction, default=None,
+                        help="seeds vmapped together (--vmap-seeds) or a program each (--no-vmap-seeds); default: "
+                             "a program each on a one-device CPU, vmapped elsewhere, or as a run already in --out was "
+                             "computed. Part of a run's id (analysis.train.seeds)")  # fmt: skip
+    parser.add_argument("--streams", type=int, default=None,
+                        help="per-seed programs run at once on threads (default: $LNSCOPE_STREAMS, else one per "
+                             "core on a CPU); changes no number")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace):
@@ -65,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from analysis.train.loop import train
 
     cfg = config_from_args(args)
-    result = train(cfg, args.out, progress=args.progress)
+    result = train(cfg, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
     curves = result.curves
     val = curves[(curves["quantity"] == "val_loss")].sort_values("step").groupby("seed")["value"].last()
     for seed, status in result.status.items():
@@ -82,7 +93,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from analysis.train.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.file)  # parsed and validated before any compute
-    table = run_sweep(sweep, args.out, progress=args.progress)
+    table = run_sweep(sweep, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
     with_text = table.drop(columns=["folder"]).to_string(index=False)
     print(with_text, file=sys.stderr)
     print(args.out)
@@ -103,4 +114,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
     sweep.add_argument("--out", required=True, help="store folder of the runs")
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")
+    _add_seed_options(sweep)
     sweep.set_defaults(func=_cmd_sweep)

@@ -210,7 +210,9 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             the number of seeds is used). Giving them chooses vmapped seeds.
         progress: show a tqdm bar over the steps.
         vmap_seeds: True: seeds vmapped together; False: a program per seed; None: the platform's
-            default (above). Part of the run's identity: the two differ by float rounding.
+            default (above), or the way a run of this config already in `out` was computed (so a
+            store started elsewhere or earlier is read back or resumed, not redone). Part of the
+            run's identity: the two differ by float rounding.
         streams: per-seed programs run at once on threads (default: analysis.runtime.default_streams,
             one per core on a CPU). Changes no number.
 
@@ -225,6 +227,13 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     data = prepare(cfg.task, cfg.model)
     run_id = store.config_hash(cfg, data.fingerprint, seed_programs=mode)
     folder = None if out is None else Path(out) / run_id
+    if folder is not None and vmap_seeds is None and devices is None and not folder.exists():
+        # the default continues what the store holds: a run of this config computed the other way
+        # (on another platform, or before per-seed programs) is read back or resumed, not redone
+        other = "vmapped" if mode == "per_seed" else "per_seed"
+        stored = Path(out) / store.config_hash(cfg, data.fingerprint, seed_programs=other)
+        if len(cfg.seeds) > 1 and stored.exists():
+            mode, run_id, folder = other, stored.name, stored
     if folder is not None and store.is_finished(folder):
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
@@ -291,7 +300,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             s += n
     pipe.close()
 
-    diverged_at = np.asarray(_to_host(ex.stacked(states).diverged_at))
+    diverged_at = np.asarray(_to_host(ex.diverged_at(states)))
     diverged = {int(s): (int(d) if d >= 0 else None) for s, d in zip(cfg.seeds, diverged_at)}
     status = {s: ("diverged" if d is not None else "finished") for s, d in diverged.items()}
     curves = _sort(_after_divergence(rec.curves(), diverged), ["seed", "quantity", "step"])

@@ -64,9 +64,14 @@ class Vmapped:
     def alive(self, states: Any) -> jax.Array:
         return states.alive
 
+    def diverged_at(self, states: Any) -> jax.Array:
+        return states.diverged_at
+
 
 class PerSeed:
-    """One call per seed, `streams` at once; `seeds` holds one (1,) seed array per seed."""
+    """One call per seed, `streams` at once; `seeds` holds one (1,) seed array per seed. Every
+    program runs on the device the seeds were put on (the first: several devices mean vmapped
+    seeds unless `vmap_seeds=False` is asked for)."""
 
     mode = "per_seed"
 
@@ -95,6 +100,9 @@ class PerSeed:
     def alive(self, states: list) -> jax.Array:
         return _concat([state.alive for state in states])
 
+    def diverged_at(self, states: list) -> jax.Array:
+        return _concat([state.diverged_at for state in states])
+
 
 def choose_mode(n_seeds: int, devices: list | None, vmap_seeds: bool | None) -> str:
     """The run's mode: `vmap_seeds` if given, else per_seed on a CPU with one device (one process,
@@ -105,6 +113,9 @@ def choose_mode(n_seeds: int, devices: list | None, vmap_seeds: bool | None) -> 
         raise ValueError(f"vmap_seeds must be True, False or None (the platform's default), got {vmap_seeds!r}")
     if vmap_seeds is False and devices is not None:
         raise ValueError("vmap_seeds=False runs each seed on one device; `devices` shards vmapped seeds: pass one or the other")
+    if vmap_seeds is False and jax.process_count() > 1:
+        raise ValueError(f"vmap_seeds=False runs every seed in this process, but {jax.process_count()} processes "
+                         "take part (jax.distributed): use vmapped seeds (vmap_seeds=None or True)")  # fmt: skip
     if n_seeds == 1:
         return "vmapped"
     if vmap_seeds is not None:

@@ -11,7 +11,7 @@ Per seed, one update at step s (0-based) is
 
 A seed diverges at the first step whose loss or gradient norm is NaN/Inf or whose loss exceeds the
 ceiling; from then on its parameters are frozen (`alive` false, `diverged_at` = s) while the other
-seeds of the vmapped batch go on.
+seeds go on.
 
 The steps between two probe steps run as one `lax.fori_loop` (one dispatch per chunk); its trip count
 is a runtime argument, so every chunk length shares one compiled program. All functions take a

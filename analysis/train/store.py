@@ -39,7 +39,7 @@ PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
 # Columns added to curve and probe rows by load_runs: what tells the runs of a sweep apart.
 RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", "lr", "schedule",
-               "warmup_steps", "steps", "status", "diverged_step")  # fmt: skip
+               "warmup_steps", "steps", "status", "diverged_step", "seed_programs")  # fmt: skip
 
 
 def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "vmapped") -> str:
@@ -184,6 +184,8 @@ def _per_seed(meta: dict[str, Any]) -> pd.DataFrame:
             "d_model": cfg["model"]["d_model"], "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"],
             "warmup_steps": cfg["optim"]["warmup_steps"], "steps": cfg["steps"], "status": st["status"],
             "diverged_step": -1 if st["step"] is None else int(st["step"]),
+            # how the seeds were computed (analysis.train.seeds); runs stored before it are vmapped
+            "seed_programs": meta.get("info", {}).get("seed_programs", "vmapped"),
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -200,7 +202,8 @@ def load_runs(folder: Path | str, what: str = "curves", *, columns: Iterable[str
             between the runs found are attached anyway, so a sweep's axes are always columns.
 
     Curve and probe rows carry RUN_COLUMNS (run id, task, arch, placement, norm, layers, d_model,
-    lr, schedule, warmup_steps, steps, status, diverged_step) so figures can select on them.
+    lr, schedule, warmup_steps, steps, status, diverged_step, seed_programs) so figures can select
+    on them (two runs of one config computed with vmapped and with per-seed programs differ there).
     Unfinished runs are left out.
     """
     valid = ("curves", "probes", "runs")

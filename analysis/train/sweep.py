@@ -5,7 +5,7 @@
     # sweep.toml
     [base]                       # one TrainConfig; nested tables or dotted keys, defaults elsewhere
     steps = 300
-    seeds = 3                    # an int n means seeds 0..n-1 (vmapped together inside each run)
+    seeds = 3                    # an int n means seeds 0..n-1 (each run trains them all; analysis.train.seeds)
     model = { arch = "decoder", layers = 18, d_model = 128, heads = 4, d_ff = 512, vocab = 256 }
     task = { name = "markov" }
 

@@ -81,3 +81,24 @@ def test_bad_stream_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(runtime.STREAMS_VAR, value)
     with pytest.raises(ValueError, match=f"{runtime.STREAMS_VAR}={value!r}.*whole number"):
         runtime.default_streams()
+
+
+def test_threads_run_the_callers_program_with_python_scalars_under_x64():
+    """Python ints become arrays in the caller's thread: under jax.enable_x64 they are int64 there,
+    and converted on a worker thread they would be int32 and not fit the compiled program."""
+    import jax
+    import jax.numpy as jnp
+
+    from analysis.runtime import run_on_threads
+
+    @jax.jit
+    def f(x, s, n):
+        return x * s + n
+
+    with jax.enable_x64(True):
+        x = jnp.arange(3.0)
+        calls = [(x, 3, 4), (x, 5, 6)]
+        one, two = run_on_threads(f, calls, 1), run_on_threads(f, calls, 2)
+        assert one[0].dtype == two[0].dtype == jnp.float64
+    for a, b, (_, s, n) in zip(one, two, calls):
+        assert (jax.device_get(a) == jax.device_get(b)).all() and (jax.device_get(a) == jax.device_get(x) * s + n).all()

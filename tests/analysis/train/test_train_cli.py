@@ -56,6 +56,14 @@ def test_huge_learning_rate_is_a_result_with_exit_status_0(tmp_path, capsys):
         assert list(steps) == list(range(s["step"] + 1)), "rows up to the divergence are kept"
 
 
+def test_seed_options_parse():
+    args = cli.build_parser().parse_args(["train", *TINY, "--no-vmap-seeds", "--streams", "2"])
+    assert args.vmap_seeds is False and args.streams == 2
+    args = cli.build_parser().parse_args(["sweep", "s.toml", "--out", "o", "--vmap-seeds"])
+    assert args.vmap_seeds is True and args.streams is None
+    assert cli.build_parser().parse_args(["train", *TINY]).vmap_seeds is None
+
+
 def test_train_options_match_the_config_fields(capsys):
     args = cli.build_parser().parse_args(["train", *TINY, "--steps", "3", "--lr", "2e-3", "--schedule", "cosine",
                                           "--warmup-steps", "1", "--clip-norm", "1.0", "--seed-start", "5"])  # fmt: skip
@@ -86,6 +94,7 @@ def test_train_options_match_the_config_fields(capsys):
         (["--warmup-steps", "50", "--steps", "10"], "warmup_steps=50 is longer than the run"),
         (["--task", "charlm", "--corpus", "/no/such.txt"], "is not a readable file"),
         (["--seq-len", "64"], "length 64 > the model's max_len=32"),
+        (["--seeds", "2", "--streams", "0"], "streams must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_input_exits_2_before_touching_the_store(argv, message, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
 from analysis.train.loop import Plan
+from analysis.train.seeds import choose_mode
 from models import ModelConfig
 
 TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
@@ -124,8 +125,16 @@ def test_streams_change_no_number():
 def test_the_seed_mode_is_part_of_the_run_identity():
     per_seed, vmapped = train(_cfg(steps=1)), train(_cfg(steps=1), vmap_seeds=True)
     assert per_seed.run_id != vmapped.run_id
-    # one seed runs the same program either way, so it keeps one identity (and the ids stored before)
-    assert train(_cfg(steps=1, seeds=(0,)), vmap_seeds=False).run_id == train(_cfg(steps=1, seeds=(0,))).run_id
+
+
+def test_choose_mode():
+    import jax
+
+    assert choose_mode(2, None, None) == "per_seed"  # this one-device CPU
+    assert choose_mode(2, jax.devices(), None) == "vmapped"  # devices given: shard vmapped seeds
+    assert choose_mode(2, None, True) == "vmapped" and choose_mode(2, None, False) == "per_seed"
+    # one seed runs the same program either way, so it keeps one identity (the ids stored before)
+    assert choose_mode(1, None, False) == choose_mode(1, None, None) == "vmapped"
 
 
 def test_bad_seed_execution_options_fail_before_any_compute(tmp_path):

@@ -65,6 +65,15 @@ def test_finished_run_is_read_back_not_recomputed(finished):
     assert before == {p: p.stat().st_mtime_ns for p in (out / r.run_id).rglob("*") if p.is_file()}
 
 
+def test_vmapped_run_ids_are_those_stored_before_per_seed_programs():
+    """The id of this config as the store computed it before the seed mode existed (commit 70fad0a):
+    vmapped runs keep their folders. Update the literal only with a conscious STORE_VERSION bump."""
+    cfg = _cfg(probe_every=0, eval_every=0, eval_batches=1, checkpoint_every=0)
+    cfg = TrainConfig(model=cfg.model, task=cfg.task, steps=6, seeds=(0, 1))
+    assert store.config_hash(cfg) == store.config_hash(cfg, seed_programs="vmapped") == "c6c3d59cde418b85"
+    assert store.config_hash(cfg, seed_programs="per_seed") != "c6c3d59cde418b85"
+
+
 def test_hash_changes_with_any_field():
     base = store.config_hash(_cfg())
     for changed in (_cfg(steps=7), _cfg(seeds=(0, 2)), _cfg(optim=OptimConfig(lr=3e-4)),
@@ -74,8 +83,16 @@ def test_hash_changes_with_any_field():
     assert store.config_hash(_cfg()) == base
 
 
-def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(finished, tmp_path):
-    out, r = finished
+@pytest.fixture(scope="module")
+def finished_vmapped(tmp_path_factory):
+    out = tmp_path_factory.mktemp("store_vmapped")
+    return out, train(_cfg(), out, vmap_seeds=True)
+
+
+@pytest.mark.parametrize("mode", ["per_seed", "vmapped"])
+def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(mode, finished, finished_vmapped, tmp_path):
+    out, r = finished if mode == "per_seed" else finished_vmapped
+    assert r.info["seed_programs"] == mode
     killed = tmp_path / r.run_id
     shutil.copytree(out / r.run_id, killed)
     # What a kill after the checkpoint at step 2 leaves: no results, later checkpoints unwritten,
@@ -87,11 +104,23 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(finished, 
     # The partial rows an interrupted run had written at its step-2 checkpoint (here: a superset).
     store.write_partial(killed, r.curves, r.probes, 2)
     (killed / ".curves.parquet.abc123.tmp").write_bytes(b"half a parquet")
+    # the default mode continues the run the way it was started (a vmapped run, too, on this CPU)
     resumed = train(_cfg(), tmp_path)
+    assert resumed.run_id == r.run_id and resumed.info["seed_programs"] == mode
     assert resumed.info["resumed_from"] == 2 and not resumed.skipped
     pd.testing.assert_frame_equal(resumed.curves, r.curves, check_exact=True)
     pd.testing.assert_frame_equal(resumed.probes, r.probes, check_exact=True)
     assert not list(killed.rglob("*.tmp")) and not (killed / "partial").exists()
+
+
+def test_a_stored_vmapped_run_is_read_back_by_the_default(finished_vmapped):
+    """A store made elsewhere (an accelerator) or before per-seed programs: the CPU default reads the
+    run back instead of training the config again under another id."""
+    out, r = finished_vmapped
+    again = train(_cfg(), out)
+    assert again.skipped and again.run_id == r.run_id and again.info["seed_programs"] == "vmapped"
+    assert [p.name for p in out.iterdir()] == [r.run_id]
+    assert set(load_runs(out)["seed_programs"]) == {"vmapped"}
 
 
 def test_load_model_gives_the_trained_model(finished):
@@ -118,7 +147,7 @@ def test_load_runs_tells_runs_apart(finished, tmp_path):
     other = train(_cfg(optim=OptimConfig(lr=3e-4), probe_every=0, checkpoint_every=0), out)
     curves = load_runs(out)
     assert set(curves["run"]) == {r.run_id, other.run_id}
-    assert set(store.RUN_COLUMNS) <= set(curves.columns)
+    assert set(store.RUN_COLUMNS) <= set(curves.columns) and set(curves["seed_programs"]) == {"per_seed"}
     assert "optim.lr" in curves.columns and "probe_every" in curves.columns  # varying fields come along
     assert set(curves.groupby("run")["lr"].first()) == {1e-3, 3e-4}
     probes = load_runs(out, "probes")

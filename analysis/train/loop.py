@@ -135,6 +135,7 @@ class _Pipeline:
 
     def __init__(self, rec: _Recorder, steps: int, start: int, progress: bool, run_id: str):
         self.rec, self.pending, self.all_diverged = rec, [], False
+        self.dead: frozenset[int] = frozenset()  # seed indices whose fetched alive flag is False
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -151,7 +152,9 @@ class _Pipeline:
         else:
             self.rec.val[step] = np.asarray(outputs[0])
         if kind != "eval":
-            self.all_diverged = not bool(np.any(outputs[-1]))  # outputs[-1]: the seeds' alive flags
+            alive = np.asarray(outputs[-1])  # the seeds' alive flags
+            self.all_diverged = not bool(np.any(alive))
+            self.dead = frozenset(int(i) for i in np.flatnonzero(~alive))
             if self.bar is not None:
                 self.bar.update(n)
 
@@ -279,7 +282,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         if pipe.all_diverged:
             break
         if a in plan.evals:
-            pipe.dispatch("eval", a, 0, (ex.evaluate(prog.evaluate, states, arrays, rt),))
+            pipe.dispatch("eval", a, 0, (ex.evaluate(prog.evaluate, states, arrays, rt, dead=pipe.dead),))
         if a in plan.checkpoints and a > start and folder is not None:
             pipe.flush()  # the partial rows must hold every step before the checkpoint
             if _writer():
@@ -287,7 +290,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             checkpoint.save(folder, a, ex.stacked(states))
         s = a
         if a in plan.probes:
-            new, metrics, result = ex.step(prog.probed(plan.probes[a]), states, a, arrays, rt)
+            new, metrics, result = ex.step(prog.probed(plan.probes[a]), states, a, arrays, rt, dead=pipe.dead)
             pipe.dispatch("probe", a, int(a < T), (metrics, result, ex.alive(new)))
             states = new if a < T else states  # the final probe measures the trained model; no update
             s += 1
@@ -295,7 +298,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             break
         while s < b:
             n = min(MAX_CHUNK, b - s)
-            states, metrics = ex.step(prog.plain, states, s, n, arrays, rt)
+            states, metrics = ex.step(prog.plain, states, s, n, arrays, rt, dead=pipe.dead)
             pipe.dispatch("plain", s, n, (metrics, ex.alive(states)))
             s += n
     pipe.close()

@@ -17,6 +17,11 @@ part of a run's identity (analysis.train.store.config_hash) and a store never mi
 The loop holds `states` in the executor's own form (one seed-stacked TrainState, or a list of
 one-seed TrainStates) and asks it for seed-stacked arrays where it needs them: checkpoints, the
 alive flags, the final divergence steps.
+
+Per seed, a seed known to have diverged (`dead`: from the alive flags the loop has fetched) is not
+computed any more: its state is the frozen one a call would return (a diverged seed's update keeps
+its parameters), and its outputs are NaN placeholders for steps after its divergence, whose rows
+the loop drops. Vmapped seeds cannot skip one seed; they compute it frozen.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ import jax.numpy as jnp
 from analysis.runtime import run_on_threads
 
 MODES: tuple[str, ...] = ("vmapped", "per_seed")
+
+
+def _nan_like(tree: Any) -> Any:
+    """A placeholder of `tree`'s structure, shapes and dtypes: NaN where floating, zero elsewhere."""
+    fill = lambda x: jnp.full_like(x, jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros_like(x)
+    return jax.tree.map(fill, tree)
 
 
 def _concat(trees: list[Any]) -> Any:
@@ -48,11 +59,11 @@ class Vmapped:
     def init(self, init: Callable) -> Any:
         return init(self.seeds)
 
-    def step(self, fn: Callable, states: Any, *args: Any) -> tuple:
+    def step(self, fn: Callable, states: Any, *args: Any, dead: frozenset = frozenset()) -> tuple:
         """fn(states, seeds, *args) -> (states, *outputs with a leading seed axis)."""
         return fn(states, self.seeds, *args)
 
-    def evaluate(self, fn: Callable, states: Any, *args: Any) -> Any:
+    def evaluate(self, fn: Callable, states: Any, *args: Any, dead: frozenset = frozenset()) -> Any:
         return fn(states.params, *args)
 
     def stacked(self, states: Any) -> Any:
@@ -84,12 +95,24 @@ class PerSeed:
     def init(self, init: Callable) -> list:
         return self._map(init, [(seed,) for seed in self.seeds], ())
 
-    def step(self, fn: Callable, states: list, *args: Any) -> tuple:
-        outs = self._map(fn, list(zip(states, self.seeds)), args)
-        return ([out[0] for out in outs], *(_concat([out[i] for out in outs]) for i in range(1, len(outs[0]))))
+    def _live(self, dead: frozenset) -> list[int]:
+        live = [i for i in range(len(self.seeds)) if i not in dead]
+        return live or [0]  # the loop stops once every seed has diverged; never call with nothing
 
-    def evaluate(self, fn: Callable, states: list, *args: Any) -> Any:
-        return _concat(self._map(fn, [(state.params,) for state in states], args))
+    def step(self, fn: Callable, states: list, *args: Any, dead: frozenset = frozenset()) -> tuple:
+        """fn per live seed -> (one-seed states, *outputs concatenated over all seeds in seed order)."""
+        live = self._live(dead)
+        computed = dict(zip(live, self._map(fn, [(states[i], self.seeds[i]) for i in live], args)))
+        filler = tuple(_nan_like(out) for out in next(iter(computed.values()))[1:])
+        outs = [computed[i][1:] if i in computed else filler for i in range(len(states))]
+        new_states = [computed[i][0] if i in computed else states[i] for i in range(len(states))]
+        return (new_states, *(_concat([out[j] for out in outs]) for j in range(len(filler))))
+
+    def evaluate(self, fn: Callable, states: list, *args: Any, dead: frozenset = frozenset()) -> Any:
+        live = self._live(dead)
+        computed = dict(zip(live, self._map(fn, [(states[i].params,) for i in live], args)))
+        filler = _nan_like(next(iter(computed.values())))
+        return _concat([computed.get(i, filler) for i in range(len(states))])
 
     def stacked(self, states: list) -> Any:
         return _concat(states)

@@ -113,6 +113,32 @@ def test_per_seed_programs_are_each_seed_trained_alone_bit_for_bit():
                                           _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
 
 
+def test_a_diverged_seed_is_no_longer_computed_and_changes_no_number(monkeypatch):
+    """Per seed, a seed the loop knows has diverged is skipped (its state stays frozen, as a call
+    would leave it). Every seed's rows are still those of the seed trained alone, bit for bit."""
+    import analysis.train.seeds as seeds_module
+
+    long = dict(steps=12, probe_every=2, eval_every=2)
+    reference = train(_cfg(seeds=(0, 1, 2, 3), **long))
+    loss = reference.curves[reference.curves.quantity == "loss"].pivot(index="step", columns="seed", values="value")
+    # a pair where one seed's first loss is above every loss of the other: a ceiling between them
+    # makes the first diverge at step 0 while the second finishes
+    good, bad = next((g, b) for g in loss.columns for b in loss.columns if loss[b].iloc[0] > loss[g].max())
+    cfg = _cfg(seeds=(good, bad), loss_ceiling=float(loss[good].max()) * (1 + 1e-6), **long)
+    calls: list[int] = []
+    real = seeds_module.run_on_threads
+    monkeypatch.setattr(seeds_module, "run_on_threads", lambda fn, c, n, post=None: calls.append(len(c)) or real(fn, c, n, post))
+    run = train(cfg)
+    assert run.status == {good: "finished", bad: "diverged"} and run.diverged_step[bad] == 0
+    assert 1 in calls[1:], f"the diverged seed was still computed: seeds per call {calls}"
+    monkeypatch.setattr(seeds_module, "run_on_threads", real)
+    for seed in (good, bad):
+        alone = train(cfg.replace(seeds=(seed,)))
+        for kind, keys in (("curves", ["quantity", "step"]), ("probes", ["step", "stack", "layer", "site", "quantity", "other_layer"])):
+            pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
+                                          _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
+
+
 def test_streams_change_no_number():
     """Per-seed programs on one thread or on two at once: the same executable, the same bits."""
     one, two = train(_cfg(seeds=(0, 1, 2)), streams=1), train(_cfg(seeds=(0, 1, 2)), streams=2)

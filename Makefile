@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # The whole suite, slow tests included (CI runs exactly this). Compiling is most of the suite's time,
 # so its first pass compiles with LLVM at -O0 (XLA's HLO passes, hence the programs, are unchanged):
-# a clean run ~12 -> ~8.5 min on 2 cores, numbers moved only by float rounding, far inside every
+# a clean run's pytest ~12 -> 7-8.5 min on 2 cores, numbers moved only by float rounding, far inside every
 # tolerance. Tests that assert exact bits between differently compiled programs (marker
 # default_codegen) run in a second pass with XLA's default code generation, as users run it.
 FAST_CODEGEN := --xla_backend_optimization_level=0

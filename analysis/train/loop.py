@@ -34,8 +34,8 @@ import pandas as pd
 
 from analysis.io import environment
 from analysis.probe.tidy import to_frame
-from analysis.train import checkpoint, store
 from analysis.runtime import default_streams
+from analysis.train import checkpoint, store
 from analysis.train.config import TrainConfig, from_dict, to_dict
 from analysis.train.seeds import PerSeed, Vmapped, choose_mode
 from analysis.train.step import MAX_CHUNK, METRICS, Runtime, abstract_states, program, seed_sharding
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         # (on another platform, or before per-seed programs) is read back or resumed, not redone
         other = "vmapped" if mode == "per_seed" else "per_seed"
         stored = Path(out) / store.config_hash(cfg, data.fingerprint, seed_programs=other)
-        if len(cfg.seeds) > 1 and stored.exists():
+        if len(cfg.seeds) > 1 and stored.exists() and (other == "vmapped" or jax.process_count() == 1):
             mode, run_id, folder = other, stored.name, stored
     if folder is not None and store.is_finished(folder):
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup

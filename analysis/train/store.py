@@ -32,6 +32,7 @@ import pandas as pd
 from analysis.io import atomic_write
 from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.train.config import TrainConfig, to_dict
+from analysis.train.seeds import MODES
 
 STORE_VERSION = 1  # bump when the meaning of stored numbers changes: old runs then get new folders
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
@@ -48,6 +49,8 @@ def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "v
     differ by float rounding amplified by training) and the store version: equal configs computed
     alike share a folder, any change gets a new one. ("vmapped" is left out of the hashed payload, so
     the ids of runs stored before per-seed programs existed are unchanged.)"""
+    if seed_programs not in MODES:
+        raise ValueError(f"unknown seed_programs {seed_programs!r}; valid choices: {', '.join(MODES)}")
     content: dict = {"config": to_dict(cfg), "data": fingerprint, "store": STORE_VERSION}
     if seed_programs != "vmapped":
         content["seed_programs"] = seed_programs

@@ -94,6 +94,10 @@ def test_vmapped_seeds_equal_seeds_trained_alone():
         np.testing.assert_allclose(alone[seed].to_numpy(), together[seed].to_numpy(), rtol=REORDER_RTOL)
 
 
+CURVE_KEYS = ["quantity", "step"]
+PROBE_KEYS = ["step", "stack", "layer", "site", "quantity", "other_layer"]
+
+
 def _seed_rows(frame: pd.DataFrame, seed: int, keys: list[str]) -> pd.DataFrame:
     rows = frame[frame.seed == seed].drop(columns="run")
     return rows.sort_values(keys, kind="stable").reset_index(drop=True)
@@ -104,11 +108,10 @@ def test_per_seed_programs_are_each_seed_trained_alone_bit_for_bit():
     trained alone, exactly: they do not depend on which seeds ran beside it."""
     run = train(_cfg())
     assert run.info["seed_programs"] == "per_seed"
-    probe_keys = ["step", "stack", "layer", "site", "quantity", "other_layer"]
     for seed in (0, 1):
         alone = train(_cfg(seeds=(seed,)))
         assert alone.info["seed_programs"] == "vmapped"  # one seed: the same program either way
-        for kind, keys in (("curves", ["quantity", "step"]), ("probes", probe_keys)):
+        for kind, keys in (("curves", CURVE_KEYS), ("probes", PROBE_KEYS)):
             pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
                                           _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
 
@@ -134,7 +137,7 @@ def test_a_diverged_seed_is_no_longer_computed_and_changes_no_number(monkeypatch
     monkeypatch.setattr(seeds_module, "run_on_threads", real)
     for seed in (good, bad):
         alone = train(cfg.replace(seeds=(seed,)))
-        for kind, keys in (("curves", ["quantity", "step"]), ("probes", ["step", "stack", "layer", "site", "quantity", "other_layer"])):
+        for kind, keys in (("curves", CURVE_KEYS), ("probes", PROBE_KEYS)):
             pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
                                           _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
 

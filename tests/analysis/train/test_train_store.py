@@ -72,6 +72,8 @@ def test_vmapped_run_ids_are_those_stored_before_per_seed_programs():
     cfg = TrainConfig(model=cfg.model, task=cfg.task, steps=6, seeds=(0, 1))
     assert store.config_hash(cfg) == store.config_hash(cfg, seed_programs="vmapped") == "c6c3d59cde418b85"
     assert store.config_hash(cfg, seed_programs="per_seed") != "c6c3d59cde418b85"
+    with pytest.raises(ValueError, match="unknown seed_programs 'per-seed'; valid choices: vmapped, per_seed"):
+        store.config_hash(cfg, seed_programs="per-seed")
 
 
 def test_hash_changes_with_any_field():

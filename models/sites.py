@@ -7,6 +7,12 @@ residual-stream value that a probe may want goes through `taps.site(name, value)
 per-layer perturbations are the scan's stacked inputs and the recorded sites its stacked outputs, so
 every site comes back with a leading layer axis.
 
+A perturbation may instead be a `SquaredNormTap` (`squared_norm_taps(sites)`): it adds nothing, and
+its gradient is ‖∂ℒ/∂site‖² itself (a float32 sum of squares over every axis of the site, per
+layer under a stack). The backward pass then reduces each site's gradient where it is computed
+instead of stacking full (L, B, T, D) gradient arrays out of the layer loop and zero arrays into
+it; the probes that only need gradient norms (act_grad_norm, ln_jacobian_gain) use it.
+
 `taps.stat(name, value)` records a small summary (e.g. attention entropy per head) that is not a
 perturbation point.
 
@@ -21,9 +27,13 @@ the norm's path, so its gradient is exactly J_normᵀ·(∂ℒ/∂norm_out).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
+
+from models.dtypes import reduction_dtype, upcast
 
 Sites = dict[str, jax.Array]
 
@@ -41,7 +51,9 @@ class Taps:
         if name in self.sites:
             raise ValueError(f"probe site {name!r} recorded twice in one scope; names must be unique")
         delta = self.perturb.get(name)
-        if delta is not None:
+        if isinstance(delta, SquaredNormTap):
+            value = _squared_norm_tap(value, delta.zero)
+        elif delta is not None:
             value = value + delta.astype(value.dtype)
         if self.record:
             self.sites[name] = value
@@ -55,3 +67,44 @@ class Taps:
 def zeros_like_sites(sites: Any) -> Any:
     """All-zero perturbations with the structure of a forward's `sites` (float leaves only)."""
     return jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), sites)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class SquaredNormTap:
+    """A perturbation point whose gradient is ‖∂ℒ/∂site‖² instead of ∂ℒ/∂site.
+
+    `zero` is a zero in the site's reduction dtype (float32, or float64 for a float64 site): shape ()
+    for one site, (L,) for a site of every layer of a stack (the layer loop slices it like any
+    per-layer perturbation). The forward is the identity.
+    """
+
+    zero: jax.Array
+
+
+@jax.custom_vjp
+def _squared_norm_tap(value: jax.Array, zero: jax.Array) -> jax.Array:
+    return value
+
+
+def _squared_norm_tap_fwd(value: jax.Array, zero: jax.Array) -> tuple[jax.Array, None]:
+    return value, None
+
+
+def _squared_norm_tap_bwd(_: None, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # The cotangent passes on unchanged; the tap's own "gradient" is the statistic.
+    return g, jnp.sum(jnp.square(upcast(g)))
+
+
+_squared_norm_tap.defvjp(_squared_norm_tap_fwd, _squared_norm_tap_bwd)
+
+
+def squared_norm_taps(stack_sites: Any) -> Any:
+    """`SquaredNormTap`s with the structure of one stack's sites ({"layers": {site: (L, ...)}, "stack":
+    {site: ...}}): differentiating the loss with respect to them gives ‖∂ℒ/∂site‖², (L,) per layer
+    site and () per stack site."""
+
+    def level(tree: Any, lead: int) -> Any:
+        return jax.tree.map(lambda a: SquaredNormTap(jnp.zeros(a.shape[:lead], reduction_dtype(a.dtype))), tree)
+
+    return {"layers": level(stack_sites["layers"], 1), "stack": level(stack_sites["stack"], 0)}

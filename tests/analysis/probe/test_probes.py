@@ -147,8 +147,14 @@ def _fd_program(cfg: ModelConfig, triples):
             v = jnp.zeros(full, jnp.float64).at[layer].set(g / jnp.linalg.norm(g) + r / jnp.linalg.norm(r))
             fd = (loss(one_site(FD_EPS * v)) - loss(one_site(-FD_EPS * v))) / (2 * FD_EPS)
             results.append({"fd": fd, "ad": jnp.vdot(grad, v), "norm": jnp.linalg.norm(g)})
-        probed = probe_program(graphdef, state, batch, cfg, ProbeConfig(probes=("act_grad_norm",)))
-        return results, probed["act_grad_norm"]
+        # the probe in both forms (analysis.probe.probes._site_gradient_points): zero perturbations in
+        # the unrolled stacks of this small model, ‖∂ℒ/∂site‖² taps in the same model scanned
+        pcfg = ProbeConfig(probes=("act_grad_norm",))
+        probed = probe_program(graphdef, state, batch, cfg, pcfg)
+        scan_cfg = cfg.replace(unroll_layers=0)
+        scan_graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(scan_cfg, nnx.Rngs(0))))[0]
+        probed_scanned = probe_program(scan_graphdef, state, batch, scan_cfg, pcfg)
+        return results, probed["act_grad_norm"], probed_scanned["act_grad_norm"]
 
     return jax.jit(run)
 
@@ -166,15 +172,16 @@ def test_act_grad_norm_matches_finite_differences(arch: str, placement: str) -> 
         cfg = _cfg(arch=arch, placement=placement, dtype="float64", **OPTIONS)
         batch = random_batch(cfg, jax.random.key(1), BATCH, LENGTH)
         triples = FD_SITES[arch]
-        results, probed = jax.device_get(_fd_program(cfg, triples)(jnp.uint32(0), batch, jax.random.key(2)))
+        results, probed, probed_scanned = jax.device_get(_fd_program(cfg, triples)(jnp.uint32(0), batch, jax.random.key(2)))
     assert not jax.config.jax_enable_x64, "x64 mode leaked out of the test"
     for (stack, site, layer), r in zip(triples, results):
         what = f"{arch}/{placement} {stack}.{site}[layer {layer}]"
         assert np.isfinite(r["fd"]) and abs(r["ad"]) > 1e-3, f"{what}: degenerate slope {r}"
         np.testing.assert_allclose(r["fd"], r["ad"], rtol=FD_RTOL, err_msg=f"{what}: finite difference vs jax.grad")
-        reported = probed[stack]["layers"][site]
-        assert reported.dtype == np.float64, f"{what}: probe computed in {reported.dtype}"
-        np.testing.assert_allclose(reported[layer], r["norm"], rtol=F64_RTOL, err_msg=f"{what}: probe norm")
+        for form, norms in (("unrolled", probed), ("scanned", probed_scanned)):
+            reported = norms[stack]["layers"][site]
+            assert reported.dtype == np.float64, f"{what}: probe computed in {reported.dtype} ({form})"
+            np.testing.assert_allclose(reported[layer], r["norm"], rtol=F64_RTOL, err_msg=f"{what}: probe norm ({form})")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])

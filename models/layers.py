@@ -53,14 +53,44 @@ def _mixed_bwd(spec: str, compute: str, residuals, g: jax.Array):
 _mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
 
 
+@jax.custom_vjp
+def _projection(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (M, K) @ w (K, N), whose weight gradient is a standard-layout product on CPUs.
+
+    Autodiff's weight gradient xᵀ·g contracts the leading axis of both operands; XLA folds the
+    transpose into the dot, and its CPU backend runs such dots through a generic kernel (Eigen) at
+    about half the rate of its YNNPACK kernels for standard (M, K)·(K, N) products, with layout
+    copies around them. On a CPU the backward materializes xᵀ (an optimization barrier keeps XLA
+    from folding it back), so xᵀ·g runs as a standard product. Measured on a 2-core CPU, decoder
+    d=128: the plain training step 0.88-0.90x at 6, 18 and 24 layers, the probed one 0.88-0.97x
+    (benchmarks/README.md). Other platforms take autodiff's form. Values: the same products,
+    accumulated by another kernel (float rounding).
+    """
+    return x @ w
+
+
+def _projection_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return x @ w, (x, w)
+
+
+def _projection_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = residuals
+    weight_grad = jax.lax.platform_dependent(
+        x, g, cpu=lambda x, g: jax.lax.optimization_barrier(x.T) @ g, default=lambda x, g: x.T @ g
+    )
+    return g @ w.T, weight_grad
+
+
+_projection.defvjp(_projection_fwd, _projection_bwd)
+
+
 def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:
     """x (..., K) @ w (K, N) -> (..., N); with `compute` (ModelConfig.compute_dtype) mixed precision:
     inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward.
     On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) this runs the matmuls several times faster;
     everything else (parameters, norms, softmax, residual stream, probes) stays float32."""
-    if compute is None:
-        return x @ w
-    y = _mixed_einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), w, compute)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _projection(x2, w) if compute is None else _mixed_einsum("mk,kn->mn", x2, w, compute)
     return y.reshape(*x.shape[:-1], w.shape[-1])
 
 

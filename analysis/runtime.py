@@ -127,8 +127,9 @@ def default_streams() -> int:
     at a time; vmapping the seeds fills it).
 
     Why on a CPU: XLA's kernels keep two cores poorly busy on the small matrices of an init study
-    (a 12-layer d=64 study of 32 seeds: one seed at a time 2.0-2.2 s on two cores, 2.3-2.7 s vmapped),
-    while two programs at once fill them (1.3-1.5 s). A worker process of `compute_jobs` gets its
+    (a 12-layer d=64 study of 32 seeds, measured before the site-gradient taps: one seed at a time
+    2.0-2.2 s on two cores, 2.3-2.7 s vmapped), while two programs at once fill them (1.3-1.5 s then,
+    1.2-1.3 s with the taps). A worker process of `compute_jobs` gets its
     share of the cores (cores // workers), so a pool does not oversubscribe them.
     """
     text = os.environ.get(STREAMS_VAR, "").strip()

@@ -53,35 +53,30 @@ def _mixed_bwd(spec: str, compute: str, residuals, g: jax.Array):
 _mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _projection(x: jax.Array, w: jax.Array) -> jax.Array:
     """x (M, K) @ w (K, N), whose weight gradient is a standard-layout product on CPUs.
 
     Autodiff's weight gradient xᵀ·g contracts the leading axis of both operands; XLA folds the
     transpose into the dot, and its CPU backend runs such dots through a generic kernel (Eigen) at
     about half the rate of its YNNPACK kernels for standard (M, K)·(K, N) products, with layout
-    copies around them. On a CPU the backward materializes xᵀ (an optimization barrier keeps XLA
-    from folding it back), so xᵀ·g runs as a standard product. Measured on a 2-core CPU, decoder
-    d=128: the plain training step 0.88-0.90x at 6, 18 and 24 layers, the probed one 0.88-0.97x
-    (benchmarks/README.md). Other platforms take autodiff's form. Values: the same products,
+    copies around them. The JVP below writes the weight tangent's term as (xᵀ)ᵀ·dw with xᵀ
+    materialized on a CPU (an optimization barrier keeps XLA from folding it back), so the reverse
+    pass transposes it into the standard product xᵀ·g. Measured on a 2-core CPU, decoder d=128: the
+    plain training step 0.88-0.90x at 6, 18 and 24 layers, the probed one 0.88-0.97x
+    (benchmarks/README.md). Other platforms take autodiff's form. A custom JVP rather than a custom
+    VJP, so forward-mode transforms (jax.jvp, jacfwd) keep working. Values: the same products,
     accumulated by another kernel (float rounding).
     """
     return x @ w
 
 
-def _projection_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return x @ w, (x, w)
-
-
-def _projection_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, w = residuals
-    weight_grad = jax.lax.platform_dependent(
-        x, g, cpu=lambda x, g: jax.lax.optimization_barrier(x.T) @ g, default=lambda x, g: x.T @ g
-    )
-    return g @ w.T, weight_grad
-
-
-_projection.defvjp(_projection_fwd, _projection_bwd)
+@_projection.defjvp
+def _projection_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]):
+    x, w = primals
+    dx, dw = tangents
+    x_t = jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
+    return x @ w, dx @ w + x_t.T @ dw
 
 
 def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:

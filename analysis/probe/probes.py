@@ -204,7 +204,7 @@ def _site_gradient_points(cfg: ModelConfig, sites: dict) -> dict:
 
     A scanned stack gets ‖∂ℒ/∂site‖² taps: full per-layer gradients would each be written into a
     stacked (L, B, T, D) buffer by every iteration of the backward loop, and zeros of that size fed
-    in (a 12-layer d=64 init study: 0.94-0.97x the time with taps). An unrolled stack gets zero
+    in (a 12-layer d=64 init study: 0.89-0.97x the time with taps). An unrolled stack gets zero
     perturbations: its gradients are stacked once per site, while taps would add a reduction per site
     and layer (18 layers, d=128: probed/plain step 1.12 with taps against 1.06-1.09 without).
     The norms agree to float rounding (~1e-6 relative); benchmarks/README.md has the measurements.

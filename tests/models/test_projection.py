@@ -1,9 +1,11 @@
-"""The projections' matmul (`models.layers.matmul`, float32 path): autodiff's gradients, computed
-with the weight gradient as a standard-layout product on CPUs (`_projection`'s docstring says why).
+"""The projections' matmul (`models.layers.matmul`, float32 path): autodiff's derivatives, with the
+weight gradient computed as a standard-layout product on CPUs (`_projection`'s docstring says why).
 
 Checked: input and weight gradients equal jax.grad of the plain `x @ w` (float64: to rounding;
-float32: to a few ulps), forward-over-reverse (the Hessian probe's HVPs) agrees, and on a CPU the
-backward program really materializes xᵀ behind an optimization barrier (the mechanism, not a speed).
+float32: to a few ulps), so do forward-over-reverse HVPs (the Hessian probe) and forward-mode JVPs
+and jacfwd (a custom JVP, so forward mode keeps working), and a program lowered for a CPU really
+materializes xᵀ behind an optimization barrier while one lowered for a GPU does not (the mechanism,
+not a speed).
 """
 
 from __future__ import annotations
@@ -40,15 +42,21 @@ def test_gradients_are_autodiffs(dtype: str, rtol: float) -> None:
         want = jax.jit(jax.grad(REFERENCE, argnums=(0, 1)))(x, w)
         hvp = lambda f: jax.jvp(lambda w: jax.grad(f, argnums=1)(x, w), (w,), (v,))[1]
         got_hvp, want_hvp = jax.jit(lambda: hvp(PROJECTION))(), jax.jit(lambda: hvp(REFERENCE))()
-    for name, a, b in (("dx", got[0], want[0]), ("dw", got[1], want[1]), ("hvp", got_hvp, want_hvp)):
+        jvp = lambda f: jax.jvp(f, (x, w), (jnp.cos(x), v))[1]
+        got_jvp, want_jvp = jax.jit(lambda: jvp(PROJECTION))(), jax.jit(lambda: jvp(REFERENCE))()
+        jac = lambda f: jax.jacfwd(f, argnums=1)(x, w)
+        got_jac, want_jac = jax.jit(lambda: jac(PROJECTION))(), jax.jit(lambda: jac(REFERENCE))()
+    pairs = [("dx", got[0], want[0]), ("dw", got[1], want[1]), ("hvp", got_hvp, want_hvp)]
+    pairs += [("jvp", got_jvp, want_jvp), ("jacfwd", got_jac, want_jac)]
+    for name, a, b in pairs:
         assert a.dtype == b.dtype == np.dtype(dtype), name
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
 
 
-def test_cpu_backward_materializes_the_transposed_input() -> None:
+def test_only_cpu_programs_materialize_the_transposed_input() -> None:
     x, w, _ = _inputs(jnp.float32)
-    hlo = jax.jit(jax.grad(PROJECTION, argnums=1)).lower(x, w).as_text()
-    assert jax.default_backend() == "cpu"
-    assert "optimization_barrier" in hlo, "the CPU weight gradient lost its barrier: XLA will fold xᵀ back"
-    assert "optimization_barrier" not in jax.jit(jax.grad(REFERENCE, argnums=1)).lower(x, w).as_text()
+    lowered = lambda f, platform: jax.jit(jax.grad(f, argnums=1)).trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+    assert "optimization_barrier" in lowered(PROJECTION, "cpu"), "the CPU weight gradient lost its barrier: XLA folds xᵀ back"
+    assert "optimization_barrier" not in lowered(PROJECTION, "cuda"), "other platforms take autodiff's form"
+    assert "optimization_barrier" not in lowered(REFERENCE, "cpu")

@@ -9,9 +9,10 @@ every site comes back with a leading layer axis.
 
 A perturbation may instead be a `SquaredNormTap` (`squared_norm_taps(stack_sites)`): it adds nothing,
 and its gradient is ‖∂ℒ/∂site‖² itself (a sum of squares over every axis of the site in its
-reduction dtype, float32 or float64 for float64 sites; per layer under a stack). The backward pass then reduces each site's gradient where it is computed
-instead of stacking full (L, B, T, D) gradient arrays out of the layer loop and zero arrays into
-it; the probes that only need gradient norms (act_grad_norm, ln_jacobian_gain) use it.
+reduction dtype, float32 or float64 for float64 sites; per layer under a stack). The backward pass
+then reduces each site's gradient where it is computed instead of stacking full (L, B, T, D)
+gradient arrays out of the layer loop and zero arrays into it; the probes that only need gradient
+norms (act_grad_norm, ln_jacobian_gain) use it in scanned stacks.
 
 `taps.stat(name, value)` records a small summary (e.g. attention entropy per head) that is not a
 perturbation point.

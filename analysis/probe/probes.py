@@ -213,15 +213,10 @@ def _site_gradient_points(cfg: ModelConfig, sites: dict) -> dict:
     return {name: squared_norm_taps(s) if scanned[name] else zeros_like_sites(s) for name, s in sites.items()}
 
 
-def _site_grad_norms(points_grad: dict) -> dict:
-    """{stack: {"layers": {site: (L,)}, "stack": {site: ()}}} of ‖∂ℒ/∂site‖ (Frobenius over batch and
-    tokens) from the gradient of `_site_gradient_points`."""
-
-    def level(tree: dict, lead: int) -> dict:
-        norm = lambda g: jnp.sqrt(g.zero) if isinstance(g, SquaredNormTap) else _frobenius(g, lead)
-        return jax.tree.map(norm, tree, is_leaf=lambda x: isinstance(x, SquaredNormTap))
-
-    return {name: {"layers": level(g["layers"], 1), "stack": level(g["stack"], 0)} for name, g in points_grad.items()}
+def _site_grad_norm(g: jax.Array | SquaredNormTap, lead: int) -> jax.Array:
+    """‖∂ℒ/∂site‖ (Frobenius over batch and tokens) from the gradient of one `_site_gradient_points`
+    point: a full site gradient, or a tap's squared norm."""
+    return jnp.sqrt(g.zero) if isinstance(g, SquaredNormTap) else _frobenius(g, lead)
 
 
 # ---------------------------------------------------------------------------------------------

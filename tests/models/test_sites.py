@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis.probe.probes import _site_gradient_points
 from models import Transformer
 from models.sites import SquaredNormTap, squared_norm_taps, zeros_like_sites
 from tests.models.test_invariants import TOKENS, cfg_of, inputs_of, jitter
@@ -67,3 +68,17 @@ def test_squared_norm_taps_follow_the_sites_dtype() -> None:
     taps = squared_norm_taps(sites)
     assert taps["layers"]["a"].zero.shape == (3,) and taps["layers"]["a"].zero.dtype == jnp.float32
     assert taps["stack"]["b"].zero.shape == () and taps["stack"]["b"].zero.dtype == jnp.float32
+
+
+def test_probes_tap_scanned_stacks_and_perturb_unrolled_ones() -> None:
+    """The probe program's choice, per stack: an encoder-decoder whose 4-layer encoder scans and whose
+    2-layer decoder is unrolled (unroll_layers=3) gets taps in the encoder only."""
+    cfg = cfg_of("pre", arch="encdec", enc_layers=4, dec_layers=2, unroll_layers=3)
+    model = Transformer(cfg, nnx.Rngs(0))
+    assert not model.stacks["encoder"].unroll and model.stacks["decoder"].unroll
+    shapes = jax.eval_shape(lambda: model.forward(*inputs_of(cfg, TOKENS)).sites)
+    points = _site_gradient_points(cfg, shapes)
+    is_tap = lambda x: isinstance(x, SquaredNormTap)
+    for stack, taps_expected in (("encoder", True), ("decoder", False)):
+        leaves = jax.tree.leaves(points[stack], is_leaf=is_tap)
+        assert leaves and all(is_tap(x) == taps_expected for x in leaves), stack

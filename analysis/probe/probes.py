@@ -275,7 +275,7 @@ def _probe_program(
             points = _site_gradient_points(cfg, jax.eval_shape(lambda s: forward(s, None)[1].sites, state))
         (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, points)
         if points is not None:
-            site_grad_norm = _site_grad_norms(g_points)
+            site_grad_norm = {name: _per_level(g, _site_grad_norm) for name, g in g_points.items()}
     else:
         loss, out = forward(state, None)
     sites, stats = out.sites, out.stats

@@ -53,14 +53,43 @@ def _mixed_bwd(spec: str, compute: str, residuals, g: jax.Array):
 _mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
 
 
+@jax.custom_jvp
+def _projection(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (M, K) @ w (K, N) -> (M, N), whose weight gradient is a standard-layout product on CPUs.
+
+    Autodiff's weight gradient xᵀ·g contracts the leading axis of both operands; XLA folds the
+    transpose into the dot, and its CPU backend runs such dots through a generic kernel (Eigen) at
+    about half the rate of its YNNPACK kernels for products that contract the first operand's last
+    axis, with layout copies around them. The JVP below writes the weight tangent's term as
+    (dwᵀ·xᵀ)ᵀ with xᵀ materialized on a CPU (an optimization barrier keeps XLA from folding it back),
+    so the reverse pass transposes it into products of xᵀ that contract its last axis: plain, and
+    under vmap with a seed axis of 1 or more (the training programs). A custom JVP, not a custom VJP,
+    so forward-mode transforms (jax.jvp, jacfwd) keep working. Other platforms take autodiff's form.
+    Values: the same products, accumulated by another kernel (float rounding). Measured in
+    benchmarks/README.md.
+    """
+    return x @ w
+
+
+def _transposed_for_cpu(x: jax.Array) -> jax.Array:
+    return jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
+
+
+@_projection.defjvp
+def _projection_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]):
+    x, w = primals
+    dx, dw = tangents
+    weight_term = jax.lax.dot_general(dw, _transposed_for_cpu(x), (((0,), (0,)), ((), ()))).T  # (dwᵀ·xᵀ)ᵀ = x·dw
+    return x @ w, dx @ w + weight_term
+
+
 def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:
     """x (..., K) @ w (K, N) -> (..., N); with `compute` (ModelConfig.compute_dtype) mixed precision:
     inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward.
     On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) this runs the matmuls several times faster;
     everything else (parameters, norms, softmax, residual stream, probes) stays float32."""
-    if compute is None:
-        return x @ w
-    y = _mixed_einsum("mk,kn->mn", x.reshape(-1, x.shape[-1]), w, compute)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _projection(x2, w) if compute is None else _mixed_einsum("mk,kn->mn", x2, w, compute)
     return y.reshape(*x.shape[:-1], w.shape[-1])
 
 

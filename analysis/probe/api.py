@@ -68,7 +68,8 @@ def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int
             batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
-    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
+    # batch_size=1 would vmap over one seed (batched products of 1: slower CPU code); a plain loop then
+    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk if chunk > 1 else None))
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:

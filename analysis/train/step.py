@@ -34,6 +34,7 @@ import optax
 from analysis.probe.api import probe_key
 from analysis.probe.loss import loss_from_logits, model_inputs
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
+from analysis.runtime import vmap_seeds
 from analysis.train.config import TrainConfig
 from analysis.train.optim import Hyper, adamw_updates, make_optimizer
 from analysis.train.tasks import TaskData
@@ -120,9 +121,9 @@ class Program:
         self.model_cfg = cfg.model
         self.optimizer = make_optimizer(cfg.optim)
         self.graphdef = graphdef_of(cfg)
-        self.init = jax.jit(jax.vmap(self._init_one))
-        self.plain = jax.jit(jax.vmap(self._plain_one, in_axes=(0, 0, None, None, None, None)))
-        self.evaluate = jax.jit(jax.vmap(self._eval_one, in_axes=(0, None, None)))
+        self.init = jax.jit(vmap_seeds(self._init_one))
+        self.plain = jax.jit(vmap_seeds(self._plain_one, in_axes=(0, 0, None, None, None, None)))
+        self.evaluate = jax.jit(vmap_seeds(self._eval_one, in_axes=(0, None, None)))
         self._probed: dict[tuple[str, ...], Any] = {}
 
     # -- per seed ------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class Program:
         """The jitted probed step for one probe set: (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
         if probes not in self._probed:
             one = functools.partial(self._probe_one, pcfg=self.cfg.probe_config(probes))
-            self._probed[probes] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
+            self._probed[probes] = jax.jit(vmap_seeds(one, in_axes=(0, 0, None, None, None)))
         return self._probed[probes]
 
 

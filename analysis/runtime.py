@@ -144,16 +144,21 @@ def default_seed_chunk(seeds: int) -> int:
 
 
 def vmap_seeds(fn: Callable, in_axes: int | None | tuple = 0) -> Callable:
-    """jax.vmap(fn, in_axes), except that a seed axis of length 1 is squeezed instead of vmapped:
+    """jax.vmap(fn, in_axes) over whole arguments (each in_axes entry 0 or None; positional arguments
+    only), except that a seed axis of length 1 is squeezed instead of vmapped:
     fn runs on the one seed's arrays and its outputs get the axis back. Same numbers up to float
     rounding (tested against jax.vmap).
 
-    Why: the projections' weight gradients are standard-layout products on a CPU only when fn runs
-    unbatched (models.layers._projection); vmapped over one seed, XLA computes them transposed
-    and copies them back. A 12-layer d=128 training step (2-core CPU, one process, calls
-    alternating): 61.9 ms unbatched against 72.0 ms vmapped over one seed (benchmarks/README.md).
+    Why: the projections' weight gradients are standard-layout products on a CPU when fn runs
+    unbatched or over two or more seeds (models.layers._projection); vmapped over one seed, XLA
+    computes them transposed and copies them back. A 12-layer d=128 training step (2-core CPU, one
+    process, calls alternating): 61.9 ms unbatched against 72.0 ms vmapped over one seed
+    (benchmarks/README.md).
     Decided at trace time from the shapes, so one function serves both (jit retraces per shape).
     """
+    entries = in_axes if isinstance(in_axes, tuple) else (in_axes,)
+    if any(axis not in (0, None) or isinstance(axis, bool) for axis in entries):
+        raise ValueError(f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}")
     vmapped = jax.vmap(fn, in_axes=in_axes)
 
     def call(*args: Any) -> Any:

@@ -62,8 +62,9 @@ def _projection(x: jax.Array, w: jax.Array) -> jax.Array:
     about half the rate of its YNNPACK kernels for products that contract the first operand's last
     axis, with layout copies around them. The JVP below writes the weight tangent's term as
     (dwᵀ·xᵀ)ᵀ with xᵀ materialized on a CPU (an optimization barrier keeps XLA from folding it back),
-    so the reverse pass transposes it into products of xᵀ that contract its last axis: plain, and
-    under vmap with a seed axis of 1 or more (the training programs). A custom JVP, not a custom VJP,
+    so the reverse pass transposes it into products of xᵀ that contract its last axis: unbatched, and
+    vmapped over two or more seeds. Vmapped over one seed, XLA transposes them again (the training
+    programs squeeze such an axis: analysis.runtime.vmap_seeds). A custom JVP, not a custom VJP,
     so forward-mode transforms (jax.jvp, jacfwd) keep working. Other platforms take autodiff's form.
     Values: the same products, accumulated by another kernel (float rounding). Measured in
     benchmarks/README.md.

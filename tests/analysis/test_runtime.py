@@ -128,3 +128,9 @@ def test_vmap_seeds_equals_vmap_and_squeezes_one_seed(seeds: int) -> None:
 def test_vmap_seeds_single_argument_default_axis() -> None:
     got = runtime.vmap_seeds(lambda s: s * 2)(jnp.arange(1.0, 2.0))
     assert got.shape == (1,) and float(got[0]) == 2.0
+
+
+@pytest.mark.parametrize("in_axes", [1, -1, (0, 1), ({"w": 0}, None), (True, 0)])
+def test_vmap_seeds_names_an_axis_it_cannot_squeeze(in_axes) -> None:
+    with pytest.raises(ValueError, match=r"in_axes entries must be 0 or None, got"):
+        runtime.vmap_seeds(_seed_fn, in_axes=in_axes)

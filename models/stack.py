@@ -20,7 +20,7 @@ hence the threshold.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.nnx as nnx
 import jax
@@ -96,8 +96,14 @@ class Stack(nnx.Module):
         perturb: Mapping[str, Any] | None = None,  # {"layers": {site: (L, ...)}, "stack": {site: ...}}
         record: bool = True,
         dropout_key: jax.Array | None = None,
+        summarize: Callable[[dict], dict] | None = None,
     ) -> tuple[jax.Array, dict, dict]:
-        """Returns (output (B, T, D), sites {"layers": {..}, "stack": {..}}, stats {"layers": {..}})."""
+        """Returns (output (B, T, D), sites {"layers": {..}, "stack": {..}}, stats {"layers": {..}}).
+
+        `summarize(layer_sites) -> {name: array}` (with `record`) runs inside every layer on that
+        layer's sites; its results come back stacked under stats["layers"]["summary"]. Reductions
+        taken there read each site where it is made: a probe that only reduces a site then needs no
+        (L, B, T, D) stack of it, and XLA drops the unused stacks."""
         placement = PLACEMENTS[self.spec.placement]
         perturb = perturb or {}
         ends = Taps(perturb.get("stack"), record)
@@ -120,7 +126,10 @@ class Stack(nnx.Module):
                 carry = block(
                     carry, wiring=wiring, consts=self.consts, memory=memory, taps=taps, dropout_key=key
                 )
-                return carry, (taps.sites, taps.stats)
+                layer_stats = taps.stats
+                if summarize is not None and record:
+                    layer_stats = {**layer_stats, "summary": summarize(taps.sites)}
+                return carry, (taps.sites, layer_stats)
 
             if self.unroll:
                 # Layer by layer. Slices come from one split per stacked leaf: the transpose of a

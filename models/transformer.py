@@ -7,7 +7,7 @@ differentiate.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.nnx as nnx
 import jax
@@ -23,7 +23,7 @@ from models.stack import Stack
 class ForwardOutput(NamedTuple):
     logits: jax.Array  # (B, T, vocab), float32 at least
     sites: dict  # {stack: {"layers": {site: (L, B, T, ...)}, "stack": {site: (B, T, D)}}}
-    stats: dict  # {stack: {"layers": {stat: (L, ...)}, "stack": {}}}
+    stats: dict  # {stack: {"layers": {stat: (L, ...), "summary": {..} with `summarize`}, "stack": {}}}
 
 
 def validate_tokens(cfg: ModelConfig, *inputs: Any) -> None:
@@ -75,8 +75,10 @@ class Transformer(nnx.Module):
         perturb: Mapping[str, Any] | None = None,
         record: bool = True,
         dropout_key: jax.Array | None = None,
+        summarize: Callable[[dict], dict] | None = None,
     ) -> ForwardOutput:
-        """Logits plus probe sites; `perturb` mirrors `sites` (zeros) and is added at each site."""
+        """Logits plus probe sites; `perturb` mirrors `sites` (zeros) and is added at each site;
+        `summarize` runs on each layer's sites inside the layer (models.stack.Stack)."""
         validate_tokens(self.cfg, *inputs)
         perturb = perturb or {}
         keys = dict(zip(self.stacks, (None,) * 2)) if dropout_key is None else dict(
@@ -85,7 +87,8 @@ class Transformer(nnx.Module):
         sites, stats, memory = {}, {}, None
         if "encoder" in self.stacks:
             memory, sites["encoder"], stats["encoder"] = self.stacks["encoder"](
-                self.embed(inputs[0]), perturb=perturb.get("encoder"), record=record, dropout_key=keys.get("encoder")
+                self.embed(inputs[0]), perturb=perturb.get("encoder"), record=record, dropout_key=keys.get("encoder"),
+                summarize=summarize,
             )
             out = memory
         if "decoder" in self.stacks:
@@ -95,6 +98,7 @@ class Transformer(nnx.Module):
                 perturb=perturb.get("decoder"),
                 record=record,
                 dropout_key=keys.get("decoder"),
+                summarize=summarize,
             )
         head = self.embed.table[...].T if self.head is None else self.head[...]
         logits = matmul(out, head, self.cfg.compute_dtype)

@@ -15,7 +15,7 @@ Result layout (a nested dict of arrays, no leading seed axis here):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import flax.nnx as nnx
 import jax
@@ -114,7 +114,7 @@ class ProbeConfig:
 
 # The probe set for a probed training step run every step: every cheap probe, with CKA and its null
 # on 128 of the batch's tokens and half the null's pairs. Measured (decoder d=128, batch 8 x 64,
-# 2-core CPU): probed / plain step 1.07-1.08 at 6 and 18 layers, against 1.32-1.44 with the
+# 2-core CPU): probed / plain step 1.07 at 6 layers and 1.09-1.11 at 18, against 1.41-1.51 with the
 # full-token CKA and null of ProbeConfig() (benchmarks/README.md).
 STEP_PROBES = ProbeConfig(probes=CHEAP_PROBES, cka_tokens=128, cka_null="half")
 
@@ -170,6 +170,38 @@ def _per_level(sites: dict, fn) -> dict:
         "layers": {k: fn(v, 1) for k, v in sites["layers"].items()},
         "stack": {k: fn(v, 0) for k, v in sites["stack"].items()},
     }
+
+
+def _layer_summary(probes: set, eps: float) -> Callable[[dict], dict] | None:
+    """The per-layer reductions of `probes` as one function of a layer's sites (lead 0: one layer),
+    run inside the layer (models.stack.Stack's `summarize`), or None when no probe needs one.
+
+    The reduction-only probes (act_norm; the update ratio; the LN gain estimate) read every site of
+    every layer; taken on stacked (L, B, T, D) sites they cost one stack per site in an unrolled loop
+    and a re-read of it (18 layers, d=128: see benchmarks/README.md). Same formulas, one layer at a time.
+    """
+    wanted = probes & {"act_norm", "update_ratio", "ln_jacobian_gain"}
+    if not wanted:
+        return None
+
+    def summarize(layer: dict) -> dict:
+        out: dict[str, dict] = {}
+        if "act_norm" in wanted:
+            out["act_norm"] = {k: _rms(v, 0) for k, v in layer.items()}
+        if "ln_jacobian_gain" in wanted:
+            out["ln_gain_estimate"] = {p: _inv_sigma(layer[f"{p}_norm_in"], eps, 0) for p in _norm_pairs(layer)}
+        if "update_ratio" in wanted:
+            out["update_ratio"] = _update_ratios(layer, 0)
+        return out
+
+    return summarize
+
+
+def _update_ratios(layer: dict, lead: int) -> dict:
+    """Token mean of ‖sublayer output‖ / ‖sublayer input‖ per sublayer kind present in `layer`."""
+    kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layer)
+    per_token = lambda f, x: jnp.linalg.norm(f, axis=-1) / jnp.linalg.norm(x, axis=-1)
+    return {k: _token_mean(per_token(layer[f"{k}_out"], layer[sublayer_input_site(kinds, k)]), lead) for k in kinds}
 
 
 def _norm_pairs(sites: dict) -> list[str]:
@@ -262,9 +294,11 @@ def _probe_program(
     key = jax.random.key(0) if key is None else key
     inputs = model_inputs(cfg, batch)
 
-    def forward(state, perturb):
-        out = nnx.merge(graphdef, state).forward(*inputs, perturb=perturb)
+    def forward(state, perturb, summarize=None):
+        out = nnx.merge(graphdef, state).forward(*inputs, perturb=perturb, summarize=summarize)
         return loss_from_logits(cfg, out.logits, batch), out
+
+    summarize = _layer_summary(probes, cfg.norm_eps)
 
     needs_grad = want_grads or bool(probes & GRADIENT_PROBES) or (
         "output_change" in probes and pcfg.output_change_mode == "sign_grad"
@@ -273,12 +307,13 @@ def _probe_program(
         points = None
         if probes & SITE_GRADIENT_PROBES:
             points = _site_gradient_points(cfg, jax.eval_shape(lambda s: forward(s, None)[1].sites, state))
-        (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, points)
+        (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, points, summarize)
         if points is not None:
             site_grad_norm = {name: _per_level(g, _site_grad_norm) for name, g in g_points.items()}
     else:
-        loss, out = forward(state, None)
+        loss, out = forward(state, None, summarize)
     sites, stats = out.sites, out.stats
+    summary = {name: st["layers"].get("summary", {}) for name, st in stats.items()}
     result: dict[str, Any] = {"loss": loss}
 
     if "param_grad_norm" in probes:
@@ -304,26 +339,21 @@ def _probe_program(
                 g, s = site_grad_norm[name][level], sites[name][level]
                 pairs = _norm_pairs(s)
                 gain[name][level] = {p: g[f"{p}_norm_in"] / g[f"{p}_norm_out"] for p in pairs}
-                estimate[name][level] = {p: _inv_sigma(s[f"{p}_norm_in"], cfg.norm_eps, lead) for p in pairs}
+                estimate[name][level] = (
+                    summary[name]["ln_gain_estimate"] if level == "layers"
+                    else {p: _inv_sigma(s[f"{p}_norm_in"], cfg.norm_eps, lead) for p in pairs}
+                )  # fmt: skip
         result["ln_jacobian_gain"] = gain
         result["ln_gain_estimate"] = estimate
 
     if "act_norm" in probes:
-        result["act_norm"] = {name: _per_level(s, _rms) for name, s in sites.items()}
+        result["act_norm"] = {
+            name: {"layers": summary[name]["act_norm"], "stack": {k: _rms(v, 0) for k, v in s["stack"].items()}}
+            for name, s in sites.items()
+        }
 
     if "update_ratio" in probes:
-        ratio = {}
-        for name, s in sites.items():
-            layer = s["layers"]
-            kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layer)
-            per_token = lambda f, x: jnp.linalg.norm(f, axis=-1) / jnp.linalg.norm(x, axis=-1)
-            ratio[name] = {
-                "layers": {
-                    k: _token_mean(per_token(layer[f"{k}_out"], layer[sublayer_input_site(kinds, k)]), 1) for k in kinds
-                },
-                "stack": {},
-            }
-        result["update_ratio"] = ratio
+        result["update_ratio"] = {name: {"layers": summary[name]["update_ratio"], "stack": {}} for name in sites}
 
     for probe, fn in (("cos_adjacent", similarity.stack_cosine_adjacent), ("cos_to_last", similarity.stack_cosine_to_last)):
         if probe in probes:

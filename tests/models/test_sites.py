@@ -1,6 +1,7 @@
 """`SquaredNormTap`: its gradient is ‖∂ℒ/∂site‖², the squared norm of the gradient a zero perturbation
 at the same site gets (float64), per layer and per stack site, scanned and unrolled, under vmap; and
-the forward and the parameter gradients are those of the model without taps, bit for bit.
+the forward is that of the model without taps, bit for bit, and so are the parameter gradients (to
+float64 rounding under XLA's default code generation, which fuses the two programs differently).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def test_squared_norm_tap_gradient_is_the_squared_site_gradient_norm(arch: str, 
         (loss_z, (g_state_z, g_sites)), (loss_t, (g_state_t, g_taps)) = jax.device_get(_program(cfg))
     assert loss_z.shape == (2,) and np.array_equal(loss_z, loss_t), "taps changed the forward"
     for a, b in zip(jax.tree.leaves(g_state_z), jax.tree.leaves(g_state_t)):
-        np.testing.assert_array_equal(a, b, err_msg="taps changed the parameter gradients")
+        # bit for bit under the suite's -O0 code generation; XLA's default one fuses the two programs
+        # differently (float64 rounding, ~1e-15 relative, in scanned stacks)
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.max(np.abs(b)), err_msg="taps changed the parameter gradients")
     checked = 0
     for name, stack in g_sites.items():
         for level, lead in (("layers", 2), ("stack", 1)):  # + the vmapped axis

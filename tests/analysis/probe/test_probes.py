@@ -36,6 +36,7 @@ from analysis.probe import similarity
 from analysis.probe.api import _seed_groups, probe_at_init, probe_model
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
+from models.block import sublayer_input_site
 from models import ARCHS, PLACEMENTS, ModelConfig, Transformer, build_model, init_state
 
 # Tiny shared sizes (every distinct shape compiles fresh).
@@ -466,6 +467,41 @@ def test_act_norm_is_mean_token_rms(encdec) -> None:
             _close(_scalar(df, "act_norm", stack, site), expected, f"act_norm {stack}/{site}")
             n += 1
     assert n > 20
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "normformer"])
+def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str) -> None:
+    """act_norm, update_ratio and ln_gain_estimate are reduced inside each layer (Stack's `summarize`):
+    in a scanned encoder and an unrolled decoder of one model they equal numpy's reductions of the
+    forward's stacked sites (float64), and the forward without `summarize` returns no summary."""
+    with jax.enable_x64(True):
+        cfg = ModelConfig(arch="encdec", placement=placement, enc_layers=4, dec_layers=2, unroll_layers=3,
+                          dtype="float64", **SMALL)  # fmt: skip
+        graphdef, state = init_state(cfg, jax.random.key(0))
+        batch = random_batch(cfg, jax.random.key(1), BATCH, LENGTH)
+        probes = ("act_norm", "update_ratio", "ln_jacobian_gain")
+        got = jax.jit(lambda st: probe_program(graphdef, st, batch, cfg, ProbeConfig(probes=probes)))(state)
+        out = nnx.merge(graphdef, state).forward(*model_inputs(cfg, batch))
+    assert all("summary" not in st["layers"] for st in out.stats.values())
+    checked = 0
+    for stack, s in out.sites.items():
+        layers = {k: np.asarray(v) for k, v in s["layers"].items()}
+        token_mean = lambda per_token: per_token.reshape(per_token.shape[0], -1).mean(axis=1)
+        for site, a in layers.items():
+            _close(got["act_norm"][stack]["layers"][site], token_mean(np.sqrt(np.mean(a**2, axis=-1))), f"act_norm {stack}/{site}")
+            checked += 1
+        for pair, estimate in got["ln_gain_estimate"][stack]["layers"].items():
+            x = layers[f"{pair}_norm_in"]
+            _close(estimate, token_mean(1 / np.sqrt(np.var(x, axis=-1) + cfg.norm_eps)), f"ln_gain_estimate {stack}/{pair}")
+            checked += 1
+        kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layers)
+        assert set(got["update_ratio"][stack]["layers"]) == set(kinds)
+        for kind, ratio in got["update_ratio"][stack]["layers"].items():
+            branch, stream = layers[f"{kind}_out"], layers[sublayer_input_site(kinds, kind)]
+            expected = token_mean(np.linalg.norm(branch, axis=-1) / np.linalg.norm(stream, axis=-1))
+            _close(ratio, expected, f"update_ratio {stack}/{kind}")
+            checked += 1
+    assert checked > 20
 
 
 def test_update_ratio_is_branch_over_stream(encdec) -> None:

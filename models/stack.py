@@ -100,7 +100,7 @@ class Stack(nnx.Module):
     ) -> tuple[jax.Array, dict, dict]:
         """Returns (output (B, T, D), sites {"layers": {..}, "stack": {..}}, stats {"layers": {..}}).
 
-        `summarize(layer_sites) -> {name: array}` (with `record`) runs inside every layer on that
+        `summarize(layer_sites) -> pytree of arrays` (with `record`) runs inside every layer on that
         layer's sites; its results come back stacked under stats["layers"]["summary"]. Reductions
         taken there read each site where it is made: a probe that only reduces a site then needs no
         (L, B, T, D) stack of it, and XLA drops the unused stacks."""

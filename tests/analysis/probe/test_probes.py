@@ -469,23 +469,28 @@ def test_act_norm_is_mean_token_rms(encdec) -> None:
     assert n > 20
 
 
-@pytest.mark.parametrize("placement", ["pre", "post", "normformer"])
-def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str) -> None:
+@pytest.mark.parametrize("placement, dtype, rtol", [("pre", "float64", F64_RTOL), ("post", "float64", F64_RTOL),
+                                                     ("normformer", "float64", F64_RTOL), ("pre", "bfloat16", 1e-6),
+                                                     ("residual", "bfloat16", 1e-6)])  # fmt: skip
+def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str, dtype: str, rtol: float) -> None:
     """act_norm, update_ratio and ln_gain_estimate are reduced inside each layer (Stack's `summarize`):
     in a scanned encoder and an unrolled decoder of one model they equal numpy's reductions of the
-    forward's stacked sites (float64), and the forward without `summarize` returns no summary."""
-    with jax.enable_x64(True):
+    forward's stacked sites, and the forward without `summarize` returns no summary. bfloat16: the
+    reductions read the recorded (rounded) bfloat16 sites, not XLA's unrounded float32 values of a
+    fused residual add (5e-4 off before `_at_recorded_precision`)."""
+    with jax.enable_x64(dtype == "float64"):
         cfg = ModelConfig(arch="encdec", placement=placement, enc_layers=4, dec_layers=2, unroll_layers=3,
-                          dtype="float64", **SMALL)  # fmt: skip
+                          dtype=dtype, **SMALL)  # fmt: skip
         graphdef, state = init_state(cfg, jax.random.key(0))
         batch = random_batch(cfg, jax.random.key(1), BATCH, LENGTH)
         probes = ("act_norm", "update_ratio", "ln_jacobian_gain")
         got = jax.jit(lambda st: probe_program(graphdef, st, batch, cfg, ProbeConfig(probes=probes)))(state)
-        out = nnx.merge(graphdef, state).forward(*model_inputs(cfg, batch))
+        out = jax.jit(lambda st: nnx.merge(graphdef, st).forward(*model_inputs(cfg, batch)))(state)
     assert all("summary" not in st["layers"] for st in out.stats.values())
+    _close = lambda a, b, what: np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=rtol, atol=0, err_msg=what)
     checked = 0
     for stack, s in out.sites.items():
-        layers = {k: np.asarray(v) for k, v in s["layers"].items()}
+        layers = {k: np.asarray(v).astype(np.float64) for k, v in s["layers"].items()}
         token_mean = lambda per_token: per_token.reshape(per_token.shape[0], -1).mean(axis=1)
         for site, a in layers.items():
             _close(got["act_norm"][stack]["layers"][site], token_mean(np.sqrt(np.mean(a**2, axis=-1))), f"act_norm {stack}/{site}")

@@ -192,7 +192,7 @@ def _layer_summary(probes: set, eps: float) -> Callable[[dict], dict] | None:
         if "ln_jacobian_gain" in wanted:
             out["ln_gain_estimate"] = {p: _inv_sigma(layer[f"{p}_norm_in"], eps, 0) for p in _norm_pairs(layer)}
         if "update_ratio" in wanted:
-            out["update_ratio"] = _update_ratios(layer, 0)
+            out["update_ratio"] = _update_ratios(layer)
         return out
 
     return summarize
@@ -209,11 +209,11 @@ def _at_recorded_precision(site: jax.Array) -> jax.Array:
     return jax.lax.reduce_precision(upcast(site), exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-def _update_ratios(layer: dict, lead: int) -> dict:
-    """Token mean of ‖sublayer output‖ / ‖sublayer input‖ per sublayer kind present in `layer`."""
+def _update_ratios(layer: dict) -> dict:
+    """Token mean of ‖sublayer output‖ / ‖sublayer input‖ per sublayer kind present in one layer's sites."""
     kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layer)
     per_token = lambda f, x: jnp.linalg.norm(f, axis=-1) / jnp.linalg.norm(x, axis=-1)
-    return {k: _token_mean(per_token(layer[f"{k}_out"], layer[sublayer_input_site(kinds, k)]), lead) for k in kinds}
+    return {k: _token_mean(per_token(layer[f"{k}_out"], layer[sublayer_input_site(kinds, k)]), 0) for k in kinds}
 
 
 def _norm_pairs(sites: dict) -> list[str]:
@@ -249,8 +249,9 @@ def _site_gradient_points(cfg: ModelConfig, sites: dict) -> dict:
     A scanned stack gets ‖∂ℒ/∂site‖² taps: full per-layer gradients would each be written into a
     stacked (L, B, T, D) buffer by every iteration of the backward loop, and zeros of that size fed
     in (a 12-layer d=64 init study: 0.89-0.97x the time with taps). An unrolled stack gets zero
-    perturbations: its gradients are stacked once per site, while taps would add a reduction per site
-    and layer (18 layers, d=128: probed/plain step 1.12 with taps against 1.06-1.09 without).
+    perturbations: its gradients are stacked once per site, while taps add a reduction per site and
+    layer (18 layers, d=128: probed/plain step 1.12 with taps against 1.06-1.09 without; after the
+    projections' weight-gradient layout, 103.8-104.3 against 103.9-105.8 ms: no difference).
     The norms agree to float rounding (~1e-6 relative); benchmarks/README.md has the measurements.
     """
     scanned = {spec.name: not unrolled(spec.layers, cfg.unroll_layers) for spec in cfg.stacks()}

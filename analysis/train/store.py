@@ -35,6 +35,10 @@ from analysis.train.config import TrainConfig, to_dict
 from analysis.train.seeds import MODES
 
 STORE_VERSION = 1  # bump when the meaning of stored numbers changes: old runs then get new folders
+# ModelConfig fields added after runs were stored, with their defaults: at the default they stay out
+# of the run id. scan_remat's default recomputes scanned layers on a CPU, which moves a scanned run's
+# numbers by float rounding only (as a new jaxlib does), so its runs keep their folders.
+LATER_MODEL_FIELDS = {"scan_remat": None}
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
 PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
@@ -47,11 +51,16 @@ def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "v
     """16 hex digits of sha256 over the full config, the data's fingerprint (a custom corpus' content
     hash), how the seeds were computed (analysis.train.seeds: "vmapped" or "per_seed"; their numbers
     differ by float rounding amplified by training) and the store version: equal configs computed
-    alike share a folder, any change gets a new one. ("vmapped" is left out of the hashed payload, so
-    the ids of runs stored before per-seed programs existed are unchanged.)"""
+    alike share a folder, any change gets a new one. ("vmapped", and model fields added later at their
+    defaults (`LATER_MODEL_FIELDS`), are left out of the hashed payload, so the ids of runs stored
+    before those existed are unchanged.)"""
     if seed_programs not in MODES:
         raise ValueError(f"unknown seed_programs {seed_programs!r}; valid choices: {', '.join(MODES)}")
-    content: dict = {"config": to_dict(cfg), "data": fingerprint, "store": STORE_VERSION}
+    config = to_dict(cfg)
+    for name, default in LATER_MODEL_FIELDS.items():
+        if config["model"].get(name, default) == default:
+            config["model"].pop(name, None)
+    content: dict = {"config": config, "data": fingerprint, "store": STORE_VERSION}
     if seed_programs != "vmapped":
         content["seed_programs"] = seed_programs
     payload = json.dumps(content, sort_keys=True)

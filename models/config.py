@@ -79,11 +79,12 @@ class ModelConfig:
         scan_remat: a scanned stack recomputes each layer's forward inside the backward pass
             (`jax.checkpoint`, nothing saved but the layer inputs) instead of keeping every layer's
             intermediates in stacked (L, ...) buffers. None (default) = on where JAX's default
-            backend is a CPU, off elsewhere: on a CPU writing and reading those buffers costs more
-            than recomputing (a 32-seed 12-layer init study 0.82x, a 1000-layer one 0.80-0.87x, a
-            24-layer d=128 training step 0.92x, d=256 no change; benchmarks/README.md), while an
-            accelerator pays for the recomputed matmuls. True / False force it. Unrolled stacks
-            never recompute. Same numbers up to float rounding.
+            backend is a CPU when the model is built, off elsewhere: on a CPU writing and reading
+            those buffers costs more than recomputing (a 32-seed 12-layer init study 0.82-0.86x, a
+            1000-layer one 0.77-0.83x, a 24-layer d=128 training step 0.92x plain and 0.97x probed,
+            d=256 no change; benchmarks/README.md), while an accelerator pays for the recomputed
+            matmuls. True / False force it. Unrolled stacks never recompute. Same numbers up to
+            float rounding.
 
     Placement and norm options (ignored by placements/norms that do not use them):
         b2t_rescale: B2T: multiply every projection weight of the layer by L**-0.5, as the official

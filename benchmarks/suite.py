@@ -117,12 +117,15 @@ def machine_info() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Training steps against the peer: speedups, probe overhead, FLOP floor.
 # ---------------------------------------------------------------------------------------------
-def matmul_rate(n: int, repeats: int = 7) -> float:
-    """FLOP/s of a jitted n×n·n×n float32 matmul (the machine's large-matmul rate under XLA)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    timed(lambda: f(a))
-    return 2 * n**3 / min(timed(lambda: f(a)) for _ in range(repeats))
+def matmul_rate(n: int, repeats: int = 7, k: int | None = None, m: int | None = None) -> float:
+    """FLOP/s of a jitted (m×k)·(k×n) float32 matmul, n×n·n×n by default (the machine's large-matmul
+    rate under XLA): the best of `repeats` calls after a first."""
+    k, m = k or n, m or n
+    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    timed(lambda: f(a, b))
+    return 2 * m * k * n / min(timed(lambda: f(a, b)) for _ in range(repeats))
 
 
 def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
@@ -130,6 +133,11 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"probe_config": repr(STEP_PROBES)}
     rate = matmul_rate(sizes.matmul_n)
     out["matmul_gflops"] = rate / 1e9
+    # Diagnostic, not a headline key: the rate of the step's own FFN product, (B·T × d)·(d × 4d). On
+    # XLA's CPU runtime it is a single core's (too small to be split over threads), while the
+    # floor's large matmul uses every core: the gap between the two rates is most of flop_floor_ratio.
+    step_rate = matmul_rate(4 * sizes.d_model, repeats=31, k=sizes.d_model, m=sizes.batch * sizes.seq)
+    out["step_matmul_gflops"] = step_rate / 1e9
     for depth in sizes.depths:
         cfg = _cfg(depth, sizes.d_model)
         pair = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
@@ -153,6 +161,7 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
         if flops is not None:
             row["flop_floor_ms"] = 1e3 * flops / rate
             row["flop_floor_ratio"] = row["plain_ms"] / row["flop_floor_ms"]
+            row["flop_floor_ratio_at_step_matmul_rate"] = row["plain_ms"] / (1e3 * flops / step_rate)
         if peer_rounds:
             row["torch_plain_ms"] = statistics.median(r["plain_ms"] for r in peer_rounds)
             row["torch_probed_ms"] = statistics.median(r["probed_ms"] for r in peer_rounds)
@@ -389,6 +398,9 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{key:<28} {shown:>9}  {'' if goal is None else f'{goal[0]} {goal[1]}':<8} "
                      f"{verdict(key, value)}{'  (' + results['reasons'][key] + ')' if key in results['reasons'] else ''}")  # fmt: skip
     steps = results.get("steps") or {}
+    if "step_matmul_gflops" in steps:
+        lines.append(f"  matmul rates: {results['sizes']['matmul_n']}³ {steps['matmul_gflops']:.0f} GFLOP/s (the FLOP floor's), "
+                     f"the step's FFN product {steps['step_matmul_gflops']:.0f} GFLOP/s")  # fmt: skip
     for depth, r in steps.items():
         if not depth.isdigit():
             continue

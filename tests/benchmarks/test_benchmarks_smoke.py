@@ -34,5 +34,12 @@ def test_smoke_run_produces_every_key(tmp_path):
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value, data["reasons"])
             assert data["verdicts"][key] in ("MET", "MISSED", "reported")
     assert data["smoke"] is True and data["deep"]["finite"] and data["deep"]["rows"] > 0
+    # the diagnostic beside the FLOP floor: the step's own product rate, and the floor ratio at it
+    assert data["steps"]["step_matmul_gflops"] > 0
+    for depth in (k for k in data["steps"] if k.isdigit()):
+        row = data["steps"][depth]
+        at_step_rate = row["flop_floor_ratio_at_step_matmul_rate"]
+        ratio = data["steps"]["matmul_gflops"] / data["steps"]["step_matmul_gflops"]
+        assert math.isclose(row["flop_floor_ratio"], at_step_rate * ratio, rel_tol=1e-9)
     assert data["headline"] == returned["headline"]
     assert not list(out.parent.glob("*.tmp")), "the temp file of the atomic write was left behind"

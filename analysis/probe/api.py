@@ -100,7 +100,7 @@ def probe_at_init(
     are vmapped together at a time and the program loops over the rest; `streams` groups of seeds
     run at once, each on its own thread. Defaults (analysis.runtime): on an accelerator every seed in
     one vmap and one stream; on a CPU one seed at a time and one stream per core (a 2-core CPU ran
-    32 seeds of a 12-layer d=64 study in 0.83-0.90 s so, with its scanned layers recomputed in the
+    32 seeds of a 12-layer d=64 study in 0.81-0.90 s so, with its scanned layers recomputed in the
     backward (ModelConfig.scan_remat); 1.2-1.3 s before that, against 2.3-2.7 s vmapped; benchmarks/README.md).
     Each seed's numbers do not depend on `streams` (bit for bit); `seed_chunk` changes them only by float rounding. Seed s is the model of
     `build_model(cfg, s)`. The batch is random tokens drawn from each seed unless `batch` is given

@@ -18,8 +18,8 @@ import pytest
 from analysis.probe.api import probe_at_init
 from models import ModelConfig, Transformer, build_model
 from models.stack import scan_remat
-from tests.models.test_invariants import SAME_F32, TOKENS, build_eager, cfg_of, inputs_of, jit_apply, jitter
-from tests.models.test_unroll import CASES, _value_and_grads
+from tests.models.test_invariants import TOKENS, build_eager, cfg_of, inputs_of, jit_apply, jitter
+from tests.models.test_unroll import CASES, _value_and_grads, assert_pairs_equal
 
 SCAN = 0  # unroll_layers: always scan
 
@@ -45,13 +45,7 @@ def test_recomputed_scan_equals_saved_scan_values_and_gradients():
         cfgs += [cfg, remat_cfg]
         labels += [f"{placement}/{arch}/saved", f"{placement}/{arch}/recomputed"]
     results = jit_apply(models, lambda m, i, t: _value_and_grads(m, t, cfgs[i]), TOKENS, labels=labels)
-    for (placement, arch), saved, recomputed in zip(CASES, results[::2], results[1::2]):
-        leaves_s, tree_s = jax.tree_util.tree_flatten_with_path(saved)
-        leaves_r, tree_r = jax.tree_util.tree_flatten_with_path(recomputed)
-        assert tree_s == tree_r, (placement, arch)
-        for (path, a), (_, b) in zip(leaves_s, leaves_r):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), **SAME_F32,
-                                       err_msg=f"{placement}/{arch} {jax.tree_util.keystr(path)}")  # fmt: skip
+    assert_pairs_equal(CASES, results)
 
 
 def test_forward_over_reverse_goes_through_recomputed_layers():

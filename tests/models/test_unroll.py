@@ -61,11 +61,17 @@ def check_unrolled_equals_scanned(cases: list[tuple[str, str]]) -> None:
         cfgs += [cfg, unrolled_cfg]
     results = jit_apply(models, lambda m, i, t: _value_and_grads(m, t, cfgs[i]), TOKENS,
                         labels=[f"{c.placement}/{c.arch}/unroll={c.unroll_layers}" for c in cfgs])  # fmt: skip
-    for (placement, arch), scan, unroll in zip(cases, results[::2], results[1::2]):
-        leaves_s, tree_s = jax.tree_util.tree_flatten_with_path(scan)
-        leaves_u, tree_u = jax.tree_util.tree_flatten_with_path(unroll)
-        assert tree_s == tree_u, (placement, arch)
-        for (path, a), (_, b) in zip(leaves_s, leaves_u):
+    assert_pairs_equal(cases, results)
+
+
+def assert_pairs_equal(cases: list[tuple[str, str]], results: list) -> None:
+    """results = [first_0, second_0, first_1, ...]: each case's two pytrees have the same structure
+    and leaves equal to float32 rounding."""
+    for (placement, arch), first, second in zip(cases, results[::2], results[1::2]):
+        leaves_1, tree_1 = jax.tree_util.tree_flatten_with_path(first)
+        leaves_2, tree_2 = jax.tree_util.tree_flatten_with_path(second)
+        assert tree_1 == tree_2, (placement, arch)
+        for (path, a), (_, b) in zip(leaves_1, leaves_2):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), **SAME_F32,
                                        err_msg=f"{placement}/{arch} {jax.tree_util.keystr(path)}")  # fmt: skip
 

@@ -136,6 +136,8 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
     # Diagnostic, not a headline key: the rate of the step's own FFN product, (B·T × d)·(d × 4d). On
     # XLA's CPU runtime it is a single core's (too small to be split over threads), while the
     # floor's large matmul uses every core: the gap between the two rates is most of flop_floor_ratio.
+    # A call's time includes its dispatch (tens of µs), so this understates the kernel's own rate: in
+    # the 18-layer step's trace the same product ran at ~231 GFLOP/s against 207 here (2026-12-02).
     step_rate = matmul_rate(4 * sizes.d_model, repeats=31, k=sizes.d_model, m=sizes.batch * sizes.seq)
     out["step_matmul_gflops"] = step_rate / 1e9
     for depth in sizes.depths:

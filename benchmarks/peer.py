@@ -40,26 +40,64 @@ def ensure_venv(setup: bool) -> Path:
     return python
 
 
+def _command(python: Path, script: str, args: list[str]) -> list[str]:
+    return [str(python), str(PEER_DIR / script), *args]
+
+
+def _result(script: str, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    if returncode != 0:
+        raise PeerUnavailable(f"{script} failed: {stderr.strip().splitlines()[-1:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def _run(python: Path, script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    done = subprocess.run([str(python), str(PEER_DIR / script), *args], capture_output=True, text=True,
-                          cwd=PEER_DIR, timeout=timeout)  # fmt: skip
-    if done.returncode != 0:
-        raise PeerUnavailable(f"{script} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run(_command(python, script, args), capture_output=True, text=True, cwd=PEER_DIR,
+                          timeout=timeout)  # fmt: skip
+    return _result(script, done.returncode, done.stdout, done.stderr)
 
 
-def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,
-                threads: int = 2) -> dict[str, float]:
-    """Median plain / probed step times (ms) of the peer, probes toggled step by step in one process."""
-    args = ["--placement", "pre", "--layers", str(layers), "--d-model", str(d_model), "--heads", "4",
+def _run_at_once(python: Path, script: str, args: list[str], copies: int, timeout: float) -> list[dict[str, Any]]:
+    """`copies` processes of the same peer run started together; their results in start order."""
+    procs = [subprocess.Popen(_command(python, script, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=PEER_DIR) for _ in range(copies)]  # fmt: skip
+    try:
+        outputs = [proc.communicate(timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [_result(script, proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
+def _train_args(*, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int, threads: int) -> list[str]:
+    return ["--placement", "pre", "--layers", str(layers), "--d-model", str(d_model), "--heads", "4",
             "--ffn", str(4 * d_model), "--batch", str(batch), "--seq", str(seq), "--probes", "interleave",
             "--threads", str(threads), "--steps", str(steps), "--warmup-steps", str(warmup),
             "--cka-impl", "batched"]  # fmt: skip
-    out = _run(python, "torch_probe_bench.py", args, timeout=1800)
+
+
+def _step_times(out: dict[str, Any]) -> dict[str, Any]:
     # median_runq_wait_ms: how long the peer's threads waited for a CPU per step (machine load);
     # torch's OpenMP threads degrade far more than XLA's when the cores are oversubscribed.
     return {"plain_ms": out["timing_off"]["median_step_ms"], "probed_ms": out["timing_on"]["median_step_ms"],
             "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"]}  # fmt: skip
+
+
+def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,
+                threads: int = 2) -> dict[str, Any]:
+    """Median plain / probed step times (ms) of the peer, probes toggled step by step in one process."""
+    args = _train_args(layers=layers, d_model=d_model, batch=batch, seq=seq, steps=steps, warmup=warmup, threads=threads)
+    return _step_times(_run(python, "torch_probe_bench.py", args, timeout=1800))
+
+
+def train_steps_at_once(python: Path, *, copies: int, layers: int, d_model: int, batch: int, seq: int, steps: int,
+                        warmup: int, threads: int = 1) -> list[dict[str, Any]]:
+    """`train_steps` of `copies` peer processes running at once, `threads` threads each: how a sweep
+    written with the peer can fill the cores with independent runs (one per core) instead of one run
+    on every core. Each process's medians, in start order."""
+    args = _train_args(layers=layers, d_model=d_model, batch=batch, seq=seq, steps=steps, warmup=warmup, threads=threads)
+    return [_step_times(out) for out in _run_at_once(python, "torch_probe_bench.py", args, copies, timeout=1800)]
 
 
 def seed_sweep(python: Path, *, layers: int, d_model: int, batch: int, seq: int, seeds: int,

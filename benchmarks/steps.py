@@ -86,6 +86,18 @@ class StepPair:
 
         return timed(call)
 
+    def compile(self) -> None:
+        """Call the steps as compiled executables from now on: a jitted function called from another
+        thread may retrace (JAX's configuration contexts are thread-local); an executable never does."""
+        self.steps = {n: f.lower(*self.carry[n], self.batch, self.key).compile() for n, f in self.steps.items()}
+
+    def twin(self) -> "StepPair":
+        """A second chain of the same steps on a copy of this one's state (another run of a sweep)."""
+        other = object.__new__(StepPair)
+        other.__dict__.update(self.__dict__)
+        other.carry = {n: jax.tree.map(jnp.copy, c) for n, c in self.carry.items()}
+        return other
+
     def round(self, calls: int) -> dict[str, list[float]]:
         """`calls` calls of each step, alternating call by call (order flipped every pair)."""
         times: dict[str, list[float]] = {"plain": [], "probed": []}

@@ -8,7 +8,9 @@ lnscope's, decoder d=128 at two depths, the smaller), probe_overhead (probed / p
 larger), flop_floor_ratio (plain step time over its XLA-counted FLOPs at a large matmul's measured
 rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's probe_at_init with its defaults),
 compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
-peak_rss_ratio (peak resident memory of the probed step's process over the plain one's). A key is
+peak_rss_ratio (peak resident memory of the probed step's process over the plain one's); reported
+beside them, sweep_speedup_plain_d128 / sweep_speedup_probed_d128 (a sweep's throughput: two runs at
+once, per model-step, against the peer's better way to run two; bench_sweep_steps). A key is
 None when it could not be measured, with the reason under "reasons". Timings are medians after a
 first (compile) and a second (warm-up) call, both reported apart; lnscope and the peer alternate
 round by round so both see the same machine load.
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +59,8 @@ GOALS: dict[str, tuple[str, float] | None] = {
     "compile_ratio_192_over_6": ("<=", 1.5),
     "deep1000_seconds": ("<", 60.0),
     "peak_rss_ratio": None,
+    "sweep_speedup_plain_d128": None,
+    "sweep_speedup_probed_d128": None,
 }
 
 
@@ -85,6 +90,9 @@ FULL = Sizes()
 SMOKE = Sizes(d_model=16, depths=(2,), batch=2, seq=8, rounds=1, calls=2, matmul_n=128, seed_layers=2, seed_d=16,
               seeds=3, compile_depths=(2, 24), compile_d=16, compile_repeats=1, deep_layers=24, deep_d=16, deep_batch=2,
               deep_seq=8, extras=False)  # fmt: skip
+
+# Runs at once in the sweep benchmark: one per core of this 2-core machine.
+SWEEP_STREAMS = 2
 
 # A deep stack's init probe: CKA over 1000 layers is 10⁶ pairs; on 64 tokens each (Gram path) it
 # stays a few GFLOP. Every other cheap probe is computed in full.
@@ -201,6 +209,64 @@ def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
             "load": _load(),
         }
         del full, base, mixed
+    return out
+
+
+def sweep_row(times: dict[str, list[float]], peer_rounds: list[list[dict[str, Any]]],
+              step_row: dict[str, Any]) -> dict[str, Any]:
+    """One depth's sweep figures from lnscope's per model-step times (s; "plain", "probed" with runs at
+    once, "plain_one", "probed_one" alone), the peer's rounds of runs at once (each run's medians in
+    ms) and bench_steps' row of that depth (the peer's two-thread times)."""
+    row: dict[str, Any] = {f"{k}_ms": median_ms(v) for k, v in times.items()}
+    for name in ("plain", "probed"):
+        row[f"{name}_streams_gain"] = row[f"{name}_one_ms"] / row[f"{name}_ms"]
+        if peer_rounds and f"torch_{name}_ms" in step_row:
+            # per model-step of one-thread processes at once: the mean of their medians / their number
+            at_once_ms = statistics.median(statistics.mean(r[f"{name}_ms"] for r in runs) / len(runs) for runs in peer_rounds)
+            row[f"torch_{name}_at_once_ms"] = at_once_ms
+            row[f"torch_{name}_one_ms"] = step_row[f"torch_{name}_ms"]
+            row[f"torch_{name}_best_ms"] = min(at_once_ms, step_row[f"torch_{name}_ms"])
+            row[f"sweep_speedup_{name}"] = row[f"torch_{name}_best_ms"] / row[f"{name}_ms"]
+    if peer_rounds:
+        row["torch_rounds"] = peer_rounds
+    return row
+
+
+def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] | None) -> dict[str, Any]:
+    """Reported, not goals: a sweep's throughput. Per depth, two models' steps at once, one per
+    core, as lnscope's training runs a run's seeds on a CPU (analysis/train/seeds.py; the `lnscope`
+    command also runs a study's jobs one process per core), against the peer's better way to run
+    two: one after the other on two threads each (bench_steps' torch times, this run) or two
+    one-thread processes at once.
+    Times are per model-step (a pair's wall time / 2); lnscope's one-stream step alternates with the
+    pairs for the gain from the second stream."""
+    out: dict[str, Any] = {"streams": SWEEP_STREAMS}
+    pool = ThreadPoolExecutor(SWEEP_STREAMS, thread_name_prefix="bench-stream")
+    try:
+        for depth in sizes.depths:
+            cfg = _cfg(depth, sizes.d_model)
+            first = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
+            first.compile()
+            pairs = [first] + [first.twin() for _ in range(SWEEP_STREAMS - 1)]
+            at_once = lambda name: timed(lambda: list(pool.map(lambda p: p.time(name), pairs)))
+            at_once("plain"), at_once("probed")  # the first calls from the pool's threads
+            times: dict[str, list[float]] = {k: [] for k in ("plain", "probed", "plain_one", "probed_one")}
+            peer_rounds: list[list[dict[str, Any]]] = []
+            for _ in range(sizes.rounds):
+                for i in range(sizes.calls):
+                    for name in ("plain", "probed") if i % 2 == 0 else ("probed", "plain"):
+                        times[name].append(at_once(name) / SWEEP_STREAMS)
+                        times[f"{name}_one"].append(pairs[0].time(name))
+                if python is not None:
+                    peer_rounds.append(peer.train_steps_at_once(
+                        python, copies=SWEEP_STREAMS, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
+                        seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+            row = sweep_row(times, peer_rounds, (steps or {}).get(str(depth), {}))
+            row["load"] = _load()
+            out[str(depth)] = row
+            del pairs
+    finally:
+        pool.shutdown()
     return out
 
 
@@ -369,6 +435,12 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
         keys["probe_overhead"] = max(r["probe_overhead"] for r in rows)
         if all("flop_floor_ratio" in r for r in rows):
             keys["flop_floor_ratio"] = max(r["flop_floor_ratio"] for r in rows)
+    sweep_steps = results.get("sweep_steps")
+    if sweep_steps:
+        rows = [v for k, v in sweep_steps.items() if k.isdigit()]
+        for name in ("plain", "probed"):
+            if rows and all(f"sweep_speedup_{name}" in r for r in rows):
+                keys[f"sweep_speedup_{name}_d128"] = min(r[f"sweep_speedup_{name}"] for r in rows)
     sweep = results.get("seed_sweep")
     if sweep and "speedup_warm" in sweep:
         keys["seed_sweep_vs_torch"] = sweep["speedup_warm"]
@@ -416,6 +488,16 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  variants {depth}L: probed full-token CKA {r['probed_full_ms']:.1f} ms "
                      f"(overhead {r['probe_overhead_full_cka']:.2f}); bf16 plain {r['plain_bf16_ms']:.1f} ms "
                      f"({r['bf16_over_f32_plain']:.2f}x f32), bf16 probed {r['probed_bf16_ms']:.1f} ms")  # fmt: skip
+    for depth, r in (results.get("sweep_steps") or {}).items():
+        if not depth.isdigit():
+            continue
+        torch_part = (f"; torch best {r['torch_plain_best_ms']:.1f} / {r['torch_probed_best_ms']:.1f} ms (two threads, "
+                      f"one run: {r['torch_plain_one_ms']:.1f} / {r['torch_probed_one_ms']:.1f}; two one-thread runs "
+                      f"at once: {r['torch_plain_at_once_ms']:.1f} / {r['torch_probed_at_once_ms']:.1f})"
+                      if "torch_plain_best_ms" in r else "")  # fmt: skip
+        lines.append(f"  sweep {depth}L, per model-step with {results['sweep_steps']['streams']} runs at once: plain "
+                     f"{r['plain_ms']:.1f} ms, probed {r['probed_ms']:.1f} ms (one run: {r['plain_one_ms']:.1f} / "
+                     f"{r['probed_one_ms']:.1f}){torch_part}")  # fmt: skip
     sweep = results.get("seed_sweep")
     if sweep:
         lines.append(f"  seed sweep: lnscope cold {sweep['lnscope_cold_s']:.2f} s (compile included), warm "
@@ -454,6 +536,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # optax's Adam mixes Python floats with int32 counts, which strict promotion rejects
         with jax.numpy_dtype_promotion("standard"):
             results["steps"] = _attempt("steps", lambda: bench_steps(sizes, python), reasons)
+            results["sweep_steps"] = _attempt("sweep_steps", lambda: bench_sweep_steps(sizes, python, results["steps"]),
+                                              reasons)  # fmt: skip
             if sizes.extras:
                 results["variants"] = _attempt("variants", lambda: bench_step_variants(sizes), reasons)
         results["seed_sweep"] = _attempt("seed_sweep", lambda: bench_seed_sweep(sizes, python), reasons)
@@ -471,7 +555,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if value is None and key not in reasons:
             source = {"torch_speedup_plain_d128": "peer", "torch_speedup_probed_d128": "peer",
                       "seed_sweep_vs_torch": "peer", "probe_overhead": "steps", "flop_floor_ratio": "steps",
-                      "compile_ratio_192_over_6": "compile", "deep1000_seconds": "deep", "peak_rss_ratio": "rss"}[key]  # fmt: skip
+                      "compile_ratio_192_over_6": "compile", "deep1000_seconds": "deep", "peak_rss_ratio": "rss",
+                      "sweep_speedup_plain_d128": "peer", "sweep_speedup_probed_d128": "peer"}[key]  # fmt: skip
             reasons[key] = reasons.get(source, reasons.get("steps", "not measured"))
     results["reasons"] = reasons
     results["verdicts"] = {k: verdict(k, v) for k, v in results["headline"].items()}

@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks.suite import GOALS, main
 
-PEER_KEYS = {"torch_speedup_plain_d128", "torch_speedup_probed_d128", "seed_sweep_vs_torch"}
+PEER_KEYS = {"torch_speedup_plain_d128", "torch_speedup_probed_d128", "seed_sweep_vs_torch", "sweep_speedup_plain_d128",
+             "sweep_speedup_probed_d128"}
 
 
 @pytest.mark.slow
@@ -26,6 +27,7 @@ def test_smoke_run_produces_every_key(tmp_path):
     assert set(data["headline"]) == set(GOALS) == {
         "torch_speedup_plain_d128", "torch_speedup_probed_d128", "probe_overhead", "flop_floor_ratio",
         "seed_sweep_vs_torch", "compile_ratio_192_over_6", "deep1000_seconds", "peak_rss_ratio",
+        "sweep_speedup_plain_d128", "sweep_speedup_probed_d128",
     }  # fmt: skip
     for key, value in data["headline"].items():
         if key in PEER_KEYS:
@@ -41,5 +43,12 @@ def test_smoke_run_produces_every_key(tmp_path):
         at_step_rate = row["flop_floor_ratio_at_step_matmul_rate"]
         ratio = data["steps"]["matmul_gflops"] / data["steps"]["step_matmul_gflops"]
         assert math.isclose(row["flop_floor_ratio"], at_step_rate * ratio, rel_tol=1e-9)
+    # a sweep's throughput: two runs at once, lnscope's side measured without the peer too
+    assert data["sweep_steps"]["streams"] == 2
+    for depth in (k for k in data["steps"] if k.isdigit()):
+        row = data["sweep_steps"][depth]
+        for name in ("plain", "probed"):
+            assert row[f"{name}_ms"] > 0 and row[f"{name}_one_ms"] > 0
+            assert math.isclose(row[f"{name}_streams_gain"], row[f"{name}_one_ms"] / row[f"{name}_ms"], rel_tol=1e-9)
     assert data["headline"] == returned["headline"]
     assert not list(out.parent.glob("*.tmp")), "the temp file of the atomic write was left behind"

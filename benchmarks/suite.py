@@ -453,6 +453,23 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     return keys
 
 
+# Where a headline key's value comes from, in the order its reason for being None is looked up.
+SOURCES: dict[str, tuple[str, ...]] = {
+    "torch_speedup_plain_d128": ("peer",), "torch_speedup_probed_d128": ("peer",), "seed_sweep_vs_torch": ("peer",),
+    "probe_overhead": ("steps",), "flop_floor_ratio": ("steps",), "compile_ratio_192_over_6": ("compile",),
+    "deep1000_seconds": ("deep",), "peak_rss_ratio": ("rss",), "sweep_speedup_plain_d128": ("sweep_steps", "peer"),
+    "sweep_speedup_probed_d128": ("sweep_steps", "peer"),
+}  # fmt: skip
+
+
+def missing_reasons(keys: dict[str, float | None], reasons: dict[str, str]) -> None:
+    """Give every None key without a reason of its own the reason of the first of its SOURCES that
+    has one (a failed part, or the peer's absence)."""
+    for key, value in keys.items():
+        if value is None and key not in reasons:
+            reasons[key] = next((reasons[s] for s in SOURCES[key] if s in reasons), reasons.get("steps", "not measured"))
+
+
 def verdict(key: str, value: float | None) -> str:
     goal = GOALS[key]
     if value is None:
@@ -551,13 +568,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["wall_s"] = time.perf_counter() - start
     results["load_end"] = _load()
     results["headline"] = headline(results)
-    for key, value in results["headline"].items():
-        if value is None and key not in reasons:
-            source = {"torch_speedup_plain_d128": "peer", "torch_speedup_probed_d128": "peer",
-                      "seed_sweep_vs_torch": "peer", "probe_overhead": "steps", "flop_floor_ratio": "steps",
-                      "compile_ratio_192_over_6": "compile", "deep1000_seconds": "deep", "peak_rss_ratio": "rss",
-                      "sweep_speedup_plain_d128": "peer", "sweep_speedup_probed_d128": "peer"}[key]  # fmt: skip
-            reasons[key] = reasons.get(source, reasons.get("steps", "not measured"))
+    missing_reasons(results["headline"], reasons)
     results["reasons"] = reasons
     results["verdicts"] = {k: verdict(k, v) for k, v in results["headline"].items()}
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=2, default=str) + "\n"))

@@ -89,3 +89,18 @@ def test_headline_sweep_keys_take_the_smaller_depth():
     assert keys["sweep_speedup_plain_d128"] == 1.2 and keys["sweep_speedup_probed_d128"] == 1.1
     del rows["18"]["sweep_speedup_probed"]  # one depth without the peer: no key
     assert headline({"sweep_steps": rows})["sweep_speedup_probed_d128"] is None
+
+
+def test_a_missing_key_gets_the_reason_of_its_first_failed_source():
+    from benchmarks.suite import GOALS, SOURCES, missing_reasons
+
+    assert set(SOURCES) == set(GOALS)
+    keys = dict.fromkeys(GOALS, 1.0) | {"sweep_speedup_plain_d128": None, "torch_speedup_plain_d128": None}
+    reasons = {"peer": "skipped (--no-peer)", "sweep_steps": "RuntimeError: boom"}
+    missing_reasons(keys, reasons)
+    assert reasons["sweep_speedup_plain_d128"] == "RuntimeError: boom"  # its own part failed first
+    assert reasons["torch_speedup_plain_d128"] == "skipped (--no-peer)"
+    assert "probe_overhead" not in reasons  # measured: no reason
+    reasons = {"peer": "no peer venv"}
+    missing_reasons({"sweep_speedup_probed_d128": None}, reasons)
+    assert reasons["sweep_speedup_probed_d128"] == "no peer venv"

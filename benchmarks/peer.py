@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,10 @@ def _command(python: Path, script: str, args: list[str]) -> list[str]:
 def _result(script: str, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     if returncode != 0:
         raise PeerUnavailable(f"{script} failed: {stderr.strip().splitlines()[-1:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as error:
+        raise PeerUnavailable(f"{script} printed no JSON result ({type(error).__name__}): {stdout.strip()[-200:]!r}") from None
 
 
 def _run(python: Path, script: str, args: list[str], timeout: float) -> dict[str, Any]:
@@ -57,17 +62,26 @@ def _run(python: Path, script: str, args: list[str], timeout: float) -> dict[str
 
 
 def _run_at_once(python: Path, script: str, args: list[str], copies: int, timeout: float) -> list[dict[str, Any]]:
-    """`copies` processes of the same peer run started together; their results in start order."""
-    procs = [subprocess.Popen(_command(python, script, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=PEER_DIR) for _ in range(copies)]  # fmt: skip
-    try:
-        outputs = [proc.communicate(timeout=timeout) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return [_result(script, proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+    """`copies` processes of the same peer run started together; their results in start order. Their
+    output goes to files (a pipe that nobody reads while waiting on another copy could stall one);
+    all share one deadline, and every copy still running at an error is killed."""
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="lnscope-peer-") as tmp:
+        outs = [(Path(tmp) / f"{i}.out", Path(tmp) / f"{i}.err") for i in range(copies)]
+        try:
+            for out, err in outs:
+                with out.open("w") as stdout, err.open("w") as stderr:
+                    procs.append(subprocess.Popen(_command(python, script, args), stdout=stdout, stderr=stderr,
+                                                  text=True, cwd=PEER_DIR))  # fmt: skip
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return [_result(script, proc.returncode, out.read_text(), err.read_text()) for proc, (out, err) in zip(procs, outs)]
 
 
 def _train_args(*, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int, threads: int) -> list[str]:
@@ -81,7 +95,8 @@ def _step_times(out: dict[str, Any]) -> dict[str, Any]:
     # median_runq_wait_ms: how long the peer's threads waited for a CPU per step (machine load);
     # torch's OpenMP threads degrade far more than XLA's when the cores are oversubscribed.
     return {"plain_ms": out["timing_off"]["median_step_ms"], "probed_ms": out["timing_on"]["median_step_ms"],
-            "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"]}  # fmt: skip
+            "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"],
+            "timed_window_unix_s": out.get("timed_window_unix_s")}  # fmt: skip
 
 
 def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,

@@ -109,7 +109,7 @@ class StepPair:
     def flops(self, name: str = "plain") -> float | None:
         """XLA's own count of the floating-point operations of one call of a step."""
         step = self.steps[name]
-        compiled = step.lower(*self.carry[name], self.batch, self.key).compile()
+        compiled = step if isinstance(step, jax.stages.Compiled) else step.lower(*self.carry[name], self.batch, self.key).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost["flops"]) if cost and "flops" in cost else None

@@ -212,6 +212,16 @@ def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
     return out
 
 
+def window_overlap(windows: list[list[float] | None]) -> float:
+    """The share of the runs' timed windows ([start, end], wall clock) during which all of them ran:
+    the common span over the mean window's length (1 = fully at once, 0 = one after the other);
+    NaN when a run did not report its window."""
+    if any(w is None for w in windows):
+        return float("nan")
+    common = min(end for _, end in windows) - max(start for start, _ in windows)
+    return max(0.0, common) / statistics.mean(end - start for start, end in windows)
+
+
 def sweep_row(times: dict[str, list[float]], peer_rounds: list[list[dict[str, Any]]],
               step_row: dict[str, Any]) -> dict[str, Any]:
     """One depth's sweep figures from lnscope's per model-step times (s; "plain", "probed" with runs at
@@ -224,6 +234,8 @@ def sweep_row(times: dict[str, list[float]], peer_rounds: list[list[dict[str, An
             # per model-step of one-thread processes at once: the mean of their medians / their number
             at_once_ms = statistics.median(statistics.mean(r[f"{name}_ms"] for r in runs) / len(runs) for runs in peer_rounds)
             row[f"torch_{name}_at_once_ms"] = at_once_ms
+            row["torch_at_once_overlap"] = min(window_overlap([r.get("timed_window_unix_s") for r in runs])
+                                               for runs in peer_rounds)  # fmt: skip
             row[f"torch_{name}_one_ms"] = step_row[f"torch_{name}_ms"]
             row[f"torch_{name}_best_ms"] = min(at_once_ms, step_row[f"torch_{name}_ms"])
             row[f"sweep_speedup_{name}"] = row[f"torch_{name}_best_ms"] / row[f"{name}_ms"]
@@ -257,10 +269,14 @@ def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] |
                     for name in ("plain", "probed") if i % 2 == 0 else ("probed", "plain"):
                         times[name].append(at_once(name) / SWEEP_STREAMS)
                         times[f"{name}_one"].append(pairs[0].time(name))
-                if python is not None:
-                    peer_rounds.append(peer.train_steps_at_once(
-                        python, copies=SWEEP_STREAMS, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
-                        seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+                if python is not None and "peer_reason" not in out:
+                    try:
+                        peer_rounds.append(peer.train_steps_at_once(
+                            python, copies=SWEEP_STREAMS, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
+                            seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+                    except (peer.PeerUnavailable, subprocess.SubprocessError, OSError) as error:
+                        out["peer_reason"] = f"{type(error).__name__}: {error}"  # lnscope's side goes on
+                        peer_rounds = []
             row = sweep_row(times, peer_rounds, (steps or {}).get(str(depth), {}))
             row["load"] = _load()
             out[str(depth)] = row
@@ -457,8 +473,9 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
 SOURCES: dict[str, tuple[str, ...]] = {
     "torch_speedup_plain_d128": ("peer",), "torch_speedup_probed_d128": ("peer",), "seed_sweep_vs_torch": ("peer",),
     "probe_overhead": ("steps",), "flop_floor_ratio": ("steps",), "compile_ratio_192_over_6": ("compile",),
-    "deep1000_seconds": ("deep",), "peak_rss_ratio": ("rss",), "sweep_speedup_plain_d128": ("sweep_steps", "peer"),
-    "sweep_speedup_probed_d128": ("sweep_steps", "peer"),
+    "deep1000_seconds": ("deep",), "peak_rss_ratio": ("rss",),
+    "sweep_speedup_plain_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
+    "sweep_speedup_probed_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
 }  # fmt: skip
 
 
@@ -510,7 +527,8 @@ def table(results: dict[str, Any]) -> str:
             continue
         torch_part = (f"; torch best {r['torch_plain_best_ms']:.1f} / {r['torch_probed_best_ms']:.1f} ms (two threads, "
                       f"one run: {r['torch_plain_one_ms']:.1f} / {r['torch_probed_one_ms']:.1f}; two one-thread runs "
-                      f"at once: {r['torch_plain_at_once_ms']:.1f} / {r['torch_probed_at_once_ms']:.1f})"
+                      f"at once: {r['torch_plain_at_once_ms']:.1f} / {r['torch_probed_at_once_ms']:.1f}, their timed steps "
+                      f"{100 * r['torch_at_once_overlap']:.0f}% at once at least)"
                       if "torch_plain_best_ms" in r else "")  # fmt: skip
         lines.append(f"  sweep {depth}L, per model-step with {results['sweep_steps']['streams']} runs at once: plain "
                      f"{r['plain_ms']:.1f} ms, probed {r['probed_ms']:.1f} ms (one run: {r['plain_one_ms']:.1f} / "
@@ -555,6 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["steps"] = _attempt("steps", lambda: bench_steps(sizes, python), reasons)
             results["sweep_steps"] = _attempt("sweep_steps", lambda: bench_sweep_steps(sizes, python, results["steps"]),
                                               reasons)  # fmt: skip
+            if results["sweep_steps"] and "peer_reason" in results["sweep_steps"]:
+                reasons["sweep_steps_peer"] = results["sweep_steps"]["peer_reason"]
             if sizes.extras:
                 results["variants"] = _attempt("variants", lambda: bench_step_variants(sizes), reasons)
         results["seed_sweep"] = _attempt("seed_sweep", lambda: bench_seed_sweep(sizes, python), reasons)

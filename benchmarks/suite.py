@@ -1,6 +1,6 @@
 """lnscope's headline speed figures, each a ratio taken in one run (see benchmarks/README.md).
 
-    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~15 min on 2 cores)
+    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~6.5 min on 2 cores)
     python -m benchmarks --smoke --no-peer --json /tmp/smoke.json  # tiny sizes: every key, no measurement
 
 Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over

@@ -87,8 +87,42 @@ def test_copies_past_the_deadline_are_killed(tmp_path, monkeypatch):
     begin = time.perf_counter()
     with pytest.raises(subprocess.TimeoutExpired):
         peer._run_at_once(python, "torch_probe_bench.py", args, copies=2, timeout=1.0)
-    assert time.perf_counter() - begin < 30  # one shared deadline, then killed (each would sleep 60 s)
+    assert time.perf_counter() - begin < 30  # killed at the deadline (each would sleep 60 s)
     assert len(started) == 2 and all(proc.poll() is not None for proc in started)
+
+
+def test_the_copies_share_one_deadline(tmp_path, monkeypatch):
+    # Stand-in processes: the first ends after 0.2 s, the second never does. The second wait may
+    # only have what is left of the one deadline, and the copy still running is killed.
+    import subprocess
+
+    waits, procs = [], []
+
+    class Proc:
+        def __init__(self, index):
+            self.index, self.returncode, self.killed = index, None, False
+
+        def wait(self, timeout=None):
+            if timeout is None:
+                return self.returncode
+            waits.append(timeout)
+            if self.index == 0:
+                time.sleep(0.2)
+                self.returncode = 0
+                return 0
+            raise subprocess.TimeoutExpired("peer", timeout)
+
+        def poll(self):
+            return self.returncode
+
+        def kill(self):
+            self.killed, self.returncode = True, -9
+
+    monkeypatch.setattr(peer.subprocess, "Popen", lambda *a, **k: procs.append(Proc(len(procs))) or procs[-1])
+    with pytest.raises(subprocess.TimeoutExpired):
+        peer._run_at_once(tmp_path / "python", "torch_probe_bench.py", [], copies=2, timeout=5.0)
+    assert len(waits) == 2 and waits[0] <= 5.0 and waits[1] <= 5.0 - 0.2, waits
+    assert not procs[0].killed and procs[1].killed
 
 
 def test_sweep_row_takes_the_peers_better_way_to_run_two():

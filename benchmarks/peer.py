@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,8 +56,19 @@ def _result(script: str, returncode: int, stdout: str, stderr: str) -> dict[str,
         raise PeerUnavailable(f"{script} printed no JSON result ({type(error).__name__}): {stdout.strip()[-200:]!r}") from None
 
 
-def _run(python: Path, script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    done = subprocess.run(_command(python, script, args), capture_output=True, text=True, cwd=PEER_DIR,
+def pinned(command: list[str], cpus: set[int] | None) -> list[str]:
+    """`command`, restricted to `cpus` (None: unchanged). A small Python trampoline sets its own CPU
+    affinity, which exec keeps, and execs the command: thread pools sized from the CPUs a process
+    may use (XLA's, torch's) then see only these. (A subprocess `preexec_fn` would run Python in a
+    forked child of this multithreaded process, which can deadlock.)"""
+    if cpus is None:
+        return command
+    trampoline = f"import os, sys; os.sched_setaffinity(0, {sorted(cpus)}); os.execvp(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", trampoline, *command]
+
+
+def _run(python: Path, script: str, args: list[str], timeout: float, cpus: set[int] | None = None) -> dict[str, Any]:
+    done = subprocess.run(pinned(_command(python, script, args), cpus), capture_output=True, text=True, cwd=PEER_DIR,
                           timeout=timeout)  # fmt: skip
     return _result(script, done.returncode, done.stdout, done.stderr)
 
@@ -100,10 +112,11 @@ def _step_times(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,
-                threads: int = 2) -> dict[str, Any]:
-    """Median plain / probed step times (ms) of the peer, probes toggled step by step in one process."""
+                threads: int = 2, cpus: set[int] | None = None) -> dict[str, Any]:
+    """Median plain / probed step times (ms) of the peer, probes toggled step by step in one process
+    (restricted to `cpus` if given)."""
     args = _train_args(layers=layers, d_model=d_model, batch=batch, seq=seq, steps=steps, warmup=warmup, threads=threads)
-    return _step_times(_run(python, "torch_probe_bench.py", args, timeout=1800))
+    return _step_times(_run(python, "torch_probe_bench.py", args, timeout=1800, cpus=cpus))
 
 
 def train_steps_at_once(python: Path, *, copies: int, layers: int, d_model: int, batch: int, seq: int, steps: int,

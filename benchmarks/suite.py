@@ -1,6 +1,6 @@
 """lnscope's headline speed figures, each a ratio taken in one run (see benchmarks/README.md).
 
-    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~6.5 min on 2 cores)
+    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~8 min on 2 cores)
     python -m benchmarks --smoke --no-peer --json /tmp/smoke.json  # tiny sizes: every key, no measurement
 
 Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over
@@ -10,7 +10,8 @@ rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over l
 compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
 peak_rss_ratio (peak resident memory of the probed step's process over the plain one's); reported
 beside them, sweep_speedup_plain_d128 / sweep_speedup_probed_d128 (a sweep's throughput: two runs at
-once, per model-step, against the peer's better way to run two; bench_sweep_steps). A key is
+once, per model-step, against the peer's better way to run two; bench_sweep_steps). A diagnostic,
+"core_scaling", times both sides' steps on one core (bench_core_scaling). A key is
 None when it could not be measured, with the reason under "reasons". Timings are medians after a
 first (compile) and a second (warm-up) call, both reported apart; lnscope and the peer alternate
 round by round so both see the same machine load.
@@ -26,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,12 +86,13 @@ class Sizes:
     deep_batch: int = 8
     deep_seq: int = 32
     extras: bool = True  # full-token CKA and bfloat16 steps beside the headline ones
+    core_rounds: int = 3  # one-core diagnostic: fresh pinned processes per depth, alternating with the peer
 
 
 FULL = Sizes()
 SMOKE = Sizes(d_model=16, depths=(2,), batch=2, seq=8, rounds=1, calls=2, matmul_n=128, seed_layers=2, seed_d=16,
               seeds=3, compile_depths=(2, 24), compile_d=16, compile_repeats=1, deep_layers=24, deep_d=16, deep_batch=2,
-              deep_seq=8, extras=False)  # fmt: skip
+              deep_seq=8, extras=False, core_rounds=1)  # fmt: skip
 
 # Runs at once in the sweep benchmark: one per core of this 2-core machine.
 SWEEP_STREAMS = 2
@@ -348,15 +351,16 @@ def bench_compile(sizes: Sizes) -> dict[str, Any]:
 _CHILD_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false", "PYTHONPATH": str(ROOT)}
 
 
-def _children(codes: list[str], timeout: float, parallel: bool) -> list[tuple[float, dict[str, Any]]]:
-    """Run each code in a fresh interpreter (this one's environment, mimalloc preload included);
-    [(wall seconds, the JSON it printed last)]. `parallel` (smoke runs only: their timings are not
-    measurements) starts them all at once."""
+def _children(codes: list[str], timeout: float, parallel: bool,
+              cpus: set[int] | None = None) -> list[tuple[float, dict[str, Any]]]:
+    """Run each code in a fresh interpreter (this one's environment, mimalloc preload included;
+    restricted to `cpus` if given); [(wall seconds, the JSON it printed last)]. `parallel` (smoke
+    runs only: their timings are not measurements) starts them all at once."""
 
     def start(code: str):
-        return time.perf_counter(), subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                                     stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                                     env={**os.environ, **_CHILD_ENV})  # fmt: skip
+        return time.perf_counter(), subprocess.Popen(peer.pinned([sys.executable, "-c", code], cpus),
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                     cwd=ROOT, env={**os.environ, **_CHILD_ENV})  # fmt: skip
 
     def finish(started, proc) -> tuple[float, dict[str, Any]]:
         out, err = proc.communicate(timeout=timeout)
@@ -424,6 +428,76 @@ def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
         rss["ratio_full_cka"] = runs["probed_full_cka"] / runs["plain"]
     deep = {"seconds": deep_wall, **deep, "layers": sizes.deep_layers, "probe_config": repr(DEEP_PROBES)}
     return {"deep": deep, "rss": rss, "load": _load()}
+
+
+# ---------------------------------------------------------------------------------------------
+# One core against two: what each side gains from the second core (a diagnostic, no goal).
+# ---------------------------------------------------------------------------------------------
+def _one_core_code(layers: int, sizes: Sizes, cache_dir: str) -> str:
+    # The compilation cache (a temporary one, this diagnostic's own) spares the later rounds the
+    # one-core compile; the timed steps are those of the same executable either way.
+    return f"""
+import json, os
+import jax
+jax.config.update("jax_compilation_cache_dir", {cache_dir!r})
+jax.config.update("jax_enable_compilation_cache", True)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+from benchmarks.steps import STEP_PROBES, StepPair, median_ms
+from benchmarks.suite import _cfg
+with jax.numpy_dtype_promotion("standard"):
+    pair = StepPair(_cfg({layers}, {sizes.d_model}), STEP_PROBES, {sizes.batch}, {sizes.seq})
+    times = pair.round({sizes.calls})
+print(json.dumps({{"plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"]),
+                  "cpus": sorted(os.sched_getaffinity(0))}}))
+"""
+
+
+def core_row(one_core: list[dict[str, Any]], peer_rounds: list[dict[str, Any]], step_row: dict[str, Any]) -> dict[str, Any]:
+    """One depth's one-core figures from lnscope's pinned rounds and the peer's one-thread pinned
+    rounds (each a dict of medians in ms) and bench_steps' row of that depth (both sides on every
+    core): each side's step on one core, its gain from the other cores (one-core time / all-cores
+    time) and the peer's speed over lnscope's on one core."""
+    row: dict[str, Any] = {"cpus": one_core[0]["cpus"]}
+    for name in ("plain", "probed"):
+        row[f"{name}_one_core_ms"] = statistics.median(r[f"{name}_ms"] for r in one_core)
+        if f"{name}_ms" in step_row:
+            row[f"{name}_core_gain"] = row[f"{name}_one_core_ms"] / step_row[f"{name}_ms"]
+        if peer_rounds:
+            row[f"torch_{name}_one_core_ms"] = statistics.median(r[f"{name}_ms"] for r in peer_rounds)
+            row[f"torch_speedup_{name}_one_core"] = row[f"torch_{name}_one_core_ms"] / row[f"{name}_one_core_ms"]
+            if f"torch_{name}_ms" in step_row:
+                row[f"torch_{name}_core_gain"] = row[f"torch_{name}_one_core_ms"] / step_row[f"torch_{name}_ms"]
+    return row
+
+
+def bench_core_scaling(sizes: Sizes, python: Path | None, steps: dict[str, Any] | None) -> dict[str, Any]:
+    """A diagnostic beside torch_speedup_*: each side's step on one core, against bench_steps' times
+    on every core of this run. lnscope runs in a fresh process restricted to one CPU (XLA sizes its
+    thread pool from the CPUs it may use: one thread), the peer in one restricted to the same CPU with
+    one thread; the two alternate round by round. It tells apart a side's speed per core from how
+    much it gains from more cores."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError(f"only CPU {cpus} is available: there is no second core to compare against")
+    one = {cpus[0]}
+    out: dict[str, Any] = {"cpu": cpus[0], "cores": len(cpus), "rounds": sizes.core_rounds}
+    with tempfile.TemporaryDirectory(prefix="lnscope-one-core-") as cache:
+        for depth in sizes.depths:
+            lnscope_rounds: list[dict[str, Any]] = []
+            peer_rounds: list[dict[str, Any]] = []
+            for _ in range(sizes.core_rounds):
+                lnscope_rounds.append(_children([_one_core_code(depth, sizes, cache)], timeout=1800, parallel=False,
+                                                cpus=one)[0][1])  # fmt: skip
+                if python is not None and "peer_reason" not in out:
+                    try:
+                        peer_rounds.append(peer.train_steps(python, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
+                                                            seq=sizes.seq, steps=sizes.calls, warmup=2, threads=1,
+                                                            cpus=one))  # fmt: skip
+                    except (peer.PeerUnavailable, subprocess.SubprocessError, OSError) as error:
+                        out["peer_reason"] = f"{type(error).__name__}: {error}"  # lnscope's side goes on
+                        peer_rounds = []
+            out[str(depth)] = {**core_row(lnscope_rounds, peer_rounds, (steps or {}).get(str(depth), {})), "load": _load()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,6 +607,16 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  sweep {depth}L, per model-step with {results['sweep_steps']['streams']} runs at once: plain "
                      f"{r['plain_ms']:.1f} ms, probed {r['probed_ms']:.1f} ms (one run: {r['plain_one_ms']:.1f} / "
                      f"{r['probed_one_ms']:.1f}){torch_part}")  # fmt: skip
+    for depth, r in (results.get("core_scaling") or {}).items():
+        if not depth.isdigit():
+            continue
+        gains = lambda who: (f" (every core: {r[f'{who}plain_core_gain']:.2f}x / {r[f'{who}probed_core_gain']:.2f}x as fast)"
+                             if f"{who}plain_core_gain" in r else "")  # fmt: skip
+        torch_part = (f"; torch one thread {r['torch_plain_one_core_ms']:.1f} / {r['torch_probed_one_core_ms']:.1f} ms"
+                      f"{gains('torch_')}: torch/lnscope on one core {r['torch_speedup_plain_one_core']:.2f} / "
+                      f"{r['torch_speedup_probed_one_core']:.2f}" if "torch_plain_one_core_ms" in r else "")  # fmt: skip
+        lines.append(f"  one core {depth}L: lnscope plain {r['plain_one_core_ms']:.1f} / probed {r['probed_one_core_ms']:.1f} ms"
+                     f"{gains('')}{torch_part}")  # fmt: skip
     sweep = results.get("seed_sweep")
     if sweep:
         lines.append(f"  seed sweep: lnscope cold {sweep['lnscope_cold_s']:.2f} s (compile included), warm "
@@ -575,6 +659,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               reasons)  # fmt: skip
             if results["sweep_steps"] and "peer_reason" in results["sweep_steps"]:
                 reasons["sweep_steps_peer"] = results["sweep_steps"]["peer_reason"]
+        results["core_scaling"] = _attempt("core_scaling", lambda: bench_core_scaling(sizes, python, results["steps"]),
+                                           reasons)  # fmt: skip
+        if results["core_scaling"] and "peer_reason" in results["core_scaling"]:
+            reasons["core_scaling_peer"] = results["core_scaling"]["peer_reason"]
+        with jax.numpy_dtype_promotion("standard"):
             if sizes.extras:
                 results["variants"] = _attempt("variants", lambda: bench_step_variants(sizes), reasons)
         results["seed_sweep"] = _attempt("seed_sweep", lambda: bench_seed_sweep(sizes, python), reasons)

@@ -1,8 +1,8 @@
 """Smoke test of `python -m benchmarks --smoke`: every headline key is produced (a number, or None
 with a reason), written atomically. It checks the plumbing, not the speed (that is the benchmark's
 report, measured on a given machine). The PyTorch peer is skipped here (its venv takes a minute to
-make): its keys must then be None with the reason. ~40 s of CPU on 2 cores (8 small compiles, three
-fresh processes): marked slow.
+make): its keys must then be None with the reason. ~45 s on 2 cores (about a dozen small compiles,
+four fresh processes, one of them restricted to one CPU): marked slow.
 """
 
 from __future__ import annotations
@@ -50,5 +50,14 @@ def test_smoke_run_produces_every_key(tmp_path):
         for name in ("plain", "probed"):
             assert row[f"{name}_ms"] > 0 and row[f"{name}_one_ms"] > 0
             assert math.isclose(row[f"{name}_streams_gain"], row[f"{name}_one_ms"] / row[f"{name}_ms"], rel_tol=1e-9)
+    # one core against every core: lnscope's steps in a process restricted to one CPU
+    if data["machine"]["nproc"] >= 2:
+        for depth in (k for k in data["steps"] if k.isdigit()):
+            row = data["core_scaling"][depth]
+            assert row["cpus"] == [data["core_scaling"]["cpu"]]
+            assert row["plain_one_core_ms"] > 0 and row["probed_one_core_ms"] > 0
+            assert math.isclose(row["plain_core_gain"], row["plain_one_core_ms"] / data["steps"][depth]["plain_ms"], rel_tol=1e-9)
+    else:
+        assert "no second core" in data["reasons"]["core_scaling"]
     assert data["headline"] == returned["headline"]
     assert not list(out.parent.glob("*.tmp")), "the temp file of the atomic write was left behind"

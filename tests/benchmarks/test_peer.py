@@ -32,7 +32,7 @@ print("x" * 100_000, file=sys.stderr)  # more than a pipe holds: must not stall 
 end = time.time()
 print(json.dumps({{"timing_off": timing(10.0), "timing_on": timing(12.5), "torch": "2.9.0+cpu",
                   "timed_window_unix_s": [1000.0, 1010.0], "argv": sys.argv[1:], "pid": os.getpid(),
-                  "start": start, "end": end}}))
+                  "start": start, "end": end, "cpus": sorted(os.sched_getaffinity(0))}}))
 """
 
 
@@ -208,3 +208,52 @@ def test_the_sweeps_own_peer_failure_is_the_reason_before_the_peers_absence():
     reasons = {"sweep_steps_peer": "PeerUnavailable: broke", "steps": "RuntimeError: other"}
     missing_reasons({"sweep_speedup_plain_d128": None}, reasons)
     assert reasons["sweep_speedup_plain_d128"] == "PeerUnavailable: broke"
+
+
+def test_a_pinned_peer_runs_on_the_given_cpu_only(tmp_path):
+    import os
+
+    python = _fake_python(tmp_path, sleep=0.0)
+    cpu = max(os.sched_getaffinity(0))
+    args = peer._train_args(layers=6, d_model=128, batch=8, seq=64, steps=10, warmup=2, threads=1)
+    assert peer._run(python, "torch_probe_bench.py", args, timeout=60, cpus={cpu})["cpus"] == [cpu]
+    assert peer._run(python, "torch_probe_bench.py", args, timeout=60)["cpus"] == sorted(os.sched_getaffinity(0))
+
+
+def test_core_row_compares_one_core_with_every_core():
+    from benchmarks.suite import core_row
+
+    one_core = [{"plain_ms": 150.0, "probed_ms": 170.0, "cpus": [0]}, {"plain_ms": 140.0, "probed_ms": 160.0, "cpus": [0]},
+                {"plain_ms": 145.0, "probed_ms": 180.0, "cpus": [0]}]
+    peer_rounds = [{"plain_ms": 160.0, "probed_ms": 190.0}, {"plain_ms": 155.0, "probed_ms": 185.0},
+                   {"plain_ms": 165.0, "probed_ms": 200.0}]
+    step_row = {"plain_ms": 100.0, "probed_ms": 110.0, "torch_plain_ms": 104.0, "torch_probed_ms": 120.0}
+    row = core_row(one_core, peer_rounds, step_row)
+    assert row["plain_one_core_ms"] == 145.0 and row["probed_one_core_ms"] == 170.0  # medians
+    assert row["plain_core_gain"] == pytest.approx(1.45) and row["probed_core_gain"] == pytest.approx(170 / 110)
+    assert row["torch_plain_one_core_ms"] == 160.0 and row["torch_plain_core_gain"] == pytest.approx(160 / 104)
+    assert row["torch_speedup_plain_one_core"] == pytest.approx(160 / 145)
+    assert row["torch_speedup_probed_one_core"] == pytest.approx(190 / 170)
+    # without the peer or the every-core row: lnscope's one-core times alone
+    alone = core_row(one_core, [], {})
+    assert set(alone) == {"cpus", "plain_one_core_ms", "probed_one_core_ms"}
+
+
+@pytest.mark.slow  # ~10 s: a fresh process compiling two small step programs on one CPU
+def test_a_peer_failing_in_the_one_core_diagnostic_keeps_lnscopes_numbers(tmp_path, monkeypatch):
+    from benchmarks.suite import SMOKE, bench_core_scaling
+
+    monkeypatch.setenv("FAKE_PEER", "fail")
+    python = _fake_python(tmp_path, sleep=0.0)
+    out = bench_core_scaling(SMOKE, python, {"2": {"plain_ms": 1.0, "probed_ms": 1.0}})
+    assert "the peer broke" in out["peer_reason"]
+    row = out[str(SMOKE.depths[0])]
+    assert row["cpus"] == [out["cpu"]] and row["plain_one_core_ms"] > 0 and "torch_plain_one_core_ms" not in row
+
+
+def test_the_one_core_diagnostic_needs_a_second_core(monkeypatch):
+    import benchmarks.suite as suite
+
+    monkeypatch.setattr(suite.os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(RuntimeError, match=r"only CPU \[3\] is available"):
+        suite.bench_core_scaling(suite.SMOKE, None, None)

@@ -106,9 +106,12 @@ def _train_args(*, layers: int, d_model: int, batch: int, seq: int, steps: int, 
 def _step_times(out: dict[str, Any]) -> dict[str, Any]:
     # median_runq_wait_ms: how long the peer's threads waited for a CPU per step (machine load);
     # torch's OpenMP threads degrade far more than XLA's when the cores are oversubscribed.
-    return {"plain_ms": out["timing_off"]["median_step_ms"], "probed_ms": out["timing_on"]["median_step_ms"],
-            "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"],
-            "timed_window_unix_s": out.get("timed_window_unix_s")}  # fmt: skip
+    try:
+        return {"plain_ms": out["timing_off"]["median_step_ms"], "probed_ms": out["timing_on"]["median_step_ms"],
+                "runq_wait_ms": out["timing_off"].get("median_runq_wait_ms"), "torch": out["torch"],
+                "timed_window_unix_s": out.get("timed_window_unix_s")}  # fmt: skip
+    except (KeyError, TypeError, AttributeError) as error:
+        raise PeerUnavailable(f"the peer's result lacks its step times ({type(error).__name__}: {error})") from None
 
 
 def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,

@@ -363,11 +363,19 @@ def _children(codes: list[str], timeout: float, parallel: bool,
                                                      cwd=ROOT, env={**os.environ, **_CHILD_ENV})  # fmt: skip
 
     def finish(started, proc) -> tuple[float, dict[str, Any]]:
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left computing beside the benchmarks that follow
+            proc.communicate()
+            raise RuntimeError(f"a fresh process ran past {timeout:.0f} s and was killed") from None
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
-        return wall, json.loads(out.strip().splitlines()[-1])
+        try:
+            return wall, json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise RuntimeError(f"a fresh process printed no JSON result: {out.strip()[-200:]!r}") from None
 
     if parallel:
         running = [start(code) for code in codes]
@@ -435,7 +443,8 @@ def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def _one_core_code(layers: int, sizes: Sizes, cache_dir: str) -> str:
     # The compilation cache (a temporary one, this diagnostic's own) spares the later rounds the
-    # one-core compile; the timed steps are those of the same executable either way.
+    # one-core compile: the first round times a freshly compiled program, the later ones the same
+    # program read back (each round's first_call_s says which: a read-back takes well under a second).
     return f"""
 import json, os
 import jax
@@ -448,7 +457,7 @@ with jax.numpy_dtype_promotion("standard"):
     pair = StepPair(_cfg({layers}, {sizes.d_model}), STEP_PROBES, {sizes.batch}, {sizes.seq})
     times = pair.round({sizes.calls})
 print(json.dumps({{"plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"]),
-                  "cpus": sorted(os.sched_getaffinity(0))}}))
+                  "first_call_s": pair.first_call_s, "cpus": sorted(os.sched_getaffinity(0))}}))
 """
 
 
@@ -457,7 +466,7 @@ def core_row(one_core: list[dict[str, Any]], peer_rounds: list[dict[str, Any]], 
     rounds (each a dict of medians in ms) and bench_steps' row of that depth (both sides on every
     core): each side's step on one core, its gain from the other cores (one-core time / all-cores
     time) and the peer's speed over lnscope's on one core."""
-    row: dict[str, Any] = {"cpus": one_core[0]["cpus"]}
+    row: dict[str, Any] = {"cpus": one_core[0]["cpus"], "rounds": one_core}
     for name in ("plain", "probed"):
         row[f"{name}_one_core_ms"] = statistics.median(r[f"{name}_ms"] for r in one_core)
         if f"{name}_ms" in step_row:
@@ -467,6 +476,8 @@ def core_row(one_core: list[dict[str, Any]], peer_rounds: list[dict[str, Any]], 
             row[f"torch_speedup_{name}_one_core"] = row[f"torch_{name}_one_core_ms"] / row[f"{name}_one_core_ms"]
             if f"torch_{name}_ms" in step_row:
                 row[f"torch_{name}_core_gain"] = row[f"torch_{name}_one_core_ms"] / step_row[f"torch_{name}_ms"]
+    if peer_rounds:
+        row["torch_rounds"] = peer_rounds
     return row
 
 
@@ -475,7 +486,8 @@ def bench_core_scaling(sizes: Sizes, python: Path | None, steps: dict[str, Any] 
     on every core of this run. lnscope runs in a fresh process restricted to one CPU (XLA sizes its
     thread pool from the CPUs it may use: one thread), the peer in one restricted to the same CPU with
     one thread; the two alternate round by round. It tells apart a side's speed per core from how
-    much it gains from more cores."""
+    much it gains from more cores. The every-core times were taken minutes earlier in the main
+    process: a side's gain carries that drift, the ratio of the two sides' gains cancels it."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise RuntimeError(f"only CPU {cpus} is available: there is no second core to compare against")
@@ -611,7 +623,7 @@ def table(results: dict[str, Any]) -> str:
         if not depth.isdigit():
             continue
         gains = lambda who: (f" (every core: {r[f'{who}plain_core_gain']:.2f}x / {r[f'{who}probed_core_gain']:.2f}x as fast)"
-                             if f"{who}plain_core_gain" in r else "")  # fmt: skip
+                             if f"{who}plain_core_gain" in r and f"{who}probed_core_gain" in r else "")  # fmt: skip
         torch_part = (f"; torch one thread {r['torch_plain_one_core_ms']:.1f} / {r['torch_probed_one_core_ms']:.1f} ms"
                       f"{gains('torch_')}: torch/lnscope on one core {r['torch_speedup_plain_one_core']:.2f} / "
                       f"{r['torch_speedup_probed_one_core']:.2f}" if "torch_plain_one_core_ms" in r else "")  # fmt: skip

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from analysis.io import environment, read_run, source_fingerprint, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
-from analysis.runtime import STREAMS_VAR, available_cores, default_workers, release_compiled_if_crowded
+from analysis.runtime import STREAMS_VAR, available_cores, default_workers, release_compiled_if_crowded, worker_cpus
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -159,7 +159,13 @@ WORKER_JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_defau
 _PARENT_CODE: str | None = None  # in a worker: the code fingerprint of the process that started it
 
 
-def _start_worker(code: str, settings: dict[str, Any], streams: int) -> None:
+def _start_worker(code: str, settings: dict[str, Any], streams: int, shares: Any = None) -> None:
+    # First, before JAX starts its CPU client: a worker restricted to its share of the CPUs gets an
+    # XLA thread pool of that size (analysis.runtime.worker_cpus says why).
+    if shares is not None:
+        cpus = shares.get(timeout=60)
+        os.sched_setaffinity(0, cpus)
+        streams = len(cpus)
     import jax
 
     global _PARENT_CODE
@@ -195,8 +201,9 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
     Longest jobs start first. A job that fails here is only reported (returned as {key: error}, and
     printed): `run_jobs` computes it again where it is asked for, so the error surfaces in the
     experiment that needs it. Worker processes are spawned (never forked from a process running
-    XLA's threads), take this process' JAX settings (WORKER_JAX_SETTINGS, the compilation cache
-    included) and refuse to compute if lnscope's source changed since this process started. Ctrl-C
+    XLA's threads), each restricted on a CPU to its own share of the cores (analysis.runtime.worker_cpus;
+    $LNSCOPE_PIN_WORKERS=off lifts it), take this process' JAX settings (WORKER_JAX_SETTINGS, the
+    compilation cache included) and refuse to compute if lnscope's source changed since this process started. Ctrl-C
     cancels the queued jobs and ends the workers. With more than one worker, a script that calls
     this (e.g. through `run_checks`) needs the `if __name__ == "__main__":` guard of any
     multiprocessing program; notebooks do not.
@@ -222,8 +229,14 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
         import jax
 
         settings = {name: getattr(jax.config, name) for name in WORKER_JAX_SETTINGS}
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(code_fingerprint(), settings, max(1, available_cores() // workers)))  # fmt: skip
+        context = multiprocessing.get_context("spawn")
+        shares = None
+        if (cpu_shares := worker_cpus(workers)) is not None:
+            shares = context.Queue()  # each worker takes one share as it starts
+            for share in cpu_shares:
+                shares.put(share)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(code_fingerprint(), settings, max(1, available_cores() // workers), shares))  # fmt: skip
         try:
             futures = {pool.submit(_compute_in_worker, missing[key], _stored(store, missing[key], key)): key for key in order}
             for future in as_completed(futures):

@@ -84,6 +84,27 @@ def test_bad_stream_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) 
         runtime.default_streams()
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="workers are restricted to CPUs only when JAX runs on the CPU")
+def test_worker_cpus_split_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runtime.PIN_VAR, raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {4, 2, 7})
+    assert runtime.worker_cpus(1) == [[2, 4, 7]]
+    assert runtime.worker_cpus(2) == [[2, 4], [7]]  # contiguous, larger shares first
+    assert runtime.worker_cpus(3) == [[2], [4], [7]]
+    assert runtime.worker_cpus(4) is None  # more workers than CPUs: no restriction
+    monkeypatch.setenv(runtime.PIN_VAR, "off")
+    assert runtime.worker_cpus(2) is None
+    monkeypatch.setenv(runtime.PIN_VAR, "on")
+    assert runtime.worker_cpus(2) == [[2, 4], [7]]
+
+
+@pytest.mark.parametrize("value", ["yes", "0", "OFF"])
+def test_bad_pin_setting_is_named(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.PIN_VAR, value)
+    with pytest.raises(ValueError, match=f"{runtime.PIN_VAR}={value!r}.*on, off"):
+        runtime.worker_cpus(2)
+
+
 def test_threads_run_the_callers_program_with_python_scalars_under_x64():
     """Python ints become arrays in the caller's thread: under jax.enable_x64 they are int64 there,
     and converted on a worker thread they would be int32 and not fit the compiled program."""

@@ -24,6 +24,8 @@ if mode == "fail":
     print("a traceback", file=sys.stderr); print("RuntimeError: the peer broke", file=sys.stderr); sys.exit(1)
 if mode == "garbled":
     print("no json here"); sys.exit(0)
+if mode == "nosteps":
+    print(json.dumps({{"torch": "2.9.0+cpu"}})); sys.exit(0)
 if mode == "hang":
     time.sleep(60)
 timing = lambda ms: {{"median_step_ms": ms, "median_runq_wait_ms": 0.0}}
@@ -65,7 +67,8 @@ def test_step_times_reads_the_peer_medians(tmp_path):
 
 
 @pytest.mark.parametrize("mode, message", [("fail", "torch_probe_bench.py failed.*the peer broke"),
-                                           ("garbled", "printed no JSON result.*no json here")])
+                                           ("garbled", "printed no JSON result.*no json here"),
+                                           ("nosteps", "lacks its step times.*timing_off")])
 def test_a_failing_copy_is_named(tmp_path, monkeypatch, mode, message):
     monkeypatch.setenv("FAKE_PEER", mode)
     python = _fake_python(tmp_path, sleep=0.0)
@@ -213,6 +216,8 @@ def test_the_sweeps_own_peer_failure_is_the_reason_before_the_peers_absence():
 def test_a_pinned_peer_runs_on_the_given_cpu_only(tmp_path):
     import os
 
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: a pinned and an unpinned run cannot be told apart")
     python = _fake_python(tmp_path, sleep=0.0)
     cpu = max(os.sched_getaffinity(0))
     args = peer._train_args(layers=6, d_model=128, batch=8, seq=64, steps=10, warmup=2, threads=1)
@@ -235,8 +240,9 @@ def test_core_row_compares_one_core_with_every_core():
     assert row["torch_speedup_plain_one_core"] == pytest.approx(160 / 145)
     assert row["torch_speedup_probed_one_core"] == pytest.approx(190 / 170)
     # without the peer or the every-core row: lnscope's one-core times alone
+    assert row["rounds"] == one_core and row["torch_rounds"] == peer_rounds  # every round kept
     alone = core_row(one_core, [], {})
-    assert set(alone) == {"cpus", "plain_one_core_ms", "probed_one_core_ms"}
+    assert set(alone) == {"cpus", "rounds", "plain_one_core_ms", "probed_one_core_ms"}
 
 
 @pytest.mark.slow  # ~10 s: a fresh process compiling two small step programs on one CPU
@@ -245,10 +251,15 @@ def test_a_peer_failing_in_the_one_core_diagnostic_keeps_lnscopes_numbers(tmp_pa
 
     monkeypatch.setenv("FAKE_PEER", "fail")
     python = _fake_python(tmp_path, sleep=0.0)
+    calls = []
+    real = peer.train_steps
+    monkeypatch.setattr(peer, "train_steps", lambda *args, **kw: calls.append(kw) or real(*args, **kw))
     out = bench_core_scaling(SMOKE, python, {"2": {"plain_ms": 1.0, "probed_ms": 1.0}})
     assert "the peer broke" in out["peer_reason"]
+    assert calls and calls[0]["cpus"] == {out["cpu"]} and calls[0]["threads"] == 1  # the peer pinned there too
     row = out[str(SMOKE.depths[0])]
     assert row["cpus"] == [out["cpu"]] and row["plain_one_core_ms"] > 0 and "torch_plain_one_core_ms" not in row
+    assert row["rounds"][0]["first_call_s"]["plain"] > 0  # each round's compile (or read-back) kept
 
 
 def test_the_one_core_diagnostic_needs_a_second_core(monkeypatch):
@@ -257,3 +268,22 @@ def test_the_one_core_diagnostic_needs_a_second_core(monkeypatch):
     monkeypatch.setattr(suite.os, "sched_getaffinity", lambda pid: {3})
     with pytest.raises(RuntimeError, match=r"only CPU \[3\] is available"):
         suite.bench_core_scaling(suite.SMOKE, None, None)
+
+
+def test_a_fresh_process_past_its_timeout_is_killed(tmp_path):
+    import os
+
+    from benchmarks.suite import _children
+
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    with pytest.raises(RuntimeError, match="ran past 2 s and was killed"):
+        _children([code], timeout=2, parallel=False)
+    assert not os.path.exists(f"/proc/{int(pid_file.read_text())}")  # killed and reaped
+
+
+def test_a_fresh_process_without_a_json_result_is_named():
+    from benchmarks.suite import _children
+
+    with pytest.raises(RuntimeError, match="printed no JSON result.*'hello'"):
+        _children(["print('hello')"], timeout=60, parallel=False)

@@ -72,3 +72,28 @@ def test_stop_cancels_queued_jobs_and_ends_the_workers() -> None:
     # with no worker to run it (which of these depends on the pool's manager thread)
     time.sleep(1)
     assert not any(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+
+
+def test_a_worker_runs_on_its_share_of_the_cpus() -> None:
+    """compute_jobs' initializer restricts each worker to the share it takes, before JAX starts its
+    CPU client, and gives it as many seed streams as the share has CPUs."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from analysis.experiments.runs import _start_worker
+    from analysis.runtime import STREAMS_VAR
+
+    context = multiprocessing.get_context("spawn")
+    shares = context.Queue()
+    cpu = max(os.sched_getaffinity(0))
+    shares.put([cpu])
+    environ = dict(os.environ)
+    os.environ.pop(STREAMS_VAR, None)  # the worker's streams come from its share (spawned: it copies this environment)
+    try:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=("code", {}, 5, shares)) as pool:
+            assert pool.submit(os.sched_getaffinity, 0).result(timeout=120) == {cpu}
+            assert pool.submit(os.getenv, STREAMS_VAR).result(timeout=120) == "1"
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)

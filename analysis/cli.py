@@ -26,7 +26,7 @@ from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
 from analysis.options import add_model_options, dataclass_from_args
 from analysis.probe.probes import CHEAP_PROBES, PROBES
-from analysis.runtime import WORKERS_VAR, configure_compilation_cache
+from analysis.runtime import WORKERS_VAR, check_environment, configure_compilation_cache
 from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
         if argv is None or prepare:
             prepare_process()
         args = parser.parse_args(argv)
+        check_environment()
         return args.func(args)
     except ValueError as err:  # bad input: a clear message, no traceback
         parser.exit(2, f"lnscope: error: {err}\n")

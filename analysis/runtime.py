@@ -127,11 +127,8 @@ def worker_cpus(workers: int) -> list[list[int]] | None:
     each timing an 18-layer d=128 training step): restricted to a core each, plain 140-144 ms and
     probed 158-161 ms a step, against 159-163 and 173-181 ms unrestricted (0.87-0.88x, two pairs).
     """
-    text = os.environ.get(PIN_VAR, "").strip() or "on"
-    if text not in ("on", "off"):
-        raise ValueError(f"{PIN_VAR}={text!r}; valid values: on, off")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if text == "off" or workers < 1 or len(cpus) < workers or jax.default_backend() != "cpu":
+    if not pin_workers() or workers < 1 or len(cpus) < workers or not _on_cpu_if_known():
         return None
     size, extra = divmod(len(cpus), workers)
     shares, start = [], 0
@@ -140,6 +137,30 @@ def worker_cpus(workers: int) -> list[list[int]] | None:
         shares.append(cpus[start:end])
         start = end
     return shares
+
+
+def pin_workers() -> bool:
+    """$LNSCOPE_PIN_WORKERS: "on" (default) or "off"; any other value is a ValueError naming it."""
+    text = os.environ.get(PIN_VAR, "").strip() or "on"
+    if text not in ("on", "off"):
+        raise ValueError(f"{PIN_VAR}={text!r}; valid values: on, off")
+    return text == "on"
+
+
+def _on_cpu_if_known() -> bool:
+    """False when this process already runs JAX on an accelerator; True otherwise. It does not start
+    a backend to find out: on a GPU that would claim the device's memory before the workers start."""
+    from jax._src import xla_bridge
+
+    return not xla_bridge.backends_are_initialized() or jax.default_backend() == "cpu"
+
+
+def check_environment() -> None:
+    """Every lnscope environment setting read (workers, streams, worker restriction), so that a bad
+    value is a ValueError naming it and its valid values before any compute."""
+    default_workers()
+    default_streams()
+    pin_workers()
 
 
 def available_cores() -> int:

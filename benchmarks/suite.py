@@ -379,7 +379,13 @@ def _children(codes: list[str], timeout: float, parallel: bool,
 
     if parallel:
         running = [start(code) for code in codes]
-        return [finish(*r) for r in running]
+        try:
+            return [finish(*r) for r in running]
+        finally:  # after a failure, none of the others is left computing
+            for _, proc in running:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
     return [finish(*start(code)) for code in codes]
 
 

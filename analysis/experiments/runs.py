@@ -46,7 +46,7 @@ from tqdm import tqdm
 from analysis.io import environment, read_run, source_fingerprint, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
-from analysis.runtime import STREAMS_VAR, available_cores, default_workers, release_compiled_if_crowded, worker_cpus
+from analysis.runtime import STREAMS_VAR, available_cores, default_workers, pin_workers, release_compiled_if_crowded, worker_cpus
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -208,6 +208,7 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
     this (e.g. through `run_checks`) needs the `if __name__ == "__main__":` guard of any
     multiprocessing program; notebooks do not.
     """
+    pin_workers()  # a bad $LNSCOPE_PIN_WORKERS is named even when no pool is needed
     missing: dict[str, Job] = {}
     for job in jobs:
         key = job_key(job)

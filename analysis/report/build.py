@@ -41,7 +41,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis.io import atomic_write, environment, read_run, write_run
-from analysis.runtime import release_compiled
+from analysis.runtime import check_environment, release_compiled
 from analysis.report import init_report
 from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
 from analysis.report.html import render_html
@@ -269,6 +269,7 @@ def build_report(
     experiments = default_experiments() if experiments is None else dict(experiments)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESETS)}")
+    check_environment()  # a bad LNSCOPE_* value is an error here, not a traceback in the computing step
     lacking = [n for n, e in experiments.items() if preset not in (getattr(e, "presets", None) or {})]
     if lacking:
         raise ValueError(f"experiments {lacking} have no {preset!r} preset")

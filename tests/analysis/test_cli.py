@@ -71,6 +71,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
+def test_a_bad_environment_setting_exits_2_with_its_valid_values(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LNSCOPE_PIN_WORKERS", "maybe")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["list"])
+    assert exit_info.value.code == 2
+    assert "LNSCOPE_PIN_WORKERS='maybe'; valid values: on, off" in capsys.readouterr().err
+
+
 def test_list_names_every_placement(capsys) -> None:
     from models import PLACEMENTS
 

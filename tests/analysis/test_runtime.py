@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,6 +87,7 @@ def test_bad_stream_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="workers are restricted to CPUs only when JAX runs on the CPU")
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
 def test_worker_cpus_split_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(runtime.PIN_VAR, raising=False)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {4, 2, 7})
@@ -96,6 +99,21 @@ def test_worker_cpus_split_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -
     assert runtime.worker_cpus(2) is None
     monkeypatch.setenv(runtime.PIN_VAR, "on")
     assert runtime.worker_cpus(2) == [[2, 4], [7]]
+    monkeypatch.setattr(runtime.jax, "default_backend", lambda: "gpu")  # this process runs on an accelerator
+    assert runtime.worker_cpus(2) is None
+
+
+def test_importing_the_job_pool_starts_no_jax_backend() -> None:
+    """A worker restricts its CPUs before JAX starts its CPU client, which sizes its thread pool then;
+    the worker imports analysis.experiments.runs (to unpickle its initializer) before that."""
+    import subprocess
+    import sys
+
+    code = ("import analysis.experiments.runs\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge.backends_are_initialized(), 'a JAX backend started at import'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("value", ["yes", "0", "OFF"])

@@ -287,3 +287,16 @@ def test_a_fresh_process_without_a_json_result_is_named():
 
     with pytest.raises(RuntimeError, match="printed no JSON result.*'hello'"):
         _children(["print('hello')"], timeout=60, parallel=False)
+
+
+def test_fresh_processes_at_once_are_all_ended_when_one_fails(tmp_path):
+    import os
+
+    from benchmarks.suite import _children
+
+    pid_file = tmp_path / "pid"
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    failing = "import time; time.sleep(3); raise SystemExit('broke')"
+    with pytest.raises(RuntimeError, match="broke"):
+        _children([failing, sleeper], timeout=60, parallel=True)
+    assert not os.path.exists(f"/proc/{int(pid_file.read_text())}")  # the other one killed and reaped

@@ -74,6 +74,7 @@ def test_stop_cancels_queued_jobs_and_ends_the_workers() -> None:
     assert not any(f.done() and not f.cancelled() and f.exception() is None for f in futures)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="no CPU affinity on this platform")
 def test_a_worker_runs_on_its_share_of_the_cpus() -> None:
     """compute_jobs' initializer restricts each worker to the share it takes, before JAX starts its
     CPU client, and gives it as many seed streams as the share has CPUs."""
@@ -97,3 +98,28 @@ def test_a_worker_runs_on_its_share_of_the_cpus() -> None:
     finally:
         os.environ.clear()
         os.environ.update(environ)
+
+
+def test_the_pool_hands_each_worker_a_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute_jobs gives its workers worker_cpus' shares, one per worker, through the initializer."""
+    good, _ = _jobs()
+    clear_memory()
+    monkeypatch.setattr("analysis.experiments.runs.worker_cpus", lambda workers: [[0], [1]][:workers])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pool(workers, **kwargs):
+        seen.update(kwargs, workers=workers)
+        raise Stop
+
+    monkeypatch.setattr("analysis.experiments.runs.ProcessPoolExecutor", fake_pool)
+    with pytest.raises(Stop):
+        compute_jobs(good, tmp_path, workers=2)
+    shares = seen["initargs"][3]
+    assert seen["workers"] == 2 and sorted([shares.get(timeout=10), shares.get(timeout=10)]) == [[0], [1]]
+    monkeypatch.setattr("analysis.experiments.runs.worker_cpus", lambda workers: None)
+    with pytest.raises(Stop):
+        compute_jobs(good, tmp_path, workers=2)
+    assert seen["initargs"][3] is None  # no restriction: no queue

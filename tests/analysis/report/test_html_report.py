@@ -182,6 +182,14 @@ def test_bad_arguments_fail_before_any_computation(tmp_path, kwargs, needle) -> 
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("var, value", [("LNSCOPE_PIN_WORKERS", "yes"), ("LNSCOPE_WORKERS", "two"), ("LNSCOPE_STREAMS", "0")])
+def test_a_bad_environment_setting_fails_before_any_computation(tmp_path, monkeypatch, var, value) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=f"{var}={value!r}"):
+        _build(tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 def test_experiment_selection() -> None:
     available = {"a": 1, "b": 2}
     assert build.select_experiments("all", available) == available

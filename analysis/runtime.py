@@ -125,7 +125,8 @@ def worker_cpus(workers: int) -> list[list[int]] | None:
     Why: XLA sizes a process's thread pool from the CPUs it may use, so unrestricted workers each run
     a pool over every core and contend for them. Measured on the 2-core CPU (two processes at once,
     each timing an 18-layer d=128 training step): restricted to a core each, plain 140-144 ms and
-    probed 158-161 ms a step, against 159-163 and 173-181 ms unrestricted (0.87-0.88x, two pairs).
+    probed 158-161 ms a step, against 159-163 and 173-181 ms unrestricted (plain 0.87-0.88x, probed
+    0.89-0.92x; two pairs of runs).
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if not pin_workers() or workers < 1 or len(cpus) < workers or not _on_cpu_if_known():

@@ -111,14 +111,26 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+# CPU features that decide which matmul kernels XLA can use: the float32 rate (AVX2/FMA, AVX-512) and
+# whether compute_dtype="bfloat16" is faster or slower than float32 (AMX, AVX512-BF16: in hardware).
+MATMUL_CPU_FLAGS: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_matmul_flags(cpuinfo: str) -> list[str]:
+    """The MATMUL_CPU_FLAGS that a /proc/cpuinfo text lists for its first processor."""
+    flags = next((l.split(":", 1)[1].split() for l in cpuinfo.splitlines() if l.startswith("flags")), [])
+    return [f for f in MATMUL_CPU_FLAGS if f in flags]
+
+
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), None
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))  # fmt: skip
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        flags = cpu_matmul_flags(cpuinfo)
+        cpu = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu_model": cpu, "nproc": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+    return {"cpu_model": cpu, "cpu_matmul_flags": flags, "nproc": len(os.sched_getaffinity(0)), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "flax": flax.__version__, "optax": optax.__version__, "devices": [str(d) for d in jax.devices()],
             "mimalloc_preloaded": allocator_active(),
@@ -655,8 +667,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reasons: dict[str, str] = {}
     results: dict[str, Any] = {"smoke": args.smoke, "sizes": dataclasses.asdict(sizes), "machine": machine_info(),
                                "load_start": _load()}  # fmt: skip
-    print(f"lnscope benchmarks{' (smoke)' if args.smoke else ''}: {results['machine']['cpu_model']}, "
-          f"nproc {results['machine']['nproc']}, load {results['load_start']}, "
+    print(f"lnscope benchmarks{' (smoke)' if args.smoke else ''}: {results['machine']['cpu_model']} "
+          f"({' '.join(results['machine']['cpu_matmul_flags'] or ['flags unknown'])}), nproc {results['machine']['nproc']}, load {results['load_start']}, "
           f"mimalloc {results['machine']['mimalloc_preloaded']}", flush=True)  # fmt: skip
     python = None
     if args.no_peer:

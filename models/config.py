@@ -69,10 +69,12 @@ class ModelConfig:
 
     Execution (how the numbers are computed, not which function):
         compute_dtype: None (matmuls in `dtype`) or "bfloat16": mixed precision, with float32
-            parameters, norms, softmax, residual stream and probes, and every matmul (projections,
-            attention scores and mixing, output head; forward and backward) taking bfloat16 inputs
-            and accumulating in float32. Needs dtype="float32". Numbers differ from float32 by
-            bfloat16 input rounding (tolerances in tests/models/test_mixed_precision.py).
+            parameters, norms, softmax, residual stream and probes, and the projections and output
+            head (forward and backward) taking bfloat16 inputs and accumulating in float32; the two
+            attention einsums (scores, mixing) stay float32. Needs dtype="float32". Numbers differ
+            from float32 by bfloat16 input rounding (tolerances in tests/models/test_mixed_precision.py).
+            Faster only on CPUs that multiply bfloat16 in hardware (AMX, AVX512-BF16); slower on
+            AVX2-only CPUs (benchmarks/README.md).
         unroll_layers: stacks of at most this many layers run as an unrolled loop over the layers
             (the faster training step, compile time growing with depth); deeper stacks run as one
             `lax.scan` (compile time flat in depth). 0 = always scan.

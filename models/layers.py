@@ -25,32 +25,37 @@ NormFn = Callable[[str, jax.Array], jax.Array]
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "w1", "w2")
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _mixed_einsum(spec: str, a: jax.Array, b: jax.Array, compute: str) -> jax.Array:
-    """einsum(spec, a, b) with both inputs rounded to `compute` (bfloat16) and float32 accumulation.
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x: jax.Array, w: jax.Array, compute: str) -> jax.Array:
+    """x (M, K) @ w (K, N) with both inputs rounded to `compute` (bfloat16), accumulated and returned
+    in float32.
 
-    The backward pass is mixed precision too: the float32 cotangent is rounded to `compute` and each
-    input gradient is one more such einsum (accumulated in float32), returned in float32. `spec` is
-    a two-operand einsum whose operand indices each appear in the output or the other operand.
+    The backward pass is mixed precision too: the float32 cotangent g is rounded to `compute`, and
+    each input gradient is one more such product (g·wᵀ, xᵀ·g), returned in float32. The weight
+    gradient is a standard-layout product of a materialized xᵀ on CPUs, for the reason and by the
+    means of `_projection` (the bfloat16 step: 0.89-0.91x its time with autodiff's layout on a Xeon
+    with AMX; benchmarks/README.md). XLA's CPU backend still runs that product on float32 copies of
+    the rounded inputs (its matmul library takes a bfloat16 product only in a row-major layout, which
+    a transposed operand does not have when XLA decides): the same values, products of two bfloat16
+    numbers being exact in float32.
     """
-    return jnp.einsum(spec, a.astype(compute), b.astype(compute), preferred_element_type=jnp.float32)
+    return jnp.matmul(x.astype(compute), w.astype(compute), preferred_element_type=jnp.float32)
 
 
-def _mixed_fwd(spec: str, a: jax.Array, b: jax.Array, compute: str):
-    return _mixed_einsum(spec, a, b, compute), (a.astype(compute), b.astype(compute))
+def _mixed_matmul_fwd(x: jax.Array, w: jax.Array, compute: str):
+    x, w = x.astype(compute), w.astype(compute)
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32), (x, w)
 
 
-def _mixed_bwd(spec: str, compute: str, residuals, g: jax.Array):
-    a, b = residuals
-    inputs, out = spec.split("->")
-    sa, sb = inputs.split(",")
+def _mixed_matmul_bwd(compute: str, rounded: tuple[jax.Array, jax.Array], g: jax.Array):
+    x, w = rounded
     g = g.astype(compute)
-    da = jnp.einsum(f"{out},{sb}->{sa}", g, b, preferred_element_type=jnp.float32)
-    db = jnp.einsum(f"{out},{sa}->{sb}", g, a, preferred_element_type=jnp.float32)
-    return da, db
+    dx = jnp.matmul(g, w.T, preferred_element_type=jnp.float32)
+    dw = jnp.matmul(_transposed_for_cpu(x), g, preferred_element_type=jnp.float32)
+    return dx, dw
 
 
-_mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
 
 
 @jax.custom_jvp
@@ -86,11 +91,12 @@ def _projection_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Ar
 
 def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:
     """x (..., K) @ w (K, N) -> (..., N); with `compute` (ModelConfig.compute_dtype) mixed precision:
-    inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward.
-    On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) this runs the matmuls several times faster;
-    everything else (parameters, norms, softmax, residual stream, probes) stays float32."""
+    inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward;
+    everything else (parameters, norms, softmax, residual stream, probes) stays float32. Faster only
+    where the CPU multiplies bfloat16 in hardware (AMX, AVX512-BF16: the benchmark's step 0.8-0.9x of
+    float32's time on a Xeon with AMX; 1.2x *slower* on an AVX2-only AMD EPYC; benchmarks/README.md)."""
     x2 = x.reshape(-1, x.shape[-1])
-    y = _projection(x2, w) if compute is None else _mixed_einsum("mk,kn->mn", x2, w, compute)
+    y = _projection(x2, w) if compute is None else _mixed_matmul(x2, w, compute)
     return y.reshape(*x.shape[:-1], w.shape[-1])
 
 

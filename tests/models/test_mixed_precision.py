@@ -1,5 +1,11 @@
 """ModelConfig.compute_dtype="bfloat16": float32 parameters, norms and probes, bfloat16 matmul inputs
-with float32 accumulation; the numbers agree with float32 within the tolerances below."""
+with float32 accumulation; the numbers agree with float32 within the tolerances below.
+
+The mixed projection itself (`models.layers.matmul(x, w, "bfloat16")`) is checked against a float64
+restatement of its contract: output and both gradients are products of bfloat16-rounded inputs (and
+cotangent), accumulated without further rounding; and its compiled CPU backward contracts every
+product's first operand on its last axis (the weight gradient's standard layout).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import pytest
 from analysis.probe.loss import random_batch
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
 from models import ModelConfig, Transformer, init_state
+from models.layers import matmul
+from tests.models.test_projection import _contracted_lhs_axes
 
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per input); float32 accumulation
 # keeps the sums' own rounding small. Observed at these shapes (decoder / encdec): loss 1.3e-4 /
@@ -53,3 +61,37 @@ def test_compute_dtype_choices():
         ModelConfig(compute_dtype="float16")
     with pytest.raises(ValueError, match="needs dtype='float32'"):
         ModelConfig(compute_dtype="bfloat16", dtype="bfloat16")
+
+
+def _bf16_rounded64(a: jax.Array) -> np.ndarray:
+    return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_mixed_matmul_is_a_product_of_rounded_inputs():
+    """Forward, input and weight gradients against float64 products of the bfloat16-rounded values
+    (a product of two bfloat16 numbers is exact in float32: only the float32 sums round, ~1e-6)."""
+    keys = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(keys[0], (4, 24, 64))  # (B, T, K): reshaped to (M, K) inside
+    w = jax.random.normal(keys[1], (64, 48))
+    cot = jax.random.normal(keys[2], (4, 24, 48))
+    y, vjp = jax.vjp(lambda x, w: matmul(x, w, "bfloat16"), x, w)
+    dx, dw = vjp(cot)
+    assert {a.dtype for a in (y, dx, dw)} == {jnp.dtype(jnp.float32)}
+    x64, w64, g64 = (_bf16_rounded64(a).reshape(-1, a.shape[-1]) for a in (x, w, cot))
+    want = {"y": x64 @ w64, "dx": g64 @ w64.T, "dw": x64.T @ g64}
+    got = {"y": y.reshape(-1, 48), "dx": dx.reshape(-1, 64), "dw": dw}
+    for name, ref in want.items():
+        np.testing.assert_allclose(np.asarray(got[name], np.float64), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+    # the rounding is real: unrounded float64 products differ by far more than the tolerance above
+    exact = np.asarray(x, np.float64).reshape(-1, 64).T @ np.asarray(cot, np.float64).reshape(-1, 48)
+    assert np.abs(exact - want["dw"]).max() > 1e-3 * np.abs(exact).max()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout is a CPU choice")
+def test_compiled_cpu_mixed_products_contract_the_first_operands_last_axis():
+    x = jax.random.normal(jax.random.key(0), (8, 64, 128))
+    w = jax.random.normal(jax.random.key(1), (128, 96))
+    grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(matmul(x, w, "bfloat16"))), argnums=(0, 1))
+    got = _contracted_lhs_axes(jax.jit(grad).lower(x, w).compile().as_text())
+    assert len(got) >= 3, got  # forward, input gradient, weight gradient
+    assert all(axis == rank - 1 for rank, axis in got), got

@@ -96,11 +96,12 @@ def _run_at_once(python: Path, script: str, args: list[str], copies: int, timeou
         return [_result(script, proc.returncode, out.read_text(), err.read_text()) for proc, (out, err) in zip(procs, outs)]
 
 
-def _train_args(*, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int, threads: int) -> list[str]:
+def _train_args(*, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int, threads: int,
+                device: str = "cpu") -> list[str]:
     return ["--placement", "pre", "--layers", str(layers), "--d-model", str(d_model), "--heads", "4",
             "--ffn", str(4 * d_model), "--batch", str(batch), "--seq", str(seq), "--probes", "interleave",
             "--threads", str(threads), "--steps", str(steps), "--warmup-steps", str(warmup),
-            "--cka-impl", "batched"]  # fmt: skip
+            "--cka-impl", "batched", "--device", device]  # fmt: skip
 
 
 def _step_times(out: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +116,11 @@ def _step_times(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_steps(python: Path, *, layers: int, d_model: int, batch: int, seq: int, steps: int, warmup: int,
-                threads: int = 2, cpus: set[int] | None = None) -> dict[str, Any]:
+                threads: int = 2, cpus: set[int] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Median plain / probed step times (ms) of the peer, probes toggled step by step in one process
-    (restricted to `cpus` if given)."""
-    args = _train_args(layers=layers, d_model=d_model, batch=batch, seq=seq, steps=steps, warmup=warmup, threads=threads)
+    (restricted to `cpus` if given; on torch device `device`)."""
+    args = _train_args(layers=layers, d_model=d_model, batch=batch, seq=seq, steps=steps, warmup=warmup,
+                       threads=threads, device=device)  # fmt: skip
     return _step_times(_run(python, "torch_probe_bench.py", args, timeout=1800, cpus=cpus))
 
 
@@ -132,8 +134,8 @@ def train_steps_at_once(python: Path, *, copies: int, layers: int, d_model: int,
 
 
 def seed_sweep(python: Path, *, layers: int, d_model: int, batch: int, seq: int, seeds: int,
-               threads: int = 2) -> dict[str, Any]:
+               threads: int = 2, device: str = "cpu") -> dict[str, Any]:
     """Seconds for the peer's init study of `seeds` seeds (a loop: build, probed forward/backward)."""
     args = ["--layers", str(layers), "--d-model", str(d_model), "--ffn", str(4 * d_model), "--batch", str(batch),
-            "--seq", str(seq), "--seeds", str(seeds), "--threads", str(threads)]  # fmt: skip
+            "--seq", str(seq), "--seeds", str(seeds), "--threads", str(threads), "--device", device]  # fmt: skip
     return _run(python, "torch_seed_sweep.py", args, timeout=1800)

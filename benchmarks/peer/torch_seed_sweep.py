@@ -21,10 +21,10 @@ from torch_probe_bench import Probes, Seq2SeqOrLM
 def one_seed(args, seed: int) -> dict:
     torch.manual_seed(seed)
     model = Seq2SeqOrLM("decoder", args.layers, args.d_model, args.heads, args.ffn, args.vocab, args.seq + 1,
-                        args.placement)
+                        args.placement).to(args.device)
     probes = Probes(model, "abcde", "tensor", "batched")
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device)
     logits = model(tokens[:, :-1])
     loss = F.cross_entropy(logits.reshape(-1, args.vocab), tokens[:, 1:].reshape(-1))
     loss.backward()
@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     one_seed(args, 10_000)  # warm-up: first-call costs (allocator, kernels) are not the study's

@@ -34,7 +34,7 @@ from analysis.io import atomic_write
 from analysis.probe.api import probe_at_init
 from benchmarks import peer
 from benchmarks.steps import STEP_PROBES, StepPair, median_ms, timed
-from benchmarks.suite import machine_info
+from benchmarks.suite import decoder_config, machine_info
 from models import ModelConfig
 
 GOALS: dict[str, tuple[str, float]] = {
@@ -52,20 +52,23 @@ PEER_ERRORS = (peer.PeerUnavailable, OSError, subprocess.SubprocessError, KeyErr
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One step configuration: decoder Pre-LN, 4 heads, FFN 4d."""
+    """One step configuration of the benchmarks' decoder (`suite.decoder_config`; seq <= 128)."""
 
     layers: int
     d_model: int
     batch: int
     seq: int
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.seq <= 128:
+            raise ValueError(f"seq must be in 1..128 (the benchmarks' max_len), got {self.seq!r}")
+
     @property
     def name(self) -> str:
         return f"{self.layers}L_d{self.d_model}_b{self.batch}x{self.seq}"
 
     def config(self) -> ModelConfig:
-        return ModelConfig(arch="decoder", placement="pre", layers=self.layers, d_model=self.d_model, heads=4,
-                           d_ff=4 * self.d_model, vocab=256, max_len=max(128, self.seq))  # fmt: skip
+        return decoder_config(self.layers, self.d_model)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,7 +102,8 @@ SWEEP_STREAMS = 2
 DEEP_PROBES = ProbeConfig(probes=CHEAP_PROBES, cka_tokens=64, cka_null="half")
 
 
-def _cfg(layers: int, d_model: int, **kw: Any) -> ModelConfig:
+def decoder_config(layers: int, d_model: int, **kw: Any) -> ModelConfig:
+    """The benchmarks' model: decoder Pre-LN, 4 heads, FFN 4d, 256 tokens, positions up to 128."""
     return ModelConfig(arch="decoder", placement="pre", layers=layers, d_model=d_model, heads=4, d_ff=4 * d_model,
                        vocab=256, max_len=128, **kw)  # fmt: skip
 
@@ -164,7 +165,7 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
     step_rate = matmul_rate(4 * sizes.d_model, repeats=31, k=sizes.d_model, m=sizes.batch * sizes.seq)
     out["step_matmul_gflops"] = step_rate / 1e9
     for depth in sizes.depths:
-        cfg = _cfg(depth, sizes.d_model)
+        cfg = decoder_config(depth, sizes.d_model)
         pair = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
         times: dict[str, list[float]] = {"plain": [], "probed": []}
         peer_rounds: list[dict[str, float]] = []
@@ -204,7 +205,7 @@ def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
     each against the headline step of the same depth, alternating call by call."""
     out: dict[str, Any] = {}
     for depth in sizes.depths:
-        cfg = _cfg(depth, sizes.d_model)
+        cfg = decoder_config(depth, sizes.d_model)
         full = StepPair(cfg, ProbeConfig(), sizes.batch, sizes.seq)
         base = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
         mixed = StepPair(cfg.replace(compute_dtype="bfloat16"), STEP_PROBES, sizes.batch, sizes.seq)
@@ -271,7 +272,7 @@ def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] |
     pool = ThreadPoolExecutor(SWEEP_STREAMS, thread_name_prefix="bench-stream")
     try:
         for depth in sizes.depths:
-            cfg = _cfg(depth, sizes.d_model)
+            cfg = decoder_config(depth, sizes.d_model)
             first = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
             first.compile()
             pairs = [first] + [first.twin() for _ in range(SWEEP_STREAMS - 1)]
@@ -305,7 +306,7 @@ def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] |
 # Initialization study over seeds, against the peer's loop.
 # ---------------------------------------------------------------------------------------------
 def bench_seed_sweep(sizes: Sizes, python: Path | None) -> dict[str, Any]:
-    cfg = _cfg(sizes.seed_layers, sizes.seed_d)
+    cfg = decoder_config(sizes.seed_layers, sizes.seed_d)
     study = lambda: probe_at_init(cfg, seeds=range(sizes.seeds), batch_size=sizes.batch, seq_len=sizes.seq)
     _compiled.cache_clear()
     jax.clear_caches()
@@ -334,7 +335,7 @@ def bench_compile(sizes: Sizes) -> dict[str, Any]:
     """`jit(probe_program).lower().compile()` (all cheap probes) at two depths, fresh caches, medians."""
 
     def setup(layers: int):
-        cfg = _cfg(layers, sizes.compile_d)
+        cfg = decoder_config(layers, sizes.compile_d)
         graphdef, state = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0))))
         batch = jax.eval_shape(lambda: random_batch(cfg, jax.random.key(0), 8, 64))
         abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
@@ -406,8 +407,8 @@ def _deep_code(sizes: Sizes) -> str:
 import json, time
 t0 = time.perf_counter()
 from analysis.probe.api import probe_at_init
-from benchmarks.suite import DEEP_PROBES, _cfg
-df = probe_at_init(_cfg({sizes.deep_layers}, {sizes.deep_d}), seeds=[0], batch_size={sizes.deep_batch},
+from benchmarks.suite import DEEP_PROBES, decoder_config
+df = probe_at_init(decoder_config({sizes.deep_layers}, {sizes.deep_d}), seeds=[0], batch_size={sizes.deep_batch},
                    seq_len={sizes.deep_seq}, probe_config=DEEP_PROBES)
 import numpy as np
 print(json.dumps({{"rows": len(df), "finite": bool(np.isfinite(df["value"]).all()), "inner_s": time.perf_counter() - t0}}))
@@ -423,9 +424,9 @@ import jax
 from benchmarks.steps import make_train_steps, STEP_PROBES
 from analysis.probe.loss import random_batch
 from analysis.probe.probes import ProbeConfig
-from benchmarks.suite import _cfg
+from benchmarks.suite import decoder_config
 status = lambda key: next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(key))
-cfg = _cfg({layers}, {sizes.d_model})
+cfg = decoder_config({layers}, {sizes.d_model})
 state, opt_state, plain, probed = make_train_steps(cfg, {pcfg})
 batch = random_batch(cfg, jax.random.key(1), {sizes.batch}, {sizes.seq})
 before = status("VmRSS:")
@@ -470,9 +471,9 @@ jax.config.update("jax_compilation_cache_dir", {cache_dir!r})
 jax.config.update("jax_enable_compilation_cache", True)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 from benchmarks.steps import STEP_PROBES, StepPair, median_ms
-from benchmarks.suite import _cfg
+from benchmarks.suite import decoder_config
 with jax.numpy_dtype_promotion("standard"):
-    pair = StepPair(_cfg({layers}, {sizes.d_model}), STEP_PROBES, {sizes.batch}, {sizes.seq})
+    pair = StepPair(decoder_config({layers}, {sizes.d_model}), STEP_PROBES, {sizes.batch}, {sizes.seq})
     times = pair.round({sizes.calls})
 print(json.dumps({{"plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"]),
                   "first_call_s": pair.first_call_s, "cpus": sorted(os.sched_getaffinity(0))}}))

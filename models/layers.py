@@ -93,8 +93,8 @@ def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:
     """x (..., K) @ w (K, N) -> (..., N); with `compute` (ModelConfig.compute_dtype) mixed precision:
     inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward;
     everything else (parameters, norms, softmax, residual stream, probes) stays float32. Faster only
-    where the CPU multiplies bfloat16 in hardware (AMX, AVX512-BF16: the benchmark's step 0.8-0.9x of
-    float32's time on a Xeon with AMX; 1.2x *slower* on an AVX2-only AMD EPYC; benchmarks/README.md)."""
+    where the CPU multiplies bfloat16 in hardware (AMX, AVX512-BF16: the benchmark's step 0.77-0.80x of
+    float32's time on a Xeon with AMX; 1.06-1.22x, *slower*, on an AVX2-only AMD EPYC; benchmarks/README.md)."""
     x2 = x.reshape(-1, x.shape[-1])
     y = _projection(x2, w) if compute is None else _mixed_matmul(x2, w, compute)
     return y.reshape(*x.shape[:-1], w.shape[-1])

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from benchmarks.gpu import GOALS, main, verdict
+from benchmarks.gpu import GOALS, SMOKE, Step, bench_seed_sweep, main, verdict
 
 PEER_KEYS = {"torch_speedup_plain_gpu", "torch_speedup_probed_gpu", "seed_sweep_vs_torch_gpu"}
 
@@ -45,8 +45,11 @@ def test_a_failing_peer_leaves_its_keys_none_with_the_reason(tmp_path):
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\necho 'no torch here' >&2\nexit 1\n")
     broken.chmod(0o755)
-    from benchmarks.gpu import SMOKE, bench_seed_sweep
-
     out = bench_seed_sweep(SMOKE, str(broken), "cpu")
     assert out["loop_s"] > 0 and out["vmapped_s"] > 0
     assert "torch_s" not in out and "PeerUnavailable" in out["peer_reason"]
+
+
+def test_a_step_longer_than_the_positions_is_refused_before_compute():
+    with pytest.raises(ValueError, match="seq must be in 1..128.*got 256"):
+        Step(6, 128, 8, 256)

@@ -1,5 +1,5 @@
 """The benchmark's machine record names the CPU features that decide its matmul kernels: the same
-step is 0.8-0.9x float32's time in bfloat16 on a CPU with AMX and 1.2x on an AVX2-only one
+step is 0.77-0.80x float32's time in bfloat16 on a CPU with AMX and 1.06-1.22x on an AVX2-only one
 (benchmarks/README.md), so a result without them cannot be read."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ with float32 accumulation; the numbers agree with float32 within the tolerances 
 
 The mixed projection itself (`models.layers.matmul(x, w, "bfloat16")`) is checked against a float64
 restatement of its contract: output and both gradients are products of bfloat16-rounded inputs (and
-cotangent), accumulated without further rounding; and its compiled CPU backward contracts every
+cotangent), accumulated without further rounding, also vmapped over seeds; and its compiled CPU backward contracts every
 product's first operand on its last axis (the weight gradient's standard layout).
 """
 
@@ -85,6 +85,12 @@ def test_mixed_matmul_is_a_product_of_rounded_inputs():
     # the rounding is real: unrounded float64 products differ by far more than the tolerance above
     exact = np.asarray(x, np.float64).reshape(-1, 64).T @ np.asarray(cot, np.float64).reshape(-1, 48)
     assert np.abs(exact - want["dw"]).max() > 1e-3 * np.abs(exact).max()
+    # vmapped over two seeds (accelerators vmap a run's seeds): each seed's gradients as computed alone
+    pullback = lambda x, w, cot: jax.vjp(lambda x, w: matmul(x, w, "bfloat16"), x, w)[1](cot)
+    both = jax.vmap(pullback)(jnp.stack([x, -0.5 * x]), jnp.stack([w, 2 * w]), jnp.stack([cot, cot]))
+    for seed, (xs, ws) in enumerate([(x, w), (-0.5 * x, 2 * w)]):
+        for got_seed, alone in zip(both, pullback(xs, ws, cot)):
+            np.testing.assert_allclose(np.asarray(got_seed[seed]), np.asarray(alone), rtol=1e-5, atol=1e-5 * float(jnp.abs(alone).max()))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout is a CPU choice")

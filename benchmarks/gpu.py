@@ -1,6 +1,6 @@
 """Issue 9's accelerator goals, measured on whatever backend JAX runs on (a GPU when one is lent).
 
-    python -m benchmarks.gpu --json /tmp/gpu.json                   # the run (~6 min on an H200, mostly compiling)
+    python -m benchmarks.gpu --json /tmp/gpu.json                   # the run (minutes, mostly compiling)
     python -m benchmarks.gpu --json /tmp/gpu.json --smoke --no-peer  # tiny sizes, every key (the test)
 
 Keys (GOALS below), each a ratio taken in one run:

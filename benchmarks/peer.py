@@ -27,7 +27,7 @@ class PeerUnavailable(RuntimeError):
 
 
 def ensure_venv(setup: bool) -> Path:
-    """The peer venv's python; with `setup`, run setup.sh first (idempotent, ~1 min the first time)."""
+    """The peer venv's python; with `setup`, run setup.sh first (idempotent; slow only the first time)."""
     python = VENV / "bin" / "python"
     if setup:
         done = subprocess.run(["bash", str(PEER_DIR / "setup.sh")], capture_output=True, text=True,

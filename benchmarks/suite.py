@@ -1,6 +1,6 @@
 """lnscope's headline speed figures, each a ratio taken in one run (see benchmarks/README.md).
 
-    python -m benchmarks --json benchmarks/results/latest.json     # the full run (~8 min on 2 cores)
+    python -m benchmarks --json benchmarks/results/latest.json     # the full run (minutes)
     python -m benchmarks --smoke --no-peer --json /tmp/smoke.json  # tiny sizes: every key, no measurement
 
 Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over
@@ -160,8 +160,8 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
     # Diagnostic, not a headline key: the rate of the step's own FFN product, (B·T × d)·(d × 4d). On
     # XLA's CPU runtime it is a single core's (too small to be split over threads), while the
     # floor's large matmul uses every core: the gap between the two rates is most of flop_floor_ratio.
-    # A call's time includes its dispatch (tens of µs), so this understates the kernel's own rate: in
-    # the 18-layer step's trace the same product ran at ~231 GFLOP/s against 207 here (2026-12-02).
+    # A call's time includes its dispatch, so this understates the kernel's own rate (a trace of the
+    # step shows the product alone).
     step_rate = matmul_rate(4 * sizes.d_model, repeats=31, k=sizes.d_model, m=sizes.batch * sizes.seq)
     out["step_matmul_gflops"] = step_rate / 1e9
     for depth in sizes.depths:
@@ -417,7 +417,7 @@ print(json.dumps({{"rows": len(df), "finite": bool(np.isfinite(df["value"]).all(
 
 def _rss_code(kind: str, layers: int, sizes: Sizes, pcfg: str) -> str:
     # VmHWM (the peak of this process's own address space) rather than ru_maxrss, which a child
-    # inherits from its parent across fork + exec (it read the benchmark's 3.4 GiB in every child).
+    # inherits from its parent across fork + exec (every child would report the benchmark's own peak).
     return f"""
 import json
 import jax

@@ -271,9 +271,8 @@ class TaskData:
 
     def batch(self, arrays: Arrays, key: jax.Array, split: str = "train") -> dict[str, jax.Array]:
         """One batch of `cfg.batch_size` sequences in the layout of the model's arch."""
-        # Non-partitionable threefry (as models.init_state): the same generator, but XLA CPU compiles
-        # its kernels ~2x faster (measured 2.5 s -> 1.2 s for a copy batch); batches are per seed,
-        # so nothing is lost under a sharded seed axis.
+        # Non-partitionable threefry (as models.init_state): the same generator, with kernels that XLA
+        # CPU compiles faster; batches are per seed, so nothing is lost under a sharded seed axis.
         with jax.threefry_partitionable(False):
             k_seq, k_layout = jax.random.split(key)
             out = self.task.sample(self.cfg, self.symbols, arrays, k_seq, self.cfg.batch_size, split)

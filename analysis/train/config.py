@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
-from analysis.train.fields import check_int, check_names, check_number, program_key, runtime_field
+from analysis.train.fields import (
+    check_int,
+    check_names,
+    check_number,
+    program_key,
+    runtime_field,
+)
 from analysis.train.optim import OptimConfig
 from analysis.train.tasks import TaskConfig
 from models import ModelConfig

@@ -233,9 +233,9 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
     started_as = _started_mode(folder)
-    if started_as is not None and vmap_seeds is None and devices is None and len(cfg.seeds) > 1:
-        if started_as == "vmapped" or jax.process_count() == 1:
-            mode = started_as  # a resumed run goes on as it started: its numbers are the uninterrupted run's
+    resumable = started_as == "vmapped" or (started_as == "per_seed" and jax.process_count() == 1)
+    if resumable and vmap_seeds is None and devices is None and len(cfg.seeds) > 1:
+        mode = started_as  # a resumed run goes on as it started: its numbers are the uninterrupted run's
 
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)

@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.identity import (COMPUTE_ROOMS, canonical, canonical_json, code_fingerprint, content_id, file_digest,
-                               source_fingerprint)
+from analysis.identity import (
+    COMPUTE_ROOMS,
+    canonical,
+    canonical_json,
+    code_fingerprint,
+    content_id,
+    file_digest,
+    source_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

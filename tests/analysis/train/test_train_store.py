@@ -116,31 +116,49 @@ def finished_vmapped(tmp_path_factory):
     return out, train(_cfg(), out, vmap_seeds=True)
 
 
-@pytest.mark.parametrize("mode", ["per_seed", "vmapped"])
-def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(mode, finished, finished_vmapped, tmp_path):
-    out, r = finished if mode == "per_seed" else finished_vmapped
-    assert r.info["seed_programs"] == mode
+def _killed_at_step_2(out, r, tmp_path):
+    """A copy of finished run `r` as a kill after its checkpoint at step 2 leaves it: no results, later
+    checkpoints unwritten, the partial rows of step 2 (here: a superset), an atomic write's temporary
+    file, and started.json saying how its seeds were computed."""
     killed = tmp_path / r.run_id
     shutil.copytree(out / r.run_id, killed)
-    # What a kill after the checkpoint at step 2 leaves: no results, later checkpoints unwritten,
-    # an atomic write's temporary file and an orbax temporary folder.
     for name in ("run.json", "curves.parquet", "probes.parquet"):
         (killed / name).unlink()
     for step in ("4", "6"):
         shutil.rmtree(killed / "checkpoints" / step)
-    # The partial rows an interrupted run had written at its step-2 checkpoint (here: a superset).
     store.write_partial(killed, r.curves, r.probes, 2)
     (killed / ".curves.parquet.abc123.tmp").write_bytes(b"half a parquet")
-    # what the run wrote when it started (a kill leaves it): how its seeds were computed
-    store.write_started(killed, {"run_id": r.run_id, "config": to_dict(r.config), "seed_programs": mode})
+    store.write_started(killed, {"run_id": r.run_id, "config": to_dict(r.config),
+                                 "seed_programs": r.info["seed_programs"]})  # fmt: skip
+    return killed
+
+
+@pytest.mark.parametrize("mode", ["per_seed", "vmapped"])
+def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(mode, finished, finished_vmapped, tmp_path):
+    out, r = finished if mode == "per_seed" else finished_vmapped
+    assert r.info["seed_programs"] == mode
+    killed = _killed_at_step_2(out, r, tmp_path)
     # the default mode continues the run the way it started (a vmapped run, too, on this CPU), so the
     # resumed numbers are the uninterrupted run's bit for bit
     resumed = train(_cfg(), tmp_path)
     assert resumed.run_id == r.run_id and resumed.info["seed_programs"] == mode
     assert resumed.info["resumed_from"] == 2 and not resumed.skipped
+    assert "seed_programs_before_resume" not in resumed.info
     pd.testing.assert_frame_equal(resumed.curves, r.curves, check_exact=True)
     pd.testing.assert_frame_equal(resumed.probes, r.probes, check_exact=True)
     assert not list(killed.rglob("*.tmp")) and not (killed / "partial").exists()
+
+
+def test_a_run_resumed_the_other_way_agrees_to_rounding_and_says_how_it_started(finished, tmp_path):
+    out, r = finished
+    _killed_at_step_2(out, r, tmp_path)
+    resumed = train(_cfg(), tmp_path, vmap_seeds=True)  # asked for explicitly: the run goes on vmapped
+    assert resumed.run_id == r.run_id and resumed.info["resumed_from"] == 2
+    assert (resumed.info["seed_programs"], resumed.info["seed_programs_before_resume"]) == ("vmapped", "per_seed")
+    for kind in ("curves", "probes"):
+        a, b = getattr(resumed, kind), getattr(r, kind)
+        pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"))
+        np.testing.assert_allclose(a["value"], b["value"], rtol=MODES_RTOL, atol=MODES_ATOL)
 
 
 def test_a_stored_vmapped_run_is_read_back_by_the_default(finished_vmapped):

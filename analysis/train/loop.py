@@ -259,9 +259,10 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     if folder is not None:
         if _writer():
             store.remove_leftovers(folder)
-            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info,
-                                         "seed_programs": started_as or mode})  # fmt: skip
         saved = checkpoint.steps(folder)
+        if _writer():  # how the checkpointed states were computed: what a resume continues by default
+            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info,
+                                         "seed_programs": started_as if saved and started_as else mode})  # fmt: skip
         if saved:
             start = saved[-1]
             _, abstract = abstract_states(cfg, shardings[0])

@@ -1,13 +1,21 @@
-"""Results on disk: a tidy parquet plus a JSON of its configuration, each written atomically."""
+"""Results on disk: a tidy parquet plus a JSON of its configuration, each written atomically, and the
+environment stored beside them. (What a result is named by: analysis.identity.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import flax
+import jax
+import jaxlib
+import numpy
+import optax
 import pandas as pd
 
 
@@ -41,25 +49,6 @@ def read_run(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.read_parquet(path), json.loads(path.with_suffix(".json").read_text())
 
 
-COMPUTE_ROOMS: tuple[str, ...] = ("models", "analysis/probe", "analysis/train")
-
-
-def source_fingerprint(rooms: tuple[str, ...] = COMPUTE_ROOMS) -> str:
-    """Hash of the Python sources of `rooms` (folders relative to the repository root).
-
-    Stored results are reused only when this matches (the init atlas, the experiments' jobs): a result
-    store keyed by configuration alone would silently serve numbers that an earlier version of a
-    model or probe computed. The default rooms are the ones every stored number passes through.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(p for room in rooms for p in (root / room).rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def environment() -> dict[str, Any]:
     """Where a result was computed: library versions, devices, host, and the git commit (if any).
 
@@ -67,15 +56,6 @@ def environment() -> dict[str, Any]:
     traced to the code and machine that made it. The commit is None outside a git checkout, and
     `dirty` says whether tracked files differed from it.
     """
-    import platform
-    import subprocess
-
-    import flax
-    import jax
-    import jaxlib
-    import numpy
-    import optax
-
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,

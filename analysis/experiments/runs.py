@@ -9,7 +9,7 @@ Admin's depth sweeps) share one computation. The variant label and extra columns
 not part of its hash: they are attached to the shared rows on the way out.
 
 The hash covers the configuration and the source of the rooms every job computes through (models/,
-analysis/probe/, analysis/train/: `analysis.io.source_fingerprint`), so a changed model or probe never
+analysis/probe/, analysis/train/: `analysis.identity.code_fingerprint`), so a changed model or probe never
 serves stale numbers from a store. A job class whose own computation lives in its experiment module
 (Xu's backward measurement, the training runs' rows) carries a `version` in its spec, bumped when
 that computation changes.
@@ -27,9 +27,6 @@ Store layout (optional; `store=None` keeps results in memory only):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import functools
-import json
 import multiprocessing
 import os
 import signal
@@ -43,7 +40,8 @@ from typing import Any, Protocol, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from analysis.io import environment, read_run, source_fingerprint, write_run
+from analysis.identity import code_fingerprint, content_id
+from analysis.io import environment, read_run, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
 from analysis.runtime import STREAMS_VAR, available_cores, default_workers, pin_workers, release_compiled_if_crowded, worker_cpus
@@ -64,22 +62,13 @@ class Job(Protocol):
     def compute(self) -> pd.DataFrame: ...
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """`analysis.io.source_fingerprint()` as this process first read it (when this module was imported):
-    the code this process runs. A source edited during a long run must not have this process' numbers
-    stored under the edited code's key."""
-    return source_fingerprint()
-
-
-code_fingerprint()
+code_fingerprint()  # read when this module is imported: the code this process runs
 
 
 def job_key(job: Job) -> str:
     """Hash of everything that determines a job's numbers (not its label): its spec and the source of
     the code that computes it (`code_fingerprint`: models/, analysis/probe/, analysis/train/)."""
-    text = json.dumps({"spec": job.spec(), "code": code_fingerprint()}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_id({"spec": job.spec(), "code": code_fingerprint()})
 
 
 @dataclass(frozen=True)

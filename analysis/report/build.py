@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
 from analysis.runtime import check_environment, release_compiled
 from analysis.report import init_report
@@ -121,16 +121,12 @@ def _settings_text(experiment: Any, preset: str) -> str:
 
 def source_digest() -> str:
     """Hash of lnscope's own source (models/ and analysis/): any code change redraws every figure."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[2]
-    for path in sorted([*(root / "models").rglob("*.py"), *(root / "analysis").rglob("*.py")]):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_fingerprint(("models", "analysis"))
 
 
 def figure_key(data: Path, source: str) -> str:
     """What a section's figures depend on: its data file and the code that draws them."""
-    return hashlib.sha256(Path(data).read_bytes() + source.encode()).hexdigest()[:16]
+    return content_id({"data": file_digest(data), "code": source})
 
 
 def _cached_figures(out: Path, key: str, section: str) -> tuple[RenderedFigure, ...] | None:

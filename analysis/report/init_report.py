@@ -10,7 +10,6 @@ settings reuses it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 
 from analysis.report import figures
 from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs, run_jobs
+from analysis.identity import content_id
 from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES
 from matplotlib.figure import Figure
@@ -194,7 +194,7 @@ class AtlasSettings:
                 "code": code_fingerprint()}  # fmt: skip
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.meta(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return content_id(self.meta())
 
 
 def is_stored_study(settings: AtlasSettings, path: Path) -> bool:

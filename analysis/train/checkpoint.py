@@ -21,6 +21,8 @@ import flax.nnx as nnx
 import jax
 import orbax.checkpoint as ocp
 
+from analysis.train.config import from_dict
+from analysis.train.step import abstract_states
 from analysis.train.store import CHECKPOINTS, read_meta
 
 
@@ -79,9 +81,6 @@ def load_model(run_folder: Path | str, step: int | None = None, seed: int | None
     The model is `build_model(cfg.model, seed)` after `step` updates; probe it with
     `analysis.probe.probe_model(model, batch, seed=seed)`.
     """
-    from analysis.train.config import from_dict
-    from analysis.train.step import abstract_states
-
     run_folder = Path(run_folder)
     cfg = from_dict(read_meta(run_folder)["config"])
     available = steps(run_folder)

@@ -18,19 +18,20 @@ import sys
 
 from analysis.options import add_dataclass_options, add_model_options, dataclass_from_args
 from analysis.probe.probes import PROBES
+from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
+from analysis.train.loop import train
+from analysis.train.optim import SCHEDULES
+from analysis.train.sweep import load_sweep, run_sweep
+from analysis.train.tasks import TASKS
+from models import ModelConfig
 
 
 def _choices() -> dict:
-    from analysis.train.optim import SCHEDULES
-    from analysis.train.tasks import TASKS
-
     return {"task": {"name": tuple(TASKS)}, "optim": {"schedule": tuple(SCHEDULES)},
             "train": {"probes": tuple(PROBES), "expensive_probes": tuple(PROBES)}}  # fmt: skip
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
-
     choices = _choices()
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (CPU: a program each, one per core at once; accelerators: vmapped together)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed")
@@ -49,8 +50,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 def _add_seed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vmap-seeds", action=argparse.BooleanOptionalAction, default=None,
                         help="seeds vmapped together (--vmap-seeds) or a program each (--no-vmap-seeds); default: "
-                             "a program each on a one-device CPU, vmapped elsewhere, or as a run already in --out was "
-                             "computed. Part of a run's id (analysis.train.seeds)")  # fmt: skip
+                             "a program each on a one-device CPU, vmapped elsewhere, or as an unfinished run in --out "
+                             "started. Not part of a run's id: the two agree to float rounding "
+                             "(analysis.train.seeds)")  # fmt: skip
     parser.add_argument("--streams", type=int, default=None,
                         help="per-seed programs run at once on threads (default: $LNSCOPE_STREAMS, else one per "
                              "core on a CPU); changes no number")  # fmt: skip
@@ -58,9 +60,6 @@ def _add_seed_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of parsed `lnscope train` options."""
-    from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
-    from models import ModelConfig
-
     if args.seeds < 1 or args.seed_start < 0:
         raise ValueError(f"--seeds must be >= 1 and --seed-start >= 0, got {args.seeds} and {args.seed_start}")
     return dataclass_from_args(
@@ -73,8 +72,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from analysis.train.loop import train
-
     cfg = config_from_args(args)
     result = train(cfg, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
     curves = result.curves
@@ -90,8 +87,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from analysis.train.sweep import load_sweep, run_sweep
-
     sweep = load_sweep(args.file)  # parsed and validated before any compute
     table = run_sweep(sweep, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
     with_text = table.drop(columns=["folder"]).to_string(index=False)

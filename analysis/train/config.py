@@ -1,10 +1,13 @@
-"""Training configuration: three frozen, validated dataclasses and the one that holds them.
+"""Training configuration: the run (TrainConfig) and the configs it holds.
 
     TrainConfig(model=ModelConfig(...), task=TaskConfig(...), optim=OptimConfig(...), steps=..., seeds=...)
 
-Everything that changes a result is a field here, so a run's folder can be named by a hash of the
-whole config (analysis.train.store). Every value is checked in `__post_init__`, before any compute:
-an unknown name is a ValueError that lists the valid choices.
+TaskConfig lives with the task registry (analysis.train.tasks), OptimConfig with the schedules
+(analysis.train.optim); both are re-exported here. Everything that changes a result is a field, so a
+run's folder is named by a hash of the config (analysis.train.store.config_hash). Fields declared
+with `runtime_field` never enter a compiled program (analysis.train.fields): runs that differ only in
+them share one (`TrainConfig.program_key`). Every value is checked in `__post_init__`, before any
+compute: an unknown name is a ValueError that lists the valid choices.
 """
 
 from __future__ import annotations
@@ -13,152 +16,21 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
+from analysis.train.fields import (
+    check_int,
+    check_names,
+    check_number,
+    program_key,
+    runtime_field,
+)
+from analysis.train.optim import OptimConfig
+from analysis.train.tasks import TaskConfig
 from models import ModelConfig
 
-
-def _registry(kind: str) -> tuple[str, ...]:
-    # Imported here, not at module top: the registries' modules import this one for type hints.
-    if kind == "task":
-        from analysis.train.tasks import TASKS
-
-        return tuple(TASKS)
-    from analysis.train.optim import SCHEDULES
-
-    return tuple(SCHEDULES)
-
-
-def _choice(name: str, value: object, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
-
-
-def _int(name: str, value: object, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _number(name: str, value: object, low: float | None = None, high: float | None = None, *,
-            low_open: bool = False, high_open: bool = False) -> None:  # fmt: skip
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
-
-
-def _names(name: str, value: object, valid: Mapping[str, Any] | tuple[str, ...]) -> None:
-    if isinstance(value, str) or not isinstance(value, tuple):
-        raise ValueError(f"{name} must be a tuple of names, got {value!r}; valid choices: {', '.join(valid)}")
-    unknown = [v for v in value if v not in valid]
-    if unknown:
-        raise ValueError(f"unknown {name} {unknown}; valid choices: {', '.join(valid)}")
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """The data: a task from `analysis.train.tasks.TASKS`, its sizes and its fixed randomness.
-
-    Attributes:
-        name: copy | reverse | sort (sequence-to-sequence), markov | charlm (language modelling).
-        vocab: content symbols of copy/reverse/sort/markov; None = as many as the model's vocab allows
-            (copy/reverse/sort reserve 2 ids for padding and the separator, an encoder's LM task 1 mask id).
-            charlm takes its symbols from the corpus (leave None).
-        length: source length of copy/reverse/sort (the maximum when min_length is set).
-        min_length: shortest source of copy/reverse/sort (lengths uniform in [min_length, length],
-            padded); None = every source has `length` symbols.
-        noise: copy/reverse/sort label noise: each target symbol is replaced by a uniformly random one
-            with this probability (the loss floor is then the noise's entropy, reported).
-        seq_len: window length (tokens) of markov and charlm.
-        batch_size: sequences per training step (per seed).
-        corpus: charlm's UTF-8 text file; None = the standard library's `pydoc_data.topics`.
-        val_fraction: charlm: the last fraction of the corpus is the validation split.
-        data_seed: seed of what is fixed across model seeds: the Markov chain's transition matrix and
-            every validation batch. Training batches come from each model seed.
-        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)): larger = more
-            predictable (lower entropy rate).
-        mlm_rate: encoder arch with markov/charlm: the fraction of tokens masked and predicted (BERT's).
-    """
-
-    name: str = "markov"
-    vocab: int | None = None
-    length: int = 16
-    min_length: int | None = None
-    noise: float = 0.0
-    seq_len: int = 64
-    batch_size: int = 8
-    corpus: str | None = None
-    val_fraction: float = 0.1
-    data_seed: int = 0
-    markov_sharpness: float = 2.0
-    mlm_rate: float = 0.15
-
-    def __post_init__(self) -> None:
-        _choice("task", self.name, _registry("task"))
-        if self.vocab is not None:
-            if self.name == "charlm":
-                raise ValueError("vocab is set by the corpus for task 'charlm'; leave it None")
-            _int("vocab", self.vocab, 2)
-        _int("length", self.length)
-        if self.min_length is not None:
-            _int("min_length", self.min_length)
-            if self.min_length > self.length:
-                raise ValueError(f"min_length={self.min_length} > length={self.length}")
-        _number("noise", self.noise, 0.0, 1.0, high_open=True)
-        _int("seq_len", self.seq_len, 2)
-        _int("batch_size", self.batch_size)
-        _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        _int("data_seed", self.data_seed, 0)
-        _number("markov_sharpness", self.markov_sharpness, 0.0)
-        _number("mlm_rate", self.mlm_rate, 0.0, 1.0, low_open=True)
-        if self.corpus is not None:
-            if self.name != "charlm":
-                raise ValueError(f"corpus is only read by task 'charlm', got task {self.name!r}")
-            path = Path(self.corpus)
-            if not path.is_file():
-                raise ValueError(f"corpus {self.corpus!r} is not a readable file")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with a learning-rate schedule and optional global-norm clipping (optax).
-
-    Attributes:
-        lr: peak learning rate.
-        schedule: inverse_sqrt (linear warm-up, then lr·sqrt(warmup/step): the papers'), constant
-            (after an optional linear warm-up), cosine (linear warm-up, then cosine decay to 0).
-        warmup_steps: linear warm-up length; 0 = none (inverse_sqrt needs >= 1).
-        b1, b2, eps: Adam's moment decays and epsilon (b2 = 0.98 and eps = 1e-8 as in fairseq's
-            Transformer recipes, the papers' setting).
-        weight_decay: AdamW's decoupled weight decay, applied to every parameter.
-        clip_norm: clip the gradient's global norm to this value before Adam; None = no clipping.
-    """
-
-    lr: float = 1e-3
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    clip_norm: float | None = None
-
-    def __post_init__(self) -> None:
-        _number("lr", self.lr, 0.0, low_open=True)
-        _choice("schedule", self.schedule, _registry("schedule"))
-        _int("warmup_steps", self.warmup_steps, 0)
-        if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
-            raise ValueError("schedule 'inverse_sqrt' needs warmup_steps >= 1 (lr·sqrt(warmup/step) after it)")
-        _number("b1", self.b1, 0.0, 1.0, high_open=True)
-        _number("b2", self.b2, 0.0, 1.0, high_open=True)
-        _number("eps", self.eps, 0.0)
-        _number("weight_decay", self.weight_decay, 0.0)
-        if self.clip_norm is not None:
-            _number("clip_norm", self.clip_norm, 0.0, low_open=True)
+__all__ = ["OptimConfig", "TaskConfig", "TrainConfig", "from_dict", "to_dict"]
 
 
 @dataclass(frozen=True)
@@ -196,34 +68,35 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 200
-    seeds: tuple[int, ...] = (0,)
-    probe_every: int = 25
-    probes: tuple[str, ...] = CHEAP_PROBES
-    expensive_probes: tuple[str, ...] = ()
-    expensive_probe_every: int = 0
+    # runtime fields: arguments of the compiled program (Runtime, the seeds) or read by the host loop
+    steps: int = runtime_field(200)
+    seeds: tuple[int, ...] = runtime_field((0,))
+    probe_every: int = runtime_field(25)
+    probes: tuple[str, ...] = runtime_field(CHEAP_PROBES)
+    expensive_probes: tuple[str, ...] = runtime_field(())
+    expensive_probe_every: int = runtime_field(0)
     cka_tokens: int | None = STEP_PROBES.cka_tokens
     cka_null: str = STEP_PROBES.cka_null
-    eval_every: int = 50
-    eval_batches: int = 4
-    loss_ceiling: float | None = None
-    checkpoint_every: int = 0
+    eval_every: int = runtime_field(50)
+    eval_batches: int = runtime_field(4)
+    loss_ceiling: float | None = runtime_field(None)
+    checkpoint_every: int = runtime_field(0)
 
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("task", TaskConfig), ("optim", OptimConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-        _int("steps", self.steps)
+        check_int("steps", self.steps)
         if isinstance(self.seeds, (str, int)) or not isinstance(self.seeds, tuple) or not self.seeds:
             raise ValueError(f"seeds must be a non-empty tuple of integers, got {self.seeds!r}")
         for s in self.seeds:
-            _int("seed", s, 0)
+            check_int("seed", s, 0)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds contain duplicates: {self.seeds}")
         for name in ("probe_every", "expensive_probe_every", "eval_every", "checkpoint_every"):
-            _int(name, getattr(self, name), 0)
-        _names("probes", self.probes, PROBES)
-        _names("expensive_probes", self.expensive_probes, PROBES)
+            check_int(name, getattr(self, name), 0)
+        check_names("probes", self.probes, PROBES)
+        check_names("expensive_probes", self.expensive_probes, PROBES)
         self.probe_config(self.probes + self.expensive_probes)  # validates cka_tokens and cka_null
         if self.expensive_probes:
             if self.probe_every == 0 or self.expensive_probe_every == 0 or self.expensive_probe_every % self.probe_every:
@@ -231,9 +104,9 @@ class TrainConfig:
                     f"expensive_probe_every={self.expensive_probe_every} must be a positive multiple of "
                     f"probe_every={self.probe_every} when expensive_probes are given"
                 )
-        _int("eval_batches", self.eval_batches)
+        check_int("eval_batches", self.eval_batches)
         if self.loss_ceiling is not None:
-            _number("loss_ceiling", self.loss_ceiling, 0.0, low_open=True)
+            check_number("loss_ceiling", self.loss_ceiling, 0.0, low_open=True)
         if self.optim.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps={self.optim.warmup_steps} is longer than the run (steps={self.steps})")
         if self.model.dropout > 0 and self.probe_every:
@@ -246,6 +119,11 @@ class TrainConfig:
     def probe_config(self, probes: tuple[str, ...]) -> ProbeConfig:
         """The ProbeConfig of a probe step that runs `probes` (this run's CKA settings)."""
         return ProbeConfig(probes=tuple(probes), cka_tokens=self.cka_tokens, cka_null=self.cka_null)
+
+    def program_key(self) -> tuple:
+        """What shapes this run's compiled program: every field but the runtime fields, nested configs
+        included (analysis.train.fields.program_key). Runs with equal keys share one compiled program."""
+        return program_key(self)
 
     @property
     def ceiling(self) -> float:

@@ -38,6 +38,7 @@ class Corpus:
 def read_text(path: str | None) -> tuple[str, str]:
     """(text, source) of the corpus; ValueError for an unreadable, empty or non-UTF-8 file."""
     if path is None:
+        # imported here: most runs never read its 0.8 MB of text
         from pydoc_data.topics import topics
 
         return "\n".join(topics[k] for k in sorted(topics)), DEFAULT_CORPUS

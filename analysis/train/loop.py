@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from analysis.io import environment
 from analysis.probe.tidy import to_frame
@@ -138,8 +140,6 @@ class _Pipeline:
         self.dead: frozenset[int] = frozenset()  # seed indices whose fetched alive flag is False
         self.bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=steps, initial=start, desc=f"train {run_id[:8]}", unit="step", leave=False)
 
     def _fetch(self, kind: str, step: int, n: int, outputs: Any) -> None:
@@ -178,8 +178,6 @@ def _to_host(tree: Any) -> Any:
     """Numpy copies of (possibly sharded) device arrays; across hosts, gathered from every process."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -213,9 +211,10 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             the number of seeds is used). Giving them chooses vmapped seeds.
         progress: show a tqdm bar over the steps.
         vmap_seeds: True: seeds vmapped together; False: a program per seed; None: the platform's
-            default (above), or the way a run of this config already in `out` was computed (so a
-            store started elsewhere or earlier is read back or resumed, not redone). Part of the
-            run's identity: the two differ by float rounding.
+            default (above), or, resuming an unfinished run, the way it started (so it resumes to
+            the uninterrupted run's numbers). Not part of the run's identity: the two agree to float
+            rounding, and a finished run in `out` is read back whichever way it was computed
+            (`info["seed_programs"]` records how).
         streams: per-seed programs run at once on threads (default: analysis.runtime.default_streams,
             one per core on a CPU). Changes no number.
 
@@ -228,18 +227,15 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
         raise ValueError(f"streams must be an integer >= 1, got {streams!r}")
     data = prepare(cfg.task, cfg.model)
-    run_id = store.config_hash(cfg, data.fingerprint, seed_programs=mode)
+    run_id = store.config_hash(cfg, data.fingerprint)
     folder = None if out is None else Path(out) / run_id
-    if folder is not None and vmap_seeds is None and devices is None and not folder.exists():
-        # the default continues what the store holds: a run of this config computed the other way
-        # (on another platform, or before per-seed programs) is read back or resumed, not redone
-        other = "vmapped" if mode == "per_seed" else "per_seed"
-        stored = Path(out) / store.config_hash(cfg, data.fingerprint, seed_programs=other)
-        if len(cfg.seeds) > 1 and stored.exists() and (other == "vmapped" or jax.process_count() == 1):
-            mode, run_id, folder = other, stored.name, stored
     if folder is not None and store.is_finished(folder):
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
+    started_as = _started_mode(folder)
+    resumable = started_as == "vmapped" or (started_as == "per_seed" and jax.process_count() == 1)
+    if resumable and vmap_seeds is None and devices is None and len(cfg.seeds) > 1:
+        mode = started_as  # a resumed run goes on as it started: its numbers are the uninterrupted run's
 
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
@@ -263,8 +259,10 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
     if folder is not None:
         if _writer():
             store.remove_leftovers(folder)
-            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info})
         saved = checkpoint.steps(folder)
+        if _writer():  # how the checkpointed states were computed: what a resume continues by default
+            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info,
+                                         "seed_programs": started_as if saved and started_as else mode})  # fmt: skip
         if saved:
             start = saved[-1]
             _, abstract = abstract_states(cfg, shardings[0])
@@ -316,13 +314,23 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "resumed_from": start or None,
         "stopped_early": pipe.all_diverged,
         "devices": n_devices,
-        "seed_programs": mode,
+        "seed_programs": mode,  # how the seeds were computed: information, not part of the run's id
         "streams": ex.streams,
     }
+    if start and started_as not in (None, mode):
+        info["seed_programs_before_resume"] = started_as
     result = TrainResult(cfg, run_id, status, diverged, curves, probes, info, folder)
     if folder is not None and _writer():
         store.write_finished(folder, curves, probes, _meta(result))
     return result
+
+
+def _started_mode(folder: Path | None) -> str | None:
+    """How the seeds of an unfinished run in `folder` were computed when it started (its started.json),
+    None for a new run."""
+    if folder is None or not (folder / store.STARTED).is_file():
+        return None
+    return store.read_meta(folder).get("seed_programs")
 
 
 def _concat_probes(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -12,16 +12,54 @@ Warm-up is linear and reaches η at the last warm-up update: η_s = η·(s+1)/w 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-if TYPE_CHECKING:
-    from analysis.train.config import OptimConfig
+from analysis.train.fields import check_choice, check_int, check_number, runtime_field
 
 Schedule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a learning-rate schedule and optional global-norm clipping (optax).
+
+    Attributes:
+        lr: peak learning rate.
+        schedule: inverse_sqrt (linear warm-up, then lr·sqrt(warmup/step): the papers'), constant
+            (after an optional linear warm-up), cosine (linear warm-up, then cosine decay to 0).
+        warmup_steps: linear warm-up length; 0 = none (inverse_sqrt needs >= 1).
+        b1, b2, eps: Adam's moment decays and epsilon (b2 = 0.98 and eps = 1e-8 as in fairseq's
+            Transformer recipes, the papers' setting).
+        weight_decay: AdamW's decoupled weight decay, applied to every parameter.
+        clip_norm: clip the gradient's global norm to this value before Adam; None = no clipping.
+    """
+
+    lr: float = runtime_field(1e-3)  # Hyper: an argument of the compiled step
+    schedule: str = "constant"
+    warmup_steps: int = runtime_field(0)  # Hyper
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_number("lr", self.lr, 0.0, low_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
+            raise ValueError("schedule 'inverse_sqrt' needs warmup_steps >= 1 (lr·sqrt(warmup/step) after it)")
+        check_number("b1", self.b1, 0.0, 1.0, high_open=True)
+        check_number("b2", self.b2, 0.0, 1.0, high_open=True)
+        check_number("eps", self.eps, 0.0)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        if self.clip_norm is not None:
+            check_number("clip_norm", self.clip_norm, 0.0, low_open=True)
 
 
 class Hyper(NamedTuple):
@@ -33,7 +71,7 @@ class Hyper(NamedTuple):
     total: jax.Array
 
     @classmethod
-    def of(cls, o: "OptimConfig", total: int) -> "Hyper":
+    def of(cls, o: OptimConfig, total: int) -> "Hyper":
         f = lambda x: jnp.asarray(x, jnp.float32)
         return cls(f(o.lr), f(o.warmup_steps), f(total))
 
@@ -69,12 +107,12 @@ def scheduled_lr(step: jax.Array | int, schedule: str, hyper: Hyper) -> jax.Arra
     return SCHEDULES[schedule](s, hyper.lr, hyper.warmup, hyper.total).astype(jnp.float32)
 
 
-def learning_rate(step: jax.Array | int, o: "OptimConfig", total: int) -> jax.Array:
+def learning_rate(step: jax.Array | int, o: OptimConfig, total: int) -> jax.Array:
     """η_s of `o.schedule` for update index `step` of a `total`-step run."""
     return scheduled_lr(step, o.schedule, Hyper.of(o, total))
 
 
-def make_optimizer(o: "OptimConfig") -> optax.GradientTransformation:
+def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     """optax AdamW(b1, b2, eps, weight_decay) at unit learning rate, after clip_by_global_norm if set.
 
     The schedule's η_s multiplies the result (`adamw_updates`): AdamW's update

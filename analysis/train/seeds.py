@@ -11,8 +11,9 @@ axis; they differ in how long that axis is:
 
 A seed's numbers under per_seed are those of the seed trained alone, bit for bit, whichever seeds
 ran beside it and however many streams ran them. Vmapped seeds differ from them by float rounding
-(batched matmuls sum in another order), which training amplifies over the updates; so the mode is
-part of a run's identity (analysis.train.store.config_hash) and a store never mixes the two for a run.
+(batched matmuls sum in another order), which training amplifies over the updates. The mode is how
+a run is computed, not what: it is not part of the run's id (analysis.train.store.config_hash), and
+run.json records it (`info["seed_programs"]`).
 
 The loop holds `states` in the executor's own form (one seed-stacked TrainState, or a list of
 one-seed TrainStates) and asks it for seed-stacked arrays where it needs them: checkpoints, the

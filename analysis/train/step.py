@@ -199,25 +199,25 @@ class Program:
         return self._probed[probes]
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_program(cfg: TrainConfig, data: TaskData) -> Program:
-    return Program(cfg, data)
+PROGRAMS_KEPT = 16  # Programs cached at most (the least recently used is dropped)
+_PROGRAMS: dict[tuple, Program] = {}  # (program key, data) -> Program; insertion order = recency
 
 
 def program(cfg: TrainConfig, data: TaskData) -> Program:
     """The Program of `cfg` on prepared `data` (cached).
 
-    Configs that differ only in seeds or Runtime numbers (lr, warm-up, steps, ceiling, eval batches)
-    share it and compile once (a different number of seeds changes shapes, so it retraces). The CKA
-    settings (cka_tokens, cka_null) stay in the key: they change the probed step's program.
+    Configs with one `cfg.program_key()` share it and compile once: they differ only in runtime
+    fields (analysis.train.fields: the seeds, the Runtime numbers lr, warm-up, steps, ceiling, eval
+    batches, and the host's probe/eval/checkpoint schedule), which no compiled function reads from
+    `cfg` (a different number of seeds changes shapes, so jit retraces). The first config of a key
+    builds the Program; the CKA settings stay in the key: they change the probed step's program.
     """
-    inverse_sqrt = cfg.optim.schedule == "inverse_sqrt"
-    key = cfg.replace(**{
-        "seeds": (0,), "steps": 1, "optim.lr": 1.0, "optim.warmup_steps": int(inverse_sqrt), "loss_ceiling": 1.0,
-        "eval_batches": 1, "probe_every": 0, "probes": (), "expensive_probes": (), "expensive_probe_every": 0,
-        "eval_every": 0, "checkpoint_every": 0,
-    })  # fmt: skip
-    return _cached_program(key, data)
+    key = (cfg.program_key(), data)
+    prog = _PROGRAMS.pop(key, None) or Program(cfg, data)
+    _PROGRAMS[key] = prog
+    while len(_PROGRAMS) > PROGRAMS_KEPT:
+        del _PROGRAMS[next(iter(_PROGRAMS))]
+    return prog
 
 
 def seed_sharding(n_seeds: int, devices: list | None = None) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding] | None:

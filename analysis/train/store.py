@@ -1,4 +1,4 @@
-"""The results store: one folder per run, named by a hash of its full config.
+"""The results store: one folder per run, named by a hash of what it computes (`config_hash`).
 
     DIR/<run_id>/
         run.json          config, task info (entropies, loss floors), environment, status per seed
@@ -15,12 +15,12 @@
 
 Every file is written atomically (temporary file, then rename: analysis.io.atomic_write), so a
 killed run leaves whole files or none; its temporary leftovers are removed when the run restarts.
-Re-running a finished config reads it back instead of training.
+Re-running a finished config reads it back instead of training, whichever way its seeds were
+computed (the id names what a run computes, not how).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -29,16 +29,15 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.identity import code_fingerprint, content_id
 from analysis.io import atomic_write
 from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.train.config import TrainConfig, to_dict
-from analysis.train.seeds import MODES
 
-STORE_VERSION = 1  # bump when the meaning of stored numbers changes: old runs then get new folders
-# ModelConfig fields added after runs were stored, with their defaults: at the default they stay out
-# of the run id. scan_remat's default recomputes scanned layers on a CPU, which moves a scanned run's
-# numbers by float rounding only (as a new jaxlib does), so its runs keep their folders.
-LATER_MODEL_FIELDS = {"scan_remat": None}
+STORE_VERSION = 2  # bump when the meaning of stored numbers changes: old runs then get new folders
+# ModelConfig fields that say how the numbers are computed, not which (float rounding apart): never in a
+# run's id. compute_dtype is among them only as a field; its effect enters the id through `numerics`.
+EXECUTION_MODEL_FIELDS: tuple[str, ...] = ("compute_dtype", "unroll_layers", "scan_remat")
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
 PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
@@ -47,24 +46,30 @@ RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", 
                "warmup_steps", "steps", "status", "diverged_step", "seed_programs")  # fmt: skip
 
 
-def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "vmapped") -> str:
-    """16 hex digits of sha256 over the full config, the data's fingerprint (a custom corpus' content
-    hash), how the seeds were computed (analysis.train.seeds: "vmapped" or "per_seed"; their numbers
-    differ by float rounding amplified by training) and the store version: equal configs computed
-    alike share a folder, any change gets a new one. ("vmapped", and model fields added later at their
-    defaults (`LATER_MODEL_FIELDS`), are left out of the hashed payload, so the ids of runs stored
-    before those existed are unchanged.)"""
-    if seed_programs not in MODES:
-        raise ValueError(f"unknown seed_programs {seed_programs!r}; valid choices: {', '.join(MODES)}")
+code_fingerprint()  # read when this module is imported: the code this process runs
+
+
+def numerics_of(cfg: TrainConfig) -> dict[str, Any]:
+    """The execution choices of `cfg` that move its numbers beyond float rounding (bfloat16 compute).
+    The one adaption point for an execution plan outside the config: then its `numerics_key()`."""
+    return {"compute_dtype": getattr(cfg.model, "compute_dtype", None)}
+
+
+def config_hash(cfg: TrainConfig, fingerprint: str = "", *, numerics: dict[str, Any] | None = None) -> str:
+    """A run's id: analysis.identity.content_id of what the run computes, never of how.
+
+    In it: the config (model math, task, optimizer, steps, seeds, what is recorded), the data's
+    fingerprint (a custom corpus' content hash), `numerics` (execution choices that move numbers
+    beyond float rounding; None = `numerics_of(cfg)`), the code fingerprint
+    (analysis.identity.code_fingerprint) and STORE_VERSION. Not in it: how the seeds were computed
+    (vmapped or a program each), streams, devices, and the model's EXECUTION_MODEL_FIELDS: those
+    change numbers by float rounding only, so a run computed either way is the same run (run.json's
+    `info` records how it was computed).
+    """
     config = to_dict(cfg)
-    for name, default in LATER_MODEL_FIELDS.items():
-        if config["model"].get(name, default) == default:
-            config["model"].pop(name, None)
-    content: dict = {"config": config, "data": fingerprint, "store": STORE_VERSION}
-    if seed_programs != "vmapped":
-        content["seed_programs"] = seed_programs
-    payload = json.dumps(content, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    config["model"] = {k: v for k, v in config["model"].items() if k not in EXECUTION_MODEL_FIELDS}
+    return content_id({"config": config, "numerics": numerics_of(cfg) if numerics is None else numerics,
+                       "data": fingerprint, "code": code_fingerprint(), "store": STORE_VERSION})  # fmt: skip
 
 
 CURVE_DTYPES = {"run": object, "seed": np.int64, "step": np.int64, "quantity": object, "value": np.float64}
@@ -215,7 +220,7 @@ def load_runs(folder: Path | str, what: str = "curves", *, columns: Iterable[str
 
     Curve and probe rows carry RUN_COLUMNS (run id, task, arch, placement, norm, layers, d_model,
     lr, schedule, warmup_steps, steps, status, diverged_step, seed_programs) so figures can select
-    on them (two runs of one config computed with vmapped and with per-seed programs differ there).
+    on them (seed_programs says how a run's seeds were computed: information, not identity).
     Unfinished runs are left out.
     """
     valid = ("curves", "probes", "runs")

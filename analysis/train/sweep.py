@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from analysis.train.config import TrainConfig, _merge, from_dict, to_dict
 from analysis.train.loop import train
@@ -140,8 +141,6 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(configs), desc="sweep", unit="run")
     for cfg in configs:
         start = time.perf_counter()

@@ -26,20 +26,84 @@ own batches inside the compiled program: no host round trip per step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from analysis.probe.loss import LOSS_MASK
+from analysis.train.corpus import load_corpus
+from analysis.train.fields import check_choice, check_int, check_number
 from models import ModelConfig
-
-if TYPE_CHECKING:
-    from analysis.train.config import TaskConfig
 
 PAD, SEP, FIRST_SYMBOL = 0, 1, 2
 Arrays = dict[str, jax.Array]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The data: a task from `analysis.train.tasks.TASKS`, its sizes and its fixed randomness.
+
+    Attributes:
+        name: copy | reverse | sort (sequence-to-sequence), markov | charlm (language modelling).
+        vocab: content symbols of copy/reverse/sort/markov; None = as many as the model's vocab allows
+            (copy/reverse/sort reserve 2 ids for padding and the separator, an encoder's LM task 1 mask id).
+            charlm takes its symbols from the corpus (leave None).
+        length: source length of copy/reverse/sort (the maximum when min_length is set).
+        min_length: shortest source of copy/reverse/sort (lengths uniform in [min_length, length],
+            padded); None = every source has `length` symbols.
+        noise: copy/reverse/sort label noise: each target symbol is replaced by a uniformly random one
+            with this probability (the loss floor is then the noise's entropy, reported).
+        seq_len: window length (tokens) of markov and charlm.
+        batch_size: sequences per training step (per seed).
+        corpus: charlm's UTF-8 text file; None = the standard library's `pydoc_data.topics`.
+        val_fraction: charlm: the last fraction of the corpus is the validation split.
+        data_seed: seed of what is fixed across model seeds: the Markov chain's transition matrix and
+            every validation batch. Training batches come from each model seed.
+        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)): larger = more
+            predictable (lower entropy rate).
+        mlm_rate: encoder arch with markov/charlm: the fraction of tokens masked and predicted (BERT's).
+    """
+
+    name: str = "markov"
+    vocab: int | None = None
+    length: int = 16
+    min_length: int | None = None
+    noise: float = 0.0
+    seq_len: int = 64
+    batch_size: int = 8
+    corpus: str | None = None
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    markov_sharpness: float = 2.0
+    mlm_rate: float = 0.15
+
+    def __post_init__(self) -> None:
+        check_choice("task", self.name, TASKS)
+        if self.vocab is not None:
+            if self.name == "charlm":
+                raise ValueError("vocab is set by the corpus for task 'charlm'; leave it None")
+            check_int("vocab", self.vocab, 2)
+        check_int("length", self.length)
+        if self.min_length is not None:
+            check_int("min_length", self.min_length)
+            if self.min_length > self.length:
+                raise ValueError(f"min_length={self.min_length} > length={self.length}")
+        check_number("noise", self.noise, 0.0, 1.0, high_open=True)
+        check_int("seq_len", self.seq_len, 2)
+        check_int("batch_size", self.batch_size)
+        check_number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int("data_seed", self.data_seed, 0)
+        check_number("markov_sharpness", self.markov_sharpness, 0.0)
+        check_number("mlm_rate", self.mlm_rate, 0.0, 1.0, low_open=True)
+        if self.corpus is not None:
+            if self.name != "charlm":
+                raise ValueError(f"corpus is only read by task 'charlm', got task {self.name!r}")
+            path = Path(self.corpus)
+            if not path.is_file():
+                raise ValueError(f"corpus {self.corpus!r} is not a readable file")
 
 
 @dataclass(frozen=True)
@@ -54,7 +118,7 @@ class Task:
 # ---------------------------------------------------------------------------------------------
 # Samplers. seq2seq: (src (B, M), tgt (B, M), valid (B, M) bool); lm: windows (B, T) int32.
 # ---------------------------------------------------------------------------------------------
-def _source(cfg: "TaskConfig", symbols: int, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+def _source(cfg: TaskConfig, symbols: int, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
     k_len, k_sym = jax.random.split(key)
     low = cfg.min_length if cfg.min_length is not None else cfg.length
     lengths = jax.random.randint(k_len, (batch, 1), low, cfg.length + 1)
@@ -63,7 +127,7 @@ def _source(cfg: "TaskConfig", symbols: int, key: jax.Array, batch: int) -> tupl
     return jnp.where(valid, src, PAD), valid
 
 
-def _with_noise(cfg: "TaskConfig", symbols: int, key: jax.Array, tgt: jax.Array, valid: jax.Array) -> jax.Array:
+def _with_noise(cfg: TaskConfig, symbols: int, key: jax.Array, tgt: jax.Array, valid: jax.Array) -> jax.Array:
     if cfg.noise == 0:
         return tgt
     k_flip, k_sym = jax.random.split(key)
@@ -168,7 +232,7 @@ LAYOUTS: dict[tuple[str, str], Callable[..., dict]] = {
 }
 
 
-def input_lengths(kind: str, arch: str, cfg: "TaskConfig") -> dict[str, int]:
+def input_lengths(kind: str, arch: str, cfg: TaskConfig) -> dict[str, int]:
     """Sequence length of each model input of a layout (checked against the model's max_len)."""
     if kind == "seq2seq":
         return {"decoder": {"tokens": 2 * cfg.length + 1}, "encdec": {"src": cfg.length, "tgt": cfg.length + 1},
@@ -194,7 +258,7 @@ class TaskData:
     function (not a closure constant) so a corpus is not baked into the program.
     """
 
-    cfg: "TaskConfig"
+    cfg: TaskConfig
     model: ModelConfig
     symbols: int
     arrays: Arrays = field(compare=False, hash=False, repr=False)
@@ -207,9 +271,8 @@ class TaskData:
 
     def batch(self, arrays: Arrays, key: jax.Array, split: str = "train") -> dict[str, jax.Array]:
         """One batch of `cfg.batch_size` sequences in the layout of the model's arch."""
-        # Non-partitionable threefry (as models.init_state): the same generator, but XLA CPU compiles
-        # its kernels ~2x faster (measured 2.5 s -> 1.2 s for a copy batch); batches are per seed,
-        # so nothing is lost under a sharded seed axis.
+        # Non-partitionable threefry (as models.init_state): the same generator, with kernels that XLA
+        # CPU compiles faster; batches are per seed, so nothing is lost under a sharded seed axis.
         with jax.threefry_partitionable(False):
             k_seq, k_layout = jax.random.split(key)
             out = self.task.sample(self.cfg, self.symbols, arrays, k_seq, self.cfg.batch_size, split)
@@ -219,14 +282,14 @@ class TaskData:
         return {k: v.astype(jnp.int32) if k != LOSS_MASK else v for k, v in batch.items()}
 
 
-def _markov_matrix(cfg: "TaskConfig", symbols: int) -> np.ndarray:
+def _markov_matrix(cfg: TaskConfig, symbols: int) -> np.ndarray:
     """P = softmax(sharpness·N(0, 1)) row-wise, from the task's data seed (float64 on the host)."""
     logits = cfg.markov_sharpness * np.random.default_rng(cfg.data_seed).standard_normal((symbols, symbols))
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _markov_info(p: np.ndarray, cfg: "TaskConfig", arch: str) -> dict[str, float]:
+def _markov_info(p: np.ndarray, cfg: TaskConfig, arch: str) -> dict[str, float]:
     """Entropy rate Σ_i π_i H(P_i) (stationary π) and the exact next-token loss floor of the layout.
 
     The floor averages H(x_t | x_{t−1}) over the predicted positions t, with x_0 uniform, so it also
@@ -254,7 +317,7 @@ def _noise_entropy(noise: float, symbols: int) -> float:
     return float(-hit * np.log(hit) - (symbols - 1) * miss * np.log(miss))
 
 
-def prepare(cfg: "TaskConfig", model: ModelConfig) -> TaskData:
+def prepare(cfg: TaskConfig, model: ModelConfig) -> TaskData:
     """Check that the task fits the model and build its data (reads the corpus); no compute on devices.
 
     Raises ValueError when the model's vocabulary or max_len is too small for the task, or the corpus
@@ -265,8 +328,6 @@ def prepare(cfg: "TaskConfig", model: ModelConfig) -> TaskData:
     arrays: Arrays = {}
     fingerprint = ""
     if cfg.name == "charlm":
-        from analysis.train.corpus import load_corpus
-
         corpus = load_corpus(cfg.corpus, cfg.val_fraction)
         symbols = len(corpus.alphabet)
         for split, ids in (("train", corpus.train), ("val", corpus.val)):

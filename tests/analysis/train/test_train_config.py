@@ -3,6 +3,7 @@ configs survive the JSON round trip the store relies on."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
 from analysis.train.config import from_dict, to_dict
 from analysis.train.corpus import read_text
+from analysis.train.fields import RUNTIME
 from analysis.train.tasks import prepare
 from models import ModelConfig
 
@@ -99,3 +101,20 @@ def test_round_trip_and_dotted_replace():
 def test_default_ceiling_is_three_uniform_losses():
     assert TrainConfig(model=SMALL).ceiling == pytest.approx(3 * math.log(128))
     assert TrainConfig(model=SMALL, loss_ceiling=9.0).ceiling == 9.0
+
+
+def test_runtime_fields_are_declared_and_leave_the_program_key():
+    """The fields no compiled function reads (arguments of the program, or the host loop's schedule)
+    are declared where they are defined; every other field, a new one too, is in the key."""
+    declared = {f"{prefix}{f.name}" for prefix, cls in (("", TrainConfig), ("optim.", OptimConfig), ("task.", TaskConfig))
+                for f in dataclasses.fields(cls) if f.metadata.get(RUNTIME)}  # fmt: skip
+    assert declared == {"steps", "seeds", "probe_every", "probes", "expensive_probes", "expensive_probe_every",
+                        "eval_every", "eval_batches", "loss_ceiling", "checkpoint_every", "optim.lr", "optim.warmup_steps"}
+    base = TrainConfig(model=SMALL, optim=OptimConfig(schedule="inverse_sqrt", warmup_steps=4), steps=20)
+    for change in ({"optim.lr": 0.5}, {"optim.warmup_steps": 9}, {"seeds": (3, 4)}, {"steps": 30}, {"probes": ()},
+                   {"loss_ceiling": 2.0}, {"eval_every": 5}):  # fmt: skip
+        assert base.replace(**change).program_key() == base.program_key(), change
+    for change in ({"model.d_model": 32}, {"model.placement": "post"}, {"task.seq_len": 32}, {"task.data_seed": 1},
+                   {"optim.weight_decay": 0.0}, {"optim.schedule": "cosine"}, {"cka_null": "off"}):  # fmt: skip
+        assert base.replace(**change).program_key() != base.program_key(), change
+    hash(base.program_key())

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
+from analysis.train import step as train_step
 from analysis.train.loop import Plan
 from analysis.train.seeds import choose_mode
+from analysis.train.tasks import prepare
 from models import ModelConfig
 
 TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
@@ -151,9 +153,42 @@ def test_streams_change_no_number():
     pd.testing.assert_frame_equal(one.probes, two.probes, check_exact=True)
 
 
-def test_the_seed_mode_is_part_of_the_run_identity():
+def test_the_seed_mode_is_not_part_of_the_run_identity():
+    """How the seeds are computed changes numbers by float rounding only: one run, one id
+    (tests/analysis/train/test_train_store.py: one folder, the second mode reads the first back)."""
     per_seed, vmapped = train(_cfg(steps=1)), train(_cfg(steps=1), vmap_seeds=True)
-    assert per_seed.run_id != vmapped.run_id
+    assert (per_seed.info["seed_programs"], vmapped.info["seed_programs"]) == ("per_seed", "vmapped")
+    assert per_seed.run_id == vmapped.run_id
+
+
+def test_configs_that_differ_only_in_runtime_fields_share_one_compiled_program():
+    base = _cfg(probe_every=0)
+    data = prepare(base.task, base.model)
+    prog = train_step.program(base, data)
+    for change in ({"optim.lr": 3e-4}, {"optim.warmup_steps": 2}, {"seeds": (5, 6, 7)}, {"steps": 9},
+                   {"probe_every": 2, "probes": ("act_grad_norm",)}, {"eval_every": 2, "eval_batches": 3},
+                   {"loss_ceiling": 5.0}, {"checkpoint_every": 2}):  # fmt: skip
+        assert train_step.program(base.replace(**change), data) is prog, change
+    for change in ({"model.d_model": 32, "model.d_ff": 64}, {"model.layers": 3}, {"task.seq_len": 8},
+                   {"task.batch_size": 2}, {"optim.b1": 0.8}, {"optim.schedule": "cosine"}, {"cka_tokens": 8}):  # fmt: skip
+        other = base.replace(**change)
+        assert train_step.program(other, prepare(other.task, other.model)) is not prog, change
+
+
+def test_a_shared_program_computes_each_configs_own_numbers(monkeypatch):
+    """No compiled function reads a runtime field from the config that built the Program: a run through
+    a program another config built gives the numbers of a program built for it, bit for bit."""
+    monkeypatch.setattr(train_step, "_PROGRAMS", {})
+    first = _cfg(probe_every=0, eval_batches=1)
+    second = _cfg(optim=OptimConfig(lr=3e-3, warmup_steps=2), seeds=(2, 3), steps=8, eval_every=4, loss_ceiling=50.0)
+    assert first.program_key() == second.program_key()
+    train(first)
+    shared = train(second)
+    assert len(train_step._PROGRAMS) == 1
+    train_step._PROGRAMS.clear()
+    own = train(second)
+    pd.testing.assert_frame_equal(shared.curves, own.curves, check_exact=True)
+    pd.testing.assert_frame_equal(shared.probes, own.probes, check_exact=True)
 
 
 def test_choose_mode():
@@ -162,7 +197,7 @@ def test_choose_mode():
     assert choose_mode(2, None, None) == "per_seed"  # this one-device CPU
     assert choose_mode(2, jax.devices(), None) == "vmapped"  # devices given: shard vmapped seeds
     assert choose_mode(2, None, True) == "vmapped" and choose_mode(2, None, False) == "per_seed"
-    # one seed runs the same program either way, so it keeps one identity (the ids stored before)
+    # one seed runs the same program either way
     assert choose_mode(1, None, False) == choose_mode(1, None, None) == "vmapped"
 
 
@@ -197,8 +232,8 @@ def test_probes_recorded_in_the_step_equal_the_probe_program_on_the_same_state(t
     """A probe row of a run = `probe_program` run alone on that step's parameters (from the
     checkpoint), that step's batch and that step's probe key: the vmapped, update-fused probe step
     measures what the probe program measures, on the state before the step's update."""
-    import jax
     import flax.nnx as nnx
+    import jax
 
     from analysis.probe.api import probe_key
     from analysis.probe.probes import CHEAP_PROBES, probe_program

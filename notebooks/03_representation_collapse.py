@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import plot_cka_heatmap, plot_layer_profile
+from analysis.plot.figures import plot_cka_heatmap, plot_layer_profile
 from analysis.report.init_report import harness_config
 
 df = pd.concat(

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import PLACEMENT_COLORS
+from analysis.plot.figures import PLACEMENT_COLORS
 from analysis.report.init_report import harness_config
 from analysis.stats import seed_summary
 

@@ -270,7 +270,7 @@ def final_probe(part: str, variant: str, probe: tuple[str, str], layer: int | st
 # ------------------------------------------------------------------------------------------------
 def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -> Figure:
     """Validation loss (and g_bottom/g_top) against update step, one line per variant."""
-    from analysis.report import figures as F
+    from analysis.plot import figures as F
 
     fig, axes = F.figure_grid(2 if ratio_panel else 1, ncols=2, panel_size=(5.2, 3.8))
     F.plot_lines(frame, axes[0], x="step", where={"quantity": "val_loss", "stack": "model"}, logy=False,

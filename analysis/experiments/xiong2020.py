@@ -170,7 +170,7 @@ CLAIMS = claims()
 # Figures
 # ------------------------------------------------------------------------------------------------
 def figures(frame: pd.DataFrame) -> dict:
-    from analysis.report import figures as F
+    from analysis.plot import figures as F
 
     out = {}
     parts = set(frame["part"])

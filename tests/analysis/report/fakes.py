@@ -17,7 +17,7 @@ import pandas as pd
 from analysis.io import write_run
 from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.report import init_report
-from analysis.report.figures import plot_layer_profile
+from analysis.plot.figures import plot_layer_profile
 
 ATLAS = init_report.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
 

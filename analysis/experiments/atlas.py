@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.report import figures
+from analysis.plot import figures
 from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs, run_jobs
 from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES

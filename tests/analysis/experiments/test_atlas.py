@@ -1,4 +1,4 @@
-"""The initialization atlas (analysis.report.init_report): its summary statistics on a frame with known
+"""The initialization atlas (analysis.experiments.atlas): its summary statistics on a frame with known
 values, its settings, and the whole pipeline (probe -> parquet -> figures -> pages) on a small real run
 through the CLI, including reuse and --redraw."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import init_report as report
+from analysis.experiments import atlas as report
 from analysis.cli import main as cli_main
 from analysis.io import read_run
 
@@ -59,9 +59,9 @@ def test_summary_keeps_a_diverged_seed_and_names_nan_cells() -> None:
                         ("cos_adjacent", "resid_pre"): ones, ("act_norm", "resid_pre"): ones})
     table = report.summary_table(df)
     assert table.iloc[0]["G_top/G_bottom"].startswith("nan")  # not the median of the two finite seeds
-    note = report._nan_note(table)
+    note = report.nan_note(table)
     assert "encdec/pre G_top/G_bottom" in note and "decoder/pre G_top/G_bottom" in note
-    assert report._nan_note(report.summary_table(_frame("pre", {("act_norm", "resid_pre"): ones}))).count("nan") == 0
+    assert report.nan_note(report.summary_table(_frame("pre", {("act_norm", "resid_pre"): ones}))).count("nan") == 0
 
 
 @pytest.mark.parametrize(

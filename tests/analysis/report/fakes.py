@@ -16,10 +16,10 @@ import pandas as pd
 
 from analysis.io import write_run
 from analysis.probe.tidy import COLUMNS, DTYPES
-from analysis.report import init_report
+from analysis.experiments import atlas
 from analysis.plot.figures import plot_layer_profile
 
-ATLAS = init_report.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
+ATLAS = atlas.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
 
 
 def _rows(run: str, arch: str, placement: str, layers: int, seed: int, quantity: str, site: str,
@@ -33,12 +33,12 @@ def _rows(run: str, arch: str, placement: str, layers: int, seed: int, quantity:
     })  # fmt: skip
 
 
-def atlas_frame(settings: init_report.AtlasSettings = ATLAS) -> pd.DataFrame:
+def atlas_frame(settings: atlas.AtlasSettings = ATLAS) -> pd.DataFrame:
     """Every quantity the atlas draws, with made-up but plausible per-layer values."""
     rng = np.random.default_rng(0)
     L = settings.layers
     parts = []
-    for arch, _, _ in init_report.ARCH_PANELS:
+    for arch, _, _ in atlas.ARCH_PANELS:
         for placement in settings.placements:
             run = f"init/{arch}/{placement}"
             for seed in range(settings.seeds):
@@ -59,7 +59,7 @@ def atlas_frame(settings: init_report.AtlasSettings = ATLAS) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype(DTYPES)
 
 
-def store_atlas(out: Path, settings: init_report.AtlasSettings = ATLAS) -> None:
+def store_atlas(out: Path, settings: atlas.AtlasSettings = ATLAS) -> None:
     """Write a synthetic atlas study where `build_report` will find and reuse it."""
     write_run(atlas_frame(settings), {**settings.meta(), "key": settings.key(), "seconds": 0.0},
               Path(out) / "data" / "init.parquet")  # fmt: skip

@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 
 from analysis.experiments.runs import InitJob
-from analysis.report import build, init_report
+from analysis.experiments import atlas
+from analysis.report import build
 from analysis.report.content import CHECK_COLUMNS
 from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-N_ATLAS_FIGURES = len(init_report.PROFILE_PANELS) + len(init_report.ARCH_PANELS)
+N_ATLAS_FIGURES = len(atlas.PROFILE_PANELS) + len(atlas.ARCH_PANELS)
 
 
 class Page(HTMLParser):
@@ -67,7 +68,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltR
     experiment = FakeExperiment()
     with pytest.MonkeyPatch.context() as patch:
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
-        patch.setattr(init_report, "collect", refuse)
+        patch.setattr(atlas, "collect", refuse)
         patch.setattr(InitJob, "compute", refuse)  # nor probed ahead of the parts (build._compute_ahead)
         built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True),
                                          "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True)})

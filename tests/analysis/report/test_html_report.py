@@ -61,7 +61,7 @@ def _build(out: Path, **kwargs) -> build.BuiltReport:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltReport, FakeExperiment]:
-    """One report (rendering figures is what costs: ~10 s): a stored atlas study that must be reused,
+    """One report (rendering figures is what costs): a stored atlas study that must be reused,
     the fake experiment, one that raises, and one whose figures raise."""
     out = tmp_path_factory.mktemp("report")
     store_atlas(out)

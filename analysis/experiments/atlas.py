@@ -281,7 +281,8 @@ def atlas_experiment(settings: AtlasSettings | None = None) -> Experiment:
         summary="Every placement of the zoo probed at initialization on the calibration harness (d_model 64, "
                 "4 heads, FFN 256, random tokens): an encoder-decoder and a decoder-only model of the same depth.",
         command="lnscope report --experiments none",
-        presets=PRESETS if settings is None else dict.fromkeys(PRESETS, settings), plan=_plan, figures=_figures, claims=(),
+        presets=PRESETS if settings is None else dict.fromkeys(PRESETS, settings),
+        plan=_plan, figures=_figures, claims=(),
     )  # fmt: skip
 
 

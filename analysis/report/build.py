@@ -6,9 +6,9 @@
     lnscope report --redraw                         # figures and pages again from the stored data
 
 Steps: the initialization atlas of every placement (`analysis.experiments.atlas.init_study`), the
-chosen preset of every other experiment (`analysis.experiments.EXPERIMENTS`; each experiment reuses stored results whose
-config hash matches, in `<out>/store` unless `store` is given), the hypothesis check of every claim
-on its experiment's frame, then the figures and the pages. Written into `<out>`:
+chosen preset of every other experiment (`analysis.experiments.EXPERIMENTS`; each experiment reuses
+stored results whose config hash matches, in `<out>/store` unless `store` is given), the hypothesis
+check of every claim on its experiment's frame, then the figures and the pages. Written into `<out>`:
 
     index.html                  the report, one self-contained file (figures embedded)
     report.md                   the same for a repository browser (figures linked)
@@ -41,8 +41,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis.experiments import EXPERIMENTS
-from analysis.experiments.atlas import (ATLAS_SUMMARY, NAME as ATLAS, SUMMARY_NOTES, AtlasSettings, atlas_experiment,
-                                        atlas_figures, init_study, is_stored_study, nan_note, summary_table)  # fmt: skip
+from analysis.experiments.atlas import (ATLAS_SUMMARY, NAME as ATLAS, SUMMARY_NOTES, AtlasSettings,
+                                        atlas_experiment, atlas_figures, init_study, is_stored_study, nan_note,
+                                        summary_table)  # fmt: skip
 from analysis.experiments.claims import check
 from analysis.experiments.runs import compute_jobs
 from analysis.io import atomic_write, environment, read_run, write_run

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
-    """The `lnscope` command; `argv=None` means run as a program (sys.argv, and `prepare_process`,
-    which `prepare=True` asks for with an explicit argv)."""
+    """The `lnscope` command; `argv=None` means run as a program (sys.argv, and
+    `analysis.command.prepare_process`, which `prepare=True` asks for with an explicit argv)."""
     return run_command(build_parser(), argv, prepare=prepare)
 
 

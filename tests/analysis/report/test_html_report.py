@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from analysis.experiments.runs import InitJob
+from analysis import cli
 from analysis.experiments import atlas
 from analysis.report import build
+from analysis.report import cli as report_cli
 from analysis.report.content import CHECK_COLUMNS
 from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
 
@@ -252,8 +254,6 @@ def test_report_opens_in_a_browser_with_every_image_loaded(report, tmp_path) -> 
     ],
 )
 def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> None:
-    from analysis import cli
-
     seen = {}
     monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
                         or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
@@ -262,6 +262,19 @@ def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> 
     assert seen["experiments"] == {} and seen["redraw"] is False
     if "--placements" in argv:
         assert seen["atlas"].placements == ("post", "pre")
+
+
+def test_python_m_analysis_report_is_lnscope_report(monkeypatch, capsys) -> None:
+    """`python -m analysis.report` runs the report room's own command (analysis.report.cli.main), not
+    the whole `lnscope` command: the same options, the same bad-input status."""
+    seen = {}
+    monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
+                        or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
+    assert report_cli.main(["--quick", "--experiments", "none"]) == 0
+    assert (seen["preset"], seen["atlas"].layers, seen["out"]) == ("tiny", 6, "reports/tiny")
+    with pytest.raises(SystemExit) as exit_:
+        report_cli.main(["--seeds", "0", "--experiments", "none"])
+    assert exit_.value.code == 2 and "lnscope: error: seeds must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_figures_are_redrawn_only_when_their_data_or_the_code_changed(report, tmp_path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 from analysis.io import write_run
 from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.experiments import atlas
+from analysis.experiments.claims import Claim, Feature, ratio
 from analysis.plot.figures import plot_layer_profile
 
 ATLAS = atlas.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
@@ -110,8 +111,6 @@ class FakeExperiment:
 def fake_claims(experiment: str) -> tuple:
     """Three real claims (analysis.experiments.claims) on the fake frame: post's top/bottom ratio
     (≈ e² ≈ 7.4, with a seed spread) against thresholds it clears, misses, and straddles."""
-    from analysis.experiments.claims import Claim, Feature, ratio
-
     where = {"placement": "post", "quantity": "g", "site": "resid_pre"}
     stat = ratio(Feature("top", where, layer=-1), Feature("bottom", where, layer=0), "g_top/g_bottom of post")
     common = dict(paper="xiong2020", source="Fig. 1 (fake)", experiment=experiment, statistic=stat,

@@ -13,12 +13,13 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from analysis.experiments.runs import InitJob
 from analysis import cli
 from analysis.experiments import atlas
+from analysis.experiments.runs import InitJob
 from analysis.report import build
 from analysis.report import cli as report_cli
 from analysis.report.content import CHECK_COLUMNS
@@ -166,8 +167,6 @@ def test_redraw_needs_no_computation(report, tmp_path) -> None:
     assert untouched.runs == [] and built.failed == ()
     assert Page(built.index.read_text()).check_rows == 4
     assert len(list((copy / "figures").rglob("*.png"))) == N_ATLAS_FIGURES + 2
-    import matplotlib.pyplot as plt
-
     assert not plt.get_fignums()  # every figure was closed
 
 

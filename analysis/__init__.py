@@ -2,11 +2,14 @@
 
     analysis/probe/        loss, jitted probe program, similarity measures, tidy rows
     analysis/train/        tasks and data, the training step and loop, the results store, sweeps
-    analysis/experiments/  one module per paper, and claims as data (hypothesis checks)
-    analysis/report/       figures and the generated reports
-    analysis/io.py, stats.py, cli.py: atomic writes, seed statistics, the `lnscope` command
+    analysis/plot/         figures over tidy frames
+    analysis/experiments/  one module per paper and the initialization atlas, claims as data (checks)
+    analysis/report/       the generated reports
+    analysis/cli.py        the `lnscope` command
+    analysis/io.py, stats.py, runtime.py, allocator.py, options.py, command.py: shared utilities below them
 
-Each room imports only from the rooms before it. The names most notebooks need are re-exported here.
+Each room imports only from the rooms before it (tests/test_import_graph.py). The names most
+notebooks need are re-exported here.
 """
 
 from analysis.probe import CHEAP_PROBES, COLUMNS, PROBES, ProbeConfig, probe_at_init, probe_model, probe_program, to_frame

@@ -27,8 +27,8 @@ import pandas as pd
 import treescope
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import plot_cka_heatmap, plot_layer_profile
-from analysis.report.init_report import harness_config
+from analysis.experiments.atlas import harness_config
+from analysis.plot.figures import plot_cka_heatmap, plot_layer_profile
 from models import NORMS, PLACEMENTS, build_model
 
 treescope.basic_interactive_setup(autovisualize_arrays=True)

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import plot_depth_scaling, plot_layer_profile
-from analysis.report.init_report import harness_config
+from analysis.experiments.atlas import harness_config
+from analysis.plot.figures import plot_depth_scaling, plot_layer_profile
 
 
 def probe(arch: str, placement: str, layers: int) -> pd.DataFrame:

@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import plot_cka_heatmap, plot_layer_profile
-from analysis.report.init_report import harness_config
+from analysis.experiments.atlas import harness_config
+from analysis.plot.figures import plot_cka_heatmap, plot_layer_profile
 
 df = pd.concat(
     [probe_at_init(harness_config("decoder", p, LAYERS), seeds=range(SEEDS), batch_size=8, seq_len=32,

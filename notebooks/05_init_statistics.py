@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import CHEAP_PROBES, probe_at_init
-from analysis.report.figures import PLACEMENT_COLORS
-from analysis.report.init_report import harness_config
+from analysis.experiments.atlas import harness_config
+from analysis.plot.figures import PLACEMENT_COLORS
 from analysis.stats import seed_summary
 
 df = pd.concat(

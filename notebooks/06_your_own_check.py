@@ -33,7 +33,7 @@ from matplotlib.ticker import NullFormatter
 from analysis import CHEAP_PROBES, probe_at_init
 from analysis.experiments import EXPERIMENTS
 from analysis.experiments.claims import Claim, Feature, check, ratio
-from analysis.report.init_report import harness_config
+from analysis.experiments.atlas import harness_config
 
 # %% [markdown]
 # ## The claims, written first

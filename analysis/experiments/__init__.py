@@ -6,10 +6,12 @@
     figs = EXPERIMENTS["xiong2020"].figures(frame)                             # {name: Figure}
 
 Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin (analysis/experiments/
-<name>.py, each with the command that runs it in its docstring). A claim names its experiment, the
-parts of its frame it reads, a statistic, a threshold and a direction (analysis.experiments.claims);
-`check` turns it into a verdict with a bootstrap interval over seeds. Imports from the probe and
-training rooms only; an experiment's `figures()` imports the report room's figure helpers when called.
+<name>.py, each with the command that runs it in its docstring), and the initialization atlas (atlas:
+every placement probed at init, no claims; `lnscope report` renders it in its own section). A claim
+names its experiment, the parts of its frame it reads, a statistic, a threshold and a direction
+(analysis.experiments.claims); `check` turns it into a verdict with a bootstrap interval over seeds.
+Imports from the rooms below it only (models, probe, train, the plotting room analysis.plot: loaded
+when a figure is drawn); tests/test_import_graph.py holds the order.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from typing import Iterable
 
 import pandas as pd
 
-from analysis.experiments import deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
+from analysis.experiments import atlas, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
 from analysis.experiments.claims import N_BOOT, PAPERS, Claim, CheckResult, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
 EXPERIMENTS: dict[str, Experiment] = {
-    m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin)
+    m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas)
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
 

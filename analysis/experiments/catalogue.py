@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from analysis.experiments import EXPERIMENTS
 from analysis.experiments.claims import PAPERS, Claim
 
 HEADER = """\
@@ -42,8 +43,6 @@ def catalogue_lines(claims: Iterable[Claim]) -> list[str]:
 
 def catalogue_markdown() -> str:
     """docs/claims.md: the claims of every experiment, grouped by paper."""
-    from analysis.experiments import EXPERIMENTS
-
     out = [HEADER]
     by_paper: dict[str, list[tuple[str, Claim]]] = {p: [] for p in PAPERS}
     for exp in EXPERIMENTS.values():

@@ -20,8 +20,11 @@ import textwrap
 import time
 from pathlib import Path
 
+from analysis.experiments import EXPERIMENTS, check, collect, select_claims
+from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
 from analysis.experiments.claims import PAPERS, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
+from analysis.io import atomic_write
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -47,10 +50,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from analysis.experiments import EXPERIMENTS, check, collect, select_claims
-    from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
-    from analysis.io import atomic_write
-
     claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
     if args.list:
         print("\n".join(catalogue_lines(claims)))

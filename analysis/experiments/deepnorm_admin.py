@@ -89,7 +89,7 @@ CLAIMS = (
 
 
 def figures(frame: pd.DataFrame) -> dict:
-    from analysis.report import figures as F
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     out = {}
     if "depth" in set(frame["part"]):

@@ -143,7 +143,7 @@ class Experiment:
 
     def save_figures(self, frame: pd.DataFrame, folder: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
         """Draw `figures(frame)` and write each as `folder/<name>.<format>` (atomic writes)."""
-        from analysis.report.figures import save_figure
+        from analysis.plot.figures import save_figure  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
         paths = []
         for name, fig in self.figures(frame).items():

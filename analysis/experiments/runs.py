@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import jax
 import pandas as pd
 from tqdm import tqdm
 
@@ -155,8 +156,6 @@ def _start_worker(code: str, settings: dict[str, Any], streams: int, shares: Any
         cpus = shares.get(timeout=60)
         os.sched_setaffinity(0, cpus)
         streams = len(cpus)
-    import jax
-
     global _PARENT_CODE
     _PARENT_CODE = code
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
@@ -216,8 +215,6 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
                 failed[key] = f"{type(err).__name__}: {err}"
             bar.update()
     else:
-        import jax
-
         settings = {name: getattr(jax.config, name) for name in WORKER_JAX_SETTINGS}
         context = multiprocessing.get_context("spawn")
         shares = None

@@ -11,7 +11,7 @@ cross-attention), the LN Jacobian gains ‖J_LNᵀg‖/‖g‖ of every LN of th
 Random tokens, the calibration harness (quick: d_model 64), 8 seeds.
 
 Training (the paper's Fig. 1, deep Post-LN fails to train where B2T trains): 18-layer decoder-only
-LMs on the Markov task of analysis/experiments/training.py (whose docstring records how the task,
+LMs on the Markov task of analysis/experiments/training.py (docs/calibration.md records how the task,
 sizes and learning rate were chosen), Post-LN, B2T (paper form) and Pre-LN at a constant lr 3e-4
 without warm-up, 3 seeds, 120 updates; validation loss and the bottom/top gradient ratio probed in
 the training step.
@@ -199,7 +199,7 @@ CLAIMS = (
 # Figures
 # ------------------------------------------------------------------------------------------------
 def figures(frame: pd.DataFrame) -> dict:
-    from analysis.report import figures as F
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     out = {}
     parts = set(frame["part"])

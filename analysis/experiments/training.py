@@ -3,40 +3,8 @@
 Every training claim reads runs of one task, trained with analysis.train (probes inside the compiled
 step, divergence recorded as a result): a decoder-only LM on a fixed random first-order Markov chain.
 
-The task and sizes (quick), and how they were chosen
-----------------------------------------------------
-A lead from a PyTorch run (d 128, vocabulary 256, batch 8x64, AdamW, constant lr 3e-4..1e-3, 300
-updates): an 18-layer Post-LN decoder stalls near the unigram loss while its bottom-layer gradients
-collapse, Pre-LN, ResiDual and B2T train, and 6 layers of Post-LN train fine. In JAX on the 2-core CPU:
-
-1. d 64, vocabulary 256, sharpness 2 (entropy rate 3.75 nats), 8x64 tokens, lr 1e-3, 100 updates,
-   2 seeds: Post-LN and B2T stall at the unigram loss (5.53) and Pre-LN has only reached 5.27:
-   separating by final loss would need several hundred updates (~0.2 s each for 2 seeds, plus ~20 s
-   of compiling per configuration), too slow for the budget.
-2. Vocabulary 64 (8x32 tokens): the same picture faster; Post-LN's g_bottom/g_top (‖∂ℒ/∂x‖ at the
-   bottom layer's input over the top layer's) falls from ~2 to < 0.01 within 6 updates at lr 1e-3
-   and stays ~1e-4: an early-training probe separates Post-LN from the rest within 20 updates.
-3. Vocabulary 32, sharpness 3 (entropy rate 1.65 nats, unigram 3.25): with 120 constant-lr updates at
-   lr 3e-4 (and 6e-4), Post-LN stalls at 3.25 (g_bottom/g_top ~0.01) while B2T reaches 1.88 and Pre-LN
-   1.81 (g_bottom/g_top ~1 and ~4). This is the task: separated by > 1 nat in validation loss and by
-   ~100x in the gradient ratio within a run of ~40 s (2 seeds, loaded machine). ResiDual reaches 2.10
-   and rSkip+LN (λ = 2) 1.83 in the same runs.
-4. Warm-up (Xiong et al.): at 18 layers a 40-update linear warm-up does not rescue Post-LN (3.25,
-   stalled as without it), so warm-up cannot be studied there. At 6 layers and lr 1e-3 Post-LN
-   trains without warm-up (1.81) and warm-up only slows it (1.85); at lr 2e-3 Post-LN without warm-up
-   sits on the unigram plateau for 60-90 updates (1.93-2.97 after 120), with a 40-update warm-up it
-   reaches 1.81, Pre-LN without warm-up 1.71. The study runs there (6 layers, peak lr 2e-3), and its
-   claims read the mean validation loss over the run (how fast it trained), which the plateau
-   separates by ~0.5 nats while final losses differ by a seed-dependent 0.1-1.2.
-5. Norms (Xu et al.), 6-layer Pre-LN, every slot: at lr 3e-4 DetachNorm ends 0.08 nats above
-   LayerNorm-simple (1.90 vs 1.82) and LayerNorm-simple within 0.005 of LayerNorm; at lr 2e-3 the
-   DetachNorm gap shrinks to ~0.025, so the comparison runs at 3e-4 (AdaNorm was first trained after
-   its threshold was set).
-Each training configuration costs one XLA compile (~15-25 s on the 2-core CPU) plus ~7 s of updates;
-runs that differ only in the learning rate or warm-up share the compiled step (analysis.train).
-These calibration runs used seeds 0 and 1; the thresholds below were set from them, with the margins
-stated in each claim. The checks' own runs use other seeds (quick: 2, 3, 4), so no check reads a run
-its threshold was set from; no threshold was changed after seeing the checks' results.
+The task, the quick sizes and the thresholds were set from calibration runs: docs/calibration.md
+("Training: how the task and the quick sizes were chosen").
 """
 
 from __future__ import annotations
@@ -48,14 +16,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments.claims import Feature
+from analysis.train import OptimConfig, TaskConfig, TrainConfig, TrainResult, train
+from analysis.train.config import to_dict
 from models import ModelConfig
 
-if TYPE_CHECKING:  # analysis.train is imported lazily (below): init-only checks never load it
+if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from analysis.train import TrainConfig, TrainResult
-
-CALIBRATED = ("ours: set from the calibration runs in analysis/experiments/training.py (seeds 0-1, quick sizes: {}) "
+CALIBRATED = ("ours: set from the calibration runs of docs/calibration.md (seeds 0-1, quick sizes: {}) "
               "with at least 2.5x margin, before the checks' runs (quick preset: seeds 2-4); unchanged since")
 DEEP_PROBES = ("act_grad_norm", "act_norm", "cos_adjacent")  # b/t gradient ratio, stream norms, collapse
 RATIO = ("act_grad_ratio", "resid_pre bottom/top")  # derived per probe step: g_0 / g_{L-1}
@@ -79,12 +47,8 @@ class Plan:
         shallow: depth of Xiong's warm-up study and Xu's norm comparison, where every variant can train.
         probe_every, eval_every, eval_batches: probe and validation cadence.
         unroll_layers: the models' `ModelConfig.unroll_layers` (None: its default). The quick and tiny
-            runs are short (120 updates), so compiling dominates them: scanned layers (0) compile
-            ~2.4x faster than the unrolled loop and train ~1.3x slower per update; measured on the
-            2-core CPU, an 18-layer run took 25.9 s instead of 36.7 s and a 6-layer one 13.6 s
-            instead of 19.0 s; the quick training checks' statistics came out bit-identical to the unrolled
-            runs' for 9 of 11 claims and within 0.1% for the other two (rSkip+LN, DetachNorm). The paper preset's long runs
-            keep the default (unrolled up to 18 layers: the faster update).
+            runs are short, so compiling dominates them and they scan the layers (0); the paper
+            preset's long runs keep the default (docs/calibration.md says why, and what it changes).
     """
 
     d_model: int
@@ -143,9 +107,6 @@ class TrainJob:
     version = 1  # of `to_rows` (the derived rows stored with the run): bump when it changes
 
     def config(self) -> TrainConfig:
-        # analysis.train is imported here: init-only checks never load the training room.
-        from analysis.train import OptimConfig, TaskConfig, TrainConfig
-
         p = self.plan
         return TrainConfig(
             model=self.model,
@@ -156,13 +117,9 @@ class TrainJob:
         )  # fmt: skip
 
     def spec(self) -> dict[str, Any]:
-        from analysis.train.config import to_dict
-
         return {"kind": self.kind, "version": self.version, "config": to_dict(self.config())}
 
     def compute(self) -> pd.DataFrame:
-        from analysis.train import train
-
         cfg = self.config()
         return to_rows(train(cfg), cfg)
 
@@ -270,7 +227,7 @@ def final_probe(part: str, variant: str, probe: tuple[str, str], layer: int | st
 # ------------------------------------------------------------------------------------------------
 def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -> Figure:
     """Validation loss (and g_bottom/g_top) against update step, one line per variant."""
-    from analysis.report import figures as F
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     fig, axes = F.figure_grid(2 if ratio_panel else 1, ncols=2, panel_size=(5.2, 3.8))
     F.plot_lines(frame, axes[0], x="step", where={"quantity": "val_loss", "stack": "model"}, logy=False,

@@ -166,7 +166,7 @@ def _adjacent_cka(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def figures(frame: pd.DataFrame) -> dict:
-    from analysis.report import figures as F
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     out = {}
     parts = set(frame["part"])

@@ -11,7 +11,7 @@ in an 18-layer stack (the lemma behind the theorem).
 
 Training (the paper's warm-up study): 6-layer Post-LN with and without a 40-update linear warm-up and
 Pre-LN without, at a peak lr of 2e-3, 3 seeds, as validation-loss curves. Chosen by calibration
-(analysis/experiments/training.py): at 18 layers warm-up does not rescue Post-LN at all, and at 6
+(docs/calibration.md): at 18 layers warm-up does not rescue Post-LN at all, and at 6
 layers and lr 1e-3 Post-LN trains fine without it; at 2e-3 it sits on a plateau without warm-up.
 """
 
@@ -170,7 +170,7 @@ CLAIMS = claims()
 # Figures
 # ------------------------------------------------------------------------------------------------
 def figures(frame: pd.DataFrame) -> dict:
-    from analysis.report import figures as F
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     out = {}
     parts = set(frame["part"])

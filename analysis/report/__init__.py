@@ -1,4 +1,5 @@
-"""The report room: figures over tidy frames and the generated reports (`lnscope report`).
+"""The report room: the generated reports (`lnscope report`), above the experiments it renders.
 
-Figures take a tidy DataFrame and an Axes (never a model); reports assemble figures and tables.
+Reports assemble the experiments' figures (drawn by the plotting room, analysis.plot) and tables,
+and the initialization atlas (analysis.experiments.atlas); the report computes nothing of its own.
 """

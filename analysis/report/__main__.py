@@ -1,9 +1,9 @@
-"""`python -m analysis.report [options]` is `lnscope report [options]` (one parser, in analysis.cli)."""
+"""`python -m analysis.report [options]` is `lnscope report [options]` (the same options: analysis.report.cli)."""
 
 import sys
 
-from analysis.cli import main
+from analysis.report.cli import main
 
 if __name__ == "__main__":
     # prepare=True: mimalloc preloaded, the persistent compilation cache on, jobs on a pool of processes
-    sys.exit(main(["report", *sys.argv[1:]], prepare=True))
+    sys.exit(main(sys.argv[1:], prepare=True))

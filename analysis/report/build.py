@@ -5,10 +5,10 @@
     lnscope report --quick --out /tmp/smoke         # a smoke run: 6-layer atlas, tiny preset
     lnscope report --redraw                         # figures and pages again from the stored data
 
-Steps: the initialization atlas of every placement (`init_report.init_study`), the chosen preset of
-every experiment (`analysis.experiments.EXPERIMENTS`; each experiment reuses stored results whose
-config hash matches, in `<out>/store` unless `store` is given), the hypothesis check of every claim
-on its experiment's frame, then the figures and the pages. Written into `<out>`:
+Steps: the initialization atlas of every placement (`analysis.experiments.atlas.init_study`), the
+chosen preset of every other experiment (`analysis.experiments.EXPERIMENTS`; each experiment reuses
+stored results whose config hash matches, in `<out>/store` unless `store` is given), the hypothesis
+check of every claim on its experiment's frame, then the figures and the pages. Written into `<out>`:
 
     index.html                  the report, one self-contained file (figures embedded)
     report.md                   the same for a repository browser (figures linked)
@@ -39,10 +39,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis.experiments import EXPERIMENTS
+from analysis.experiments.atlas import (ATLAS_SUMMARY, NAME as ATLAS, SUMMARY_NOTES, AtlasSettings,
+                                        atlas_experiment, atlas_figures, init_study, is_stored_study, nan_note,
+                                        summary_table)  # fmt: skip
+from analysis.experiments.claims import check
+from analysis.experiments.runs import compute_jobs
 from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
 from analysis.runtime import check_environment, release_compiled
-from analysis.report import init_report
 from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
 from analysis.report.html import render_html
 from analysis.report.markdown import figure_path, render_markdown
@@ -61,16 +66,13 @@ class BuiltReport:
 
 
 def default_experiments() -> dict[str, Any]:
-    """Every registered experiment (analysis.experiments.EXPERIMENTS), in registry order."""
-    from analysis.experiments import EXPERIMENTS
-
-    return dict(EXPERIMENTS)
+    """Every registered experiment (analysis.experiments.EXPERIMENTS) but the atlas, which has its own
+    section, in registry order."""
+    return {name: experiment for name, experiment in EXPERIMENTS.items() if name != ATLAS}
 
 
 def check_claims(experiment: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """One row per claim of `experiment`, checked on its frame (analysis.experiments.claims.check)."""
-    from analysis.experiments.claims import check
-
     rows = [dataclasses.asdict(check(claim, frame)) for claim in experiment.claims]
     return pd.DataFrame(rows, columns=None if rows else list(CHECK_COLUMNS))
 
@@ -172,14 +174,14 @@ def _experiment_section(name: str, experiment: Any, preset: str, figures: tuple[
 
 def _atlas_figures(df: pd.DataFrame, meta: dict) -> tuple[RenderedFigure, ...]:
     return tuple(render_figure(fig, name, caption)
-                 for name, caption, fig in init_report.atlas_figures(df, meta["layers"], meta["seeds"]))  # fmt: skip
+                 for name, caption, fig in atlas_figures(df, meta["layers"], meta["seeds"]))  # fmt: skip
 
 
 def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, ...]) -> Section:
     layers, seeds = meta["layers"], meta["seeds"]
-    table = init_report.summary_table(df)
-    summary = init_report.ATLAS_SUMMARY.format(layers=layers, seeds=seeds)
-    notes = init_report.SUMMARY_NOTES + init_report._nan_note(table)
+    table = summary_table(df)
+    summary = ATLAS_SUMMARY.format(layers=layers, seeds=seeds)
+    notes = SUMMARY_NOTES + nan_note(table)
     return Section(
         key="init", title="Initialization atlas", citation="", summary=summary + "\n\n" + notes,
         figures=figures, tables=(("Headline statistics per placement: median [min, max] over seeds", table),),
@@ -212,16 +214,13 @@ def _write_figures(out: Path, sections: list[Section], keys: Mapping[str, str]) 
                 folder.rmdir()
 
 
-def _compute_ahead(atlas: init_report.AtlasSettings, experiments: Mapping[str, Any], preset: str, store: Path,
+def _compute_ahead(atlas: AtlasSettings, experiments: Mapping[str, Any], preset: str, store: Path,
                    data: Path, *, reuse: bool, progress: bool) -> None:  # fmt: skip
     """Compute every stored-or-missing job of the atlas and the experiments at once (`compute_jobs`: a
     pool of processes, longest first). Best effort: an experiment whose plan cannot even be listed, or
     a job that fails, is left to its section, which then reports the error."""
-    from analysis.experiments.runs import compute_jobs
-
-    stored = reuse and init_report.is_stored_study(atlas, data / "init.parquet")
-    jobs = [] if stored or not reuse else \
-        init_report.atlas_jobs(atlas.layers, atlas.seeds, atlas.placements, atlas.batch_size, atlas.seq_len)  # fmt: skip
+    stored = reuse and is_stored_study(atlas, data / "init.parquet")
+    jobs = [] if stored or not reuse else atlas_experiment(atlas).jobs(preset)
     for experiment in experiments.values():
         try:
             jobs += experiment.jobs(preset)
@@ -237,7 +236,7 @@ def build_report(
     out: Path,
     *,
     preset: str = "quick",
-    atlas: init_report.AtlasSettings | None = None,
+    atlas: AtlasSettings | None = None,
     experiments: Mapping[str, Any] | None = None,
     store: Path | None = None,
     redraw: bool = False,
@@ -261,7 +260,7 @@ def build_report(
         progress: show a progress bar.
     """
     start = time.perf_counter()
-    atlas = atlas or init_report.AtlasSettings()
+    atlas = atlas or AtlasSettings()
     experiments = default_experiments() if experiments is None else dict(experiments)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESETS)}")
@@ -293,8 +292,7 @@ def build_report(
     if redraw:
         init_df, init_meta = read_run(data / "init.parquet")
     else:
-        init_df, init_meta = init_report.init_study(atlas, data / "init.parquet", reuse=reuse, store=store,
-                                                    progress=progress)  # fmt: skip
+        init_df, init_meta = init_study(atlas, data / "init.parquet", reuse=reuse, store=store, progress=progress)
     timings["atlas"] = round(time.perf_counter() - t, 1)
     release_compiled()
     bar.update()

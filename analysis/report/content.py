@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.report.figures import DPI
+from analysis.plot.figures import DPI
 
 # The check table's columns (analysis.experiments' CheckResult fields), in the order they are read.
 CHECK_COLUMNS = ("id", "paper", "source", "statement", "method_form", "statistic", "ci_low", "ci_high",

@@ -16,10 +16,11 @@ import pandas as pd
 
 from analysis.io import write_run
 from analysis.probe.tidy import COLUMNS, DTYPES
-from analysis.report import init_report
-from analysis.report.figures import plot_layer_profile
+from analysis.experiments import atlas
+from analysis.experiments.claims import Claim, Feature, ratio
+from analysis.plot.figures import plot_layer_profile
 
-ATLAS = init_report.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
+ATLAS = atlas.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
 
 
 def _rows(run: str, arch: str, placement: str, layers: int, seed: int, quantity: str, site: str,
@@ -33,12 +34,12 @@ def _rows(run: str, arch: str, placement: str, layers: int, seed: int, quantity:
     })  # fmt: skip
 
 
-def atlas_frame(settings: init_report.AtlasSettings = ATLAS) -> pd.DataFrame:
+def atlas_frame(settings: atlas.AtlasSettings = ATLAS) -> pd.DataFrame:
     """Every quantity the atlas draws, with made-up but plausible per-layer values."""
     rng = np.random.default_rng(0)
     L = settings.layers
     parts = []
-    for arch, _, _ in init_report.ARCH_PANELS:
+    for arch, _, _ in atlas.ARCH_PANELS:
         for placement in settings.placements:
             run = f"init/{arch}/{placement}"
             for seed in range(settings.seeds):
@@ -59,7 +60,7 @@ def atlas_frame(settings: init_report.AtlasSettings = ATLAS) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype(DTYPES)
 
 
-def store_atlas(out: Path, settings: init_report.AtlasSettings = ATLAS) -> None:
+def store_atlas(out: Path, settings: atlas.AtlasSettings = ATLAS) -> None:
     """Write a synthetic atlas study where `build_report` will find and reuse it."""
     write_run(atlas_frame(settings), {**settings.meta(), "key": settings.key(), "seconds": 0.0},
               Path(out) / "data" / "init.parquet")  # fmt: skip
@@ -110,8 +111,6 @@ class FakeExperiment:
 def fake_claims(experiment: str) -> tuple:
     """Three real claims (analysis.experiments.claims) on the fake frame: post's top/bottom ratio
     (≈ e² ≈ 7.4, with a seed spread) against thresholds it clears, misses, and straddles."""
-    from analysis.experiments.claims import Claim, Feature, ratio
-
     where = {"placement": "post", "quantity": "g", "site": "resid_pre"}
     stat = ratio(Feature("top", where, layer=-1), Feature("bottom", where, layer=0), "g_top/g_bottom of post")
     common = dict(paper="xiong2020", source="Fig. 1 (fake)", experiment=experiment, statistic=stat,

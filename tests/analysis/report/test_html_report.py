@@ -13,16 +13,20 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from analysis import cli
+from analysis.experiments import atlas
 from analysis.experiments.runs import InitJob
-from analysis.report import build, init_report
+from analysis.report import build
+from analysis.report import cli as report_cli
 from analysis.report.content import CHECK_COLUMNS
 from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-N_ATLAS_FIGURES = len(init_report.PROFILE_PANELS) + len(init_report.ARCH_PANELS)
+N_ATLAS_FIGURES = len(atlas.PROFILE_PANELS) + len(atlas.ARCH_PANELS)
 
 
 class Page(HTMLParser):
@@ -60,14 +64,14 @@ def _build(out: Path, **kwargs) -> build.BuiltReport:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltReport, FakeExperiment]:
-    """One report (rendering figures is what costs: ~10 s): a stored atlas study that must be reused,
+    """One report (rendering figures is what costs): a stored atlas study that must be reused,
     the fake experiment, one that raises, and one whose figures raise."""
     out = tmp_path_factory.mktemp("report")
     store_atlas(out)
     experiment = FakeExperiment()
     with pytest.MonkeyPatch.context() as patch:
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
-        patch.setattr(init_report, "collect", refuse)
+        patch.setattr(atlas, "collect", refuse)
         patch.setattr(InitJob, "compute", refuse)  # nor probed ahead of the parts (build._compute_ahead)
         built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True),
                                          "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True)})
@@ -163,8 +167,6 @@ def test_redraw_needs_no_computation(report, tmp_path) -> None:
     assert untouched.runs == [] and built.failed == ()
     assert Page(built.index.read_text()).check_rows == 4
     assert len(list((copy / "figures").rglob("*.png"))) == N_ATLAS_FIGURES + 2
-    import matplotlib.pyplot as plt
-
     assert not plt.get_fignums()  # every figure was closed
 
 
@@ -251,8 +253,6 @@ def test_report_opens_in_a_browser_with_every_image_loaded(report, tmp_path) -> 
     ],
 )
 def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> None:
-    from analysis import cli
-
     seen = {}
     monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
                         or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
@@ -261,6 +261,19 @@ def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> 
     assert seen["experiments"] == {} and seen["redraw"] is False
     if "--placements" in argv:
         assert seen["atlas"].placements == ("post", "pre")
+
+
+def test_python_m_analysis_report_is_lnscope_report(monkeypatch, capsys) -> None:
+    """`python -m analysis.report` runs the report room's own command (analysis.report.cli.main), not
+    the whole `lnscope` command: the same options, the same bad-input status."""
+    seen = {}
+    monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
+                        or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
+    assert report_cli.main(["--quick", "--experiments", "none"]) == 0
+    assert (seen["preset"], seen["atlas"].layers, seen["out"]) == ("tiny", 6, "reports/tiny")
+    with pytest.raises(SystemExit) as exit_:
+        report_cli.main(["--seeds", "0", "--experiments", "none"])
+    assert exit_.value.code == 2 and "lnscope: error: seeds must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_figures_are_redrawn_only_when_their_data_or_the_code_changed(report, tmp_path, monkeypatch) -> None:

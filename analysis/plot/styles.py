@@ -18,7 +18,7 @@ import pandas as pd
 _MARKERS = "osD^vP*Xh<>p"
 
 # One color and marker per placement, in every figure (registry order of models.PLACEMENTS; this
-# module does not import models, and tests/analysis/report/test_figures.py checks it covers them all).
+# module does not import models, and tests/analysis/plot/test_figures.py checks it covers them all).
 # tab20: the dark shades (= tab10) first, then the light ones.
 _TAB20 = plt.get_cmap("tab20").colors
 _PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]

@@ -1,4 +1,4 @@
-"""The initialization atlas (analysis.report.init_report): its summary statistics on a frame with known
+"""The initialization atlas (analysis.experiments.atlas): its summary statistics on a frame with known
 values, its settings, and the whole pipeline (probe -> parquet -> figures -> pages) on a small real run
 through the CLI, including reuse and --redraw."""
 
@@ -10,13 +10,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import init_report as report
 from analysis.cli import main as cli_main
+from analysis.experiments import EXPERIMENTS
+from analysis.experiments import atlas as report
+from analysis.experiments.runs import InitJob, clear_memory
 from analysis.io import read_run
+from analysis.probe.tidy import COLUMNS
+from analysis.report.build import default_experiments
+from tests.analysis.report.fakes import atlas_frame
 
 LAYERS = 4
 SEEDS = (0, 1, 2)
@@ -59,9 +65,9 @@ def test_summary_keeps_a_diverged_seed_and_names_nan_cells() -> None:
                         ("cos_adjacent", "resid_pre"): ones, ("act_norm", "resid_pre"): ones})
     table = report.summary_table(df)
     assert table.iloc[0]["G_top/G_bottom"].startswith("nan")  # not the median of the two finite seeds
-    note = report._nan_note(table)
+    note = report.nan_note(table)
     assert "encdec/pre G_top/G_bottom" in note and "decoder/pre G_top/G_bottom" in note
-    assert report._nan_note(report.summary_table(_frame("pre", {("act_norm", "resid_pre"): ones}))).count("nan") == 0
+    assert report.nan_note(report.summary_table(_frame("pre", {("act_norm", "resid_pre"): ones}))).count("nan") == 0
 
 
 @pytest.mark.parametrize(
@@ -85,6 +91,44 @@ def test_atlas_key_names_every_setting() -> None:
     others = [dict(layers=5), dict(seeds=3), dict(placements=("post",)), dict(seq_len=16), dict(batch_size=4)]
     keys = {report.AtlasSettings(**{**dict(layers=4, seeds=2, placements=("post", "pre")), **o}).key() for o in others}
     assert base.key() not in keys and len(keys) == len(others)
+
+
+def test_the_atlas_is_an_experiment_the_report_renders_apart() -> None:
+    """Registered like the papers (its plan: one InitJob per arch and placement at every preset), and
+    left out of the report's experiment sections (it has its own)."""
+    assert EXPERIMENTS["atlas"] is report.EXPERIMENT and not report.EXPERIMENT.claims
+    for preset, layers in (("tiny", 6), ("quick", 18), ("paper", 18)):
+        jobs = report.EXPERIMENT.jobs(preset)
+        assert {j.model.n_dec_layers for j in jobs} == {layers} and len(jobs) == 2 * len(report.PLACEMENTS)
+    settings = report.AtlasSettings(layers=3, seeds=2, placements=("pre", "post"))
+    jobs = report.atlas_experiment(settings).jobs("quick")
+    assert [(j.model.arch, j.variant, j.seeds) for j in jobs] == [(a, p, 2) for a in ("encdec", "decoder")
+                                                                  for p in ("post", "pre")]  # fmt: skip
+    assert "atlas" not in default_experiments() and set(default_experiments()) == set(EXPERIMENTS) - {"atlas"}
+
+
+def test_collect_reads_the_jobs_back_as_one_tidy_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The atlas' frame is its jobs' rows through the runs machinery, without the experiment's
+    bookkeeping columns (part, variant, job): the tidy table the report stores as data/init.parquet."""
+    settings = report.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
+    fake = atlas_frame(settings)
+
+    def compute(job: InitJob) -> pd.DataFrame:
+        arch, placement = job.model.arch, job.model.placement
+        return fake[(fake["arch"] == arch) & (fake["placement"] == placement)].reset_index(drop=True)
+
+    monkeypatch.setattr(InitJob, "compute", compute)
+    clear_memory()
+    try:
+        frame = report.collect(settings, progress=False)
+    finally:
+        clear_memory()  # the fake rows must not serve a later test's jobs
+    assert list(frame.columns) == list(COLUMNS)
+    pd.testing.assert_frame_equal(frame.drop(columns="run"), fake.drop(columns="run"))  # jobs in plan order
+    assert frame["run"].str.startswith("init/").all()  # each row names the job (by hash) it came from
+    names = set(report.EXPERIMENT.figures(frame))
+    plt.close("all")
+    assert names == {q for q, _, _ in report.PROFILE_PANELS} | {f"cka_{a}" for a, _, _ in report.ARCH_PANELS}
 
 
 @pytest.mark.slow

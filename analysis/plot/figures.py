@@ -44,7 +44,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
-from analysis.report.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS, styles as _styles
+from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS, styles as _styles
 from analysis.stats import t_quantile
 
 __all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",

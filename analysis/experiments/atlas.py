@@ -1,10 +1,15 @@
-"""The initialization atlas: every placement probed at initialization (a part of `lnscope report`).
+"""The initialization atlas: every placement probed at initialization, an experiment without claims.
 
 Probes every placement on an 18-layer encoder-decoder and an 18-layer decoder-only stack (the
 calibration harness of docs/calibration.md: d_model 64, 4 heads, FFN 256, random tokens, batch 8,
-length 32, 3 seeds) and turns the tidy table into the atlas' figures and its summary table. The
-study is stored with a hash of its settings (`init_study`), so a report run again with the same
-settings reuses it.
+length 32, 3 seeds) and turns the tidy table into the atlas' figures and its summary table.
+Registered like the papers' experiments (`analysis.experiments.EXPERIMENTS["atlas"]`); its jobs are
+InitJobs computed and stored by analysis.experiments.runs. `lnscope report` renders it in its own
+section, with the settings its options give (`atlas_experiment(settings)`); the study is stored
+with a hash of its settings (`init_study`), so a report run again with the same settings reuses it.
+
+    frame = EXPERIMENTS["atlas"].run("quick")      # 18 layers, 3 seeds, every placement
+    table = summary_table(frame)                    # headline statistics per (arch, placement)
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis.report import figures
-from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs, run_jobs
+from analysis.experiments.experiment import Experiment
+from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs
 from analysis.identity import content_id
 from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES
-from matplotlib.figure import Figure
-
 from models import PLACEMENTS, ModelConfig
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+NAME = "atlas"  # its key in analysis.experiments.EXPERIMENTS
 ARCH_PANELS = (("encdec", "decoder", "decoder of an encoder-decoder"), ("decoder", "decoder", "decoder-only"))
 FAMILY_TITLES = {"post": "norm on the stream (Post-LN family)", "pre": "un-normalized stream (Pre-LN family)",
                  "none": "no norm"}  # fmt: skip
@@ -61,16 +68,9 @@ def atlas_jobs(layers: int, seeds: int, placements: Sequence[str] | None = None,
             for arch, _, _ in ARCH_PANELS for placement in check_placements(placements)]  # fmt: skip
 
 
-def collect(layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8,
-            seq_len: int = 32, store: Path | None = None, progress: bool = True) -> pd.DataFrame:  # fmt: skip
-    """Probe every (arch, placement) of the report at initialization; one tidy frame (jobs computed on
-    a pool of processes, and kept in `store` when given)."""
-    jobs = atlas_jobs(layers, seeds, placements, batch_size, seq_len)
-    compute_jobs(jobs, store, progress=progress, desc="probing placements")
-    return run_jobs(jobs, store).drop(columns=["variant", "job"])
-
-
 def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Figure:
+    from analysis.plot import figures  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
+
     families = [f for f in FAMILY_TITLES if any(p.family == f for p in PLACEMENTS.values())]
     fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(5.2, 3.6))
     for row, (arch, stack, arch_title) in enumerate(ARCH_PANELS):
@@ -91,6 +91,8 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Fig
 
 
 def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figure:
+    from analysis.plot import figures  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
+
     names = [p for p in PLACEMENTS if p in set(df["placement"])]
     fig, axes = figures.figure_grid(len(names), ncols=5, panel_size=(3.2, 2.8))
     for ax, placement in zip(axes, names):
@@ -100,14 +102,6 @@ def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figur
     fig.suptitle(f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)",
                  fontsize=11)  # fmt: skip
     return fig
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-markdown table (no extra dependency)."""
-    cells = [list(map(str, frame.columns))] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(row) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("---" for _ in frame.columns) + "|")
-    return "\n".join(lines)
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -147,7 +141,7 @@ Columns (layer 1 = bottom, L = top; the encdec rows are its decoder):
 """
 
 
-def _nan_note(table: pd.DataFrame) -> str:
+def nan_note(table: pd.DataFrame) -> str:
     """Name the cells that are NaN, which are results (0/0 or diverged), not missing data."""
     cells = [f"{row['arch']}/{row['placement']} {col}" for _, row in table.iterrows()
              for col in table.columns[2:] if str(row[col]).startswith("nan")]  # fmt: skip
@@ -155,8 +149,6 @@ def _nan_note(table: pd.DataFrame) -> str:
         return ""
     return ("\nNaN cells are measured, not missing: a 0/0 ratio (ReZero's α = 0 at init gives every sublayer "
             "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n")
-
-
 
 
 @dataclass(frozen=True)
@@ -197,6 +189,19 @@ class AtlasSettings:
         return content_id(self.meta())
 
 
+def _plan(settings: AtlasSettings) -> dict[str, list[InitJob]]:
+    return {"atlas": atlas_jobs(settings.layers, settings.seeds, settings.placements, settings.batch_size,
+                                settings.seq_len)}  # fmt: skip
+
+
+def collect(settings: AtlasSettings, store: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Probe every (arch, placement) of the atlas at initialization; one tidy frame (analysis.probe.tidy's
+    columns; jobs computed on a pool of processes, and kept in `store` when given)."""
+    experiment = atlas_experiment(settings)
+    compute_jobs(experiment.jobs(), store, progress=progress, desc="probing placements")
+    return experiment.run(store=store).drop(columns=["part", "variant", "job"])
+
+
 def is_stored_study(settings: AtlasSettings, path: Path) -> bool:
     """Whether `path` holds a study with `settings`' key (reused by init_study)."""
     path = Path(path)
@@ -215,8 +220,7 @@ def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True, store
         df, meta = read_run(path)
         return df, {**meta, "reused": True}
     start = time.perf_counter()
-    df = collect(settings.layers, settings.seeds, settings.placements, settings.batch_size, settings.seq_len,
-                 store=store if reuse else None, progress=progress)  # fmt: skip
+    df = collect(settings, store=store if reuse else None, progress=progress)
     meta = {**settings.meta(), "key": settings.key(), "seconds": round(time.perf_counter() - start, 1)}
     write_run(df, meta, path)
     return df, {**meta, "reused": False}
@@ -256,3 +260,28 @@ ATLAS_SUMMARY = (
     "decoder-only model, {seeds} seeds each. skip_scale is shown at λ = 2 (at λ = 1 it is Post-LN). Equations "
     "of each placement: docs/placements.md; what each probe computes: docs/probes.md."
 )
+
+
+def _figures(frame: pd.DataFrame) -> dict[str, Figure]:
+    layers, seeds = int(frame["layers"].max()), int(frame["seed"].nunique())
+    return {name: fig for name, _, fig in atlas_figures(frame, layers, seeds)}
+
+
+# `lnscope report --quick` probes 6 layers; the calibration harness is the atlas' size at both other presets.
+PRESETS = {"tiny": AtlasSettings(layers=6), "quick": AtlasSettings(), "paper": AtlasSettings()}
+
+
+def atlas_experiment(settings: AtlasSettings | None = None) -> Experiment:
+    """The atlas as an Experiment: its default PRESETS, or `settings` at every preset (what `lnscope
+    report --layers/--seeds/--placements` asks for)."""
+    return Experiment(
+        name=NAME, paper="", title="Initialization atlas",
+        summary="Every placement of the zoo probed at initialization on the calibration harness (d_model 64, "
+                "4 heads, FFN 256, random tokens): an encoder-decoder and a decoder-only model of the same depth.",
+        command="lnscope report --experiments none",
+        presets=PRESETS if settings is None else dict.fromkeys(PRESETS, settings),
+        plan=_plan, figures=_figures, claims=(),
+    )  # fmt: skip
+
+
+EXPERIMENT = atlas_experiment()

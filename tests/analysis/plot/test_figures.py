@@ -1,4 +1,4 @@
-"""Tests for analysis.report.figures on synthetic tidy frames with known profiles.
+"""Tests for analysis.plot.figures on synthetic tidy frames with known profiles.
 
 Every expected number is computed here independently (numpy over a pivot of the frame) and compared
 with what the plot put on its axes.
@@ -17,7 +17,7 @@ import pytest
 
 from analysis.stats import t_quantile
 
-from analysis.report.figures import (
+from analysis.plot.figures import (
     figure_grid,
     plot_cka_heatmap,
     plot_depth_scaling,
@@ -347,7 +347,7 @@ def test_heatmap_cell_with_non_finite_seed_is_blank():
 
 
 def test_every_placement_has_its_own_color_and_marker():
-    from analysis.report.figures import PLACEMENT_COLORS, PLACEMENT_MARKERS
+    from analysis.plot.figures import PLACEMENT_COLORS, PLACEMENT_MARKERS
     from models import PLACEMENTS
 
     assert list(PLACEMENT_COLORS) == list(PLACEMENTS) == list(PLACEMENT_MARKERS)
@@ -357,7 +357,7 @@ def test_every_placement_has_its_own_color_and_marker():
 def test_variant_hue_takes_its_placements_color_and_forms_differ_by_line_style():
     """A hue like 'variant' is drawn in its placement's color; two forms of one placement share the
     color and differ in line style; hue values that all stand for one placement get distinct colors."""
-    from analysis.report.figures import PLACEMENT_COLORS, plot_lines
+    from analysis.plot.figures import PLACEMENT_COLORS, plot_lines
 
     rows = []
     for variant, placement in (("post", "post"), ("b2t", "b2t"), ("b2t + rescale", "b2t")):
@@ -384,7 +384,7 @@ def test_variant_hue_takes_its_placements_color_and_forms_differ_by_line_style()
 
 def test_plot_lines_means_and_log_interval():
     """plot_lines' center is the seed mean (ci) or the geometric mean (logci), checked by hand."""
-    from analysis.report.figures import plot_lines
+    from analysis.plot.figures import plot_lines
 
     values = {0: [1.0, 2.0, 4.0], 1: [10.0, 20.0, 40.0]}
     frame = pd.DataFrame([{"variant": "pre", "placement": "pre", "seed": s, "x": x, "value": v}

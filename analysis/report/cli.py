@@ -1,0 +1,58 @@
+"""`lnscope report`: run the atlas, the experiments and their checks; write one HTML report.
+
+Registered in analysis/cli.py by `add_commands`; `python -m analysis.report [options]` runs the same
+command on its own (`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from analysis.command import run_command
+from analysis.experiments.atlas import AtlasSettings
+from models import PLACEMENTS
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    # lazy: the report's build loads matplotlib, so `lnscope --help` starts fast
+    from analysis.report.build import build_report, default_experiments, select_experiments
+
+    layers = 6 if args.quick else args.layers
+    placements = tuple(p.strip() for p in args.placements.split(",")) if args.placements else None
+    atlas = AtlasSettings(layers=layers, seeds=args.seeds, **({"placements": placements} if placements else {}))
+    wanted = args.experiments.strip()
+    experiments = {} if wanted == "none" else select_experiments(wanted, default_experiments())
+    preset = args.preset or ("tiny" if args.quick else "quick")
+    out = Path(args.out or f"reports/{preset}")
+    built = build_report(out, preset=preset, atlas=atlas, experiments=experiments,
+                         store=Path(args.store) if args.store else None, redraw=args.redraw,
+                         reuse=not args.recompute)  # fmt: skip
+    return 1 if built.failed else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `lnscope report` to the `lnscope` command's subparsers."""
+    report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report (make report)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    report.add_argument("--out", default="", help="output folder (default: reports/<preset>); index.html is the report")
+    report.add_argument("--preset", default=None, choices=("tiny", "quick", "paper"),
+                        help="experiments' preset: quick (the default: 2-core CPU, minutes), paper (the papers' sizes, "
+                             "a GPU), tiny (a smoke run; the default with --quick)")
+    report.add_argument("--experiments", default="all", help="comma-separated experiment names, all, or none")
+    report.add_argument("--store", default="", help="folder of reusable experiment results (default: <out>/store)")
+    report.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the initialization atlas")
+    report.add_argument("--layers", type=int, default=18, help="depth of the atlas' encdec (each stack) and decoder-only models")
+    report.add_argument("--quick", action="store_true", help="a smoke run: a 6-layer atlas and the tiny preset")
+    report.add_argument("--placements", default="", help=f"atlas placements, comma-separated subset of: {', '.join(PLACEMENTS)} (default: all)")
+    report.add_argument("--redraw", action="store_true", help="figures, checks and pages again from <out>/data, no computation")
+    report.add_argument("--recompute", action="store_true", help="recompute the atlas even if a stored one has the same settings")
+    report.set_defaults(func=_cmd_report)
+
+
+def main(argv: list[str], *, prepare: bool | None = None) -> int:
+    """`lnscope report` with `argv` as its options (`python -m analysis.report`); `prepare` as in
+    analysis.command.run_command."""
+    parser = argparse.ArgumentParser(prog="lnscope", description=__doc__.split("\n\n")[0])
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, ["report", *argv], prepare=prepare)

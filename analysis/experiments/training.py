@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.experiments.claims import Feature
 from models import ModelConfig
 
@@ -78,13 +79,11 @@ class Plan:
         deep: depth where Post-LN fails (18, the papers' deep setting).
         shallow: depth of Xiong's warm-up study and Xu's norm comparison, where every variant can train.
         probe_every, eval_every, eval_batches: probe and validation cadence.
-        unroll_layers: the models' `ModelConfig.unroll_layers` (None: its default). The quick and tiny
-            runs are short (120 updates), so compiling dominates them: scanned layers (0) compile
-            ~2.4x faster than the unrolled loop and train ~1.3x slower per update; measured on the
-            2-core CPU, an 18-layer run took 25.9 s instead of 36.7 s and a 6-layer one 13.6 s
-            instead of 19.0 s; the quick training checks' statistics came out bit-identical to the unrolled
-            runs' for 9 of 11 claims and within 0.1% for the other two (rSkip+LN, DetachNorm). The paper preset's long runs
-            keep the default (unrolled up to 18 layers: the faster update).
+        unroll_layers: the execution plan's `unroll_layers` (None: this backend's default,
+            analysis.execution). The quick and tiny runs are short, so compiling dominates them:
+            scanned layers (0) compile faster than the unrolled loop and train slower per update, and
+            came out faster overall, with the quick checks' statistics within 0.1% of the unrolled
+            runs'. The paper preset's long runs keep the default.
     """
 
     d_model: int
@@ -107,9 +106,12 @@ class Plan:
     eval_batches: int = 2
     unroll_layers: int | None = None
 
+    def execution(self) -> ExecutionPlan:
+        """How the runs compute (analysis.execution)."""
+        plan = default_plan()
+        return plan if self.unroll_layers is None else plan.replace(unroll_layers=self.unroll_layers)
+
     def model(self, placement: str, layers: int, **fields: Any) -> ModelConfig:
-        if self.unroll_layers is not None:
-            fields = {"unroll_layers": self.unroll_layers, **fields}
         return ModelConfig(arch="decoder", placement=placement, layers=layers, d_model=self.d_model, heads=self.heads,
                            d_ff=self.d_ff, vocab=self.vocab, max_len=self.seq_len, **fields)  # fmt: skip
 
@@ -164,7 +166,7 @@ class TrainJob:
         from analysis.train import train
 
         cfg = self.config()
-        return to_rows(train(cfg), cfg)
+        return to_rows(train(cfg, plan=self.plan.execution()), cfg)
 
 
 def to_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:

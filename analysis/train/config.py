@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from analysis.execution.plan import RETIRED_MODEL_FIELDS
 from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
 from models import ModelConfig
 
@@ -289,8 +290,10 @@ def _coerce(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """The TrainConfig of `to_dict` (or of a hand-written nested dict; missing keys take defaults)."""
     data = dict(data)
+    # a run stored before the execution plan (analysis.execution) has its fields in the model's
+    model = {k: v for k, v in (data.pop("model", {}) or {}).items() if k not in RETIRED_MODEL_FIELDS}
     nested = {
-        "model": _coerce(ModelConfig, data.pop("model", {}) or {}, "model"),
+        "model": _coerce(ModelConfig, model, "model"),
         "task": _coerce(TaskConfig, data.pop("task", {}) or {}, "task"),
         "optim": _coerce(OptimConfig, data.pop("optim", {}) or {}, "optim"),
     }

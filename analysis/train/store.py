@@ -35,10 +35,10 @@ from analysis.train.config import TrainConfig, to_dict
 from analysis.train.seeds import MODES
 
 STORE_VERSION = 1  # bump when the meaning of stored numbers changes: old runs then get new folders
-# ModelConfig fields added after runs were stored, with their defaults: at the default they stay out
-# of the run id. scan_remat's default recomputes scanned layers on a CPU, which moves a scanned run's
-# numbers by float rounding only (as a new jaxlib does), so its runs keep their folders.
-LATER_MODEL_FIELDS = {"scan_remat": None}
+# Execution fields that ModelConfig held before the execution plan (analysis.execution), at the
+# values every stored run had (compute_dtype: the plan's numerics_key), so that run ids stay those
+# of the runs already stored.
+RETIRED_MODEL_FIELDS = {"unroll_layers": 18, "compute_dtype": None}
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
 PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
@@ -47,19 +47,18 @@ RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", 
                "warmup_steps", "steps", "status", "diverged_step", "seed_programs")  # fmt: skip
 
 
-def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "vmapped") -> str:
+def config_hash(cfg: TrainConfig, fingerprint: str = "", seed_programs: str = "vmapped",
+                numerics: dict[str, Any] | None = None) -> str:  # fmt: skip
     """16 hex digits of sha256 over the full config, the data's fingerprint (a custom corpus' content
     hash), how the seeds were computed (analysis.train.seeds: "vmapped" or "per_seed"; their numbers
-    differ by float rounding amplified by training) and the store version: equal configs computed
-    alike share a folder, any change gets a new one. ("vmapped", and model fields added later at their
-    defaults (`LATER_MODEL_FIELDS`), are left out of the hashed payload, so the ids of runs stored
-    before those existed are unchanged.)"""
+    differ by float rounding amplified by training), the execution plan's `numerics_key()` and the
+    store version: equal configs computed alike share a folder, any change gets a new one.
+    ("vmapped" is left out of the hashed payload, and `RETIRED_MODEL_FIELDS` put in, so the ids of
+    runs stored before those existed are unchanged.)"""
     if seed_programs not in MODES:
         raise ValueError(f"unknown seed_programs {seed_programs!r}; valid choices: {', '.join(MODES)}")
     config = to_dict(cfg)
-    for name, default in LATER_MODEL_FIELDS.items():
-        if config["model"].get(name, default) == default:
-            config["model"].pop(name, None)
+    config["model"] = {**config["model"], **RETIRED_MODEL_FIELDS, **(numerics or {})}
     content: dict = {"config": config, "data": fingerprint, "store": STORE_VERSION}
     if seed_programs != "vmapped":
         content["seed_programs"] = seed_programs

@@ -77,45 +77,50 @@ def _finite(field: str, value: object, *, low: float | None = None, strict: bool
 class ModelConfig:
     """A Transformer with one layer-normalization placement.
 
+    Each entry's first clause (up to "; " or ". ") is its command-line help.
+
     Architecture:
-        arch: "encoder" (bidirectional), "decoder" (causal LM) or "encdec" (encoder + causal decoder
-            with cross-attention).
-        placement: how norms and residuals are wired in every block (`models.PLACEMENTS`).
-        enc_placement: encdec only: another placement for the encoder stack (default: `placement`).
-        norm: the norm in every norm slot of the placement and the final norm (`models.NORMS`).
+        arch: which stacks; "encoder" bidirectional, "decoder" a causal LM, "encdec" both, the
+            decoder with cross-attention.
+        placement: how norms and residuals are wired in every block; a key of `models.PLACEMENTS`.
+        enc_placement: another placement for an encdec's encoder (default: `placement`); the
+            calibration (docs/calibration.md) used Post-LN encoders under some decoder variants.
+        norm: the norm in every norm slot and the final norm; a key of `models.NORMS`.
         layers: layers of each stack.
         enc_layers: layers of the encoder stack (default: `layers`).
         dec_layers: layers of the decoder stack (default: `layers`).
         d_model: width of the residual stream; a multiple of `heads`.
-        heads: attention heads; divides `d_model`.
+        heads: attention heads; they divide `d_model`.
         d_ff: hidden width of the feed-forward sublayer.
         vocab: token vocabulary size.
-        max_len: longest input sequence (the learned positions' table length).
-        activation: feed-forward activation, "relu" (the papers) or "gelu".
-        dropout: rate on every sublayer output before its residual add (fairseq); 0 = deterministic.
-        bias: biases in the attention and feed-forward projections (zero at init; off in the harness).
+        max_len: longest input sequence; the learned positions' table length.
+        activation: feed-forward activation; "relu" in the papers.
+        dropout: rate on every sublayer output before its residual add; 0 = deterministic (fairseq).
+        bias: biases in the attention and feed-forward projections; zero at init, off in the harness.
 
     Initialization:
-        init: "xavier_uniform" (fairseq, gain 1), "xavier_normal", or "normal" (std 0.02, GPT-2).
+        init: projection init; "xavier_uniform" (fairseq, gain 1), "xavier_normal", or "normal"
+            (std 0.02, GPT-2).
         embed_std: std of the token-embedding table (default: d_model**-0.5, fairseq).
-        embed_scale: multiplier on token embeddings (default: sqrt(d_model), fairseq: unit-variance
-            token inputs).
-        pos: positional encoding, "sinusoidal" (fairseq), "learned" (std `embed_std`), or "none".
+        embed_scale: multiplier on token embeddings (default: sqrt(d_model), fairseq); the default
+            token inputs have unit variance per feature.
+        pos: positional encoding; "learned" ones have std `embed_std`, "sinusoidal" is fairseq's.
         tie_embeddings: output head = token-embedding table transposed; else a separate head, N(0, 1/d).
-        gpt2_scaled_init: residual-output projections (W_O, W2) times 1/sqrt(N_res), N_res the residual
-            sublayers of the stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.
+        gpt2_scaled_init: GPT-2's 1/sqrt(N_res) on W_O and W2; N_res the residual sublayers of the
+            stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.
         dtype: dtype of the parameters and activations; "float64" needs jax's x64 mode.
-        norm_eps: epsilon of every norm (inside the square root).
+        norm_eps: epsilon of every norm, inside the square root.
 
     Placement and norm options (ignored by placements/norms that do not use them):
-        b2t_rescale: B2T: multiply every projection weight of the layer by L**-0.5, as the official
-            code does since 2023-05-18 (off = the paper's form).
-        residual_scale: ResiDual's dual-stream scale s (`*_res_input_norm_scale`; function-preserving).
-        skip_lambda: skip_scale's fixed λ in LN(λ·x + F(x)) (Liu et al. 2021).
+        b2t_rescale: B2T's L**-0.5 on every projection weight of a layer; the official code's since
+            2023-05-18 (off = the paper's form).
+        residual_scale: ResiDual's dual-stream scale s; `*_res_input_norm_scale`, function-preserving.
+        skip_lambda: skip_scale's fixed λ in LN(λ·x + F(x)); Liu et al. 2021.
         rsln_steps: rsln's recursion order λ in {1, 2, ...}; 1 is Post-LN.
-        admin_init: Admin's ω: "profile" (the paper's variance profiling on a random batch at init) or
-            "constant" (admin_torch's profiling-free sqrt((n+1)/ln(n+1) - 1)).
-        mix_post_fraction: Mix-LN: the first floor(fraction * L) layers are Post-LN, the rest Pre-LN.
+        admin_init: how Admin's ω is set; "profile": the paper's variance profiling on a random batch
+            at init, "constant": admin_torch's profiling-free sqrt((n+1)/ln(n+1) - 1).
+        mix_post_fraction: Mix-LN's share of Post-LN layers; the first floor(fraction * L) layers
+            are Post-LN, the rest Pre-LN.
         normformer_resid_scale: NormFormer's learnable residual scale λ_res on the FFN residual.
         adanorm_scale: AdaNorm's C in C·(1 - k·y)⊙y.
         adanorm_k: AdaNorm's k in C·(1 - k·y)⊙y.

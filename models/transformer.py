@@ -74,7 +74,7 @@ class Transformer(nnx.Module):
         if not isinstance(ops, ModelOps):
             raise TypeError(f"ops must be a models.ModelOps, got {type(ops).__name__}")
         self.ops = ops
-        for _, module in self.iter_modules():
+        for _, module in nnx.iter_modules(self):
             if isinstance(module, Linear):
                 module.projection = ops.projection
             elif isinstance(module, Stack):

@@ -43,17 +43,16 @@ class ExecutionPlan:
     """How a model runs: its layer loop, recomputation, compute dtype, and how seeds are batched.
 
     Attributes:
-        unroll_layers: stacks of at most this many layers run as an unrolled loop; deeper ones scan.
-            0 = always scan.
-        grad_barrier: an unrolled layer's input gradient is materialized before the layer below uses it.
-        remat: scanned layers recompute their forward in the backward pass instead of saving it.
-        compute_dtype: "bfloat16": projections take bfloat16 inputs, accumulate in float32
-            (needs float32 parameters); None: the parameters' dtype.
-        cpu_weight_layout: projections' weight gradients as standard-layout products on CPUs.
-        seed_programs: "vmapped": a study's or run's seeds in one vmapped program; "per_seed": a
-            program step per seed.
-        streams: programs run at once on threads (None: $LNSCOPE_STREAMS, else one per CPU core
-            on a CPU and 1 on an accelerator).
+        unroll_layers: deepest stack run as an unrolled loop; deeper ones scan, 0 = always scan.
+        grad_barrier: materialize an unrolled layer's input gradient; keeps XLA from recomputing
+            the residual-gradient chain inside each layer's weight-gradient products.
+        remat: recompute scanned layers' forward in the backward pass; nothing saved but inputs.
+        compute_dtype: projections' input dtype; "bfloat16" accumulates in float32 and needs
+            float32 parameters, None computes in the parameters' dtype.
+        cpu_weight_layout: weight gradients as standard-layout products on CPUs; the same values.
+        seed_programs: seeds in one vmapped program, or a program step per seed.
+        streams: programs run at once on threads; None: $LNSCOPE_STREAMS, else one per CPU core on
+            a CPU and 1 on an accelerator.
     """
 
     unroll_layers: int = CPU_UNROLL_LAYERS

@@ -65,24 +65,24 @@ class TaskConfig:
     """The data: a task from `analysis.train.tasks.TASKS`, its sizes and its fixed randomness.
 
     Attributes:
-        name: copy | reverse | sort (sequence-to-sequence), markov | charlm (language modelling).
+        name: the task; copy, reverse, sort are sequence-to-sequence, markov, charlm language modelling.
         vocab: content symbols of copy/reverse/sort/markov; None = as many as the model's vocab allows
             (copy/reverse/sort reserve 2 ids for padding and the separator, an encoder's LM task 1 mask id).
             charlm takes its symbols from the corpus (leave None).
-        length: source length of copy/reverse/sort (the maximum when min_length is set).
-        min_length: shortest source of copy/reverse/sort (lengths uniform in [min_length, length],
-            padded); None = every source has `length` symbols.
-        noise: copy/reverse/sort label noise: each target symbol is replaced by a uniformly random one
+        length: source length of copy/reverse/sort; the maximum when min_length is set.
+        min_length: shortest source of copy/reverse/sort; lengths uniform in [min_length, length],
+            padded; None = every source has `length` symbols.
+        noise: copy/reverse/sort label noise; each target symbol is replaced by a uniformly random one
             with this probability (the loss floor is then the noise's entropy, reported).
         seq_len: window length (tokens) of markov and charlm.
         batch_size: sequences per training step (per seed).
         corpus: charlm's UTF-8 text file; None = the standard library's `pydoc_data.topics`.
-        val_fraction: charlm: the last fraction of the corpus is the validation split.
-        data_seed: seed of what is fixed across model seeds: the Markov chain's transition matrix and
+        val_fraction: charlm's validation split, the last fraction of the corpus.
+        data_seed: seed of what is fixed across model seeds; the Markov chain's transition matrix and
             every validation batch. Training batches come from each model seed.
-        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)): larger = more
+        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)); larger = more
             predictable (lower entropy rate).
-        mlm_rate: encoder arch with markov/charlm: the fraction of tokens masked and predicted (BERT's).
+        mlm_rate: fraction of tokens masked and predicted; encoder arch with markov/charlm (BERT's).
     """
 
     name: str = "markov"
@@ -130,11 +130,13 @@ class OptimConfig:
 
     Attributes:
         lr: peak learning rate.
-        schedule: inverse_sqrt (linear warm-up, then lr·sqrt(warmup/step): the papers'), constant
-            (after an optional linear warm-up), cosine (linear warm-up, then cosine decay to 0).
+        schedule: learning-rate schedule; inverse_sqrt: linear warm-up, then lr·sqrt(warmup/step) (the
+            papers'), constant: after an optional linear warm-up, cosine: linear warm-up, then cosine
+            decay to 0.
         warmup_steps: linear warm-up length; 0 = none (inverse_sqrt needs >= 1).
-        b1, b2, eps: Adam's moment decays and epsilon (b2 = 0.98 and eps = 1e-8 as in fairseq's
-            Transformer recipes, the papers' setting).
+        b1: Adam's first-moment decay.
+        b2: Adam's second-moment decay; 0.98 as in fairseq's Transformer recipes (the papers').
+        eps: Adam's epsilon; 1e-8 as in fairseq's Transformer recipes (the papers').
         weight_decay: AdamW's decoupled weight decay, applied to every parameter.
         clip_norm: clip the gradient's global norm to this value before Adam; None = no clipping.
     """
@@ -174,24 +176,24 @@ class TrainConfig:
         seeds: model seeds (seed s starts from build_model(cfg, s) and draws its own training
             batches); on a CPU each trains in a program of its own, one per core at once, elsewhere
             they train together under jax.vmap (analysis.train.seeds).
-        probe_every: run `probes` at every multiple of this step (step 0 = initialization) and after
-            the last update; 0 = no probes.
-        probes: names from analysis.probe.PROBES, measured in the training step itself.
-        expensive_probes: probes run only at multiples of `expensive_probe_every` (e.g. cka,
-            hessian_top_eig), in addition to `probes`.
-        expensive_probe_every: a multiple of probe_every; 0 = never.
-        cka_tokens: the `cka` probe (and its shuffled-token null) on a random subsample of this many
-            of the batch's tokens per probe step; None = every token. The default is the training
+        probe_every: run `probes` at every multiple of this step and after the last update; step 0 =
+            initialization, 0 = no probes.
+        probes: probes measured in the training step itself; names from analysis.probe.PROBES.
+        expensive_probes: probes run only at multiples of `expensive_probe_every`; e.g. cka,
+            hessian_top_eig, in addition to `probes`.
+        expensive_probe_every: step multiple of the expensive probes; a multiple of probe_every, 0 = never.
+        cka_tokens: tokens the `cka` probe subsamples per probe step; its shuffled-token null too,
+            None = every token. The default is the training
             step's probe set, analysis.probe.STEP_PROBES: CKA's cost grows with tokens², and on 128
             tokens a probed step costs about as much as a plain one (benchmarks/README.md).
-        cka_null: "full", "half" (the null on pairs i <= j, mirrored) or "off"; see ProbeConfig.
-        eval_every: validation loss at every multiple of this step and after the last update;
-            0 = after the last update only.
-        eval_batches: validation batches per evaluation (fixed across steps and seeds).
-        loss_ceiling: a training loss above this ends the seed as diverged (as NaN/Inf loss or
-            gradients do); None = 3·ln(vocab), three times the loss of a uniform guess.
-        checkpoint_every: save a resumable checkpoint at every multiple of this step (and always
-            after the last update when the run has a folder); 0 = only the final one.
+        cka_null: the `cka` probe's shuffled-token null; "half": on pairs i <= j, mirrored (see ProbeConfig).
+        eval_every: validation loss at every multiple of this step and after the last update; 0 = after
+            the last update only.
+        eval_batches: validation batches per evaluation; fixed across steps and seeds.
+        loss_ceiling: a training loss above this ends the seed as diverged; so do NaN/Inf loss or
+            gradients. None = 3·ln(vocab), three times the loss of a uniform guess.
+        checkpoint_every: save a resumable checkpoint at every multiple of this step; always after the
+            last update when the run has a folder, 0 = only the final one.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -22,14 +22,15 @@ LayerBody = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class LayerLoop(Protocol):
-    """Runs `body` over the `length` layers of a stack, like `jax.lax.scan(body, carry, xs)`:
-    returns (final carry, ys stacked along a leading (length, ...) axis)."""
+    """Runs `body` over `length` consecutive layers (a segment, or all) of a stack of `stack_layers`,
+    like `jax.lax.scan(body, carry, xs)`: returns (final carry, ys stacked along a leading (length,
+    ...) axis). Whether it scans is decided by `stack_layers`, so every segment of a stack runs alike."""
 
-    def scans(self, length: int) -> bool:
-        """Whether a stack of `length` layers runs as one `lax.scan` (else layer by layer)."""
+    def scans(self, stack_layers: int) -> bool:
+        """Whether a stack of `stack_layers` layers runs as `lax.scan`s (else layer by layer)."""
         ...
 
-    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int) -> tuple[Any, Any]: ...
+    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int, stack_layers: int) -> tuple[Any, Any]: ...
 
 
 class Projection(Protocol):
@@ -42,10 +43,10 @@ class Projection(Protocol):
 class ScanLoop:
     """Every stack one `jax.lax.scan` over its layers (compile time flat in depth)."""
 
-    def scans(self, length: int) -> bool:
+    def scans(self, stack_layers: int) -> bool:
         return True
 
-    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int) -> tuple[Any, Any]:
+    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int, stack_layers: int) -> tuple[Any, Any]:
         return jax.lax.scan(body, carry, xs, length=length)
 
 

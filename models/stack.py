@@ -89,7 +89,7 @@ class Stack(nnx.Module):
                 return carry, (taps.sites, layer_stats)
 
             xs = (window(state), window(layer_perturb), window(keys))
-            stream, (seg_sites, seg_stats) = self.layer_loop(body, stream, xs, n)
+            stream, (seg_sites, seg_stats) = self.layer_loop(body, stream, xs, n, self.spec.layers)
             sites.append(seg_sites)
             stats.append(seg_stats)
             lo += n

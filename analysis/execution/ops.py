@@ -81,11 +81,11 @@ class PlannedLoop:
     barrier: bool = True
     remat: bool = False
 
-    def scans(self, length: int) -> bool:
-        return length > self.unroll_layers
+    def scans(self, stack_layers: int) -> bool:
+        return stack_layers > self.unroll_layers
 
-    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int) -> tuple[Any, Any]:
-        if self.scans(length):
+    def __call__(self, body: LayerBody, carry: Any, xs: Any, length: int, stack_layers: int) -> tuple[Any, Any]:
+        if self.scans(stack_layers):
             return jax.lax.scan(recomputed(body) if self.remat else body, carry, xs, length=length)
         outputs = []
         for layer_xs in _unstack(xs, length):

@@ -74,10 +74,10 @@ def test_vmapped_run_ids_are_those_stored_before_per_seed_programs():
     assert store.config_hash(cfg, seed_programs="per_seed") != "c6c3d59cde418b85"
     with pytest.raises(ValueError, match="unknown seed_programs 'per-seed'; valid choices: vmapped, per_seed"):
         store.config_hash(cfg, seed_programs="per-seed")
-    # a model field added later keeps the id at its default, and gets its own when set
-    assert store.config_hash(cfg.replace(**{"model.scan_remat": None})) == "c6c3d59cde418b85"
-    forced = {store.config_hash(cfg.replace(**{"model.scan_remat": r})) for r in (True, False)}
-    assert len(forced) == 2 and "c6c3d59cde418b85" not in forced
+    # the execution fields ModelConfig held then are the plan's now: its numerics keep the id at the
+    # float32 default, and give bfloat16 compute its own
+    assert store.config_hash(cfg, numerics={"compute_dtype": None}) == "c6c3d59cde418b85"
+    assert store.config_hash(cfg, numerics={"compute_dtype": "bfloat16"}) != "c6c3d59cde418b85"
 
 
 def test_hash_changes_with_any_field():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,21 +35,23 @@ class HelpFormatter(argparse.HelpFormatter):
     or a long list."""
 
     def __init__(self, prog: str, **kwargs: Any) -> None:
-        kwargs.setdefault("width", min(HELP_WIDTH, argparse.HelpFormatter(prog)._width + 2))
+        kwargs.setdefault("width", min(HELP_WIDTH, shutil.get_terminal_size().columns - 2))
         kwargs.setdefault("max_help_position", 32)
         super().__init__(prog, **kwargs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if "default" in text or default in (None, "", False, ()) or default is argparse.SUPPRESS:
+        text, default = action.help or "", action.default
+        empty = default is None or default is False or default is argparse.SUPPRESS or (
+            isinstance(default, (str, tuple)) and not default
+        )
+        if "default" in text or empty or not action.option_strings:
             return text
-        if not action.option_strings or isinstance(action, argparse.BooleanOptionalAction) and default is True:
-            return text if not action.option_strings else f"{text} (default: on)"
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else "%(default)s"
-        if isinstance(default, tuple) and len(shown) > SHORT_CHOICES:
-            return text  # a long list: the dataclass' docstring names it
-        return f"{text} (default: {shown})"
+        if default is True:
+            return f"{text} (default: on)"
+        if isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+            return text if len(shown) > SHORT_CHOICES else f"{text} (default: {shown})"  # a long list: see the docs
+        return f"{text} (default: %(default)s)"
 
 
 class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):

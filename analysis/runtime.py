@@ -181,33 +181,6 @@ def default_streams() -> int:
     return _whole_number(STREAMS_VAR, text, "a whole number >= 1") if text else _per_core_on_cpu(MAX_AUTO_STREAMS)
 
 
-def vmap_seeds(fn: Callable, in_axes: int | None | tuple = 0) -> Callable:
-    """jax.vmap(fn, in_axes) over whole arguments (each in_axes entry 0 or None; positional arguments
-    only), except that a seed axis of length 1 is squeezed instead of vmapped:
-    fn runs on the one seed's arrays and its outputs get the axis back. Same numbers up to float
-    rounding (tested against jax.vmap).
-
-    Why: the projections' weight gradients are standard-layout products on a CPU when fn runs
-    unbatched or over two or more seeds (analysis.execution.ops.layout_projection); vmapped over one
-    seed, XLA computes them transposed and copies them back (benchmarks/README.md).
-    Decided at trace time from the shapes, so one function serves both (jit retraces per shape).
-    """
-    entries = in_axes if isinstance(in_axes, tuple) else (in_axes,)
-    if any(axis not in (0, None) or isinstance(axis, bool) for axis in entries):
-        raise ValueError(f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}")
-    vmapped = jax.vmap(fn, in_axes=in_axes)
-
-    def call(*args: Any) -> Any:
-        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        mapped = [leaf for arg, axis in zip(args, axes) if axis == 0 for leaf in jax.tree.leaves(arg)]
-        if not mapped or any(jnp.shape(leaf)[:1] != (1,) for leaf in mapped):
-            return vmapped(*args)
-        one = [jax.tree.map(lambda leaf: leaf[0], arg) if axis == 0 else arg for arg, axis in zip(args, axes)]
-        return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), fn(*one))
-
-    return call
-
-
 def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
                    post: Callable[[Any], Any] | None = None) -> list:  # fmt: skip
     """[post(fn(*args)) for args in calls], up to `streams` calls at once, each on its own thread.

@@ -5,6 +5,7 @@ trick that changes how, never what, a model computes lives here, with its reason
                          scanned layers in the backward pass (remat)
     layout_projection    x @ w whose weight gradient is a standard-layout product on CPUs
     MixedProjection      bfloat16 inputs, float32 accumulation, forward and backward
+    vmap_seeds           jax.vmap over seeds that runs one seed unbatched (keeps that layout)
 
 Each computes the function of `models.ops`' plain defaults: up to float rounding, and for
 `MixedProjection` up to the rounding of its inputs to bfloat16 (tests/analysis/execution/).
@@ -112,7 +113,7 @@ def layout_projection(x: jax.Array, w: jax.Array) -> jax.Array:
     them. The JVP below writes the weight tangent's term as (dwᵀ·xᵀ)ᵀ with xᵀ materialized on a CPU,
     so the reverse pass transposes it into products of xᵀ that contract its last axis: unbatched,
     and vmapped over two or more seeds. Vmapped over one seed, XLA transposes them again (the
-    training programs squeeze such an axis: analysis.runtime.vmap_seeds). A custom JVP, not a custom
+    training programs squeeze such an axis: `vmap_seeds`). A custom JVP, not a custom
     VJP, so forward-mode transforms (jax.jvp, jacfwd) keep working. Other platforms take autodiff's
     form. Values: the same products, accumulated by another kernel (float rounding).
     """
@@ -172,3 +173,30 @@ class MixedProjection:
 
     def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
         return _mixed_matmul(x, w, self.compute, self.layout)
+
+
+def vmap_seeds(fn: Callable, in_axes: int | None | tuple = 0) -> Callable:
+    """jax.vmap(fn, in_axes) over whole arguments (each in_axes entry 0 or None; positional arguments
+    only), except that a seed axis of length 1 is squeezed instead of vmapped:
+    fn runs on the one seed's arrays and its outputs get the axis back. Same numbers up to float
+    rounding (tested against jax.vmap).
+
+    Why: the projections' weight gradients are standard-layout products on a CPU when fn runs
+    unbatched or over two or more seeds (`layout_projection`); vmapped over one
+    seed, XLA computes them transposed and copies them back (benchmarks/README.md).
+    Decided at trace time from the shapes, so one function serves both (jit retraces per shape).
+    """
+    entries = in_axes if isinstance(in_axes, tuple) else (in_axes,)
+    if any(axis not in (0, None) or isinstance(axis, bool) for axis in entries):
+        raise ValueError(f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}")
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+
+    def call(*args: Any) -> Any:
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        mapped = [leaf for arg, axis in zip(args, axes) if axis == 0 for leaf in jax.tree.leaves(arg)]
+        if not mapped or any(jnp.shape(leaf)[:1] != (1,) for leaf in mapped):
+            return vmapped(*args)
+        one = [jax.tree.map(lambda leaf: leaf[0], arg) if axis == 0 else arg for arg, axis in zip(args, axes)]
+        return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), fn(*one))
+
+    return call

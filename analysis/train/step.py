@@ -33,10 +33,10 @@ import numpy as np
 import optax
 
 from analysis.execution import ExecutionPlan
+from analysis.execution.ops import vmap_seeds
 from analysis.probe.api import probe_key
 from analysis.probe.loss import loss_from_logits, model_inputs
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
-from analysis.runtime import vmap_seeds
 from analysis.train.config import TrainConfig
 from analysis.train.optim import Hyper, adamw_updates, make_optimizer
 from analysis.train.tasks import TaskData

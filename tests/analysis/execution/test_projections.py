@@ -6,7 +6,7 @@ standard-layout product on CPUs. Checked: input and weight gradients equal jax.g
 probe), forward-mode JVPs and jacfwd (a custom JVP, so forward mode keeps working), also under vmap;
 a program lowered for a CPU materializes xᵀ behind an optimization barrier while one lowered for a
 GPU does not; and in the compiled CPU program every product contracts its first operand's last axis:
-plain, one seed through `analysis.runtime.vmap_seeds` (squeezed, as the training programs run it) and
+plain, one seed through `vmap_seeds` (squeezed, as the training programs run it) and
 two seeds vmapped (the mechanism, not a speed: autodiff's own form fails this check in all three).
 
 `MixedProjection` (an execution plan's compute_dtype="bfloat16"): checked against a float64
@@ -27,10 +27,9 @@ import numpy as np
 import pytest
 
 from analysis.execution import ExecutionPlan, default_plan
-from analysis.execution.ops import MixedProjection, layout_projection
+from analysis.execution.ops import MixedProjection, layout_projection, vmap_seeds
 from analysis.probe.loss import random_batch
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
-from analysis.runtime import vmap_seeds
 from models import ModelConfig, ModelOps, Transformer, init_state
 from models.layers import project
 
@@ -191,3 +190,35 @@ def test_compiled_cpu_mixed_products_contract_the_first_operands_last_axis():
     got = _contracted_lhs_axes(jax.jit(grad).lower(x, w).compile().as_text())
     assert len(got) >= 3, got  # forward, input gradient, weight gradient
     assert all(axis == rank - 1 for rank, axis in got), got
+
+
+# -- vmap_seeds: one seed unbatched, several vmapped ---------------------------------------------
+def _seed_fn(params, seed, scale):
+    """A tiny per-seed computation with a product (what vmap would batch) and two outputs."""
+    x = jax.random.normal(jax.random.key(seed), (4, 3))
+    return {"y": jnp.tanh(x @ params["w"]) * scale, "n": jnp.sum(params["w"] ** 2)}
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_vmap_seeds_equals_vmap_and_squeezes_one_seed(seeds: int) -> None:
+    params = {"w": jnp.stack([jnp.full((3, 2), 0.5 + i) for i in range(seeds)])}
+    seed_array = jnp.arange(seeds, dtype=jnp.uint32)
+    got = jax.jit(vmap_seeds(_seed_fn, in_axes=(0, 0, None)))(params, seed_array, 2.0)
+    want = jax.jit(jax.vmap(_seed_fn, in_axes=(0, 0, None)))(params, seed_array, 2.0)
+    assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+    program = jax.jit(vmap_seeds(_seed_fn, in_axes=(0, 0, None))).trace(params, seed_array, 2.0).jaxpr
+    batched = any(len(eqn.params.get("dimension_numbers", ((), ((), ())))[1][0]) for eqn in program.eqns
+                  if eqn.primitive.name == "dot_general")  # fmt: skip
+    assert batched == (seeds > 1), "one seed runs unbatched; several are vmapped"
+
+
+def test_vmap_seeds_single_argument_default_axis() -> None:
+    got = vmap_seeds(lambda s: s * 2)(jnp.arange(1.0, 2.0))
+    assert got.shape == (1,) and float(got[0]) == 2.0
+
+
+@pytest.mark.parametrize("in_axes", [1, -1, (0, 1), ({"w": 0}, None), (True, 0)])
+def test_vmap_seeds_names_an_axis_it_cannot_squeeze(in_axes) -> None:
+    with pytest.raises(ValueError, match=r"in_axes entries must be 0 or None, got"):
+        vmap_seeds(_seed_fn, in_axes=in_axes)

@@ -133,7 +133,8 @@ def probe_at_init(
     groups = _seed_groups(seeds, min(streams, len(seeds)))
     vmapped = len(groups[0]) if plan.seed_programs == "vmapped" else 1
     chunk = min(vmapped if seed_chunk is None else seed_chunk, len(groups[0]))
-    fn = _compiled(cfg, plan, pcfg, *shape, batch is not None, chunk)
+    model_plan = plan.replace(seed_programs="per_seed", streams=None)  # `chunk` and the groups say the rest
+    fn = _compiled(cfg, model_plan, pcfg, *shape, batch is not None, chunk)
     parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
     result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)

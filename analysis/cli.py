@@ -23,7 +23,7 @@ from pathlib import Path
 from analysis.command import run_command
 from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import write_run
-from analysis.options import add_model_options, dataclass_from_args
+from analysis.options import HelpFormatter, add_model_options, add_plan_options, dataclass_from_args, plan_from_args
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES, PROBES
 from analysis.report.cli import add_commands as add_report_commands
@@ -42,13 +42,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise ValueError(f"--out must end in .parquet, got {out}")
+    plan = plan_from_args(args)
     start = time.perf_counter()
     frame = probe_at_init(
         cfg, seeds=seeds, batch_size=args.batch_size, seq_len=args.seq_len, probes=probes,
-        run=args.run or out.stem, seed_chunk=args.seed_chunk, streams=args.streams,
+        run=args.run or out.stem, plan=plan, seed_chunk=args.seed_chunk,
     )  # fmt: skip
     meta = {
         "model": dataclasses.asdict(cfg),
+        "execution": None if plan is None else plan.to_dict(),
         "probes": list(probes),
         "seeds": list(seeds),
         "batch_size": args.batch_size,
@@ -74,23 +76,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lnscope", description="Gradient dynamics of layer-norm placements.")
+    parser = argparse.ArgumentParser(prog="lnscope", description="Gradient dynamics of layer-norm placements.",
+                                     formatter_class=HelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     probe = sub.add_parser("probe", help="probe models at initialization over seeds; write parquet + JSON",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    probe.add_argument("--seeds", type=int, default=4, help="number of seeds (models), in one compiled program")
-    probe.add_argument("--seed-start", type=int, default=0, help="first seed")
-    probe.add_argument("--seed-chunk", type=int, default=None,
-                       help="vmap this many seeds at a time (default: all on an accelerator, 1 on a CPU)")
-    probe.add_argument("--streams", type=int, default=None,
-                       help="seed groups computed at once on threads (default: one per core on a CPU, 1 on an accelerator)")
-    probe.add_argument("--batch-size", type=int, default=8, help="random-token batch size")
-    probe.add_argument("--seq-len", type=int, default=32, help="sequence length of the batch")
-    probe.add_argument("--probes", default="", help=f"comma-separated subset of: {', '.join(PROBES)} (default: the cheap ones)")
-    probe.add_argument("--out", required=True, help="output .parquet (a .json of the config is written next to it)")
-    probe.add_argument("--run", default="", help="run name stored in the table (default: the output file's stem)")
+                           formatter_class=HelpFormatter)  # fmt: skip
+    probe.add_argument("--seeds", type=int, default=4, metavar="N", help="number of seeds (models)")
+    probe.add_argument("--seed-start", type=int, default=0, metavar="N", help="first seed")
+    probe.add_argument("--seed-chunk", type=int, default=None, metavar="N",
+                       help="vmap this many seeds at a time (default: as --seed-programs says)")
+    probe.add_argument("--batch-size", type=int, default=8, metavar="N", help="random-token batch size")
+    probe.add_argument("--seq-len", type=int, default=32, metavar="N", help="sequence length of the batch")
+    probe.add_argument("--probes", default="", metavar="A,B,...",
+                       help="comma-separated probes, see lnscope list (default: the cheap ones)")
+    probe.add_argument("--out", required=True, metavar="PATH", help="output .parquet; its config goes next to it as .json")
+    probe.add_argument("--run", default="", metavar="TEXT", help="run name in the table (default: the output's stem)")
     add_model_options(probe)
+    add_plan_options(probe)
     probe.set_defaults(func=_cmd_probe)
 
     add_report_commands(sub)

@@ -23,8 +23,8 @@ and the JSON has sorted keys, so key order never matters. (For plain JSON data t
 `json.dumps(value, sort_keys=True)`: the ids of stores written before this module are unchanged.)
 
 `code_fingerprint()` is the one definition of "the code that computes numbers": the Python sources
-of COMPUTE_ROOMS (models/, analysis/probe/, analysis/train/), every stored number passes through
-them. A store keyed by configuration alone would serve numbers an earlier version of a model or
+of COMPUTE_ROOMS (models/, analysis/execution/, analysis/probe/, analysis/train/), every stored
+number passes through them. A store keyed by configuration alone would serve numbers an earlier version of a model or
 probe computed; with the fingerprint in the key, a changed model is recomputed instead.
 """
 
@@ -42,7 +42,7 @@ import numpy as np
 
 ID_DIGITS = 16  # 64 bits: collisions are negligible at any number of stored results
 ROOT = Path(__file__).resolve().parents[1]  # the repository root (models/ and analysis/ beside each other)
-COMPUTE_ROOMS: tuple[str, ...] = ("models", "analysis/probe", "analysis/train")
+COMPUTE_ROOMS: tuple[str, ...] = ("models", "analysis/execution", "analysis/probe", "analysis/train")
 
 
 def canonical(value: Any, where: str = "value") -> Any:

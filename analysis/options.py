@@ -4,19 +4,74 @@
     cfg = dataclass_from_args(ModelConfig, args)
 
 Each field becomes `--field-name` (or the name given in `flags`), typed from its annotation, with its
-default, and with the help text of its "name: text" entry in the class docstring (Google style
-`Attributes:` or any indented list). bool -> --x/--no-x; `X | None` -> X (the default stays None);
-`tuple[T, ...]` -> a comma-separated list. Values are validated by the dataclass itself, so the
-CLI cannot drift from the API. Nested dataclass fields are skipped: give each its own group.
+default, and with a one-line help: the first clause of its "name: text" entry in the class docstring
+(Google style `Attributes:` or any indented list). bool -> --x/--no-x; `X | None` -> X (the default
+stays None); `tuple[T, ...]` -> a comma-separated list; a `Literal[...]` type -> its values as the
+choices. Values are validated by the dataclass itself, so the CLI cannot drift from the API. Nested
+dataclass fields are skipped: give each its own group. `HelpFormatter` keeps every help line within
+HELP_WIDTH characters and shows each default once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from analysis.execution import ExecutionPlan, default_plan
+from models import ModelConfig
+from models.config import field_choices
+
+HELP_WIDTH = 100  # `--help` lines at most this wide, whatever the terminal
+SHORT_CHOICES = 48  # longer choice lists show as NAME (the error message and `lnscope list` name them)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter at most HELP_WIDTH wide, appending "(default: X)" to an option's help
+    unless the help already speaks of its default, or X is empty (None, "", False, an empty tuple)
+    or a long list."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("width", min(HELP_WIDTH, shutil.get_terminal_size().columns - 2))
+        kwargs.setdefault("max_help_position", 32)
+        super().__init__(prog, **kwargs)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        empty = default is None or default is False or default is argparse.SUPPRESS or (
+            isinstance(default, (str, tuple)) and not default
+        )
+        if "default" in text or empty or not action.option_strings:
+            return text
+        if default is True:
+            return f"{text} (default: on)"
+        if isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+            return text if len(shown) > SHORT_CHOICES else f"{text} (default: {shown})"  # a long list: see the docs
+        return f"{text} (default: %(default)s)"
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter that keeps the description's and epilog's own line breaks."""
+
+
+def short_help(text: str) -> str:
+    """The first clause of `text`: up to its first "; " or ". " outside parentheses, for a one-line
+    option help."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and char in ".;" and text[i + 1 : i + 2] == " ":
+            return text[:i]
+    return text.rstrip(".")
+
+
+def _metavar(parse: Any) -> str:
+    """N, X, PATH or TEXT by the option's type."""
+    return {int: "N", float: "X"}.get(parse, "PATH" if getattr(parse, "__name__", "") == "Path" else "TEXT")
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -57,6 +112,12 @@ def _unwrap(hint: Any) -> Any:
     return hint
 
 
+def _literal(hint: Any) -> tuple | None:
+    """The values of a `Literal[...]` annotation (also inside `X | None`), else None."""
+    hint = _unwrap(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+
+
 def _option_type(hint: Any) -> tuple[Callable[[str], Any] | None, bool]:
     """(parser of one command-line string, is_bool) for a field annotation."""
     hint = _unwrap(hint)
@@ -64,6 +125,8 @@ def _option_type(hint: Any) -> tuple[Callable[[str], Any] | None, bool]:
         return None, True
     if typing.get_origin(hint) is tuple:
         return _parse_tuple(typing.get_args(hint)[0]), False
+    if _literal(hint) is not None:
+        return type(_literal(hint)[0]), False
     return hint, False
 
 
@@ -84,7 +147,8 @@ def add_dataclass_options(
     """Add one option per field of dataclass `cls` to an argument group named `title`.
 
     Args:
-        choices: valid values per field (a tuple field's choices apply to each element).
+        choices: valid values per field (a tuple field's choices apply to each element); a field
+            typed `Literal[...]` has its values without being listed here.
         flags: flag names for fields whose `--field-name` would be unclear or clash (e.g. a task's
             `name` -> "task").
         skip: fields set by hand (and nested dataclasses, always skipped).
@@ -99,21 +163,25 @@ def add_dataclass_options(
             continue
         flag = "--" + flags.get(f.name, f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        text = helps.get(f.name, "").replace("%", "%%")  # argparse formats help strings with %
+        text = short_help(helps.get(f.name, "")).replace("%", "%%")  # argparse formats help strings with %
         parse, is_bool = _option_type(hints[f.name])
         dest = _dest(prefix, f.name)
         if is_bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
-        metavar = flags.get(f.name, f.name).upper()
-        kwargs: dict[str, Any] = {"dest": dest, "default": default, "type": parse, "help": text, "metavar": metavar}
-        if f.name in choices and typing.get_origin(_unwrap(hints[f.name])) is not tuple:
-            kwargs["choices"] = tuple(choices[f.name])
-            del kwargs["metavar"]
-        elif f.name in choices:
-            kwargs["help"] = f"{text} (from: {', '.join(choices[f.name])})".replace("%", "%%")
+        valid = choices.get(f.name, _literal(hints[f.name]))
+        kwargs: dict[str, Any] = {"dest": dest, "default": default, "type": parse, "help": text,
+                                  "metavar": _metavar(parse)}  # fmt: skip
+        if valid is not None and typing.get_origin(_unwrap(hints[f.name])) is not tuple:
+            kwargs["choices"] = tuple(valid)
+            if len(",".join(map(str, valid))) <= SHORT_CHOICES:
+                del kwargs["metavar"]
+            else:
+                kwargs["metavar"] = "NAME"
+        elif valid is not None:
+            listed = ", ".join(valid) if len(", ".join(valid)) <= SHORT_CHOICES else "see lnscope list"
+            kwargs["help"] = f"{text} (from: {listed})".replace("%", "%%")
         if isinstance(default, tuple):
-            kwargs["default"] = default
             kwargs["metavar"] = "A,B,..."
         group.add_argument(flag, **kwargs)
 
@@ -134,21 +202,29 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, *, prefix: str = ""
     return cls(**{**dataclass_kwargs(cls, args, prefix=prefix, skip=extra), **extra})
 
 
-def model_choices() -> dict[str, tuple[str, ...]]:
-    """Valid values of ModelConfig's name fields (the model zoo's registries)."""
-    from models import ARCHS, NORMS, PLACEMENTS
-    from models import config as model_config
-
-    return {
-        "arch": ARCHS, "placement": tuple(PLACEMENTS), "enc_placement": tuple(PLACEMENTS), "norm": tuple(NORMS),
-        "activation": model_config.ACTIVATIONS, "init": model_config.INITS, "pos": model_config.POSITIONS,
-        "dtype": model_config.DTYPES, "admin_init": model_config.ADMIN_INITS,
-        "compute_dtype": model_config.COMPUTE_DTYPES,
-    }  # fmt: skip
-
-
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """One option per models.ModelConfig field, for every subcommand that builds a model."""
-    from models import ModelConfig
+    add_dataclass_options(parser, ModelConfig, title="model (models.ModelConfig fields)", choices=field_choices())
 
-    add_dataclass_options(parser, ModelConfig, title="model (models.ModelConfig fields)", choices=model_choices())
+
+def add_plan_options(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
+    """Options of the execution plan's fields (analysis.execution.ExecutionPlan), each unset by
+    default: an unset one keeps this backend's default. `skip`: fields a command sets otherwise."""
+    helps, hints = field_help(ExecutionPlan), typing.get_type_hints(ExecutionPlan)
+    group = parser.add_argument_group("execution (analysis.execution.ExecutionPlan; unset: this backend's default)")
+    for name in [f.name for f in dataclasses.fields(ExecutionPlan) if f.name not in set(skip)]:
+        parse, is_bool = _option_type(hints[name])
+        dest, flag, text = f"plan.{name}", "--" + name.replace("_", "-"), short_help(helps[name]).replace("%", "%%")
+        if is_bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif _literal(hints[name]) is not None:
+            group.add_argument(flag, dest=dest, default=None, choices=_literal(hints[name]), help=text)
+        else:
+            group.add_argument(flag, dest=dest, default=None, type=parse, metavar=_metavar(parse), help=text)
+
+
+def plan_from_args(args: argparse.Namespace) -> ExecutionPlan | None:
+    """This backend's default plan with the given plan options applied; None when none was given."""
+    given = {name: value for name in ExecutionPlan.__dataclass_fields__
+             if (value := getattr(args, f"plan.{name}", None)) is not None}  # fmt: skip
+    return default_plan().replace(**given) if given else None

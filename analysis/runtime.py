@@ -9,8 +9,9 @@ compiled programs in long runs.
                                                   groups, a training run's seeds (CPU: one per core)
 
 Why a persistent cache by default: lnscope's studies are compile-bound on a CPU (a probe program or a
-training step compiles in 5-25 s and then runs for seconds), and a repeated compile read from the
-cache takes ~0.2 s. It also makes `release_compiled` cheap.
+training step compiles for longer than it then runs), and a repeated compile read from the cache is
+cheap. It also makes `release_compiled` cheap. How a model runs (layer loop, compute dtype, seeds)
+is an execution plan's (analysis.execution).
 """
 
 from __future__ import annotations
@@ -57,13 +58,12 @@ def configure_compilation_cache() -> Path | None:
 
 def release_compiled() -> None:
     """Drop every compiled XLA program of this process (reloaded from the persistent cache when needed
-    again: ~0.2 s each instead of a compile).
+    again, instead of a compile).
 
-    Why: on CPU each compiled program holds ~700 memory mappings, and the kernel's default limit is
-    65530 per process (vm.max_map_count); a full report or `lnscope check` compiles well over a
-    hundred programs, and past the limit LLVM fails with "Cannot allocate memory" and the process
-    crashes. Measured: six 18-layer probe programs took the count from 864 to 5134 mappings,
-    jax.clear_caches() back to 936.
+    Why: on CPU each compiled program holds hundreds of memory mappings, and the kernel's default
+    limit is 65530 per process (vm.max_map_count); a full report or `lnscope check` compiles well
+    over a hundred programs, and past the limit LLVM fails with "Cannot allocate memory" and the
+    process crashes.
     """
     jax.clear_caches()
 
@@ -123,10 +123,7 @@ def worker_cpus(workers: int) -> list[list[int]] | None:
     $LNSCOPE_PIN_WORKERS is "off", JAX runs on an accelerator, or there are fewer CPUs than workers.
 
     Why: XLA sizes a process's thread pool from the CPUs it may use, so unrestricted workers each run
-    a pool over every core and contend for them. Measured on the 2-core CPU (two processes at once,
-    each timing an 18-layer d=128 training step): restricted to a core each, plain 140-144 ms and
-    probed 158-161 ms a step, against 159-163 and 173-181 ms unrestricted (plain 0.87-0.88x, probed
-    0.89-0.92x; two pairs of runs).
+    a pool over every core and contend for them (benchmarks/README.md measures it).
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if not pin_workers() or workers < 1 or len(cpus) < workers or not _on_cpu_if_known():
@@ -175,50 +172,13 @@ def default_streams() -> int:
     MAX_AUTO_STREAMS) when JAX runs on the CPU, and 1 on an accelerator (one device runs one program
     at a time; vmapping the seeds fills it).
 
-    Why on a CPU: XLA's kernels keep two cores poorly busy on the small matrices of an init study
-    (a 12-layer d=64 study of 32 seeds, measured before the site-gradient taps: one seed at a time
-    2.0-2.2 s on two cores, 2.3-2.7 s vmapped), while two programs at once fill them (1.3-1.5 s then,
-    1.2-1.3 s with the taps). A worker process of `compute_jobs` gets its
-    share of the cores (cores // workers), so a pool does not oversubscribe them.
+    Why on a CPU: XLA's kernels keep two cores poorly busy on the small matrices of an init study,
+    while two programs at once fill them (benchmarks/README.md). A worker process of `compute_jobs`
+    gets its share of the cores (cores // workers), so a pool does not oversubscribe them. An
+    execution plan's `streams` (analysis.execution) overrides this default.
     """
     text = os.environ.get(STREAMS_VAR, "").strip()
     return _whole_number(STREAMS_VAR, text, "a whole number >= 1") if text else _per_core_on_cpu(MAX_AUTO_STREAMS)
-
-
-def default_seed_chunk(seeds: int) -> int:
-    """How many seeds one program step vmaps together: all of them on an accelerator (wide batched
-    kernels are what it is fast at), 1 on a CPU (vmapped seeds leave the caches there: 32 seeds of
-    a 12-layer d=64 study ran 2.3-2.7 s vmapped, 2.0-2.2 s one after another)."""
-    return seeds if jax.default_backend() != "cpu" else 1
-
-
-def vmap_seeds(fn: Callable, in_axes: int | None | tuple = 0) -> Callable:
-    """jax.vmap(fn, in_axes) over whole arguments (each in_axes entry 0 or None; positional arguments
-    only), except that a seed axis of length 1 is squeezed instead of vmapped:
-    fn runs on the one seed's arrays and its outputs get the axis back. Same numbers up to float
-    rounding (tested against jax.vmap).
-
-    Why: the projections' weight gradients are standard-layout products on a CPU when fn runs
-    unbatched or over two or more seeds (models.layers._projection); vmapped over one seed, XLA
-    computes them transposed and copies them back. A 12-layer d=128 training step (2-core CPU, one
-    process, calls alternating): 61.9 ms unbatched against 72.0 ms vmapped over one seed
-    (benchmarks/README.md).
-    Decided at trace time from the shapes, so one function serves both (jit retraces per shape).
-    """
-    entries = in_axes if isinstance(in_axes, tuple) else (in_axes,)
-    if any(axis not in (0, None) or isinstance(axis, bool) for axis in entries):
-        raise ValueError(f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}")
-    vmapped = jax.vmap(fn, in_axes=in_axes)
-
-    def call(*args: Any) -> Any:
-        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        mapped = [leaf for arg, axis in zip(args, axes) if axis == 0 for leaf in jax.tree.leaves(arg)]
-        if not mapped or any(jnp.shape(leaf)[:1] != (1,) for leaf in mapped):
-            return vmapped(*args)
-        one = [jax.tree.map(lambda leaf: leaf[0], arg) if axis == 0 else arg for arg, axis in zip(args, axes)]
-        return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), fn(*one))
-
-    return call
 
 
 def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
@@ -229,7 +189,7 @@ def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
     CPU kernels keep the cores poorly busy on lnscope's small matrices, and several programs at once
     fill them; a compiled program runs outside Python's lock, and calls from one thread execute one
     after another, so each stream needs a thread of its own. The program is traced and compiled
-    here, in the caller's thread (JAX caches it after the first time: ~3 ms): JAX's configuration
+    here, in the caller's thread (JAX caches it after the first time): JAX's configuration
     contexts (`jax.enable_x64`, dtype promotion, matmul precision) are thread-local, so a trace on a
     worker thread would not see the caller's. Every call runs the same executable whatever
     `streams` is, so the results do not depend on it, bit for bit.

@@ -19,18 +19,22 @@ import jax.numpy as jnp
 import optax
 
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.probe.probes import STEP_PROBES, ProbeConfig, probe_program_with_grads
 from models import ModelConfig, build_model
 
 LEARNING_RATE = 1e-3
 __all__ = ["STEP_PROBES", "StepPair", "make_train_steps", "median_ms", "timed"]  # STEP_PROBES: analysis.probe.probes
 
-def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig):
-    """(state, opt_state, plain_step, probed_step) for the model of `cfg` at seed 0.
+def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig, plan: ExecutionPlan | None = None):
+    """(state, opt_state, plain_step, probed_step) for the model of `cfg` at seed 0, run as `plan`
+    says (default: this backend's, analysis.execution).
 
     Both steps are jitted, donate their state, and map (state, opt_state, batch, key) to
     (state, opt_state, loss) -- plus the probe results for the probed step."""
-    graphdef, state = nnx.split(build_model(cfg, seed=0))
+    plan = default_plan() if plan is None else plan
+    plan.check_model(cfg.dtype)
+    graphdef, state = nnx.split(build_model(cfg, seed=0, ops=plan.model_ops()))
     opt = optax.adam(LEARNING_RATE)
     opt_state = opt.init(state)
 
@@ -66,8 +70,9 @@ def timed(fn: Callable[[], Any]) -> float:
 class StepPair:
     """Both steps of one config, each chained on its own copy of the state, callable by name."""
 
-    def __init__(self, cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int):
-        state, opt_state, plain, probed = make_train_steps(cfg, pcfg)
+    def __init__(self, cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int,
+                 plan: ExecutionPlan | None = None):  # fmt: skip
+        state, opt_state, plain, probed = make_train_steps(cfg, pcfg, plan)
         self.cfg = cfg
         self.batch = random_batch(cfg, jax.random.key(1), batch_size, seq_len)
         self.key = jax.random.key(2)

@@ -41,6 +41,7 @@ import jaxlib
 import optax
 
 from analysis.allocator import active as allocator_active
+from analysis.execution import default_plan
 from analysis.io import atomic_write
 from analysis.probe.api import _compiled, probe_at_init
 from analysis.probe.loss import model_inputs, random_batch
@@ -113,7 +114,7 @@ def _load() -> float:
 
 
 # CPU features that decide which matmul kernels XLA can use: the float32 rate (AVX2/FMA, AVX-512) and
-# whether compute_dtype="bfloat16" is faster or slower than float32 (AMX, AVX512-BF16: in hardware).
+# whether the plan's compute_dtype="bfloat16" is faster or slower than float32 (AMX, AVX512-BF16: in hardware).
 MATMUL_CPU_FLAGS: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
@@ -208,7 +209,7 @@ def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
         cfg = decoder_config(depth, sizes.d_model)
         full = StepPair(cfg, ProbeConfig(), sizes.batch, sizes.seq)
         base = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
-        mixed = StepPair(cfg.replace(compute_dtype="bfloat16"), STEP_PROBES, sizes.batch, sizes.seq)
+        mixed = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq, plan=default_plan().replace(compute_dtype="bfloat16"))
         t: dict[str, list[float]] = {k: [] for k in ("plain", "probed_step", "probed_full", "plain_bf16", "probed_bf16")}
         for _ in range(sizes.rounds * sizes.calls):
             t["plain"].append(base.time("plain"))
@@ -336,7 +337,7 @@ def bench_compile(sizes: Sizes) -> dict[str, Any]:
 
     def setup(layers: int):
         cfg = decoder_config(layers, sizes.compile_d)
-        graphdef, state = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0))))
+        graphdef, state = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0), default_plan().model_ops())))
         batch = jax.eval_shape(lambda: random_batch(cfg, jax.random.key(0), 8, 64))
         abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
         fns = {"probe_program": lambda s, b: probe_program(graphdef, s, b, cfg, ProbeConfig()),

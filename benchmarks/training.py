@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from analysis.execution import default_plan
 from analysis.io import atomic_write, environment
 from analysis.probe.probes import CHEAP_PROBES
 from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
@@ -71,7 +72,7 @@ def measure(cfg: TrainConfig, rounds: int) -> dict[str, Any]:
     """Median seconds per 10 updates of each variant, and the per-round ratios' medians."""
     assert MAX_CHUNK >= INTERVAL
     data = prepare(cfg.task, cfg.model)
-    prog = program(cfg, data)
+    prog = program(cfg, data, default_plan())
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     seeds = jax.device_put(jnp.asarray(cfg.seeds, jnp.uint32), device)
     arrays, rt = jax.device_put(data.arrays, device), jax.device_put(Runtime.of(cfg), device)

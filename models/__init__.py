@@ -6,9 +6,11 @@
 """
 
 from models.build import build_model, init_state
-from models.config import ARCHS, ModelConfig, StackSpec
+from models.config import ARCHS, ModelConfig
 from models.norms import NORMS
+from models.ops import LayerLoop, ModelOps, Projection
 from models.placements import PLACEMENTS, Placement
+from models.spec import StackSpec
 from models.transformer import ForwardOutput, Transformer, validate_tokens
 
 __all__ = [
@@ -16,8 +18,11 @@ __all__ = [
     "NORMS",
     "PLACEMENTS",
     "ForwardOutput",
+    "LayerLoop",
     "ModelConfig",
+    "ModelOps",
     "Placement",
+    "Projection",
     "StackSpec",
     "Transformer",
     "build_model",

@@ -14,7 +14,8 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from models.config import ModelConfig, StackSpec
+from models.config import ModelConfig
+from models.spec import StackSpec
 from models.layers import Attention, FeedForward
 from models.norms import make_norm
 from models.placements import PLACEMENTS, Consts, Stream, Wire, residual_sublayers

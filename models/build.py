@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from models.block import sublayer_input_site
-from models.config import ModelConfig, StackSpec
+from models.config import ModelConfig
+from models.ops import ModelOps
 from models.placements import PLACEMENTS
+from models.spec import StackSpec
 from models.transformer import Transformer
 
 PROFILE_BATCH = 8
@@ -91,23 +93,25 @@ def profile_admin(model: Transformer, inputs: tuple[jax.Array, ...]) -> None:
     nnx.update(model, _with_omegas(state, specs, omegas))
 
 
-def init_state(cfg: ModelConfig, seed: int | jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state) of a freshly initialized model; pure, so it can be jitted and vmapped over seeds."""
+def init_state(cfg: ModelConfig, seed: int | jax.Array, ops: ModelOps = ModelOps()) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of a freshly initialized model run with `ops` (models.ops; Admin's profiling
+    runs with them too); pure, so it can be jitted and vmapped over seeds."""
     is_key = isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
     key = seed if is_key else jax.random.key(seed)
     init_key, profile_key = jax.random.split(key)
-    # Non-partitionable threefry: same generator, but XLA CPU compiles each per-shape kernel ~3x
-    # faster (measured 0.8 s -> 0.28 s per kernel); init compile dominated the probe program.
+    # Non-partitionable threefry: the same generator, whose per-shape kernels XLA's CPU backend
+    # compiles faster; the init's compile dominated the probe program's.
     with jax.threefry_partitionable(False):
-        model = Transformer(cfg, nnx.Rngs(params=init_key))
+        model = Transformer(cfg, nnx.Rngs(params=init_key), ops)
     profile_admin(model, profile_batch(cfg, profile_key))
     return nnx.split(model)
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-    """A freshly initialized model (an nnx.Module) for `cfg`; same numbers as `init_state(cfg, seed)`."""
+def build_model(cfg: ModelConfig, seed: int = 0, ops: ModelOps = ModelOps()) -> Transformer:
+    """A freshly initialized model (an nnx.Module) for `cfg`, run with `ops`; the numbers of
+    `init_state(cfg, seed, ops)`."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
-    graphdef, _ = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0))))
-    state = jax.jit(lambda s: init_state(cfg, s)[1])(jnp.asarray(seed, jnp.uint32))
+    graphdef, _ = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0), ops)))
+    state = jax.jit(lambda s: init_state(cfg, s, ops)[1])(jnp.asarray(seed, jnp.uint32))
     return nnx.merge(graphdef, state)

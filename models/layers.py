@@ -8,7 +8,6 @@ q/k/v norms, NormFormer's head scales and mid-FFN norm) are passed in at call ti
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable, Mapping
 
 import flax.nnx as nnx
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 
 from models.config import ModelConfig
 from models.dtypes import upcast
+from models.ops import Projection, plain_projection
 from models.sites import Taps
 
 NormFn = Callable[[str, jax.Array], jax.Array]
@@ -25,79 +25,10 @@ NormFn = Callable[[str, jax.Array], jax.Array]
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "w1", "w2")
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _mixed_matmul(x: jax.Array, w: jax.Array, compute: str) -> jax.Array:
-    """x (M, K) @ w (K, N) with both inputs rounded to `compute` (bfloat16), accumulated and returned
-    in float32.
-
-    The backward pass is mixed precision too: the float32 cotangent g is rounded to `compute`, and
-    each input gradient is one more such product (g·wᵀ, xᵀ·g), returned in float32. The weight
-    gradient is a standard-layout product of a materialized xᵀ on CPUs, for the reason and by the
-    means of `_projection` (the bfloat16 step: 0.89-0.91x its time with autodiff's layout on a Xeon
-    with AMX; benchmarks/README.md). XLA's CPU backend still runs that product on float32 copies of
-    the rounded inputs (its matmul library takes a bfloat16 product only in a row-major layout, which
-    a transposed operand does not have when XLA decides): the same values, products of two bfloat16
-    numbers being exact in float32.
-    """
-    return jnp.matmul(x.astype(compute), w.astype(compute), preferred_element_type=jnp.float32)
-
-
-def _mixed_matmul_fwd(x: jax.Array, w: jax.Array, compute: str):
-    x, w = x.astype(compute), w.astype(compute)
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32), (x, w)
-
-
-def _mixed_matmul_bwd(compute: str, rounded: tuple[jax.Array, jax.Array], g: jax.Array):
-    x, w = rounded
-    g = g.astype(compute)
-    dx = jnp.matmul(g, w.T, preferred_element_type=jnp.float32)
-    dw = jnp.matmul(_transposed_for_cpu(x), g, preferred_element_type=jnp.float32)
-    return dx, dw
-
-
-_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
-
-
-@jax.custom_jvp
-def _projection(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (M, K) @ w (K, N) -> (M, N), whose weight gradient is a standard-layout product on CPUs.
-
-    Autodiff's weight gradient xᵀ·g contracts the leading axis of both operands; XLA folds the
-    transpose into the dot, and its CPU backend runs such dots through a generic kernel (Eigen) at
-    about half the rate of its YNNPACK kernels for products that contract the first operand's last
-    axis, with layout copies around them. The JVP below writes the weight tangent's term as
-    (dwᵀ·xᵀ)ᵀ with xᵀ materialized on a CPU (an optimization barrier keeps XLA from folding it back),
-    so the reverse pass transposes it into products of xᵀ that contract its last axis: unbatched, and
-    vmapped over two or more seeds. Vmapped over one seed, XLA transposes them again (the training
-    programs squeeze such an axis: analysis.runtime.vmap_seeds). A custom JVP, not a custom VJP,
-    so forward-mode transforms (jax.jvp, jacfwd) keep working. Other platforms take autodiff's form.
-    Values: the same products, accumulated by another kernel (float rounding). Measured in
-    benchmarks/README.md.
-    """
-    return x @ w
-
-
-def _transposed_for_cpu(x: jax.Array) -> jax.Array:
-    return jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
-
-
-@_projection.defjvp
-def _projection_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]):
-    x, w = primals
-    dx, dw = tangents
-    weight_term = jax.lax.dot_general(dw, _transposed_for_cpu(x), (((0,), (0,)), ((), ()))).T  # (dwᵀ·xᵀ)ᵀ = x·dw
-    return x @ w, dx @ w + weight_term
-
-
-def matmul(x: jax.Array, w: jax.Array, compute: str | None) -> jax.Array:
-    """x (..., K) @ w (K, N) -> (..., N); with `compute` (ModelConfig.compute_dtype) mixed precision:
-    inputs rounded to bfloat16, products accumulated and returned in float32, forward and backward;
-    everything else (parameters, norms, softmax, residual stream, probes) stays float32. Faster only
-    where the CPU multiplies bfloat16 in hardware (AMX, AVX512-BF16: the benchmark's step 0.77-0.80x of
-    float32's time on a Xeon with AMX; 1.06-1.22x, *slower*, on an AVX2-only AMD EPYC; benchmarks/README.md)."""
+def project(x: jax.Array, w: jax.Array, projection: Projection) -> jax.Array:
+    """x (..., K) @ w (K, N) -> (..., N) by `projection` on the (M, K) rows of x."""
     x2 = x.reshape(-1, x.shape[-1])
-    y = _projection(x2, w) if compute is None else _mixed_matmul(x2, w, compute)
-    return y.reshape(*x.shape[:-1], w.shape[-1])
+    return projection(x2, w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def init_weight(
@@ -125,10 +56,10 @@ class Linear(nnx.Module):
     def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig, rngs: nnx.Rngs, gain: float = 1.0):
         self.weight = nnx.Param(init_weight(rngs.params(), fan_in, fan_out, cfg, gain))
         self.bias = nnx.Param(jnp.zeros((fan_out,), jnp.dtype(cfg.dtype))) if cfg.bias else None
-        self.compute = cfg.compute_dtype
+        self.projection: Projection = plain_projection  # static; Transformer.use_ops sets it
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = matmul(x, self.weight[...], self.compute)
+        y = project(x, self.weight[...], self.projection)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -137,12 +68,11 @@ def fused_projections(linears: tuple[Linear, ...], x: jax.Array) -> tuple[jax.Ar
 
     The parameters stay separate (one Linear per role, so init gains, optimizer state and probes
     see q, k, v as before); only the call concatenates them. One (B·T, D)·(D, 3D) product instead of
-    three (B·T, D)·(D, D) ones, and one weight-gradient product in the backward, measured ~7% of a
-    CPU training step (benchmarks/README.md). Each output column is the same dot product as
-    unfused, so the numbers agree to float rounding.
+    three (B·T, D)·(D, D) ones, and one weight-gradient product in the backward. Each output column
+    is the same dot product as unfused, so the numbers agree to float rounding.
     """
     weight = jnp.concatenate([lin.weight[...] for lin in linears], axis=1)
-    y = matmul(x, weight, linears[0].compute)
+    y = project(x, weight, linears[0].projection)
     if linears[0].bias is not None:
         y = y + jnp.concatenate([lin.bias[...] for lin in linears], axis=0)
     return tuple(jnp.split(y, len(linears), axis=-1))
@@ -184,9 +114,9 @@ class Attention(nnx.Module):
         q, k, v = split(q), split(k), split(v)
         if qkv_norm is not None:
             q, k, v = qkv_norm("q", q), qkv_norm("k", k), qkv_norm("v", v)
-        # The two attention einsums stay in the activation dtype under compute_dtype: ~8% of the
-        # step's flops here, and XLA's CPU runtime rejects some of their bfloat16 x bfloat16 ->
-        # float32 batched transposes ("Unsupported element type for DotThunk").
+        # The two attention einsums are not projections: a plan's projection op (e.g. a bfloat16
+        # product) leaves them in the activation dtype, where XLA's CPU runtime runs every batched
+        # transpose of theirs (bfloat16 x bfloat16 -> float32 ones it rejects: "DotThunk").
         scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // self.heads)
         if causal:
             mask = jnp.tril(jnp.ones((t_len, source.shape[1]), bool))

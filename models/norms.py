@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from models.dtypes import reduction_dtype
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: models.config imports this registry
     from models.config import ModelConfig
 
 sg = jax.lax.stop_gradient

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from models.config import ModelConfig, StackSpec
+from models.spec import StackSpec
+
+if TYPE_CHECKING:  # for annotations only: models.config imports this registry
+    from models.config import ModelConfig
 
 Stream = dict[str, jax.Array]
 Consts = Mapping[str, Any]

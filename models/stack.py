@@ -1,28 +1,12 @@
-"""A layer stack: L blocks created with `nnx.vmap` (parameters with a leading layer axis), applied
-either as an unrolled Python loop (shallow stacks: the faster step) or with a scan (deep stacks:
-compile time does not grow with depth); `ModelConfig.unroll_layers` is the switch.
+"""A layer stack: L blocks created with `nnx.vmap` (parameters with a leading layer axis), run by the
+stack's layer loop (`models.ops.LayerLoop`: one `lax.scan` by default; an execution plan may supply
+another, e.g. an unrolled loop, analysis.execution).
 
-The scan runs over the split NNX state (`nnx.split` → slice → `jax.lax.scan` with `nnx.merge` in the
-body), which is what `nnx.scan` does internally; working on the state directly lets placements with
-layer segments (Mix-LN: Post-LN layers, then Pre-LN layers) scan each slice of the same stacked
-parameters with its own wiring. Per-layer perturbations enter as scanned inputs and per-layer sites
-leave as scanned outputs, so each site comes back as an (L, ...) array.
-
-Why unroll at all: the scan keeps its saved-for-backward values in stacked (L, ...) buffers that are
-zero-filled and sliced every step, which cost ~15% of a 6-layer training step on CPU. Unrolled
-naively the step got *slower* (1.3x at 6 layers, 2.4x at 18): XLA fused the residual-gradient chain
-into each layer's weight-gradient transposes and recomputed it there. `grad_barrier` at every layer
-input stops that: the incoming gradient is materialized once per layer (an optimization barrier in
-the backward pass only), and the unrolled step then runs ~0.85x the scanned one (6 and 18 layers,
-d=128, CPU; benchmarks/README.md) with the same gradients. Compile time grows with unrolled depth,
-hence the threshold.
-
-Deep stacks scan, and on a CPU (`ModelConfig.scan_remat`) each scanned layer is a `jax.checkpoint`
-that saves nothing: the backward pass recomputes the layer's forward from its input instead of
-reading ~30 intermediates per layer from stacked buffers that the forward filled one slice at a
-time. On these small matrices the buffer traffic cost more than the recomputed products (a 12-layer
-init study 0.82x, a 24-layer d=128 step 0.92x; compile also faster). Sites and per-layer summaries
-are the scan's outputs, computed in the forward as before.
+The loop runs over the split NNX state (`nnx.split` → slice → loop body with `nnx.merge`), which is
+what `nnx.scan` does internally; working on the state directly lets placements with layer segments
+(Mix-LN: Post-LN layers, then Pre-LN layers) loop over each slice of the same stacked parameters with
+its own wiring. Per-layer perturbations enter as the loop's per-layer inputs and per-layer sites leave
+as its stacked outputs, so each site comes back as an (L, ...) array.
 """
 
 from __future__ import annotations
@@ -34,67 +18,19 @@ import jax
 import jax.numpy as jnp
 
 from models.block import Block
-from models.config import ModelConfig, StackSpec
+from models.config import ModelConfig
 from models.norms import make_norm
+from models.ops import LayerLoop, ScanLoop
 from models.placements import PLACEMENTS
 from models.sites import Taps
-
-
-@jax.custom_vjp
-def grad_barrier(tree: Any) -> Any:
-    """Identity whose backward puts the incoming gradient through `jax.lax.optimization_barrier`.
-
-    Forward: nothing changes. Backward: XLA must materialize ∂ℒ/∂(layer input) before anything
-    below uses it, so it cannot fuse the residual-gradient chain into (and recompute it inside) the
-    layer's weight-gradient products. Values and gradients are exactly those without the barrier.
-    """
-    return tree
-
-
-def _barrier_fwd(tree: Any) -> tuple[Any, None]:
-    return tree, None
-
-
-def _barrier_bwd(_: None, cotangent: Any) -> tuple[Any]:
-    return (jax.lax.optimization_barrier(cotangent),)
-
-
-grad_barrier.defvjp(_barrier_fwd, _barrier_bwd)
-
-
-def _unstack(tree: Any, n: int) -> list[Any]:
-    """n trees, the i-th holding leaf[i] of every (n, ...) leaf of `tree` (None -> n Nones)."""
-    if tree is None:
-        return [None] * n
-    leaves, treedef = jax.tree.flatten(tree)
-    parts = [[jnp.squeeze(p, 0) for p in jnp.split(leaf, n, axis=0)] for leaf in leaves]
-    return [jax.tree.unflatten(treedef, [p[i] for p in parts]) for i in range(n)]
-
-
-def unrolled(stack_layers: int, cfg_threshold: int) -> bool:
-    """Whether a stack of `stack_layers` layers runs unrolled (`ModelConfig.unroll_layers`)."""
-    return stack_layers <= cfg_threshold
-
-
-def scan_remat(choice: bool | None) -> bool:
-    """Whether scanned layers recompute their forward in the backward (`ModelConfig.scan_remat`;
-    None: where JAX's default backend is a CPU)."""
-    return jax.default_backend() == "cpu" if choice is None else choice
-
-
-def _recomputed(body: Callable) -> Callable:
-    """`body` whose backward recomputes its forward from its inputs (nothing else saved). CSE stays
-    allowed: inside a scan the recomputation cannot be merged with the forward anyway (JAX's advice
-    for checkpoint under scan)."""
-    return jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+from models.spec import StackSpec
 
 
 class Stack(nnx.Module):
     def __init__(self, cfg: ModelConfig, spec: StackSpec, rngs: nnx.Rngs):
         placement = PLACEMENTS[spec.placement]
         self.spec = spec
-        self.unroll = unrolled(spec.layers, cfg.unroll_layers)
-        self.remat = not self.unroll and scan_remat(cfg.scan_remat)
+        self.layer_loop: LayerLoop = ScanLoop()  # static, part of the graphdef; Transformer.use_ops sets it
         self.consts = dict(placement.constants(cfg, spec))
         self.segments = tuple(
             (wiring, n) for wiring, n in placement.layer_segments(cfg, spec)
@@ -152,23 +88,8 @@ class Stack(nnx.Module):
                     layer_stats = {**layer_stats, "summary": summarize(taps.sites)}
                 return carry, (taps.sites, layer_stats)
 
-            if self.unroll:
-                # Layer by layer. Slices come from one split per stacked leaf: the transpose of a
-                # split is one concatenate, where L separate slices would transpose to L
-                # full-size zero-padded gradients summed (O(L²) memory traffic).
-                layer_states, layer_perturbs = _unstack(window(state), n), _unstack(window(layer_perturb), n)
-                seg_sites, seg_stats = [], []
-                for i in range(n):
-                    key = None if keys is None else keys[lo + i]
-                    stream, (layer_sites, layer_stats) = body(grad_barrier(stream), (layer_states[i], layer_perturbs[i], key))
-                    seg_sites.append(layer_sites)
-                    seg_stats.append(layer_stats)
-                stack_up = lambda *parts: jnp.stack(parts, axis=0)
-                seg_sites, seg_stats = jax.tree.map(stack_up, *seg_sites), jax.tree.map(stack_up, *seg_stats)
-            else:
-                stream, (seg_sites, seg_stats) = jax.lax.scan(
-                    _recomputed(body) if self.remat else body, stream, (window(state), window(layer_perturb), window(keys))
-                )
+            xs = (window(state), window(layer_perturb), window(keys))
+            stream, (seg_sites, seg_stats) = self.layer_loop(body, stream, xs, n, self.spec.layers)
             sites.append(seg_sites)
             stats.append(seg_stats)
             lo += n

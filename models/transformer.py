@@ -2,7 +2,8 @@
 
 `model(tokens)` / `model(src, tgt)` return logits; `model.forward(...)` also returns every probe
 site (with optional zero perturbations added) and attention statistics, which is what the probes
-differentiate.
+differentiate. `ops` (models.ops) are the layer loop and projection product the model runs with:
+an execution plan's choice (analysis.execution), not the model's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from models.config import ModelConfig
 from models.dtypes import upcast
-from models.layers import Embedding, matmul
+from models.layers import Embedding, Linear, project
+from models.ops import ModelOps
 from models.stack import Stack
 
 
@@ -55,7 +57,7 @@ def validate_tokens(cfg: ModelConfig, *inputs: Any) -> None:
 class Transformer(nnx.Module):
     """Encoder, decoder-only or encoder-decoder Transformer of one placement (see ModelConfig)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, ops: ModelOps = ModelOps()):
         self.cfg = cfg
         self.embed = Embedding(cfg, rngs)
         self.stacks = nnx.Dict({spec.name: Stack(cfg, spec, rngs) for spec in cfg.stacks()})
@@ -64,6 +66,19 @@ class Transformer(nnx.Module):
         else:
             std = cfg.d_model**-0.5
             self.head = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab), jnp.dtype(cfg.dtype)))
+        self.use_ops(ops)
+
+    def use_ops(self, ops: ModelOps) -> None:
+        """Run every stack with `ops.layer_loop` and every projection (and the output head) with
+        `ops.projection` from now on. Parameters are untouched; the graphdef changes."""
+        if not isinstance(ops, ModelOps):
+            raise TypeError(f"ops must be a models.ModelOps, got {type(ops).__name__}")
+        self.ops = ops
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, Linear):
+                module.projection = ops.projection
+            elif isinstance(module, Stack):
+                module.layer_loop = ops.layer_loop
 
     def __call__(self, *inputs: jax.Array) -> jax.Array:
         """Logits (B, T, vocab) for `tokens` (encoder/decoder) or `src, tgt` (encdec)."""
@@ -101,5 +116,5 @@ class Transformer(nnx.Module):
                 summarize=summarize,
             )
         head = self.embed.table[...].T if self.head is None else self.head[...]
-        logits = matmul(out, head, self.cfg.compute_dtype)
+        logits = project(out, head, self.ops.projection)
         return ForwardOutput(upcast(logits), sites, stats)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # that covers a module places it. Every module must be placed, so a new one needs a line here.
 ROOMS: tuple[tuple[str, ...], ...] = (
     ("models",),
+    ("analysis.execution",),  # how a model runs (the execution plan), applied from outside the model
     # shared leaf utilities, below every room that uses them
     ("analysis.allocator", "analysis.identity", "analysis.io", "analysis.stats", "analysis.runtime", "analysis.options",
      "analysis.command"),
@@ -36,10 +37,7 @@ PACKAGES = ("models", "analysis")
 
 # Imports inside functions that close a cycle (module-level imports alone have none) and that other
 # branches remove; the lead empties this set once they are merged. (importer, imported).
-KNOWN_PENDING: frozenset[tuple[str, str]] = frozenset({
-    ("models.config", "models.norms"),  # ModelConfig validation reads the norm registry (norms -> config)
-    ("models.config", "models.placements"),  # ... and the placement registry (placements -> config)
-})
+KNOWN_PENDING: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,11 @@ def modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]
     return found
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:
     """Every import of one of the packages' modules by another, with whether it sits in a function.
     `from a import b` counts as importing `a.b` when that is a module, else `a`."""
@@ -73,8 +76,13 @@ def imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:
         tree = ast.parse(path.read_text(), filename=str(path))
         in_function = {id(node) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                        for node in ast.walk(f)}  # fmt: skip
+        # `if TYPE_CHECKING:` imports never run: annotations only, so they close no cycle
+        type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                     for stmt in block.body for node in ast.walk(stmt)}  # fmt: skip
         is_package = path.name == "__init__.py"
         for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -218,6 +226,9 @@ def _write(root: Path, files: dict[str, str]) -> None:
         ({"pkg/mid/b.py": "from . import a\n"}, [], [["pkg.mid.a", "pkg.mid.b"]], [["pkg.mid.a", "pkg.mid.b"]]),
         # a low module importing a middle one at module level
         ({"pkg/mid/b.py": "X = 1\n", "pkg/low.py": "import pkg.mid.b\n"}, ["pkg.low -> pkg.mid.b"], [], []),
+        # an import for annotations only (`if TYPE_CHECKING:`) never runs: no cycle, no later room
+        ({"pkg/mid/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.top import T\n"
+                          "    from . import a\n"}, [], [], []),  # fmt: skip
     ],
 )
 def test_the_checks_find_violations_in_a_synthetic_package(tmp_path, extra, later, module_cycles, all_cycles) -> None:

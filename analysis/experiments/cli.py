@@ -1,14 +1,15 @@
 """`lnscope check`: run the papers' hypothesis checks, print the table, write JSON (and figures).
 
-    lnscope check                                   # every claim, quick preset (2-core CPU, minutes)
+    lnscope check                                   # every claim, quick preset (a 2-core CPU)
     lnscope check --paper xiong2020 --out checks.json
     lnscope check --claim takase2022.b2t_mitigates --preset paper --store results
     lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
     lnscope check --list                            # the claim catalogue
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
 
-Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts; 2 on
-bad input; 1 when a computation or a figure failed (the checks that ran are still printed and written). Registered in analysis/cli.py by `add_commands`.
+Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts;
+2 on bad input; 1 when a computation or a figure failed (the checks that ran are still printed and
+written). Registered in analysis/cli.py by `add_commands`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from analysis.experiments import EXPERIMENTS, check, collect, select_claims
 from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
 from analysis.experiments.claims import PAPERS, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
-from analysis.io import atomic_write
+from analysis.options import RawDescriptionHelpFormatter
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -88,7 +89,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add `lnscope check` to the `lnscope` command's subparsers."""
     p = subparsers.add_parser("check", help="run the papers' hypothesis checks; print the verdicts, write JSON",
-                              description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=__doc__.split("\n\n")[0], formatter_class=RawDescriptionHelpFormatter,
                               epilog=textwrap.dedent(__doc__.split("\n\n", 1)[1]))  # fmt: skip
     p.add_argument("--paper", default="", help=f"comma-separated papers (default: all): {', '.join(PAPERS)}")
     p.add_argument("--claim", default="", help="comma-separated claim ids (see --list)")

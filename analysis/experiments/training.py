@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.experiments.claims import Feature
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, TrainResult, train
 from analysis.train.config import to_dict
@@ -46,9 +47,10 @@ class Plan:
         deep: depth where Post-LN fails (18, the papers' deep setting).
         shallow: depth of Xiong's warm-up study and Xu's norm comparison, where every variant can train.
         probe_every, eval_every, eval_batches: probe and validation cadence.
-        unroll_layers: the models' `ModelConfig.unroll_layers` (None: its default). The quick and tiny
-            runs are short, so compiling dominates them and they scan the layers (0); the paper
-            preset's long runs keep the default (docs/calibration.md says why, and what it changes).
+        unroll_layers: the execution plan's `unroll_layers` (None: this backend's default,
+            analysis.execution). The quick and tiny runs are short, so compiling dominates them and they
+            scan the layers (0); the paper preset's long runs keep the default (docs/calibration.md says
+            why, and what it changes).
     """
 
     d_model: int
@@ -71,9 +73,12 @@ class Plan:
     eval_batches: int = 2
     unroll_layers: int | None = None
 
+    def execution(self) -> ExecutionPlan:
+        """How the runs compute (analysis.execution)."""
+        plan = default_plan()
+        return plan if self.unroll_layers is None else plan.replace(unroll_layers=self.unroll_layers)
+
     def model(self, placement: str, layers: int, **fields: Any) -> ModelConfig:
-        if self.unroll_layers is not None:
-            fields = {"unroll_layers": self.unroll_layers, **fields}
         return ModelConfig(arch="decoder", placement=placement, layers=layers, d_model=self.d_model, heads=self.heads,
                            d_ff=self.d_ff, vocab=self.vocab, max_len=self.seq_len, **fields)  # fmt: skip
 
@@ -121,7 +126,7 @@ class TrainJob:
 
     def compute(self) -> pd.DataFrame:
         cfg = self.config()
-        return to_rows(train(cfg), cfg)
+        return to_rows(train(cfg, plan=self.plan.execution()), cfg)
 
 
 def to_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:

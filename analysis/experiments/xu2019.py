@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from analysis.execution import default_plan
 from analysis.experiments import training
 from analysis.experiments.claims import Claim, Feature, Statistic, custom, difference
 from analysis.experiments.common import X_GRAD
@@ -88,9 +89,11 @@ def backward_stats(x: jax.Array, g_in: jax.Array, g_out: jax.Array, eps: float) 
 
 @functools.lru_cache(maxsize=16)
 def _program(cfg: ModelConfig, batch_size: int, seq_len: int):
+    ops = default_plan().model_ops()
+
     def one(seed):
         key = jax.random.key(seed)
-        graphdef, state = init_state(cfg, key)
+        graphdef, state = init_state(cfg, key, ops)
         batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
 
         def forward(perturb):

@@ -18,7 +18,8 @@ import pandas as pd
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
-from analysis.runtime import default_seed_chunk, default_streams, run_on_threads
+from analysis.execution import ExecutionPlan, default_plan
+from analysis.runtime import default_streams, run_on_threads
 from models import ModelConfig, Transformer, init_state
 
 
@@ -48,22 +49,26 @@ def probe_key(seed_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(seed_key, 2)
 
 
-def one_shot(cfg: ModelConfig) -> ModelConfig:
-    """`cfg` with its layer stacks scanned: a program compiled to run once (an init study, one probe
-    of a model) compiles ~1.5-2x faster scanned, while an unrolled loop only pays off over many
-    calls of the same compiled step (ModelConfig.unroll_layers). Same numbers up to float rounding."""
-    return cfg.replace(unroll_layers=0)
+def study_plan(plan: ExecutionPlan | None) -> ExecutionPlan:
+    """`plan`, or by default this backend's plan for a program compiled to run once (every stack
+    scanned: analysis.execution.ExecutionPlan.one_shot)."""
+    if plan is None:
+        return default_plan().one_shot()
+    if not isinstance(plan, ExecutionPlan):
+        raise TypeError(f"plan must be an analysis.execution.ExecutionPlan, got {type(plan).__name__}")
+    return plan
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, given_batch: bool, chunk: int):
+def _compiled(cfg: ModelConfig, plan: ExecutionPlan, pcfg: ProbeConfig, batch_size: int, seq_len: int,
+              given_batch: bool, chunk: int):  # fmt: skip
     """The jitted study of a group of seeds: (seeds (S,), batch) -> results with a leading (S,) axis,
     `chunk` seeds vmapped together at a time (lax.map over the rest)."""
-    cfg = one_shot(cfg)
+    ops = plan.model_ops()
 
     def one(seed, batch):
         key = jax.random.key(seed)
-        graphdef, state = init_state(cfg, key)
+        graphdef, state = init_state(cfg, key, ops)
         if not given_batch:
             batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
@@ -91,24 +96,26 @@ def probe_at_init(
     batch: Mapping[str, jax.Array] | None = None,
     probe_config: ProbeConfig | None = None,
     run: str = "",
+    plan: ExecutionPlan | None = None,
     seed_chunk: int | None = None,
     streams: int | None = None,
 ) -> pd.DataFrame:
     """Probe freshly initialized models of `cfg`, one per seed, as a tidy DataFrame (analysis.probe.tidy).
 
-    Seeds are compiled into one program (model init and Admin profiling inside): `seed_chunk` seeds
-    are vmapped together at a time and the program loops over the rest; `streams` groups of seeds
-    run at once, each on its own thread. Defaults (analysis.runtime): on an accelerator every seed in
-    one vmap and one stream; on a CPU one seed at a time and one stream per core (a 2-core CPU ran
-    32 seeds of a 12-layer d=64 study in 0.81-0.90 s so, with its scanned layers recomputed in the
-    backward (ModelConfig.scan_remat); 1.2-1.3 s before that, against 2.3-2.7 s vmapped; benchmarks/README.md).
-    Each seed's numbers do not depend on `streams` (bit for bit); `seed_chunk` changes them only by float rounding. Seed s is the model of
-    `build_model(cfg, s)`. The batch is random tokens drawn from each seed unless `batch` is given
-    (then the same batch for every seed).
+    Seeds are compiled into one program (model init and Admin profiling inside), run as `plan` says
+    (default: this backend's, every stack scanned; analysis.execution): `plan.seed_programs`
+    "vmapped" vmaps a group's seeds together, "per_seed" computes one at a time (`seed_chunk` seeds
+    vmapped at a time overrides both), and `streams` groups of seeds (default: `plan.streams`) run
+    at once, each on its own thread. Each seed's numbers do not depend on `streams` (bit for bit);
+    `seed_chunk` changes them only by float rounding. Seed s is the model of
+    `build_model(cfg, s, ops=plan.model_ops())`. The batch is random tokens drawn from each seed
+    unless `batch` is given (then the same batch for every seed).
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     seeds = _seed_list(seeds)
+    plan = study_plan(plan)
+    plan.check_model(cfg.dtype)
     pcfg = probe_config if probe_config is not None else ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
@@ -122,29 +129,35 @@ def probe_at_init(
         check_batch(cfg, batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     shape = (0, 0) if batch is not None else (batch_size, seq_len)  # unused with a given batch: no recompiles
-    streams = min(default_streams() if streams is None else streams, len(seeds))
-    groups = _seed_groups(seeds, streams)
-    chunk = min(default_seed_chunk(len(groups[0])) if seed_chunk is None else seed_chunk, len(groups[0]))
-    fn = _compiled(cfg, pcfg, *shape, batch is not None, chunk)
+    streams = streams if streams is not None else plan.streams if plan.streams is not None else default_streams()
+    groups = _seed_groups(seeds, min(streams, len(seeds)))
+    vmapped = len(groups[0]) if plan.seed_programs == "vmapped" else 1
+    chunk = min(vmapped if seed_chunk is None else seed_chunk, len(groups[0]))
+    model_plan = plan.replace(seed_programs="per_seed", streams=None)  # `chunk` and the groups say the rest
+    fn = _compiled(cfg, model_plan, pcfg, *shape, batch is not None, chunk)
     parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
     result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)
 
 
 def probe_model(
-    model: nnx.Module, batch: Mapping[str, jax.Array], probes: Iterable[str] = CHEAP_PROBES, *, seed: int = 0, run: str = ""
-) -> pd.DataFrame:
+    model: nnx.Module, batch: Mapping[str, jax.Array], probes: Iterable[str] = CHEAP_PROBES, *, seed: int = 0,
+    run: str = "", plan: ExecutionPlan | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`.
 
-    `seed` also keys the probes' randomness, as in `probe_at_init`, so a model built with
-    `build_model(cfg, s)` probed here with `seed=s` gives the numbers `probe_at_init` gives for s.
+    The model's parameters run as `plan` says (default: as in `probe_at_init`), whatever ops it was
+    built with. `seed` also keys the probes' randomness, as in `probe_at_init`, so a model built
+    with `build_model(cfg, s)` probed here with `seed=s` gives the numbers `probe_at_init` gives for s
+    (up to float rounding; exactly with the same plan's ops).
     """
     cfg = model.cfg
     check_batch(cfg, batch)
+    plan = study_plan(plan)
+    plan.check_model(cfg.dtype)
     pcfg = ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     _, state = nnx.split(model)
-    cfg = one_shot(cfg)
-    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
+    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
     key = probe_key(jax.random.key(seed))
     fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))

@@ -27,7 +27,6 @@ from models import ModelConfig
 from models.block import sublayer_input_site
 from models.dtypes import upcast
 from models.sites import SquaredNormTap, squared_norm_taps, zeros_like_sites
-from models.stack import unrolled
 
 PROBES: dict[str, str] = {
     "param_grad_norm": "‖∂ℒ/∂θ‖ per layer and per parameter group (attn, cross, mlp, norms, extra)",
@@ -243,18 +242,17 @@ def _is_layer_path(path: tuple) -> bool:
     return len(keys) >= 3 and keys[0] == "stacks" and keys[2] == "layers"
 
 
-def _site_gradient_points(cfg: ModelConfig, sites: dict) -> dict:
-    """What the backward pass differentiates at each stack's sites (`sites`: shapes of a forward's).
+def _site_gradient_points(model: nnx.Module, sites: dict) -> dict:
+    """What the backward pass differentiates at each stack's sites (`sites`: shapes of a forward's of
+    `model`, a models.Transformer; whether a stack scans is its layer loop's choice, models.ops).
 
     A scanned stack gets ‖∂ℒ/∂site‖² taps: full per-layer gradients would each be written into a
     stacked (L, B, T, D) buffer by every iteration of the backward loop, and zeros of that size fed
-    in (a 12-layer d=64 init study: 0.89-0.97x the time with taps). An unrolled stack gets zero
+    in. An unrolled stack gets zero
     perturbations: its gradients are stacked once per site, while taps add a reduction per site and
-    layer (18 layers, d=128: probed/plain step 1.12 with taps against 1.06-1.09 without; after the
-    projections' weight-gradient layout, 103.8-104.3 against 103.9-105.8 ms: no difference).
-    The norms agree to float rounding (~1e-6 relative); benchmarks/README.md has the measurements.
+    layer. The norms agree to float rounding; benchmarks/README.md has the measurements.
     """
-    scanned = {spec.name: not unrolled(spec.layers, cfg.unroll_layers) for spec in cfg.stacks()}
+    scanned = {name: stack.layer_loop.scans(stack.spec.layers) for name, stack in model.stacks.items()}
     return {name: squared_norm_taps(s) if scanned[name] else zeros_like_sites(s) for name, s in sites.items()}
 
 
@@ -319,7 +317,8 @@ def _probe_program(
     if needs_grad:
         points = None
         if probes & SITE_GRADIENT_PROBES:
-            points = _site_gradient_points(cfg, jax.eval_shape(lambda s: forward(s, None)[1].sites, state))
+            shapes = jax.eval_shape(lambda s: forward(s, None)[1].sites, state)
+            points = _site_gradient_points(nnx.merge(graphdef, state), shapes)
         (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, points, summarize)
         if points is not None:
             site_grad_norm = {name: _per_level(g, _site_grad_norm) for name, g in g_points.items()}

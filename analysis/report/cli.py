@@ -11,14 +11,14 @@ from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.atlas import AtlasSettings
-from models import PLACEMENTS
+from analysis.options import HelpFormatter
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     # lazy: the report's build loads matplotlib, so `lnscope --help` starts fast
     from analysis.report.build import build_report, default_experiments, select_experiments
 
-    layers = 6 if args.quick else args.layers
+    layers = args.layers if args.layers is not None else (6 if args.quick else 18)
     placements = tuple(p.strip() for p in args.placements.split(",")) if args.placements else None
     atlas = AtlasSettings(layers=layers, seeds=args.seeds, **({"placements": placements} if placements else {}))
     wanted = args.experiments.strip()
@@ -33,20 +33,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add `lnscope report` to the `lnscope` command's subparsers."""
-    report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report (make report)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    report.add_argument("--out", default="", help="output folder (default: reports/<preset>); index.html is the report")
+    report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report",
+                            formatter_class=HelpFormatter)  # fmt: skip
+    report.add_argument("--out", default="", metavar="PATH", help="output folder; index.html is the report "
+                        "(default: reports/<preset>)")
     report.add_argument("--preset", default=None, choices=("tiny", "quick", "paper"),
-                        help="experiments' preset: quick (the default: 2-core CPU, minutes), paper (the papers' sizes, "
-                             "a GPU), tiny (a smoke run; the default with --quick)")
-    report.add_argument("--experiments", default="all", help="comma-separated experiment names, all, or none")
-    report.add_argument("--store", default="", help="folder of reusable experiment results (default: <out>/store)")
-    report.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the initialization atlas")
-    report.add_argument("--layers", type=int, default=18, help="depth of the atlas' encdec (each stack) and decoder-only models")
+                        help="experiments' sizes: quick (a CPU), paper (a GPU), tiny (smoke; the default with --quick)")
+    report.add_argument("--experiments", default="all", metavar="A,B,...",
+                        help="comma-separated experiment names, all, or none")
+    report.add_argument("--store", default="", metavar="PATH",
+                        help="folder of reusable experiment results (default: <out>/store)")
+    report.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per configuration of the atlas")
+    report.add_argument("--layers", type=int, default=None, metavar="N",
+                        help="depth of the atlas' models, each stack (default: 18; 6 with --quick)")
     report.add_argument("--quick", action="store_true", help="a smoke run: a 6-layer atlas and the tiny preset")
-    report.add_argument("--placements", default="", help=f"atlas placements, comma-separated subset of: {', '.join(PLACEMENTS)} (default: all)")
-    report.add_argument("--redraw", action="store_true", help="figures, checks and pages again from <out>/data, no computation")
-    report.add_argument("--recompute", action="store_true", help="recompute the atlas even if a stored one has the same settings")
+    report.add_argument("--placements", default="", metavar="A,B,...",
+                        help="atlas placements, comma-separated; see lnscope list (default: all)")
+    report.add_argument("--redraw", action="store_true", help="figures, checks and pages again from <out>/data")
+    report.add_argument("--recompute", action="store_true", help="recompute a stored atlas with the same settings")
     report.set_defaults(func=_cmd_report)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.options import add_dataclass_options, add_model_options, dataclass_from_args
+from analysis.options import (HelpFormatter, add_dataclass_options, add_model_options, add_plan_options, dataclass_from_args,
+                              plan_from_args)
 from analysis.probe.probes import PROBES
 from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
 from analysis.train.loop import train
@@ -33,9 +34,9 @@ def _choices() -> dict:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     choices = _choices()
-    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (CPU: a program each, one per core at once; accelerators: vmapped together)")
-    parser.add_argument("--seed-start", type=int, default=0, help="first seed")
-    parser.add_argument("--out", default="runs", help="store folder; the run goes to OUT/<config hash>/")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="number of seeds")
+    parser.add_argument("--seed-start", type=int, default=0, metavar="N", help="first seed")
+    parser.add_argument("--out", default="runs", metavar="PATH", help="store folder; the run goes to PATH/<run id>/")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     _add_seed_options(parser)
     add_dataclass_options(parser, TrainConfig, title="training (analysis.train.TrainConfig fields)",
@@ -45,17 +46,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     add_dataclass_options(parser, TaskConfig, title="task (analysis.train.TaskConfig fields)",
                           choices=choices["task"], flags={"name": "task", "vocab": "task-vocab"}, prefix="task.")  # fmt: skip
     add_model_options(parser)
+    add_plan_options(parser, skip=("seed_programs", "streams"))
 
 
 def _add_seed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vmap-seeds", action=argparse.BooleanOptionalAction, default=None,
-                        help="seeds vmapped together (--vmap-seeds) or a program each (--no-vmap-seeds); default: "
-                             "a program each on a one-device CPU, vmapped elsewhere, or as an unfinished run in --out "
-                             "started. Not part of a run's id: the two agree to float rounding "
-                             "(analysis.train.seeds)")  # fmt: skip
-    parser.add_argument("--streams", type=int, default=None,
-                        help="per-seed programs run at once on threads (default: $LNSCOPE_STREAMS, else one per "
-                             "core on a CPU); changes no number")  # fmt: skip
+                        help="seeds in one vmapped program, or a program each (default: the plan's; a resumed run as it started)")
+    parser.add_argument("--streams", type=int, default=None, metavar="N",
+                        help="per-seed programs run at once on threads")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -73,7 +71,8 @@ def config_from_args(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    result = train(cfg, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
+    result = train(cfg, args.out, plan=plan_from_args(args), progress=args.progress, vmap_seeds=args.vmap_seeds,
+                   streams=args.streams)  # fmt: skip
     curves = result.curves
     val = curves[(curves["quantity"] == "val_loss")].sort_values("step").groupby("seed")["value"].last()
     for seed, status in result.status.items():
@@ -88,7 +87,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file)  # parsed and validated before any compute
-    table = run_sweep(sweep, args.out, progress=args.progress, vmap_seeds=args.vmap_seeds, streams=args.streams)
+    table = run_sweep(sweep, args.out, plan=plan_from_args(args), progress=args.progress, vmap_seeds=args.vmap_seeds,
+                      streams=args.streams)  # fmt: skip
     with_text = table.drop(columns=["folder"]).to_string(index=False)
     print(with_text, file=sys.stderr)
     print(args.out)
@@ -99,15 +99,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `train` and `sweep` on the `lnscope` parser's subparsers."""
     train = subparsers.add_parser(
         "train", help="train seeds of one config with probes in the step; print the run folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )  # fmt: skip
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
 
     sweep = subparsers.add_parser("sweep", help="train a grid of configs from a TOML/JSON file (resumable)",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                  formatter_class=HelpFormatter)  # fmt: skip
     sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
-    sweep.add_argument("--out", required=True, help="store folder of the runs")
+    sweep.add_argument("--out", required=True, metavar="PATH", help="store folder of the runs")
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")
     _add_seed_options(sweep)
+    add_plan_options(sweep, skip=("seed_programs", "streams"))
     sweep.set_defaults(func=_cmd_sweep)

@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from analysis.execution.plan import RETIRED_MODEL_FIELDS
 from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
 from analysis.train.fields import (
     check_int,
@@ -45,24 +46,24 @@ class TrainConfig:
         seeds: model seeds (seed s starts from build_model(cfg, s) and draws its own training
             batches); on a CPU each trains in a program of its own, one per core at once, elsewhere
             they train together under jax.vmap (analysis.train.seeds).
-        probe_every: run `probes` at every multiple of this step (step 0 = initialization) and after
-            the last update; 0 = no probes.
-        probes: names from analysis.probe.PROBES, measured in the training step itself.
-        expensive_probes: probes run only at multiples of `expensive_probe_every` (e.g. cka,
-            hessian_top_eig), in addition to `probes`.
-        expensive_probe_every: a multiple of probe_every; 0 = never.
-        cka_tokens: the `cka` probe (and its shuffled-token null) on a random subsample of this many
-            of the batch's tokens per probe step; None = every token. The default is the training
+        probe_every: run `probes` at every multiple of this step and after the last update; step 0 =
+            initialization, 0 = no probes.
+        probes: probes measured in the training step itself; names from analysis.probe.PROBES.
+        expensive_probes: probes run only at multiples of `expensive_probe_every`; e.g. cka,
+            hessian_top_eig, in addition to `probes`.
+        expensive_probe_every: step multiple of the expensive probes; a multiple of probe_every, 0 = never.
+        cka_tokens: tokens the `cka` probe subsamples per probe step; its shuffled-token null too,
+            None = every token. The default is the training
             step's probe set, analysis.probe.STEP_PROBES: CKA's cost grows with tokens², and on 128
             tokens a probed step costs about as much as a plain one (benchmarks/README.md).
-        cka_null: "full", "half" (the null on pairs i <= j, mirrored) or "off"; see ProbeConfig.
-        eval_every: validation loss at every multiple of this step and after the last update;
-            0 = after the last update only.
-        eval_batches: validation batches per evaluation (fixed across steps and seeds).
-        loss_ceiling: a training loss above this ends the seed as diverged (as NaN/Inf loss or
-            gradients do); None = 3·ln(vocab), three times the loss of a uniform guess.
-        checkpoint_every: save a resumable checkpoint at every multiple of this step (and always
-            after the last update when the run has a folder); 0 = only the final one.
+        cka_null: the `cka` probe's shuffled-token null; "half": on pairs i <= j, mirrored (see ProbeConfig).
+        eval_every: validation loss at every multiple of this step and after the last update; 0 = after
+            the last update only.
+        eval_batches: validation batches per evaluation; fixed across steps and seeds.
+        loss_ceiling: a training loss above this ends the seed as diverged; so do NaN/Inf loss or
+            gradients. None = 3·ln(vocab), three times the loss of a uniform guess.
+        checkpoint_every: save a resumable checkpoint at every multiple of this step; always after the
+            last update when the run has a folder, 0 = only the final one.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -167,8 +168,10 @@ def _coerce(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """The TrainConfig of `to_dict` (or of a hand-written nested dict; missing keys take defaults)."""
     data = dict(data)
+    # a run stored before the execution plan (analysis.execution) has its fields in the model's
+    model = {k: v for k, v in (data.pop("model", {}) or {}).items() if k not in RETIRED_MODEL_FIELDS}
     nested = {
-        "model": _coerce(ModelConfig, data.pop("model", {}) or {}, "model"),
+        "model": _coerce(ModelConfig, model, "model"),
         "task": _coerce(TaskConfig, data.pop("task", {}) or {}, "task"),
         "optim": _coerce(OptimConfig, data.pop("optim", {}) or {}, "optim"),
     }

@@ -34,6 +34,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.io import environment
 from analysis.probe.tidy import to_frame
 from analysis.runtime import default_streams
@@ -197,11 +198,12 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | None = None,
-          progress: bool = False, vmap_seeds: bool | None = None, streams: int | None = None) -> TrainResult:  # fmt: skip
-    """Train every seed of `cfg`: on a CPU each seed in a program of its own, one per core at once;
-    elsewhere all seeds in one vmapped program, the seed axis sharded over `devices`
-    (analysis.train.seeds).
+def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPlan | None = None,
+          devices: list | None = None, progress: bool = False, vmap_seeds: bool | None = None,
+          streams: int | None = None) -> TrainResult:  # fmt: skip
+    """Train every seed of `cfg` as `plan` says (default: this backend's, analysis.execution): on a
+    CPU each seed in a program of its own, one per core at once; elsewhere all seeds in one vmapped
+    program, the seed axis sharded over `devices` (analysis.train.seeds).
 
     Args:
         cfg: the run (analysis.train.config.TrainConfig).
@@ -209,37 +211,45 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             (TrainResult.skipped), an unfinished one resumes from its last checkpoint. None = in memory.
         devices: devices to shard vmapped seeds over (default: all; the largest count that divides
             the number of seeds is used). Giving them chooses vmapped seeds.
+        plan: how the model runs (analysis.execution.ExecutionPlan); its `compute_dtype` is part of
+            the run's identity. A plan given decides the seeds' programs (`plan.seed_programs`).
         progress: show a tqdm bar over the steps.
-        vmap_seeds: True: seeds vmapped together; False: a program per seed; None: the platform's
-            default (above), or, resuming an unfinished run, the way it started (so it resumes to
-            the uninterrupted run's numbers). Not part of the run's identity: the two agree to float
-            rounding, and a finished run in `out` is read back whichever way it was computed
-            (`info["seed_programs"]` records how).
-        streams: per-seed programs run at once on threads (default: analysis.runtime.default_streams,
-            one per core on a CPU). Changes no number.
+        vmap_seeds: True: seeds vmapped together; False: a program per seed (both override
+            `plan.seed_programs`); None without a plan: the platform's default (above), or, resuming an
+            unfinished run, the way it started (so it resumes to the uninterrupted run's numbers). Not
+            part of the run's identity: the two agree to float rounding, and a finished run in `out` is
+            read back whichever way it was computed (`info["seed_programs"]` records how).
+        streams: per-seed programs run at once on threads (default: `plan.streams`, else
+            analysis.runtime.default_streams). Changes no number.
 
     Bad input (task too large for the model, unreadable corpus, ...) raises ValueError before any
     compute and before anything in `out` is touched.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train expects a TrainConfig, got {type(cfg).__name__}")
-    mode = choose_mode(len(cfg.seeds), devices, vmap_seeds)
+    if plan is not None and not isinstance(plan, ExecutionPlan):
+        raise TypeError(f"plan must be an analysis.execution.ExecutionPlan, got {type(plan).__name__}")
+    chosen = vmap_seeds if vmap_seeds is not None or plan is None else plan.seed_programs == "vmapped"
+    execution = default_plan() if plan is None else plan
+    execution.check_model(cfg.model.dtype)
+    mode = choose_mode(len(cfg.seeds), devices, chosen)
     if streams is not None and (not isinstance(streams, int) or isinstance(streams, bool) or streams < 1):
         raise ValueError(f"streams must be an integer >= 1, got {streams!r}")
+    streams = execution.streams if streams is None else streams
     data = prepare(cfg.task, cfg.model)
-    run_id = store.config_hash(cfg, data.fingerprint)
+    run_id = store.config_hash(cfg, data.fingerprint, numerics=execution.numerics_key())
     folder = None if out is None else Path(out) / run_id
     if folder is not None and store.is_finished(folder):
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
     started_as = _started_mode(folder)
     resumable = started_as == "vmapped" or (started_as == "per_seed" and jax.process_count() == 1)
-    if resumable and vmap_seeds is None and devices is None and len(cfg.seeds) > 1:
+    if resumable and chosen is None and devices is None and len(cfg.seeds) > 1:
         mode = started_as  # a resumed run goes on as it started: its numbers are the uninterrupted run's
 
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
-    prog = program(cfg, data)
+    prog = program(cfg, data, execution)
     shardings = seed_sharding(len(cfg.seeds), devices) if mode == "vmapped" else None
     n_devices = 1 if shardings is None else shardings[0].mesh.devices.size
     if shardings is None:  # one device, committed (as restored checkpoints are), so both share one compile
@@ -316,6 +326,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         "devices": n_devices,
         "seed_programs": mode,  # how the seeds were computed: information, not part of the run's id
         "streams": ex.streams,
+        "execution": execution.replace(seed_programs=mode, streams=ex.streams).to_dict(),
     }
     if start and started_as not in (None, mode):
         info["seed_programs_before_resume"] = started_as

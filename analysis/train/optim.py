@@ -30,11 +30,13 @@ class OptimConfig:
 
     Attributes:
         lr: peak learning rate.
-        schedule: inverse_sqrt (linear warm-up, then lr·sqrt(warmup/step): the papers'), constant
-            (after an optional linear warm-up), cosine (linear warm-up, then cosine decay to 0).
+        schedule: learning-rate schedule; inverse_sqrt: linear warm-up, then lr·sqrt(warmup/step) (the
+            papers'), constant: after an optional linear warm-up, cosine: linear warm-up, then cosine
+            decay to 0.
         warmup_steps: linear warm-up length; 0 = none (inverse_sqrt needs >= 1).
-        b1, b2, eps: Adam's moment decays and epsilon (b2 = 0.98 and eps = 1e-8 as in fairseq's
-            Transformer recipes, the papers' setting).
+        b1: Adam's first-moment decay.
+        b2: Adam's second-moment decay; 0.98 as in fairseq's Transformer recipes (the papers').
+        eps: Adam's epsilon; 1e-8 as in fairseq's Transformer recipes (the papers').
         weight_decay: AdamW's decoupled weight decay, applied to every parameter.
         clip_norm: clip the gradient's global norm to this value before Adam; None = no clipping.
     """

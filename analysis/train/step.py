@@ -1,5 +1,6 @@
 """The compiled training program: init, plain-step chunks, probed steps and evaluation, seeds vmapped
-(over all of a run's seeds, or over one seed per call: analysis.train.seeds).
+(over all of a run's seeds, or over one seed per call: analysis.train.seeds), the model run with an
+execution plan's ops (analysis.execution).
 
 Per seed, one update at step s (0-based) is
 
@@ -31,14 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from analysis.execution import ExecutionPlan
+from analysis.execution.ops import vmap_seeds
 from analysis.probe.api import probe_key
 from analysis.probe.loss import loss_from_logits, model_inputs
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
-from analysis.runtime import vmap_seeds
 from analysis.train.config import TrainConfig
 from analysis.train.optim import Hyper, adamw_updates, make_optimizer
 from analysis.train.tasks import TaskData
-from models import Transformer, init_state
+from models import ModelOps, Transformer, init_state
 
 METRICS: tuple[str, ...] = ("loss", "lr", "grad_norm", "update_ratio")
 # Plain steps per dispatch at most. The chunk's metric buffers always have this size (the trip count
@@ -66,21 +68,23 @@ def val_key(data_seed: int, index: int | jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(data_seed), 1), index)
 
 
-def graphdef_of(cfg: TrainConfig) -> nnx.GraphDef:
-    """The model's graph definition (no arrays are created)."""
-    return nnx.eval_shape(lambda: nnx.split(Transformer(cfg.model, nnx.Rngs(0))))[0]
+def graphdef_of(cfg: TrainConfig, ops: ModelOps = ModelOps()) -> nnx.GraphDef:
+    """The graph definition of the model run with `ops` (no arrays are created)."""
+    return nnx.eval_shape(lambda: nnx.split(Transformer(cfg.model, nnx.Rngs(0), ops)))[0]
 
 
-def init_one(cfg: TrainConfig, optimizer: optax.GradientTransformation, seed: jax.Array) -> TrainState:
-    """The state of one seed before step 0: build_model(cfg.model, seed)'s parameters, AdamW's zeros."""
-    _, params = init_state(cfg.model, jax.random.key(seed))
+def init_one(cfg: TrainConfig, optimizer: optax.GradientTransformation, seed: jax.Array,
+             ops: ModelOps = ModelOps()) -> TrainState:  # fmt: skip
+    """The state of one seed before step 0: build_model(cfg.model, seed, ops)'s parameters, AdamW's zeros."""
+    _, params = init_state(cfg.model, jax.random.key(seed), ops)
     with jax.numpy_dtype_promotion("standard"):  # optax's count arithmetic (see optim.py)
         opt_state = optimizer.init(params)
     return TrainState(params, opt_state, jnp.ones((), bool), jnp.full((), -1, jnp.int32))
 
 
 def abstract_states(cfg: TrainConfig, sharding: jax.sharding.Sharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, the seed-stacked TrainState as ShapeDtypeStructs) of `cfg`, e.g. to restore a checkpoint."""
+    """(graphdef with models.ops' plain ops, the seed-stacked TrainState as ShapeDtypeStructs) of
+    `cfg`, e.g. to restore a checkpoint."""
     optimizer = make_optimizer(cfg.optim)
     seeds = jax.ShapeDtypeStruct((len(cfg.seeds),), jnp.uint32)
     abstract = jax.eval_shape(jax.vmap(lambda s: init_one(cfg, optimizer, s)), seeds)
@@ -110,17 +114,20 @@ class Runtime(NamedTuple):
 
 
 class Program:
-    """The jitted functions of one (model, task, optimizer kind); build with `program(cfg, data)`.
+    """The jitted functions of one (model, task, optimizer kind) run as `plan` says; build with
+    `program(cfg, data, plan)`.
 
     Everything in `Runtime` is an argument, not a constant: learning-rate, warm-up, run-length and
     ceiling sweeps compile once.
     """
 
-    def __init__(self, cfg: TrainConfig, data: TaskData, chunk: int = MAX_CHUNK):
-        self.cfg, self.data, self.chunk = cfg, data, chunk
+    def __init__(self, cfg: TrainConfig, data: TaskData, plan: ExecutionPlan, chunk: int = MAX_CHUNK):
+        plan.check_model(cfg.model.dtype)
+        self.cfg, self.data, self.plan, self.chunk = cfg, data, plan, chunk
         self.model_cfg = cfg.model
         self.optimizer = make_optimizer(cfg.optim)
-        self.graphdef = graphdef_of(cfg)
+        self.ops = plan.model_ops()
+        self.graphdef = graphdef_of(cfg, self.ops)
         self.init = jax.jit(vmap_seeds(self._init_one))
         self.plain = jax.jit(vmap_seeds(self._plain_one, in_axes=(0, 0, None, None, None, None)))
         self.evaluate = jax.jit(vmap_seeds(self._eval_one, in_axes=(0, None, None)))
@@ -128,7 +135,7 @@ class Program:
 
     # -- per seed ------------------------------------------------------------------------------
     def _init_one(self, seed: jax.Array) -> TrainState:
-        return init_one(self.cfg, self.optimizer, seed)
+        return init_one(self.cfg, self.optimizer, seed, self.ops)
 
     def loss(self, params: nnx.State, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
         model = nnx.merge(self.graphdef, params)
@@ -203,8 +210,9 @@ PROGRAMS_KEPT = 16  # Programs cached at most (the least recently used is droppe
 _PROGRAMS: dict[tuple, Program] = {}  # (program key, data) -> Program; insertion order = recency
 
 
-def program(cfg: TrainConfig, data: TaskData) -> Program:
-    """The Program of `cfg` on prepared `data` (cached).
+def program(cfg: TrainConfig, data: TaskData, plan: ExecutionPlan) -> Program:
+    """The Program of `cfg` on prepared `data`, run as `plan` says (cached; the plan's seed
+    programs and streams are the loop's, so plans that differ only there share it).
 
     Configs with one `cfg.program_key()` share it and compile once: they differ only in runtime
     fields (analysis.train.fields: the seeds, the Runtime numbers lr, warm-up, steps, ceiling, eval
@@ -212,8 +220,10 @@ def program(cfg: TrainConfig, data: TaskData) -> Program:
     `cfg` (a different number of seeds changes shapes, so jit retraces). The first config of a key
     builds the Program; the CKA settings stay in the key: they change the probed step's program.
     """
-    key = (cfg.program_key(), data)
-    prog = _PROGRAMS.pop(key, None) or Program(cfg, data)
+    # the plan's seed programs and streams are the host loop's: plans differing only there share a Program
+    plan = plan.replace(seed_programs="vmapped", streams=None)
+    key = (cfg.program_key(), data, plan)
+    prog = _PROGRAMS.pop(key, None) or Program(cfg, data, plan)
     _PROGRAMS[key] = prog
     while len(_PROGRAMS) > PROGRAMS_KEPT:
         del _PROGRAMS[next(iter(_PROGRAMS))]

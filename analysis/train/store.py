@@ -29,15 +29,13 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.execution import ExecutionPlan
 from analysis.identity import code_fingerprint, content_id
 from analysis.io import atomic_write
 from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.train.config import TrainConfig, to_dict
 
 STORE_VERSION = 2  # bump when the meaning of stored numbers changes: old runs then get new folders
-# ModelConfig fields that say how the numbers are computed, not which (float rounding apart): never in a
-# run's id. compute_dtype is among them only as a field; its effect enters the id through `numerics`.
-EXECUTION_MODEL_FIELDS: tuple[str, ...] = ("compute_dtype", "unroll_layers", "scan_remat")
 RUN_JSON, CURVES, PROBES = "run.json", "curves.parquet", "probes.parquet"
 PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
@@ -47,28 +45,22 @@ RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", 
 
 
 code_fingerprint()  # read when this module is imported: the code this process runs
-
-
-def numerics_of(cfg: TrainConfig) -> dict[str, Any]:
-    """The execution choices of `cfg` that move its numbers beyond float rounding (bfloat16 compute).
-    The one adaption point for an execution plan outside the config: then its `numerics_key()`."""
-    return {"compute_dtype": getattr(cfg.model, "compute_dtype", None)}
+# A run computed with the parameters' dtype throughout: what `numerics` means when none is given.
+PLAIN_NUMERICS: dict[str, Any] = ExecutionPlan().numerics_key()
 
 
 def config_hash(cfg: TrainConfig, fingerprint: str = "", *, numerics: dict[str, Any] | None = None) -> str:
     """A run's id: analysis.identity.content_id of what the run computes, never of how.
 
     In it: the config (model math, task, optimizer, steps, seeds, what is recorded), the data's
-    fingerprint (a custom corpus' content hash), `numerics` (execution choices that move numbers
-    beyond float rounding; None = `numerics_of(cfg)`), the code fingerprint
-    (analysis.identity.code_fingerprint) and STORE_VERSION. Not in it: how the seeds were computed
-    (vmapped or a program each), streams, devices, and the model's EXECUTION_MODEL_FIELDS: those
-    change numbers by float rounding only, so a run computed either way is the same run (run.json's
-    `info` records how it was computed).
+    fingerprint (a custom corpus' content hash), `numerics` (the execution plan's `numerics_key()`:
+    choices that move numbers beyond float rounding, such as bfloat16 compute; None = PLAIN_NUMERICS),
+    the code fingerprint (analysis.identity.code_fingerprint) and STORE_VERSION. Not in it: the rest
+    of the execution plan (layer loop, recomputation, seeds vmapped or a program each, streams,
+    devices): those change numbers by float rounding only, so a run computed either way is the same
+    run (run.json's `info` records how it was computed).
     """
-    config = to_dict(cfg)
-    config["model"] = {k: v for k, v in config["model"].items() if k not in EXECUTION_MODEL_FIELDS}
-    return content_id({"config": config, "numerics": numerics_of(cfg) if numerics is None else numerics,
+    return content_id({"config": to_dict(cfg), "numerics": PLAIN_NUMERICS if numerics is None else numerics,
                        "data": fingerprint, "code": code_fingerprint(), "store": STORE_VERSION})  # fmt: skip
 
 

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import pandas as pd
 from tqdm.auto import tqdm
 
+from analysis.execution import ExecutionPlan
 from analysis.train.config import TrainConfig, _merge, from_dict, to_dict
 from analysis.train.loop import train
 
@@ -125,9 +126,10 @@ def load_sweep(path: Path | str) -> Sweep:
 
 
 def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *, devices: list | None = None,
-              progress: bool = True, vmap_seeds: bool | None = None, streams: int | None = None) -> pd.DataFrame:  # fmt: skip
+              progress: bool = True, vmap_seeds: bool | None = None, streams: int | None = None,
+              plan: ExecutionPlan | None = None) -> pd.DataFrame:  # fmt: skip
     """Train every run of `sweep` into `out` (finished runs are read back, not recomputed);
-    `devices`, `vmap_seeds` and `streams` go to each `train` call.
+    `devices`, `vmap_seeds`, `streams` and the execution `plan` go to each `train` call.
 
     Returns one row per run: run_id, folder, skipped, seconds, the number of diverged seeds, and
     one column per grid field. Read the results with `analysis.train.load_runs(out)`.
@@ -144,7 +146,7 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
         bar = tqdm(total=len(configs), desc="sweep", unit="run")
     for cfg in configs:
         start = time.perf_counter()
-        result = train(cfg, out, devices=devices, vmap_seeds=vmap_seeds, streams=streams)
+        result = train(cfg, out, plan=plan, devices=devices, vmap_seeds=vmap_seeds, streams=streams)
         diverged = sum(s == "diverged" for s in result.status.values())
         values = to_dict(cfg)
         row = {"run_id": result.run_id, "folder": str(result.folder), "skipped": result.skipped,

@@ -47,24 +47,24 @@ class TaskConfig:
     """The data: a task from `analysis.train.tasks.TASKS`, its sizes and its fixed randomness.
 
     Attributes:
-        name: copy | reverse | sort (sequence-to-sequence), markov | charlm (language modelling).
+        name: the task; copy, reverse, sort are sequence-to-sequence, markov, charlm language modelling.
         vocab: content symbols of copy/reverse/sort/markov; None = as many as the model's vocab allows
             (copy/reverse/sort reserve 2 ids for padding and the separator, an encoder's LM task 1 mask id).
             charlm takes its symbols from the corpus (leave None).
-        length: source length of copy/reverse/sort (the maximum when min_length is set).
-        min_length: shortest source of copy/reverse/sort (lengths uniform in [min_length, length],
-            padded); None = every source has `length` symbols.
-        noise: copy/reverse/sort label noise: each target symbol is replaced by a uniformly random one
+        length: source length of copy/reverse/sort; the maximum when min_length is set.
+        min_length: shortest source of copy/reverse/sort; lengths uniform in [min_length, length],
+            padded; None = every source has `length` symbols.
+        noise: copy/reverse/sort label noise; each target symbol is replaced by a uniformly random one
             with this probability (the loss floor is then the noise's entropy, reported).
         seq_len: window length (tokens) of markov and charlm.
         batch_size: sequences per training step (per seed).
         corpus: charlm's UTF-8 text file; None = the standard library's `pydoc_data.topics`.
-        val_fraction: charlm: the last fraction of the corpus is the validation split.
-        data_seed: seed of what is fixed across model seeds: the Markov chain's transition matrix and
+        val_fraction: charlm's validation split, the last fraction of the corpus.
+        data_seed: seed of what is fixed across model seeds; the Markov chain's transition matrix and
             every validation batch. Training batches come from each model seed.
-        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)): larger = more
+        markov_sharpness: the chain's transition rows are softmax(sharpness·N(0, 1)); larger = more
             predictable (lower entropy rate).
-        mlm_rate: encoder arch with markov/charlm: the fraction of tokens masked and predicted (BERT's).
+        mlm_rate: fraction of tokens masked and predicted; encoder arch with markov/charlm (BERT's).
     """
 
     name: str = "markov"

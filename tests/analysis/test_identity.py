@@ -124,5 +124,5 @@ def test_source_fingerprint_changes_with_the_code(tmp_path):
 
 
 def test_the_code_fingerprint_is_the_compute_rooms_as_first_read():
-    assert COMPUTE_ROOMS == ("models", "analysis/probe", "analysis/train")
+    assert COMPUTE_ROOMS == ("models", "analysis/execution", "analysis/probe", "analysis/train")
     assert code_fingerprint() == source_fingerprint(COMPUTE_ROOMS, root=REPO) == code_fingerprint()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 
-from analysis.options import add_dataclass_options, dataclass_from_args, field_help
+from analysis.execution import default_plan
+from analysis.options import (HelpFormatter, add_dataclass_options, add_plan_options, dataclass_from_args, field_help,
+                              plan_from_args, short_help)
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,75 @@ def test_choices_flags_and_prefix(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--kind", "c"])
     assert "invalid choice: 'c'" in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class Typed:
+    """Typed choices.
+
+    Attributes:
+        kind: the kind; a longer explanation (with a default: "x") that the help leaves out.
+        many: several.
+    """
+
+    kind: Literal["x", "y"] = "x"
+    many: tuple[str, ...] = ("p",)
+
+
+def test_literal_types_are_the_choices_and_help_is_the_first_clause(capsys):
+    parser = argparse.ArgumentParser(prog="t", formatter_class=HelpFormatter)
+    add_dataclass_options(parser, Typed, title="typed")
+    assert parser.parse_args(["--kind", "y"]).kind == "y"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "z"])
+    assert "invalid choice: 'z'" in capsys.readouterr().err
+    text = parser.format_help()
+    assert "the kind (default: x)" in text and "longer explanation" not in text
+    assert short_help("a (b; c. d) e; f") == "a (b; c. d) e"
+
+
+def _subcommand_helps() -> dict[str, str]:
+    from analysis import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"lnscope": parser.format_help(), **{name: p.format_help() for name, p in sub.choices.items()}}
+
+
+def test_every_help_line_fits_in_100_characters_whatever_the_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    helps = _subcommand_helps()
+    assert {"probe", "train", "sweep", "check", "report", "list"} <= set(helps)
+    for name, text in helps.items():
+        long = [line for line in text.splitlines() if len(line) > 100]
+        assert not long, f"lnscope {name} --help: {long}"
+
+
+def test_help_shows_each_default_once_and_each_option_its_own_text(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    helps = _subcommand_helps()
+    for name, text in helps.items():
+        assert "(default: )" not in text and "(default: None)" not in text, name
+        for line in text.splitlines():
+            assert line.count("(default:") <= 1, f"{name}: {line}"
+        assert "TASK-VOCAB" not in text and "SEED_CHUNK" not in text, name
+    # one help per model option: no two options share a help text
+    option_helps = {}
+    for line in helps["probe"].splitlines():
+        parts = line.strip().split("  ", 1)
+        if parts[0].startswith("--") and len(parts) == 2:
+            option_helps.setdefault(parts[1].strip(), []).append(parts[0])
+    shared = {text: flags for text, flags in option_helps.items() if len(flags) > 1}
+    assert not shared, shared
+
+
+def test_plan_options_override_the_default_plan_and_are_unset_by_default():
+    parser = argparse.ArgumentParser(prog="t")
+    add_plan_options(parser)
+    assert plan_from_args(parser.parse_args([])) is None
+    plan = plan_from_args(parser.parse_args(["--compute-dtype", "bfloat16", "--no-remat", "--unroll-layers", "0",
+                                             "--seed-programs", "vmapped"]))  # fmt: skip
+    assert plan == default_plan().replace(compute_dtype="bfloat16", remat=False, unroll_layers=0, seed_programs="vmapped")
+    parser = argparse.ArgumentParser(prog="t")
+    add_plan_options(parser, skip=("streams",))
+    assert "--streams" not in parser.format_help()

@@ -6,7 +6,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from analysis import runtime
@@ -74,7 +73,6 @@ def test_streams_one_per_core_on_cpu_or_as_set(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv(runtime.STREAMS_VAR, raising=False)
     expected = min(runtime.available_cores(), runtime.MAX_AUTO_STREAMS) if jax.default_backend() == "cpu" else 1
     assert runtime.default_streams() == expected
-    assert runtime.default_seed_chunk(32) == (1 if jax.default_backend() == "cpu" else 32)
     monkeypatch.setenv(runtime.STREAMS_VAR, "3")
     assert runtime.default_streams() == 3
 
@@ -142,34 +140,3 @@ def test_threads_run_the_callers_program_with_python_scalars_under_x64():
         assert one[0].dtype == two[0].dtype == jnp.float64
     for a, b, (_, s, n) in zip(one, two, calls):
         assert (jax.device_get(a) == jax.device_get(b)).all() and (jax.device_get(a) == jax.device_get(x) * s + n).all()
-
-
-def _seed_fn(params, seed, scale):
-    """A tiny per-seed computation with a product (what vmap would batch) and two outputs."""
-    x = jax.random.normal(jax.random.key(seed), (4, 3))
-    return {"y": jnp.tanh(x @ params["w"]) * scale, "n": jnp.sum(params["w"] ** 2)}
-
-
-@pytest.mark.parametrize("seeds", [1, 3])
-def test_vmap_seeds_equals_vmap_and_squeezes_one_seed(seeds: int) -> None:
-    params = {"w": jnp.stack([jnp.full((3, 2), 0.5 + i) for i in range(seeds)])}
-    seed_array = jnp.arange(seeds, dtype=jnp.uint32)
-    got = jax.jit(runtime.vmap_seeds(_seed_fn, in_axes=(0, 0, None)))(params, seed_array, 2.0)
-    want = jax.jit(jax.vmap(_seed_fn, in_axes=(0, 0, None)))(params, seed_array, 2.0)
-    assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
-    program = jax.jit(runtime.vmap_seeds(_seed_fn, in_axes=(0, 0, None))).trace(params, seed_array, 2.0).jaxpr
-    batched = any(len(eqn.params.get("dimension_numbers", ((), ((), ())))[1][0]) for eqn in program.eqns
-                  if eqn.primitive.name == "dot_general")  # fmt: skip
-    assert batched == (seeds > 1), "one seed runs unbatched; several are vmapped"
-
-
-def test_vmap_seeds_single_argument_default_axis() -> None:
-    got = runtime.vmap_seeds(lambda s: s * 2)(jnp.arange(1.0, 2.0))
-    assert got.shape == (1,) and float(got[0]) == 2.0
-
-
-@pytest.mark.parametrize("in_axes", [1, -1, (0, 1), ({"w": 0}, None), (True, 0)])
-def test_vmap_seeds_names_an_axis_it_cannot_squeeze(in_axes) -> None:
-    with pytest.raises(ValueError, match=r"in_axes entries must be 0 or None, got"):
-        runtime.vmap_seeds(_seed_fn, in_axes=in_axes)

@@ -4,7 +4,11 @@ what would have been valid, raised before any compute; plus `replace` and `stack
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import flax.nnx as nnx
 import jax
@@ -14,7 +18,7 @@ import pytest
 
 import models
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig, StackSpec, validate_tokens
-from models.config import ACTIVATIONS, ADMIN_INITS, DTYPES, INITS, POSITIONS
+from models.config import ACTIVATIONS, ADMIN_INITS, DTYPES, INITS, POSITIONS, field_choices
 
 TINY = dict(d_model=8, heads=2, d_ff=16, vocab=16, layers=2, max_len=6)
 
@@ -286,3 +290,30 @@ def test_shapes_are_validated_under_jit():
         jax.jit(lambda t: validate_tokens(cfg, t))(jnp.zeros((1, 7), jnp.int32))
     with raises_naming("integer"):
         jax.jit(lambda t: validate_tokens(cfg, t))(jnp.zeros((1, 3), jnp.float32))
+
+
+def test_choices_are_typed_once_and_read_by_validation():
+    """Every name field's valid values come from its Literal type or its registry (field_choices),
+    which validation reads; no execution field (how the numbers are computed) is a model field."""
+    choices = field_choices()
+    assert choices["arch"] == ARCHS and choices["dtype"] == DTYPES and choices["pos"] == POSITIONS
+    assert choices["placement"] == tuple(PLACEMENTS) == choices["enc_placement"] and choices["norm"] == tuple(NORMS)
+    for field, valid in choices.items():
+        with pytest.raises(ValueError, match=f"unknown {field} 'bogus'; valid choices: {', '.join(valid)}"):
+            ModelConfig(**{field: "bogus", **({"arch": "encdec"} if field == "enc_placement" else {})})
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert not names & {"unroll_layers", "scan_remat", "compute_dtype"}
+
+
+@pytest.mark.parametrize("module", ["models.config", "models.placements", "models.norms", "models.stack"])
+def test_each_models_module_imports_first_without_a_cycle(module):
+    """A fresh interpreter imports the module on its own (no import hidden inside a function)."""
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_models_hold_no_backend_checks():
+    """How a model runs on a backend is an execution plan's choice (analysis.execution), not the model's."""
+    for path in Path(models.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "default_backend" not in text and "devices(" not in text, path.name

@@ -364,11 +364,11 @@ DEPTH_CASES = [(p, "decoder") for p in PLACEMENTS] + [("b2t", "encdec"), ("mix",
 
 @pytest.mark.parametrize("placement, arch", DEPTH_CASES)
 def test_forward_jaxpr_is_depth_independent(placement, arch):
-    # Above `unroll_layers` the layers run under jax.lax.scan over stacked parameters: depth is a
-    # leading array dimension, not more equations, so tracing and compiling cost the same at L = 2 and
-    # L = 12. (Mix-LN has two scans at every depth >= 2; L=2 and L=12 both give 1+1 and 6+6 layer
-    # segments.) unroll_layers=1 puts both depths above the threshold (test_unroll covers the switch).
-    small, large = (forward_jaxpr_size(cfg_of(placement, arch=arch, layers=n, unroll_layers=1)) for n in (2, 12))
+    # The model's own layer loop (models.ops.ScanLoop) runs jax.lax.scan over stacked parameters:
+    # depth is a leading array dimension, not more equations, so tracing and compiling cost the same at
+    # L = 2 and L = 12. (Mix-LN has two scans at every depth >= 2; L=2 and L=12 both give 1+1 and 6+6
+    # layer segments.) An execution plan's unrolled loop: tests/analysis/execution/test_layer_loop.py.
+    small, large = (forward_jaxpr_size(cfg_of(placement, arch=arch, layers=n)) for n in (2, 12))
     assert small == large, (small, large)
 
 
@@ -377,7 +377,7 @@ def test_init_jaxpr_is_depth_independent(placement):
     # init_state creates layers with nnx.vmap and Admin's profiling is a fori_loop whose trip count,
     # not body, depends on depth: building is depth-independent too (for scanned stacks).
     def size(layers):
-        cfg = cfg_of(placement, arch="encdec", layers=layers, unroll_layers=1)
+        cfg = cfg_of(placement, arch="encdec", layers=layers)
         return count_eqns(jax.make_jaxpr(lambda k: init_state(cfg, k)[1])(jax.random.key(0)))
 
     assert size(2) == size(12)
@@ -392,7 +392,7 @@ def test_depth_count_is_sensitive():
 
     assert unrolled(3) > unrolled(2)
     # ... and it descends into nested jaxprs (the scan body holds nearly all of the forward).
-    cfg = cfg_of("pre", unroll_layers=1)
+    cfg = cfg_of("pre")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
     closed = jax.make_jaxpr(lambda s, t: nnx.merge(graphdef, s)(t))(state, TOKENS)
     assert count_eqns(closed) > 2 * len(closed.jaxpr.eqns)

@@ -14,17 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis.execution.ops import PlannedLoop
 from analysis.probe.probes import _site_gradient_points
-from models import Transformer
+from models import ModelOps, Transformer
 from models.sites import SquaredNormTap, squared_norm_taps, zeros_like_sites
 from tests.conftest import CODEGEN_FLAG
 from tests.models.test_invariants import TOKENS, cfg_of, inputs_of, jitter
 
 
-def _program(cfg):
+def _program(cfg, unroll_layers: int):
     """jit(vmap over two parameter sets): (loss, ∂ℒ/∂θ, ∂ℒ/∂site) with zero perturbations and
-    (loss, ∂ℒ/∂θ, ∂ℒ/∂tap) with taps, from one generic upstream weighting of the logits."""
-    model = jitter(Transformer(cfg, nnx.Rngs(0)))
+    (loss, ∂ℒ/∂θ, ∂ℒ/∂tap) with taps, from one generic upstream weighting of the logits; stacks of
+    at most `unroll_layers` layers unrolled (analysis.execution.ops.PlannedLoop)."""
+    model = jitter(Transformer(cfg, nnx.Rngs(0), ModelOps(layer_loop=PlannedLoop(unroll_layers=unroll_layers))))
     graphdef, state = nnx.split(model)
     inputs = inputs_of(cfg, TOKENS)
     shapes = jax.eval_shape(lambda s: nnx.merge(graphdef, s).forward(*inputs).sites, state)
@@ -47,8 +49,8 @@ def _program(cfg):
 @pytest.mark.parametrize("arch, unroll", [("decoder", 0), ("decoder", 64), ("encdec", 0)])
 def test_squared_norm_tap_gradient_is_the_squared_site_gradient_norm(arch: str, unroll: int) -> None:
     with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
-        cfg = cfg_of("residual", arch=arch, layers=3, dtype="float64", unroll_layers=unroll)
-        (loss_z, (g_state_z, g_sites)), (loss_t, (g_state_t, g_taps)) = jax.device_get(_program(cfg))
+        cfg = cfg_of("residual", arch=arch, layers=3, dtype="float64")
+        (loss_z, (g_state_z, g_sites)), (loss_t, (g_state_t, g_taps)) = jax.device_get(_program(cfg, unroll))
     assert loss_z.shape == (2,) and np.array_equal(loss_z, loss_t), "taps changed the forward"
     exact = CODEGEN_FLAG in os.environ.get("XLA_FLAGS", "")  # make test's -O0 pass
     for a, b in zip(jax.tree.leaves(g_state_z), jax.tree.leaves(g_state_t)):
@@ -82,12 +84,12 @@ def test_squared_norm_taps_follow_the_sites_dtype() -> None:
 
 def test_probes_tap_scanned_stacks_and_perturb_unrolled_ones() -> None:
     """The probe program's choice, per stack: an encoder-decoder whose 4-layer encoder scans and whose
-    2-layer decoder is unrolled (unroll_layers=3) gets taps in the encoder only."""
-    cfg = cfg_of("pre", arch="encdec", enc_layers=4, dec_layers=2, unroll_layers=3)
-    model = Transformer(cfg, nnx.Rngs(0))
-    assert not model.stacks["encoder"].unroll and model.stacks["decoder"].unroll
+    2-layer decoder is unrolled (a layer loop unrolling up to 3 layers) gets taps in the encoder only."""
+    cfg = cfg_of("pre", arch="encdec", enc_layers=4, dec_layers=2)
+    model = Transformer(cfg, nnx.Rngs(0), ModelOps(layer_loop=PlannedLoop(unroll_layers=3)))
+    assert model.stacks["encoder"].layer_loop.scans(4) and not model.stacks["decoder"].layer_loop.scans(2)
     shapes = jax.eval_shape(lambda: model.forward(*inputs_of(cfg, TOKENS)).sites)
-    points = _site_gradient_points(cfg, shapes)
+    points = _site_gradient_points(model, shapes)
     is_tap = lambda x: isinstance(x, SquaredNormTap)
     for stack, taps_expected in (("encoder", True), ("decoder", False)):
         leaves = jax.tree.leaves(points[stack], is_leaf=is_tap)

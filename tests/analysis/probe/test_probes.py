@@ -32,12 +32,13 @@ import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from analysis.execution.ops import PlannedLoop
 from analysis.probe import similarity
 from analysis.probe.api import _seed_groups, probe_at_init, probe_model
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models.block import sublayer_input_site
-from models import ARCHS, PLACEMENTS, ModelConfig, Transformer, build_model, init_state
+from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
 
 # Tiny shared sizes (every distinct shape compiles fresh).
 SMALL = dict(d_model=16, heads=2, d_ff=32, vocab=32)
@@ -45,6 +46,7 @@ LAYERS = 2
 BATCH, LENGTH = 2, 6
 SRC_LENGTH = 5  # encdec fixture: a source length != target length, so cross-attention is visibly S-wide
 # Placement options that make every constant visible (as in tests/models/test_placements_reference.py).
+UNROLLED = ModelOps(layer_loop=PlannedLoop(unroll_layers=18))  # an execution plan's unrolled loop (zero perturbations)
 OPTIONS = dict(mix_post_fraction=0.5, rsln_steps=3, skip_lambda=1.7, residual_scale=0.5)
 
 # --- tolerances ---------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def _fd_program(cfg: ModelConfig, triples):
     """One jitted program: init, ∂ℒ/∂site by jax.grad, ℒ(site ± εv), and the probe's act_grad_norm."""
 
     def run(seed, batch, vkey):
-        graphdef, state = init_state(cfg, seed)
+        graphdef, state = init_state(cfg, seed, UNROLLED)
         inputs = model_inputs(cfg, batch)
 
         def loss(perturb):
@@ -152,9 +154,8 @@ def _fd_program(cfg: ModelConfig, triples):
         # the unrolled stacks of this small model, ‖∂ℒ/∂site‖² taps in the same model scanned
         pcfg = ProbeConfig(probes=("act_grad_norm",))
         probed = probe_program(graphdef, state, batch, cfg, pcfg)
-        scan_cfg = cfg.replace(unroll_layers=0)
-        scan_graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(scan_cfg, nnx.Rngs(0))))[0]
-        probed_scanned = probe_program(scan_graphdef, state, batch, scan_cfg, pcfg)
+        scan_graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]  # the model's scan
+        probed_scanned = probe_program(scan_graphdef, state, batch, cfg, pcfg)
         return results, probed["act_grad_norm"], probed_scanned["act_grad_norm"]
 
     return jax.jit(run)
@@ -479,9 +480,8 @@ def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str
     reductions read the recorded (rounded) bfloat16 sites, not XLA's unrounded float32 values of a
     fused residual add (5e-4 off before `_at_recorded_precision`)."""
     with jax.enable_x64(dtype == "float64"):
-        cfg = ModelConfig(arch="encdec", placement=placement, enc_layers=4, dec_layers=2, unroll_layers=3,
-                          dtype=dtype, **SMALL)  # fmt: skip
-        graphdef, state = init_state(cfg, jax.random.key(0))
+        cfg = ModelConfig(arch="encdec", placement=placement, enc_layers=4, dec_layers=2, dtype=dtype, **SMALL)
+        graphdef, state = init_state(cfg, jax.random.key(0), ModelOps(layer_loop=PlannedLoop(unroll_layers=3)))
         batch = random_batch(cfg, jax.random.key(1), BATCH, LENGTH)
         probes = ("act_norm", "update_ratio", "ln_jacobian_gain")
         got = jax.jit(lambda st: probe_program(graphdef, st, batch, cfg, ProbeConfig(probes=probes)))(state)

@@ -14,6 +14,7 @@ import pytest
 from analysis.probe import COLUMNS, probe_model
 from analysis.probe.loss import loss_from_logits, model_inputs
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, load_model, load_runs, train
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.identity import content_id
 from analysis.train import checkpoint, store
 from analysis.train.config import to_dict
@@ -78,8 +79,6 @@ def test_the_run_id_is_the_content_id_of_what_the_run_computes(monkeypatch):
     monkeypatch.setattr(store, "code_fingerprint", lambda: "0" * 16)
     cfg = _plain()
     config = to_dict(cfg)
-    for name in store.EXECUTION_MODEL_FIELDS:
-        del config["model"][name]
     payload = {"config": config, "numerics": {"compute_dtype": None}, "data": "", "code": "0" * 16, "store": 2}
     assert store.config_hash(cfg) == content_id(payload) == "661b8dd318a7ed7c"
     monkeypatch.setattr(store, "code_fingerprint", lambda: "1" * 16)  # edited code: a new id
@@ -89,16 +88,14 @@ def test_the_run_id_is_the_content_id_of_what_the_run_computes(monkeypatch):
 def test_how_a_run_is_computed_is_not_in_its_id_but_numerics_are():
     cfg = _plain()
     base = store.config_hash(cfg)
-    # execution fields that move numbers by float rounding only
-    for change in ({"model.unroll_layers": 0}, {"model.scan_remat": True}, {"model.scan_remat": False}):
-        assert store.config_hash(cfg.replace(**change)) == base, change
+    # execution plans that move numbers by float rounding only share the id
+    for plan in (default_plan("cpu"), default_plan("gpu"), ExecutionPlan(unroll_layers=0, remat=True),
+                 ExecutionPlan(seed_programs="per_seed", streams=2)):  # fmt: skip
+        assert store.config_hash(cfg, numerics=plan.numerics_key()) == base, plan
     # bfloat16 compute moves them beyond float rounding: its own id, through `numerics`
-    bf16 = cfg.replace(**{"model.compute_dtype": "bfloat16"})
-    assert store.numerics_of(bf16) == {"compute_dtype": "bfloat16"}
-    assert store.config_hash(bf16) != base
-    assert store.config_hash(bf16) == store.config_hash(cfg, numerics={"compute_dtype": "bfloat16"})
-    assert store.config_hash(cfg, numerics=store.numerics_of(cfg)) == base
-    assert store.config_hash(cfg, "corpus-sha") != base  # the data is part of it
+    bf16 = ExecutionPlan(compute_dtype="bfloat16").numerics_key()
+    assert bf16 == {"compute_dtype": "bfloat16"}
+    assert store.config_hash(cfg, numerics=bf16) != base
 
 
 def test_hash_changes_with_any_field():

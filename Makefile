@@ -22,13 +22,16 @@ $(STAMP): pyproject.toml
 # tolerance. Tests that assert exact bits between differently compiled programs (marker
 # default_codegen) run in a second pass with XLA's default code generation, as users run it.
 FAST_CODEGEN := --xla_backend_optimization_level=0
+# Two workers, whole files each (a file's module fixtures are computed once), handed out in the order
+# tests/conftest.py collects them (long files first) rather than xdist's by-number-of-tests order.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: setup
-	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest -n 2 --dist loadfile -m "not default_codegen"
+	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not default_codegen"
 	$(PY) -m pytest -m default_codegen
 
 # Fast tier only, for the edit-test loop.
 test-fast: setup
-	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest -n 2 --dist loadfile -m "not slow and not default_codegen"
+	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not slow and not default_codegen"
 	$(PY) -m pytest -m "default_codegen and not slow"
 
 # The main job: the initialization atlas, every experiment's quick preset and its hypothesis checks

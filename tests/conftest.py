@@ -39,6 +39,7 @@ CODEGEN_FLAG = "--xla_backend_optimization_level"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _long_files_first(items)
     flags = os.environ.get("XLA_FLAGS", "")
     if CODEGEN_FLAG not in flags:
         return
@@ -49,3 +50,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "default_codegen" in item.keywords:
             item.add_marker(skip)
+
+
+def _long_files_first(items: list[pytest.Item]) -> None:
+    """Files holding `slow` tests first, then the rest by number of tests, each file's tests kept
+    together and in order. `make test` hands whole files to its two workers in this order
+    (--dist loadfile --no-loadscope-reorder): a long file started last would leave one worker
+    running it alone at the end, while files of quick tests at the end fill the gaps."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    has_slow = lambda tests: any(t.get_closest_marker("slow") for t in tests)
+    order = sorted(files.values(), key=lambda tests: (not has_slow(tests), -len(tests)))
+    items[:] = [item for tests in order for item in tests]

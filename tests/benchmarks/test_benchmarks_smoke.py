@@ -57,6 +57,7 @@ def test_smoke_run_produces_every_key(tmp_path):
             assert row["cpus"] == [data["core_scaling"]["cpu"]]
             assert row["plain_one_core_ms"] > 0 and row["probed_one_core_ms"] > 0
             assert math.isclose(row["plain_core_gain"], row["plain_one_core_ms"] / data["steps"][depth]["plain_ms"], rel_tol=1e-9)
+            assert row["rounds"][0]["first_call_s"]["plain"] > 0  # each round's compile (or read-back) kept
     else:
         assert "no second core" in data["reasons"]["core_scaling"]
     assert data["headline"] == returned["headline"]

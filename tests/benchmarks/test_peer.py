@@ -1,6 +1,7 @@
 """The peer's process plumbing, with a stand-in for the peer's python (the real venv takes a minute
 to make and is the full benchmark's): arguments passed, results parsed, copies run at once, a
-failure named."""
+failure named. Where a test is about the peer failing beside lnscope's steps, those steps are
+stand-ins too: their real runs are test_benchmarks_smoke.py's."""
 
 from __future__ import annotations
 
@@ -190,19 +191,34 @@ def test_window_overlap():
     assert math.isnan(window_overlap([[0.0, 10.0], None]))
 
 
-@pytest.mark.slow  # ~10 s: two small step programs compiled
-def test_a_peer_failing_in_the_sweep_keeps_lnscopes_numbers(tmp_path, monkeypatch):
-    import jax
+class _StandInPair:
+    """Stands in for lnscope's plain and probed steps (benchmarks.steps.StepPair; its real steps are
+    test_benchmarks_smoke.py's): each call takes a fixed time, nothing is compiled."""
 
-    from benchmarks.suite import SMOKE, bench_sweep_steps
+    def __init__(self, *args) -> None:
+        self.seconds = {"plain": 0.003, "probed": 0.004}
+
+    def compile(self) -> None:
+        pass
+
+    def twin(self) -> "_StandInPair":
+        return _StandInPair()
+
+    def time(self, name: str) -> float:
+        return self.seconds[name]
+
+
+def test_a_peer_failing_in_the_sweep_keeps_lnscopes_numbers(tmp_path, monkeypatch):
+    import benchmarks.suite as suite
 
     monkeypatch.setenv("FAKE_PEER", "fail")
+    monkeypatch.setattr(suite, "StepPair", _StandInPair)
     python = _fake_python(tmp_path, sleep=0.0)
-    with jax.numpy_dtype_promotion("standard"):  # as the benchmark's main runs it (optax's Adam)
-        out = bench_sweep_steps(SMOKE, python, {"2": {"torch_plain_ms": 1.0, "torch_probed_ms": 1.0}})
+    out = suite.bench_sweep_steps(suite.SMOKE, python, {"2": {"torch_plain_ms": 1.0, "torch_probed_ms": 1.0}})
     assert "the peer broke" in out["peer_reason"]
-    row = out[str(SMOKE.depths[0])]
+    row = out[str(suite.SMOKE.depths[0])]
     assert row["plain_ms"] > 0 and row["probed_ms"] > 0 and "sweep_speedup_plain" not in row
+    assert (row["plain_one_ms"], row["probed_one_ms"]) == (3.0, 4.0)  # the one-stream times: lnscope's own
 
 
 def test_the_sweeps_own_peer_failure_is_the_reason_before_the_peers_absence():
@@ -245,21 +261,30 @@ def test_core_row_compares_one_core_with_every_core():
     assert set(alone) == {"cpus", "rounds", "plain_one_core_ms", "probed_one_core_ms"}
 
 
-@pytest.mark.slow  # ~10 s: a fresh process compiling two small step programs on one CPU
+# Stands in for lnscope's one-core process (its real steps are test_benchmarks_smoke.py's): it prints
+# that process's JSON line, with the CPUs it was restricted to.
+ONE_CORE_STAND_IN = """
+import json, os
+print(json.dumps({"plain_ms": 3.0, "probed_ms": 4.0, "first_call_s": {"plain": 1.0, "probed": 1.5},
+                  "cpus": sorted(os.sched_getaffinity(0))}))
+"""
+
+
 def test_a_peer_failing_in_the_one_core_diagnostic_keeps_lnscopes_numbers(tmp_path, monkeypatch):
-    from benchmarks.suite import SMOKE, bench_core_scaling
+    import benchmarks.suite as suite
 
     monkeypatch.setenv("FAKE_PEER", "fail")
+    monkeypatch.setattr(suite, "_one_core_code", lambda layers, sizes, cache_dir: ONE_CORE_STAND_IN)
     python = _fake_python(tmp_path, sleep=0.0)
     calls = []
     real = peer.train_steps
     monkeypatch.setattr(peer, "train_steps", lambda *args, **kw: calls.append(kw) or real(*args, **kw))
-    out = bench_core_scaling(SMOKE, python, {"2": {"plain_ms": 1.0, "probed_ms": 1.0}})
+    out = suite.bench_core_scaling(suite.SMOKE, python, {"2": {"plain_ms": 1.0, "probed_ms": 1.0}})
     assert "the peer broke" in out["peer_reason"]
     assert calls and calls[0]["cpus"] == {out["cpu"]} and calls[0]["threads"] == 1  # the peer pinned there too
-    row = out[str(SMOKE.depths[0])]
-    assert row["cpus"] == [out["cpu"]] and row["plain_one_core_ms"] > 0 and "torch_plain_one_core_ms" not in row
-    assert row["rounds"][0]["first_call_s"]["plain"] > 0  # each round's compile (or read-back) kept
+    row = out[str(suite.SMOKE.depths[0])]
+    assert row["cpus"] == [out["cpu"]] and "torch_plain_one_core_ms" not in row  # lnscope's process pinned
+    assert (row["plain_one_core_ms"], row["probed_one_core_ms"], row["plain_core_gain"]) == (3.0, 4.0, 3.0)
 
 
 def test_the_one_core_diagnostic_needs_a_second_core(monkeypatch):

@@ -247,11 +247,13 @@ def test_probes_recorded_in_the_step_equal_the_probe_program_on_the_same_state(t
     data = prepare(cfg.task, cfg.model)
     keys = ["seed", "stack", "layer", "site", "quantity", "other_layer"]
     step = 2
+    split = {seed: nnx.split(load_model(r.folder, step=step, seed=seed)) for seed in cfg.seeds}
+    graphdef = split[cfg.seeds[0]][0]  # every seed's model has this structure: one compiled program for all
+    alone = jax.jit(lambda p, b, k: probe_program(graphdef, p, b, cfg.model, cfg.probe_config(CHEAP_PROBES), k))
     for seed in cfg.seeds:
-        graphdef, params = nnx.split(load_model(r.folder, step=step, seed=seed))
+        params = split[seed][1]
         batch = data.batch(jax.tree.map(jax.numpy.asarray, data.arrays), batch_key(jax.numpy.uint32(seed), step))
         key = jax.random.fold_in(probe_key(jax.random.key(seed)), step)
-        alone = jax.jit(lambda p, b, k: probe_program(graphdef, p, b, cfg.model, cfg.probe_config(CHEAP_PROBES), k))
         result = jax.tree.map(lambda a: np.asarray(a)[None], jax.device_get(alone(params, batch, key)))
         expected = to_frame(result, cfg.model, [seed]).sort_values(keys).reset_index(drop=True)
         recorded = r.probes[(r.probes.seed == seed) & (r.probes.step == step)].sort_values(keys).reset_index(drop=True)

@@ -154,7 +154,9 @@ run_sweep(sweep, sys.argv[2] + "/single", devices=jax.devices()[:1], progress=Fa
 @pytest.mark.slow
 def test_sharded_sweep_equals_unsharded(tmp_path):
     sweep = {"base": {**BASE, "seeds": 4, "eval_every": 0}, "grid": {"optim.lr": [1e-3, 3e-3]}}
-    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # the suite's code generation flags (make test's -O0) kept: both sides compile the same way either way
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = {**_env(), "XLA_FLAGS": flags}
     done = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(sweep), str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

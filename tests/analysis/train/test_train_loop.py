@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.execution import default_plan
 from analysis.train import OptimConfig, TaskConfig, TrainConfig, train
 from analysis.train import step as train_step
 from analysis.train.loop import Plan
@@ -164,15 +165,19 @@ def test_the_seed_mode_is_not_part_of_the_run_identity():
 def test_configs_that_differ_only_in_runtime_fields_share_one_compiled_program():
     base = _cfg(probe_every=0)
     data = prepare(base.task, base.model)
-    prog = train_step.program(base, data)
+    plan = default_plan()
+    prog = train_step.program(base, data, plan)
     for change in ({"optim.lr": 3e-4}, {"optim.warmup_steps": 2}, {"seeds": (5, 6, 7)}, {"steps": 9},
                    {"probe_every": 2, "probes": ("act_grad_norm",)}, {"eval_every": 2, "eval_batches": 3},
                    {"loss_ceiling": 5.0}, {"checkpoint_every": 2}):  # fmt: skip
-        assert train_step.program(base.replace(**change), data) is prog, change
+        assert train_step.program(base.replace(**change), data, plan) is prog, change
     for change in ({"model.d_model": 32, "model.d_ff": 64}, {"model.layers": 3}, {"task.seq_len": 8},
                    {"task.batch_size": 2}, {"optim.b1": 0.8}, {"optim.schedule": "cosine"}, {"cka_tokens": 8}):  # fmt: skip
         other = base.replace(**change)
-        assert train_step.program(other, prepare(other.task, other.model)) is not prog, change
+        assert train_step.program(other, prepare(other.task, other.model), plan) is not prog, change
+    # the plan's seed programs and streams are the host loop's; its layer loop is the program's
+    assert train_step.program(base, data, plan.replace(seed_programs="vmapped", streams=3)) is prog
+    assert train_step.program(base, data, plan.replace(unroll_layers=0)) is not prog
 
 
 def test_a_shared_program_computes_each_configs_own_numbers(monkeypatch):

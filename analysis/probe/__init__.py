@@ -13,6 +13,7 @@ from analysis.probe.registry import Needs, Probe, ProbeContext, register_probe
 from analysis.probe.tidy import COLUMNS, to_frame
 
 __all__ = [
-    "CHEAP_PROBES", "COLUMNS", "PROBES", "STEP_PROBES", "Needs", "Probe", "ProbeConfig", "ProbeContext", "probe_at_init",
-    "probe_key", "probe_model", "probe_program", "probe_program_with_grads", "register_probe", "to_frame",
+    "CHEAP_PROBES", "COLUMNS", "PROBES", "STEP_PROBES", "Needs", "Probe", "ProbeConfig", "ProbeContext",
+    "probe_at_init", "probe_key", "probe_model", "probe_program", "probe_program_with_grads", "register_probe",
+    "to_frame",
 ]  # fmt: skip

@@ -24,8 +24,10 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-# The probe families register themselves on import, in this order (the order of PROBES).
+# The probe families register themselves on import: this order is the order of PROBES and CHEAP_PROBES.
+# isort: off
 from analysis.probe import gradients, activations, representations, sensitivity  # noqa: F401
+# isort: on
 from analysis.probe.loss import Batch, loss_from_logits, model_inputs
 from analysis.probe.reductions import at_recorded_precision, frobenius, per_level
 from analysis.probe.registry import PROBES, Probe, ProbeContext, register_probe
@@ -105,7 +107,9 @@ class ProbeConfig:
         self, probes: Iterable[str] = CHEAP_PROBES, options: Mapping[str, Any] | None = None, **flat: Any
     ) -> None:
         if isinstance(probes, str):
-            raise ValueError(f"probes must be a tuple of names, got the string {probes!r}; valid choices: {', '.join(PROBES)}")
+            raise ValueError(
+                f"probes must be a tuple of names, got the string {probes!r}; valid choices: {', '.join(PROBES)}"
+            )
         probes = tuple(probes)
         unknown = [p for p in probes if p not in PROBES]
         if unknown:
@@ -268,6 +272,7 @@ def _probe_program(
         produced = probe.compute(ctx, options)
         extra = [q for q in produced if q not in probe.quantities]
         if extra:
-            raise ValueError(f"probe {probe.name!r} returned undeclared quantities {extra}; declared: {list(probe.quantities)}")
+            declared = list(probe.quantities)
+            raise ValueError(f"probe {probe.name!r} returned undeclared quantities {extra}; declared: {declared}")
         result.update(produced)
     return result, (g_state if want_grads else None)

@@ -30,7 +30,8 @@ import numpy as np
 
 Cost = Literal["cheap", "costly"]
 COSTS: tuple[str, ...] = ("cheap", "costly")
-# host half of one quantity: (site, (n_seeds, L, ...) array) -> rows as (site, values (n_seeds, k), layer (k,), other (k,))
+# host half of one quantity: (site, (n_seeds, L, ...) array)
+#   -> rows as (site, values (n_seeds, k), layer (k,), other_layer (k,))
 RowFn = Callable[[str, np.ndarray], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
 # one layer's sites {site: (B, T, ...)} and the model's norm ε -> this probe's per-layer reductions
 SummaryFn = Callable[[Mapping[str, jax.Array], float], Any]
@@ -120,8 +121,11 @@ class Probe:
             raise ValueError(f"probe name must be an identifier, got {self.name!r}")
         if self.cost not in COSTS:
             raise ValueError(f"probe {self.name!r}: unknown cost {self.cost!r}; valid: {', '.join(COSTS)}")
-        if self.options is not None and not dataclasses.is_dataclass(self.options):
-            raise ValueError(f"probe {self.name!r}: options must be a dataclass type, got {self.options!r}")
+        if self.options is not None and not (
+            isinstance(self.options, type) and dataclasses.is_dataclass(self.options)
+            and self.options.__dataclass_params__.frozen  # hashed: ProbeConfig is a compile-cache key
+        ):
+            raise ValueError(f"probe {self.name!r}: options must be a frozen dataclass type, got {self.options!r}")
         if not self.quantities:
             object.__setattr__(self, "quantities", {self.name: None})
         if not self.option_prefix:

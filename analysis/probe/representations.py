@@ -55,7 +55,8 @@ class CKAOptions:
     debiased: bool = True
 
     def __post_init__(self) -> None:
-        if self.tokens is not None and (not isinstance(self.tokens, int) or isinstance(self.tokens, bool) or self.tokens < 4):
+        tokens = self.tokens
+        if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 4):
             raise ValueError(f"cka_tokens must be None (all tokens) or an integer >= 4, got {self.tokens!r}")
         if self.null not in CKA_NULLS:
             raise ValueError(f"unknown cka_null {self.null!r}; valid: {', '.join(CKA_NULLS)}")

@@ -117,7 +117,8 @@ class ToyOptions:
 def toy_mean(ctx: ProbeContext, options: ToyOptions) -> dict:
     """scale · mean over batch, tokens and features of resid_post, per layer (a toy, not a measure)."""
     return {"toy_mean": {
-        name: {"layers": {"resid_post": options.scale * jnp.mean(s["layers"]["resid_post"], axis=(1, 2, 3))}, "stack": {}}
+        name: {"layers": {"resid_post": options.scale * jnp.mean(s["layers"]["resid_post"], axis=(1, 2, 3))},
+               "stack": {}}
         for name, s in ctx.sites.items()
     }}  # fmt: skip
 
@@ -132,8 +133,10 @@ def half_post(s: Sub, st: Stream) -> Stream:
 def toys():
     probe = register_probe(Probe("toy_mean", "scale · mean of resid_post per layer (test toy)", toy_mean,
                                  options=ToyOptions))  # fmt: skip
-    placement = register_placement(Placement("toy_half", {k: half_post for k in ("attn", "cross", "mlp")},
-                                             {k: ("ln",) for k in ("attn", "cross", "mlp")}, "registry test toy"))  # fmt: skip
+    kinds = ("attn", "cross", "mlp")
+    placement = register_placement(
+        Placement("toy_half", {k: half_post for k in kinds}, {k: ("ln",) for k in kinds}, "registry test toy")
+    )
     yield probe, placement
     del PROBES["toy_mean"], PLACEMENTS["toy_half"]
 
@@ -158,7 +161,8 @@ def test_a_registered_probe_and_placement_appear_everywhere(toys, capsys) -> Non
     resid = np.asarray(model.forward(*model_inputs(cfg, batch)).sites["decoder"]["layers"]["resid_post"], np.float64)
     np.testing.assert_allclose(rows["value"], 2.0 * resid.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
     # the toy placement is wired as declared: its resid_post is normalized (Post-LN family)
-    np.testing.assert_allclose(df[(df["quantity"] == "act_norm") & (df["site"] == "resid_post")]["value"], 1.0, rtol=1e-3)
+    stream_rms = df[(df["quantity"] == "act_norm") & (df["site"] == "resid_post")]["value"]
+    np.testing.assert_allclose(stream_rms, 1.0, rtol=1e-3)
     assert "toy_mean" in cheap_probes() and "toy_mean" not in CHEAP_PROBES  # CHEAP_PROBES: the built-in set
 
 
@@ -191,6 +195,7 @@ def test_bad_options_and_registrations_are_clear_errors() -> None:
     clash = Probe("cka_again", "clashes with cka's quantities", PROBES["cka"].compute, quantities={"cka_null": None})
     _raises(ValueError, lambda: register_probe(clash), "cka_null", "cka")
     _raises(ValueError, lambda: Probe("x", "bad cost", PROBES["cka"].compute, cost="cheapish"), "cheapish", "costly")
+    _raises(ValueError, lambda: Probe("x", "mutable options", PROBES["cka"].compute, options=dict), "frozen dataclass")
     _raises(ValueError, lambda: register_placement(PLACEMENTS["post"]), "'post'", "already registered")
     assert "cka_again" not in PROBES
 
@@ -206,4 +211,5 @@ def test_probe_config_keeps_its_historical_keywords() -> None:
     assert hash(ProbeConfig(cka_null="half", cka_tokens=128)) == hash(STEP_PROBES)
     assert ProbeConfig(output_change_lr=1e-3).output_change_lr == 1e-3
     assert ProbeConfig(probes=["act_norm"]).probes == ("act_norm",)
-    assert PROBES["output_change"].needs_for(ProbeConfig(output_change_mode="random_sign").option("output_change")) == Needs()
+    random_sign = ProbeConfig(output_change_mode="random_sign").option("output_change")
+    assert PROBES["output_change"].needs_for(random_sign) == Needs()  # no backward pass for it

@@ -70,8 +70,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("norms:      " + ", ".join(NORMS))
     print("archs:      " + ", ".join(ARCHS))
     print("probes:")
-    for name, text in PROBES.items():
-        print(f"  {name:16s} {text}")
+    for name, probe in PROBES.items():
+        print(f"  {name:16s} {probe.description}")
     return 0
 
 

@@ -406,3 +406,14 @@ PLACEMENTS: dict[str, Placement] = {
         Placement("none", _all(plain), _slots(), "plain residual (control)", family="none"),
     )
 }
+
+
+def register_placement(placement: Placement) -> Placement:
+    """Add `placement` to `PLACEMENTS` (ModelConfig, the block and the CLI read it there). A name
+    already registered is an error: replacing a placement would silently change every model of it."""
+    if not isinstance(placement, Placement):
+        raise TypeError(f"register_placement takes a Placement, got {type(placement).__name__}")
+    if placement.name in PLACEMENTS:
+        raise ValueError(f"placement {placement.name!r} is already registered; registered: {', '.join(PLACEMENTS)}")
+    PLACEMENTS[placement.name] = placement
+    return placement

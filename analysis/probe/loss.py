@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import ModelConfig
+from models import ModelConfig, validate_tokens
 
 Batch = Mapping[str, jax.Array]
 LOSS_MASK = "loss_mask"
@@ -49,8 +49,6 @@ def check_batch(cfg: ModelConfig, batch: Batch) -> None:
     missing = [k for k in need if k not in batch]
     if missing:
         raise ValueError(f"batch for arch={cfg.arch!r} needs keys {need}; missing {missing}")
-    from models import validate_tokens
-
     validate_tokens(cfg, *model_inputs(cfg, batch))
     if cfg.arch == "encoder":
         targets = np.asarray(batch["targets"])

@@ -15,6 +15,12 @@ Columns (documented contract for figures, checks and reports):
     quantity     str    probe name (act_grad_norm, param_grad_norm, cka, ...)
     value        float  the measurement (NaN/Inf kept: a diverged run is a result)
     other_layer  int    second layer of pairwise quantities (cka, cka_null); -1 otherwise
+
+Each registered probe declares, per quantity, its host half: how a per-layer array becomes rows
+(analysis.probe.registry.Probe.quantities): `layer_rows` (one row per layer, the default),
+`pairwise_rows` (one per (layer, other_layer)) or `head_rows` (one site per attention head).
+Stack-level values are one row each. The jitted half of a probe never sees rows; this module never
+computes a probe.
 """
 
 from __future__ import annotations
@@ -24,18 +30,57 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.probe.registry import PROBES, RowFn
 from models import ModelConfig
 
 COLUMNS = (
     "run", "arch", "placement", "norm", "layers", "d_model", "seed", "step",
     "stack", "layer", "site", "quantity", "value", "other_layer",
 )  # fmt: skip
-PAIRWISE = frozenset({"cka", "cka_null"})
 DTYPES = {
     "run": object, "arch": object, "placement": object, "norm": object, "layers": np.int64,
     "d_model": np.int64, "seed": np.int64, "step": np.int64, "stack": object, "layer": np.int64,
     "site": object, "quantity": object, "value": np.float64, "other_layer": np.int64,
 }  # fmt: skip
+
+
+def layer_rows(site: str, arr: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """One row per layer of an (n_seeds, L) array. An (n_seeds, L, H) array of a quantity no probe
+    declares is read as per head (`head_rows`)."""
+    if arr.ndim == 3:
+        return head_rows(site, arr)
+    if arr.ndim != 2:
+        raise ValueError(f"cannot tidy an array of shape {arr.shape} as one value per layer")
+    n_layers = arr.shape[1]
+    return [(site, arr, np.arange(n_layers), np.full(n_layers, -1))]
+
+
+def pairwise_rows(site: str, arr: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """One row per (layer, other_layer) of an (n_seeds, L, L) array of pairwise values."""
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise ValueError(f"cannot tidy an array of shape {arr.shape} as pairwise (n_seeds, L, L) values")
+    n, n_layers = arr.shape[0], arr.shape[1]
+    rows, cols = np.meshgrid(np.arange(n_layers), np.arange(n_layers), indexing="ij")
+    return [(site, arr.reshape(n, -1), rows.reshape(-1), cols.reshape(-1))]
+
+
+def head_rows(site: str, arr: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """One site per head, `{kind}.head{h}`, of an (n_seeds, L, H) array at site `{kind}_entropy`."""
+    if arr.ndim != 3:
+        raise ValueError(f"cannot tidy an array of shape {arr.shape} as (n_seeds, L, heads) values")
+    kind = site[: -len("_entropy")] if site.endswith("_entropy") else site
+    n_layers = arr.shape[1]
+    return [(f"{kind}.head{h}", arr[:, :, h], np.arange(n_layers), np.full(n_layers, -1)) for h in range(arr.shape[2])]
+
+
+def pairwise_quantities() -> frozenset[str]:
+    """Quantities whose rows are pairs of layers (other_layer >= 0), from the probe registry."""
+    return frozenset(q for q, fn in _row_fns().items() if fn is pairwise_rows)
+
+
+def _row_fns() -> dict[str, RowFn | None]:
+    """{quantity: its host half} of every registered probe (read per call: probes register later)."""
+    return {q: fn for probe in PROBES.values() for q, fn in probe.quantities.items()}
 
 
 def _per_seed(arr: Any, n: int, what: str) -> np.ndarray:
@@ -78,6 +123,7 @@ def to_frame(
                           ("layers", stack_layers)):  # fmt: skip
             blocks[column].append(constant(v))
 
+    row_fns = _row_fns()
     for quantity, per_stack in result.items():
         if quantity == "loss":
             emit("model", "loss", "loss", _per_seed(per_stack, n, "loss").reshape(n, 1), np.array([-1]), np.array([-1]))
@@ -88,22 +134,15 @@ def to_frame(
                 if arr.ndim != 1:
                     raise ValueError(f"{quantity}/{stack}/{site}: stack-level values must be one per seed, got shape {arr.shape}")
                 emit(stack, quantity, site, arr.reshape(n, 1), np.array([-1]), np.array([-1]))
+            rows_of = row_fns.get(quantity) or layer_rows
             for site, arr in levels["layers"].items():
                 arr = _per_seed(arr, n, f"{quantity}/{stack}/{site}")
-                if arr.ndim == 2:
-                    n_layers = arr.shape[1]
-                    emit(stack, quantity, site, arr, np.arange(n_layers), np.full(n_layers, -1))
-                elif arr.ndim == 3 and quantity in PAIRWISE:
-                    n_layers = arr.shape[1]
-                    rows, cols = np.meshgrid(np.arange(n_layers), np.arange(n_layers), indexing="ij")
-                    emit(stack, quantity, site, arr.reshape(n, -1), rows.reshape(-1), cols.reshape(-1))
-                elif arr.ndim == 3:  # per layer and head (attention entropy)
-                    kind = site[: -len("_entropy")] if site.endswith("_entropy") else site
-                    for head in range(arr.shape[2]):
-                        emit(stack, quantity, f"{kind}.head{head}", arr[:, :, head], np.arange(arr.shape[1]),
-                             np.full(arr.shape[1], -1))
-                else:
-                    raise ValueError(f"{quantity}/{stack}/{site}: cannot tidy an array of shape {arr.shape}")
+                try:
+                    rows = rows_of(site, arr)
+                except ValueError as err:
+                    raise ValueError(f"{quantity}/{stack}/{site}: {err}") from None
+                for row_site, values, layer, other in rows:
+                    emit(stack, quantity, row_site, values, layer, other)
     if not blocks["value"]:
         return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in COLUMNS})
     columns = {c: np.concatenate(parts) for c, parts in blocks.items()}

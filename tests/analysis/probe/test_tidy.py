@@ -13,8 +13,10 @@ import pytest
 
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES
-from analysis.probe.tidy import COLUMNS, PAIRWISE, to_frame
+from analysis.probe.tidy import COLUMNS, pairwise_quantities, to_frame
 from models import ModelConfig
+
+PAIRWISE = pairwise_quantities()  # the quantities whose probes declare pairwise rows (cka's)
 
 INT_COLUMNS = ("layers", "d_model", "seed", "step", "layer", "other_layer")
 STR_COLUMNS = ("run", "arch", "placement", "norm", "stack", "site", "quantity")
@@ -159,6 +161,11 @@ def test_bad_shapes_are_rejected_and_empty_results_keep_the_columns() -> None:
     bad = {"act_norm": {"decoder": {"layers": {"resid_pre": np.zeros((2, 2, 2, 2))}, "stack": {}}}}
     with pytest.raises(ValueError, match="cannot tidy"):
         to_frame(bad, CFG, SEEDS)
+    # a probe's declared host half checks its own layout: cka's rows are pairs of layers
+    assert PAIRWISE == {"cka", "cka_null"}
+    not_square = {"cka": {"decoder": {"layers": {"resid_post": np.zeros((2, N_DEC, N_DEC + 1))}, "stack": {}}}}
+    with pytest.raises(ValueError, match=r"cka/decoder/resid_post: cannot tidy .* pairwise"):
+        to_frame(not_square, CFG, SEEDS)
     empty = to_frame({"act_norm": {"decoder": {"layers": {}, "stack": {}}}}, CFG, SEEDS)
     full = to_frame(result, CFG, SEEDS)
     # an empty result keeps the columns and their dtypes, so it concatenates with real frames cleanly

@@ -44,6 +44,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise ValueError(f"--out must end in .parquet, got {out}")
+    from analysis.memory import check_fits, probe_estimate
+
+    check_fits(probe_estimate(cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, seed_chunk=args.seed_chunk,
+                              streams=args.streams), "lnscope probe")  # before compute: never a silent hang
     start = time.perf_counter()
     frame = probe_at_init(
         cfg, seeds=seeds, batch_size=args.batch_size, seq_len=args.seq_len, probes=probes,
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
     except BrokenPipeError:  # the reader stopped early (`lnscope check --list | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
+    except OSError as err:  # disk full, read-only store, ...: what, where, what to do (analysis.io)
+        from analysis.io import describe_os_error
+
+        parser.exit(1, f"lnscope: error: {describe_os_error(err)}\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.io import environment
+from analysis.memory import check_train_memory
 from analysis.probe.tidy import to_frame
 from analysis.runtime import default_streams
 from analysis.train import checkpoint, store
@@ -200,7 +201,8 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | None = None,
-          progress: bool = False, vmap_seeds: bool | None = None, streams: int | None = None) -> TrainResult:  # fmt: skip
+          progress: bool = False, vmap_seeds: bool | None = None, streams: int | None = None,
+          wait: bool = True) -> TrainResult:  # fmt: skip
     """Train every seed of `cfg`: on a CPU each seed in a program of its own, one per core at once;
     elsewhere all seeds in one vmapped program, the seed axis sharded over `devices`
     (analysis.train.seeds).
@@ -218,6 +220,12 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
             run's identity: the two differ by float rounding.
         streams: per-seed programs run at once on threads (default: analysis.runtime.default_streams,
             one per core on a CPU). Changes no number.
+        wait: when another live process computes this run in `out` (its claim, analysis.train.store):
+            wait for it and read its result back (True), or raise store.RunClaimed (False).
+
+    A config too large for the memory this process may use is refused before compute
+    (analysis.memory.TooLarge); a run that cannot be written (read-only store) is an OSError before
+    compute; a damaged finished run is moved aside and computed again (store.claim_run).
 
     Bad input (task too large for the model, unreadable corpus, ...) raises ValueError before any
     compute and before anything in `out` is touched.
@@ -237,10 +245,22 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, devices: list | No
         stored = Path(out) / store.config_hash(cfg, data.fingerprint, seed_programs=other)
         if len(cfg.seeds) > 1 and stored.exists() and (other == "vmapped" or jax.process_count() == 1):
             mode, run_id, folder = other, stored.name, stored
-    if folder is not None and store.is_finished(folder):
+    if folder is not None and store.is_finished(folder) and store.damage(folder) is None:
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
+    check_train_memory(cfg, mode, streams=streams, devices=devices)
+    if folder is None or jax.process_count() > 1:  # several hosts compute every run together: no claims
+        return _compute(cfg, data, mode, run_id, folder, devices, progress, streams)
+    with store.claim_run(folder, wait=wait) as claim:  # one writer per run, however many share the store
+        if claim is None:  # finished (by another writer) meanwhile
+            store.remove_scaffolding(folder)
+            return read_result(folder)
+        return _compute(cfg, data, mode, run_id, folder, devices, progress, streams)
 
+
+def _compute(cfg: TrainConfig, data: Any, mode: str, run_id: str, folder: Path | None, devices: list | None,
+             progress: bool, streams: int | None) -> TrainResult:  # fmt: skip
+    """The run itself, after `train`'s checks (with a folder, the caller holds its claim)."""
     started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
     prog = program(cfg, data)

@@ -136,7 +136,8 @@ def test_three_concurrent_sweeps_one_killed_compute_every_run_once(tmp_path):
     try:  # SIGKILL the first sweep once it has written a checkpoint of a run it owns
         while True:
             owned = [c.parent for c in out.glob(f"*/{CLAIM}") if json.loads(c.read_text() or "{}").get("pid") == procs[0].pid]
-            if any(list((f / "checkpoints").glob("[0-9]*")) for f in owned):
+            killed = [f for f in owned if list((f / "checkpoints").glob("[0-9]*"))]
+            if killed:
                 break
             assert procs[0].poll() is None, procs[0].stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the first sweep wrote no checkpoint in time"
@@ -154,6 +155,8 @@ def test_three_concurrent_sweeps_one_killed_compute_every_run_once(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(rerun["run_id"]), "one folder per run"
     leftovers = [p for p in out.rglob("*") if "tmp" in p.name or p.name in (CLAIM, "partial", "started.json")]
     assert not leftovers, f"partial or claim files left: {leftovers}"
+    resumed = json.loads((killed[0] / "run.json").read_text())["info"]["resumed_from"]
+    assert resumed, "the killed sweep's run was taken over and resumed from its checkpoint"
     serial = run_sweep(path, tmp_path / "serial", progress=False)
     assert list(serial["run_id"]) == list(rerun["run_id"])
     pd.testing.assert_frame_equal(load_runs(out), load_runs(tmp_path / "serial"), check_exact=True)

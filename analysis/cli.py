@@ -167,9 +167,15 @@ def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
     except OSError as err:  # disk full, read-only store, ...: what, where, what to do (analysis.io)
+        import logging
+
         from analysis.io import describe_os_error
 
-        parser.exit(1, f"lnscope: error: {describe_os_error(err)}\n")
+        print(f"lnscope: error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        # What a failed writer's threads report on the way out (orbax's tasks never retrieved) repeats this line.
+        logging.disable(logging.CRITICAL)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
+import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,13 +56,18 @@ def _flat(tree: Any) -> dict[str, Any]:
 def save(folder: Path, step: int, states: Any) -> None:
     """Save the seed-stacked training state at `step` under `folder/checkpoints/` (blocking).
     A failure removes the temporary folder and raises the OSError orbax met, if any."""
-    with _interrupt_after():
+    with _interrupt_after(), _quiet_orbax() as failed:
+        manager = None
         try:
             manager = _manager(folder)
             manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
             manager.wait_until_finished()
             manager.close()
         except Exception as err:
+            failed.append(err)
+            if manager is not None:  # its writer threads end here, while their reports are held back
+                with contextlib.suppress(Exception):
+                    manager.close()
             remove_temporary(folder)
             cause = os_error_in(err)
             if cause is None:
@@ -95,6 +103,51 @@ def os_error_in(err: BaseException) -> OSError | None:
         if os.strerror(code) in text:
             return OSError(code, os.strerror(code))
     return None
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[list[BaseException]]:
+    """What orbax and tensorstore report during the block (absl error logs, tracebacks printed from
+    their threads and C callbacks) held back: printed afterwards when the block went well, dropped
+    when it failed (the block appends its error to the list it gets), so a failed save is one error,
+    one line for the user, instead of a traceback per writer thread."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    if not getattr(sys.excepthook, "lnscope_orbax_filter", False):
+        sys.excepthook = _without_closed_loop(sys.excepthook)
+    failed: list[BaseException] = []
+    held = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+        yield failed
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        logger.setLevel(level)
+        if not failed:
+            held.seek(0)
+            text = held.read()
+            if text:
+                sys.stderr.write(text.decode(errors="replace"))
+        held.close()
+
+
+def _without_closed_loop(hook: Any) -> Any:
+    """`hook` except for "Event loop is closed": after a failed save, tensorstore's callbacks
+    (C code reporting through sys.excepthook) still try to wake orbax's finished event loop; that
+    traceback says nothing the save's own error does not."""
+
+    def filtered(kind: type, value: BaseException, tb: Any) -> None:
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+
+    filtered.lnscope_orbax_filter = True  # type: ignore[attr-defined]
+    return filtered
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ print(json.dumps({"runs": sorted(set(runs["run"])), "skipped": result.skipped, "
 """
 
 
+@pytest.mark.slow
 @needs_mount
 def test_read_only_store_is_read_and_refused_cleanly(tmp_path):
     out = tmp_path / "store"
@@ -98,6 +99,7 @@ def store_config(result) -> dict:
     return to_dict(result.config)
 
 
+@pytest.mark.slow
 @needs_mount
 def test_full_disk_is_one_line_and_the_rerun_resumes_bit_equal(tmp_path):
     py = sys.executable

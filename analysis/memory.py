@@ -101,8 +101,9 @@ def activation_count(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
 PARAM_GRAD_PROBES = ("param_grad_norm", "update_ratio")  # probes that hold every parameter's gradient
 
 
-def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, *, probes: tuple[str, ...] = PARAM_GRAD_PROBES,
-                   seed_chunk: int | None = None, streams: int | None = None) -> Estimate:  # fmt: skip
+def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, *,
+                   probes: tuple[str, ...] = PARAM_GRAD_PROBES, seed_chunk: int | None = None,
+                   streams: int | None = None) -> Estimate:  # fmt: skip
     """`probe_at_init`'s memory: per seed computed at once, its parameters, their gradients (when
     `probes` need them) and its activations (seeds at once = seed_chunk × streams, defaults as
     analysis.runtime's)."""
@@ -126,9 +127,10 @@ def train_estimate(cfg: Any, *, at_once: int | None = None) -> Estimate:
     at_once = seeds if at_once is None else min(seeds, at_once)
     size = DTYPE_BYTES.get(cfg.model.dtype, 4)
     params = param_count(cfg.model) * size
+    activations = activation_count(cfg.model, cfg.task.batch_size, cfg.task.seq_len) * size * at_once
     return Estimate(f"training {seeds} seeds, {at_once} at once", (
         ("parameters", params * seeds), ("optimizer moments", 2 * params * seeds), ("gradients", params * at_once),
-        ("activations", activation_count(cfg.model, cfg.task.batch_size, cfg.task.seq_len) * size * at_once)))  # fmt: skip
+        ("activations", activations)))  # fmt: skip
 
 
 def _read_int(path: str) -> int | None:

@@ -22,7 +22,8 @@ Faults (docs/training.md, "Faults"):
                       mtime). Created with O_EXCL, so of several writers on one store (concurrent
                       sweeps, array tasks, reruns) exactly one computes a run; the others wait for it
                       and read the result back. A dead owner's claim (same host and its pid gone, or
-                      a heartbeat older than CLAIM_STALE_S) is taken over, resuming from its checkpoint.
+                      from another host a heartbeat older than CLAIM_STALE_S) is taken over, resuming
+                      from its checkpoint.
     run.json "files"  each result file's row count and sha256: reading a run verifies them, and a
                       damaged run (DamagedRun: its path and what is wrong) is never served.
 """
@@ -313,13 +314,12 @@ def _claim_owner(path: Path) -> tuple[dict[str, Any], os.stat_result] | None:
 
 
 def claim_is_dead(owner: dict[str, Any], stat: os.stat_result, now: float | None = None) -> bool:
-    """A claim whose owner cannot finish: its heartbeat (mtime) is older than CLAIM_STALE_S, or it
-    was taken on this host by a process that is gone."""
+    """A claim whose owner cannot finish: taken on this host by a process that is gone, or from
+    elsewhere (or unreadable) with a heartbeat (mtime) older than CLAIM_STALE_S. A live process on
+    this host keeps its claim however long it stalls (a long compile holding the interpreter)."""
     now = time.time() if now is None else now
-    if now - stat.st_mtime > CLAIM_STALE_S:
-        return True
     if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
+        return now - stat.st_mtime > CLAIM_STALE_S
     try:
         os.kill(owner["pid"], 0)
     except ProcessLookupError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,9 +27,9 @@ from models import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
-FLAGS = ("--no-progress --arch decoder --layers 2 --d-model 16 --heads 2 --d-ff 32 --vocab 32 --max-len 32 --task markov "
-         "--seq-len 16 --batch-size 4 --steps 6 --checkpoint-every 2 --probe-every 3 --eval-every 3 --eval-batches 2 "
-         "--seeds 2")  # fmt: skip
+FLAGS = ("--no-progress --arch decoder --layers 2 --d-model 16 --heads 2 --d-ff 32 --vocab 32 --max-len 32 "
+         "--task markov --seq-len 16 --batch-size 4 --steps 6 --checkpoint-every 2 --probe-every 3 --eval-every 3 "
+         "--eval-batches 2 --seeds 2")  # fmt: skip
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -42,9 +41,10 @@ def _cfg(**kw) -> TrainConfig:
 def _can_mount() -> bool:
     probe = "mount -t tmpfs -o size=64k tmpfs /mnt && mount -o remount,ro /mnt"
     try:
-        return subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True, timeout=20).returncode == 0
+        done = subprocess.run(["unshare", "-m", "sh", "-c", probe], check=False, capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return False
+    return done.returncode == 0
 
 
 needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs `unshare -m` and mount (a private mount namespace)")
@@ -80,7 +80,8 @@ def test_read_only_store_is_read_and_refused_cleanly(tmp_path):
         "{py}" -m analysis.cli train {FLAGS} --steps 8 --out "{out}" 2>"{tmp_path}/new.err"
         echo "new=$?"
     """)  # fmt: skip
-    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, cwd=ROOT, env=_env(), capture_output=True,
+                         text=True,
                          timeout=300)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
     read, status = ran.stdout.strip().splitlines()[-2:]
@@ -114,7 +115,8 @@ def test_full_disk_is_one_line_and_the_rerun_resumes_bit_equal(tmp_path):
         "{py}" -m analysis.cli train {FLAGS} --out "{mnt}/runs" 2>"{tmp_path}/again.err" || exit 92
         cp -r "{mnt}/runs" "{keep}"
     """)  # fmt: skip
-    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, cwd=ROOT, env=_env(), capture_output=True,
+                         text=True,
                          timeout=400)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:] + (tmp_path / "again.err").read_text()[-3000:]
     assert ran.stdout.strip().splitlines()[0] == "full=1"

@@ -140,10 +140,10 @@ def test_three_concurrent_sweeps_one_killed_compute_every_run_once(tmp_path):
                               cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for i in range(3)]  # fmt: skip
     deadline = time.monotonic() + 600
-    try:  # SIGKILL the first sweep once it has written a checkpoint of a run it owns
+    try:  # SIGKILL the first sweep once a run it owns has a complete checkpoint
         while True:
             owned = [c.parent for c in out.glob(f"*/{CLAIM}") if _owner_pid(c) == procs[0].pid]
-            killed = [f for f in owned if list((f / "checkpoints").glob("[0-9]*"))]
+            killed = [f for f in owned if [p for p in (f / "checkpoints").glob("[0-9]*") if p.name.isdigit()]]
             if killed:
                 break
             assert procs[0].poll() is None, procs[0].stderr.read().decode()[-2000:]

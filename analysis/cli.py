@@ -44,8 +44,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise ValueError(f"--out must end in .parquet, got {out}")
+    from analysis.io import check_writable
     from analysis.memory import check_fits, probe_estimate
 
+    check_writable(out.parent)  # a read-only or full destination is named before compute, not after
     check_fits(probe_estimate(cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, seed_chunk=args.seed_chunk,
                               streams=args.streams), "lnscope probe")  # before compute: never a silent hang
     start = time.perf_counter()
@@ -172,9 +174,9 @@ def main(argv: list[str] | None = None, *, prepare: bool | None = None) -> int:
         from analysis.io import describe_os_error
 
         print(f"lnscope: error: {describe_os_error(err)}", file=sys.stderr, flush=True)
-        # What a failed writer's threads report on the way out (orbax's tasks never retrieved) repeats this line.
-        logging.disable(logging.CRITICAL)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        if argv is None:  # a program ending: what a failed writer's threads report on the way out repeats this line
+            logging.disable(logging.CRITICAL)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         return 1
 
 

@@ -44,6 +44,16 @@ OS_ERROR_ADVICE = {
 }  # fmt: skip
 
 
+def check_writable(folder: Path) -> None:
+    """Raise the OSError a write into `folder` would meet (read-only file system, no permission, ...),
+    before any compute: the folder is created if missing and a temporary file made and removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lnscope-writable.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def describe_os_error(err: OSError) -> str:
     """One line for a user: what failed, where, and what to do (no traceback)."""
     where = " and ".join(str(f) for f in (err.filename, err.filename2) if f)

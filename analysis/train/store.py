@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -403,7 +404,7 @@ def claim_run(folder: Path, *, wait: bool = True) -> Iterator[RunClaim | None]:
     checkpoint). A finished but damaged run is moved aside (`move_aside`, with a warning) and computed
     again. On a read-only store this raises OSError before any compute unless the run is finished."""
     folder = Path(folder)
-    claim = None
+    claim, waited = None, False
     while claim is None:
         if is_finished(folder) and damage(folder) is None:
             yield None
@@ -431,6 +432,10 @@ def claim_run(folder: Path, *, wait: bool = True) -> Iterator[RunClaim | None]:
         elif not wait:
             raise RunClaimed(folder, owner)
         else:
+            if not waited:
+                print(f"{folder.name}: computed by pid {owner.get('pid')} on {owner.get('host')}; waiting for it",
+                      file=sys.stderr)  # fmt: skip
+                waited = True
             time.sleep(CLAIM_POLL_S)
     try:
         yield claim

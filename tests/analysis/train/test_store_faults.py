@@ -145,6 +145,22 @@ def test_full_disk_in_atomic_write_leaves_no_file(tmp_path):
     assert "\n" not in line and line.startswith("No space left on device: ") and "free space" in line
 
 
+def test_probe_into_a_read_only_folder_is_refused_before_compute(tmp_path, monkeypatch, capsys):
+    """Simulated (monkeypatched mkstemp): `lnscope probe` checks its destination before computing."""
+    import tempfile
+
+    from analysis.cli import main
+
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["probe", "--layers", "2", "--d-model", "16", "--out", str(tmp_path / "x.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"lnscope: error: Read-only file system: {tmp_path}; the file system is read-only: finished runs " \
+                  "there can be read, new ones need a writable --out\n"
+
+
 def test_remove_scaffolding_touches_nothing_on_a_read_only_store(tmp_path, monkeypatch):
     """Simulated (monkeypatched unlink): a finished run without scaffolding deletes nothing, and a
     leftover started.json that cannot be deleted (EROFS) stays."""

@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -105,6 +106,10 @@ def os_error_in(err: BaseException) -> OSError | None:
     return None
 
 
+THREADS_END_S = 10.0  # how long a failed save's writer threads get to end (their reports held back)
+CALLBACKS_END_S = 1.0  # and tensorstore's callbacks of the failed writes (threads Python does not see)
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[list[BaseException]]:
     """What orbax and tensorstore report during the block (absl error logs, tracebacks printed from
@@ -117,6 +122,7 @@ def _quiet_orbax() -> Iterator[list[BaseException]]:
     if not getattr(sys.excepthook, "lnscope_orbax_filter", False):
         sys.excepthook = _without_closed_loop(sys.excepthook)
     failed: list[BaseException] = []
+    before = set(threading.enumerate())
     held = tempfile.TemporaryFile()
     sys.stderr.flush()
     saved = os.dup(2)
@@ -124,6 +130,11 @@ def _quiet_orbax() -> Iterator[list[BaseException]]:
     try:
         yield failed
     finally:
+        if failed:  # the failed save's writer threads report on their way out: let them, while held back
+            deadline = time.monotonic() + THREADS_END_S
+            for thread in set(threading.enumerate()) - before:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            time.sleep(CALLBACKS_END_S)  # tensorstore's own threads call back into the closed event loop
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.cli import add_commands as add_experiment_commands
-from analysis.io import write_run
+from analysis.io import check_writable, write_run
+from analysis.memory import check_fits, probe_estimate
 from analysis.options import HelpFormatter, add_model_options, add_plan_options, dataclass_from_args, plan_from_args
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES, PROBES
@@ -43,6 +44,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if out.suffix != ".parquet":
         raise ValueError(f"--out must end in .parquet, got {out}")
     plan = plan_from_args(args)
+    check_writable(out.parent)  # a read-only or full destination is named before compute, not after
+    check_fits(probe_estimate(cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, plan=plan,
+                              seed_chunk=args.seed_chunk), "lnscope probe")  # before compute: never a silent hang
     start = time.perf_counter()
     frame = probe_at_init(
         cfg, seeds=seeds, batch_size=args.batch_size, seq_len=args.seq_len, probes=probes,

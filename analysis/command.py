@@ -7,10 +7,12 @@ so both set up the process and report errors alike.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from analysis.allocator import ensure_preloaded
+from analysis.io import describe_os_error
 from analysis.runtime import WORKERS_VAR, check_environment, configure_compilation_cache
 
 
@@ -39,3 +41,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, *, prep
     except BrokenPipeError:  # the reader stopped early (`lnscope check --list | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
+    except OSError as err:  # disk full, read-only store, ...: what, where, what to do (analysis.io)
+        print(f"{parser.prog}: error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        if argv is None:  # a program ending: what a failed writer's threads report on the way out repeats this line
+            logging.disable(logging.CRITICAL)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        return 1

@@ -3,6 +3,7 @@ environment stored beside them. (What a result is named by: analysis.identity.)"
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -35,6 +36,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What a user can do about an I/O error, by errno (describe_os_error); the rest get a generic hint.
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free space there (or give another --out) and run the command again: finished runs are kept and "
+                  "an unfinished one resumes from its last checkpoint",
+    errno.EDQUOT: "free space within your quota (or give another --out) and run the command again: finished runs are "
+                  "kept and an unfinished one resumes from its last checkpoint",
+    errno.EROFS: "the file system is read-only: finished runs there can be read, new ones need a writable --out",
+    errno.EACCES: "no permission to write there: give a folder you may write to (--out), or fix its permissions",
+    errno.EPERM: "no permission to write there: give a folder you may write to (--out), or fix its permissions",
+    errno.ENOENT: "check that the path exists",
+    errno.EIO: "the storage failed to read or write: check the disk or network file system, then run again",
+}  # fmt: skip
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError a write into `folder` would meet (read-only file system, no permission, ...),
+    before any compute: the folder is created if missing and a temporary file made and removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lnscope-writable.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a user: what failed, where, and what to do (no traceback)."""
+    where = " and ".join(str(f) for f in (err.filename, err.filename2) if f)
+    what = err.strerror or str(err)
+    advice = OS_ERROR_ADVICE.get(err.errno, "check the path and the file system, then run the command again")
+    return f"{what}{f': {where}' if where else ''}; {advice}"
 
 
 def write_run(frame: pd.DataFrame, meta: dict[str, Any], path: Path) -> None:

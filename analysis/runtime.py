@@ -16,7 +16,13 @@ is an execution plan's (analysis.execution).
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -179,6 +185,39 @@ def default_streams() -> int:
     """
     text = os.environ.get(STREAMS_VAR, "").strip()
     return _whole_number(STREAMS_VAR, text, "a whole number >= 1") if text else _per_core_on_cpu(MAX_AUTO_STREAMS)
+
+
+PARENT_POLL_S = 1.0  # how often a worker looks whether its parent is still there (where prctl is missing)
+
+
+def end_with_parent() -> None:
+    """Make this worker process end when the process that started it does, however that one ends
+    (SIGKILL, SIGTERM, a crash): call first in a pool's worker initializer.
+
+    Why: a worker outliving its parent keeps its memory (a JAX process of a GB or more) and blocks
+    writing results to a pipe nobody reads, under PID 1, for as long as it runs. On Linux the kernel
+    sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); everywhere a daemon thread also
+    watches the parent's pid and exits the process when it changes (the kernel's signal follows the
+    thread that started the worker, the watch the whole parent process).
+    """
+    parent = multiprocessing.parent_process()
+    parent_pid = parent.pid if parent is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was asked for
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lnscope-parent-watch", daemon=True).start()
 
 
 def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,

@@ -23,7 +23,7 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("analysis.execution",),  # how a model runs (the execution plan), applied from outside the model
     # shared leaf utilities, below every room that uses them
-    ("analysis.allocator", "analysis.identity", "analysis.io", "analysis.stats", "analysis.runtime", "analysis.options",
+    ("analysis.allocator", "analysis.identity", "analysis.io", "analysis.memory", "analysis.stats", "analysis.runtime", "analysis.options",
      "analysis.command"),
     ("analysis.probe", "analysis"),  # `analysis` itself re-exports the probe room's names
     ("analysis.train",),

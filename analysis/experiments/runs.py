@@ -46,6 +46,7 @@ from analysis.io import environment, read_run, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
 from analysis.runtime import STREAMS_VAR, available_cores, default_workers, pin_workers, release_compiled_if_crowded, worker_cpus
+from analysis.runtime import end_with_parent
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -150,6 +151,7 @@ _PARENT_CODE: str | None = None  # in a worker: the code fingerprint of the proc
 
 
 def _start_worker(code: str, settings: dict[str, Any], streams: int, shares: Any = None) -> None:
+    end_with_parent()  # no worker outlives its parent, however that one ends (analysis.runtime)
     # First, before JAX starts its CPU client: a worker restricted to its share of the CPUs gets an
     # XLA thread pool of that size (analysis.runtime.worker_cpus says why).
     if shares is not None:

@@ -8,14 +8,30 @@ and renames it when complete, so a killed run never leaves a half-written checkp
 The state is saved as a flat dict of its leaves (keys are leaf indices); restoring rebuilds the
 pytree from the abstract state of the same config, so no nnx/optax types pass through orbax.
 
+Faults: a save that fails (disk full, read-only store, ...) removes its temporary folder and raises
+the OSError underneath orbax's own errors (one line for the CLI, analysis.io.describe_os_error); Ctrl-C
+during a save lets the save finish and is raised after it, so an interrupt never leaves orbax
+writing at interpreter shutdown. Only the process holding the run's claim (analysis.train.store)
+writes its checkpoints.
+
     model = load_model("runs/3f2a...", step=200, seed=1)     # an nnx model
     analysis.probe.probe_model(model, batch)                  # probe the trained model
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import flax.nnx as nnx
 import jax
@@ -41,11 +57,126 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def save(folder: Path, step: int, states: Any) -> None:
-    """Save the seed-stacked training state at `step` under `folder/checkpoints/` (blocking)."""
-    manager = _manager(folder)
-    manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
-    manager.wait_until_finished()
-    manager.close()
+    """Save the seed-stacked training state at `step` under `folder/checkpoints/` (blocking).
+    A failure removes the temporary folder and raises the OSError orbax met, if any."""
+    with _interrupt_after(), _quiet_orbax() as failed:
+        manager = None
+        try:
+            manager = _manager(folder)
+            manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
+            manager.wait_until_finished()
+            manager.close()
+        except Exception as err:
+            failed.append(err)
+            if manager is not None:  # its writer threads end here, while their reports are held back
+                with contextlib.suppress(Exception):
+                    manager.close()
+            remove_temporary(folder)
+            cause = os_error_in(err)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror or str(cause),
+                          cause.filename or str(Path(folder) / CHECKPOINTS)) from err  # fmt: skip
+
+
+def remove_temporary(folder: Path) -> list[Path]:
+    """Delete the temporary folders of unfinished checkpoint saves (orbax's `*.orbax-checkpoint-tmp*`)."""
+    root = Path(folder) / CHECKPOINTS
+    stale = [p for p in root.glob("*.orbax-checkpoint-tmp*")] if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (itself, its causes and contexts, an exception group's members), or
+    one rebuilt from a message that names only its text ("No space left on device"); else None."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+    text = str(err)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    return None
+
+
+THREADS_END_S = 10.0  # how long a failed save's writer threads get to end (their reports held back)
+CALLBACKS_END_S = 1.0  # and tensorstore's callbacks of the failed writes (threads Python does not see)
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[list[BaseException]]:
+    """What orbax and tensorstore report during the block (absl error logs, tracebacks printed from
+    their threads and C callbacks) held back: printed afterwards when the block went well, dropped
+    when it failed (the block appends its error to the list it gets), so a failed save is one error,
+    one line for the user, instead of a traceback per writer thread."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    if not getattr(sys.excepthook, "lnscope_orbax_filter", False):
+        sys.excepthook = _without_closed_loop(sys.excepthook)
+    failed: list[BaseException] = []
+    before = set(threading.enumerate())
+    held = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+        yield failed
+    finally:
+        if failed:  # the failed save's writer threads report on their way out: let them, while held back
+            deadline = time.monotonic() + THREADS_END_S
+            for thread in set(threading.enumerate()) - before:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            time.sleep(CALLBACKS_END_S)  # tensorstore's own threads call back into the closed event loop
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        logger.setLevel(level)
+        if not failed:
+            held.seek(0)
+            text = held.read()
+            if text:
+                sys.stderr.write(text.decode(errors="replace"))
+        held.close()
+
+
+def _without_closed_loop(hook: Any) -> Any:
+    """`hook` except for "Event loop is closed": after a failed save, tensorstore's callbacks
+    (C code reporting through sys.excepthook) still try to wake orbax's finished event loop; that
+    traceback says nothing the save's own error does not."""
+
+    def filtered(kind: type, value: BaseException, tb: Any) -> None:
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+
+    filtered.lnscope_orbax_filter = True  # type: ignore[attr-defined]
+    return filtered
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during the block is held until it ends, then handled as it would have been."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def steps(folder: Path) -> list[int]:

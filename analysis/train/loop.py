@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from analysis.execution import ExecutionPlan, default_plan
 from analysis.io import environment
+from analysis.memory import check_train_memory
 from analysis.probe.tidy import to_frame
 from analysis.runtime import default_streams
 from analysis.train import checkpoint, store
@@ -200,7 +201,7 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPlan | None = None,
           devices: list | None = None, progress: bool = False, vmap_seeds: bool | None = None,
-          streams: int | None = None) -> TrainResult:  # fmt: skip
+          streams: int | None = None, wait: bool = True) -> TrainResult:  # fmt: skip
     """Train every seed of `cfg` as `plan` says (default: this backend's, analysis.execution): on a
     CPU each seed in a program of its own, one per core at once; elsewhere all seeds in one vmapped
     program, the seed axis sharded over `devices` (analysis.train.seeds).
@@ -221,6 +222,12 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPla
             read back whichever way it was computed (`info["seed_programs"]` records how).
         streams: per-seed programs run at once on threads (default: `plan.streams`, else
             analysis.runtime.default_streams). Changes no number.
+        wait: when another live process computes this run in `out` (its claim, analysis.train.store):
+            wait for it and read its result back (True), or raise store.RunClaimed (False).
+
+    A config too large for the memory this process may use is refused before compute
+    (analysis.memory.TooLarge); a run that cannot be written (read-only store) is an OSError before
+    compute; a damaged finished run is moved aside and computed again (store.claim_run).
 
     Bad input (task too large for the model, unreadable corpus, ...) raises ValueError before any
     compute and before anything in `out` is touched.
@@ -239,15 +246,29 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPla
     data = prepare(cfg.task, cfg.model)
     run_id = store.config_hash(cfg, data.fingerprint, numerics=execution.numerics_key())
     folder = None if out is None else Path(out) / run_id
-    if folder is not None and store.is_finished(folder):
+    if folder is not None and store.is_finished(folder) and store.damage(folder) is None:
         store.remove_scaffolding(folder)  # left by a kill between run.json and its cleanup
         return read_result(folder)
+    check_train_memory(cfg, mode, streams=streams, devices=devices, plan=execution)
+    compute = lambda: _compute(cfg, data, execution, chosen, mode, run_id, folder, devices, progress, streams)
+    if folder is None or jax.process_count() > 1:  # several hosts compute every run together: no claims
+        return compute()
+    with store.claim_run(folder, wait=wait) as claim:  # one writer per run, however many share the store
+        if claim is None:  # finished (by another writer) meanwhile
+            store.remove_scaffolding(folder)
+            return read_result(folder)
+        return compute()
+
+
+def _compute(cfg: TrainConfig, data: Any, execution: ExecutionPlan, chosen: bool | None, mode: str, run_id: str,
+             folder: Path | None, devices: list | None, progress: bool, streams: int | None) -> TrainResult:  # fmt: skip
+    """The run itself, after `train`'s checks (with a folder, the caller holds its claim). `chosen`:
+    the seed mode the caller asked for (None: `mode` is the default, and a resumed run keeps its own)."""
+    started = time.perf_counter()
     started_as = _started_mode(folder)
     resumable = started_as == "vmapped" or (started_as == "per_seed" and jax.process_count() == 1)
     if resumable and chosen is None and devices is None and len(cfg.seeds) > 1:
         mode = started_as  # a resumed run goes on as it started: its numbers are the uninterrupted run's
-
-    started = time.perf_counter()
     plan = Plan.of(cfg, with_checkpoints=folder is not None)
     prog = program(cfg, data, execution)
     shardings = seed_sharding(len(cfg.seeds), devices) if mode == "vmapped" else None

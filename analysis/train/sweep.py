@@ -18,6 +18,11 @@ Unknown keys anywhere are an error naming the valid ones; so is an empty grid. E
 grid is built (and validated) before the first run starts. Runs already finished in `out` are read
 back, not recomputed, so a killed sweep is resumed by running it again.
 
+Several sweeps (or array tasks, or reruns) may share one `out`: each run is claimed by the process
+that computes it (analysis.train.store.claim_run). A sweep first computes the runs nobody else has
+claimed, then waits for the ones others compute and reads them back; a run whose owner died is
+taken over and resumed from its checkpoint. Every run is computed once.
+
 Devices. On a CPU with one device each seed of a run trains in a program of its own, one per core
 at once (analysis.train.seeds). Elsewhere each run vmaps its seeds; `train` shards that seed axis
 over the local devices (jit + vmap over sharded inputs), so on a machine with several GPUs the same
@@ -44,6 +49,7 @@ from tqdm.auto import tqdm
 from analysis.execution import ExecutionPlan
 from analysis.train.config import TrainConfig, _merge, from_dict, to_dict
 from analysis.train.loop import train
+from analysis.train.store import RunClaimed
 
 FILE_KEYS = ("base", "grid")
 
@@ -140,13 +146,22 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
         sweep = sweep_from_dict(sweep)
     configs = sweep.configs()
     names = [n for n, _ in sweep.grid]
-    rows = []
     bar = None
     if progress:
         bar = tqdm(total=len(configs), desc="sweep", unit="run")
-    for cfg in configs:
+    # Runs another process holds come last (waited for, then read back), so concurrent sweeps split the grid.
+    order, deferred = list(range(len(configs))), []
+    rows_at: dict[int, dict[str, Any]] = {}
+    for index in order:
+        cfg = configs[index]
         start = time.perf_counter()
-        result = train(cfg, out, plan=plan, devices=devices, vmap_seeds=vmap_seeds, streams=streams)
+        try:
+            result = train(cfg, out, plan=plan, devices=devices, vmap_seeds=vmap_seeds, streams=streams,
+                           wait=index in deferred)  # fmt: skip
+        except RunClaimed:
+            deferred.append(index)
+            order.append(index)
+            continue
         diverged = sum(s == "diverged" for s in result.status.values())
         values = to_dict(cfg)
         row = {"run_id": result.run_id, "folder": str(result.folder), "skipped": result.skipped,
@@ -154,10 +169,11 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
         for name in names:
             head, _, tail = name.partition(".")
             row[name] = values[head][tail] if tail else values[head]
-        rows.append(row)
+        rows_at[index] = row
         if bar is not None:
             bar.set_postfix_str(f"{result.run_id[:8]} {'read back' if result.skipped else f'{diverged} diverged'}")
             bar.update(1)
     if bar is not None:
         bar.close()
+    rows = [rows_at[i] for i in sorted(rows_at)]  # the grid's order, however the runs were shared
     return pd.DataFrame(rows)

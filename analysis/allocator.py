@@ -1,12 +1,11 @@
 """A faster memory allocator for lnscope's programs: mimalloc, preloaded by a one-time re-exec.
 
-Why: XLA's CPU runtime takes a fresh scratch buffer for every call of a compiled program (≈ 44 MiB
-for a 6-layer d=128 training step, over 100 MiB at 18 layers). glibc's malloc serves blocks over its
-mmap threshold (32 MiB at most) with `mmap` and gives them back with `munmap`, so every step
-page-faults its whole scratch buffer in again: ≈ 14,000 page faults per step, ≈ 20% of the step's
-time. mimalloc (Microsoft's allocator, shipped as a wheel by `cmeel-mimalloc`, a dependency of
-lnscope) keeps freed memory mapped and reuses it: ≈ 100 faults per step, the step ≈ 0.8x as long
-(benchmarks/README.md). No root is needed and nothing changes but speed.
+Why: XLA's CPU runtime takes a fresh scratch buffer for every call of a compiled program (tens of
+MiB for a training step). glibc's malloc serves blocks over its mmap threshold (32 MiB at most) with
+`mmap` and gives them back with `munmap`, so every step page-faults its whole scratch buffer in
+again. mimalloc (Microsoft's allocator, shipped as a wheel by `cmeel-mimalloc`, a dependency of
+lnscope) keeps freed memory mapped and reuses it, so those faults disappear (measurements:
+benchmarks/README.md). No root is needed and nothing changes but speed.
 
 How: an allocator can only replace malloc if it is loaded before the program starts, so
 `ensure_preloaded()` re-executes the running program once with `LD_PRELOAD` naming mimalloc. The

@@ -25,6 +25,7 @@ from analysis.experiments import EXPERIMENTS, check, collect, select_claims
 from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
 from analysis.experiments.claims import PAPERS, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
+from analysis.io import atomic_write
 from analysis.options import RawDescriptionHelpFormatter
 
 

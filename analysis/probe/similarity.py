@@ -322,9 +322,8 @@ _GRAM_MAX_FLOATS = 2**28
 def _use_gram(layers: int, n: int, d: int, method: str) -> bool:
     """Whether to take the Gram path (static shapes). "auto": when n <= 4·D and the L Grams fit in
     memory. Counting arithmetic alone misleads: the Gram path is memory-bound (n×n Grams, the
-    permuted gather of the null), the feature path runs as dense matmuls. Measured on a 2-core CPU
-    (CKA + its null): n = 512, D = 128, L = 18: Gram 74 ms, features 114 ms (CPU time); L = 6: equal;
-    n = 512, D = 64, L = 12: Gram 28 ms, features 12 ms; n = D = 256: Gram ~16x faster."""
+    permuted gather of the null), the feature path runs as dense matmuls; where each wins was
+    measured (benchmarks/README.md, changes tried)."""
     if method not in STACK_METHODS:
         raise ValueError(f"method={method!r}; expected one of {list(STACK_METHODS)}")
     if method != "auto":

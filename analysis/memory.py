@@ -103,14 +103,30 @@ def activation_count(cfg: ModelConfig, batch_size: int, seq_len: int, plan: Exec
 
 
 PARAM_GRAD_PROBES = ("param_grad_norm", "update_ratio")  # probes that hold every parameter's gradient
+STREAM_STACK_PROBES = ("cos_adjacent", "cos_to_last", "cka")  # probes that compare every layer's stream
+
+
+def probe_result_count(cfg: ModelConfig, batch_size: int, seq_len: int, probes: tuple[str, ...]) -> int:
+    """Values the similarity probes hold besides the backward pass (lower bound): the stream at every
+    layer (resid_pre and resid_post, stacked (L, B, T, d)) that they compare, and CKA's (L, L) matrix
+    and its null's. CKA's L² grows fastest: a deep stack's probe program is bounded by it."""
+    tokens = batch_size * seq_len
+    total = 0
+    for layers, _ in _stacks(cfg):
+        if set(probes) & set(STREAM_STACK_PROBES):
+            total += 2 * layers * tokens * cfg.d_model
+        if "cka" in probes:
+            total += 2 * layers * layers
+    return total
 
 
 def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, *,
                    probes: tuple[str, ...] = PARAM_GRAD_PROBES, plan: ExecutionPlan | None = None,
                    seed_chunk: int | None = None) -> Estimate:  # fmt: skip
     """`probe_at_init`'s memory under `plan` (default: this backend's): per seed computed at once, its
-    parameters, their gradients (when `probes` need them) and its activations (seeds at once: the
-    plan's streams, each `seed_chunk` seeds, or all of them when the plan vmaps seeds)."""
+    parameters, their gradients (when `probes` need them), its activations and what the similarity
+    probes hold (probe_result_count) (seeds at once: the plan's streams, each `seed_chunk` seeds, or
+    all of them when the plan vmaps seeds)."""
     plan = (default_plan() if plan is None else plan).one_shot()
     chunk = seed_chunk or (seeds if plan.seed_programs == "vmapped" else 1)
     at_once = min(seeds, chunk * (plan.streams or default_streams()))
@@ -119,7 +135,8 @@ def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, 
     return Estimate(f"probing {at_once} of {seeds} seeds at once", (
         ("parameters", params * at_once),
         ("gradients", params * at_once if set(probes) & set(PARAM_GRAD_PROBES) else 0),
-        ("activations", activation_count(cfg, batch_size, seq_len, plan) * size * at_once)))  # fmt: skip
+        ("activations", activation_count(cfg, batch_size, seq_len, plan) * size * at_once),
+        ("probe results", probe_result_count(cfg, batch_size, seq_len, tuple(probes)) * size * at_once)))  # fmt: skip
 
 
 def train_estimate(cfg: Any, *, at_once: int | None = None, plan: ExecutionPlan | None = None) -> Estimate:

@@ -46,6 +46,20 @@ def test_oversized_probe_refused_in_under_a_second(flags, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_the_similarity_probes_memory_is_counted():
+    """A deep stack's probe program is bounded by CKA's (L, L) matrices and the stacked streams the
+    similarity probes compare, not by its parameters (the issue's 100000-layer d=32 probe)."""
+    cfg = ModelConfig(layers=1000, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
+    plain = probe_estimate(cfg, 1, 8, 16, probes=("act_norm",), plan=ExecutionPlan(streams=1))
+    cos = probe_estimate(cfg, 1, 8, 16, probes=("act_norm", "cos_adjacent"), plan=ExecutionPlan(streams=1))
+    cka = probe_estimate(cfg, 1, 8, 16, probes=("act_norm", "cka"), plan=ExecutionPlan(streams=1))
+    assert cos.total - plain.total == 2 * 1000 * 8 * 16 * 16 * 4  # resid_pre and resid_post, float32
+    assert cka.total - cos.total == 2 * 1000 * 1000 * 4  # CKA and its null
+    big = probe_estimate(ModelConfig(layers=100000, d_model=32), 4, 8, 32, probes=("cka",),
+                         plan=ExecutionPlan(streams=1))  # fmt: skip
+    assert big.total > 8e10  # far above any machine's memory the suite runs on: refused everywhere
+
+
 def test_oversized_training_refused_before_the_store_is_touched(tmp_path):
     model = ModelConfig(arch="decoder", layers=2, d_model=65536, heads=4, d_ff=32, vocab=32, max_len=32)
     cfg = TrainConfig(model=model, task=TaskConfig(name="markov", seq_len=16, batch_size=4), steps=2, seeds=(0,),

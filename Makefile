@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast report browser check benchmark clean
+.PHONY: setup test test-fast lint format report browser check benchmark clean
 PRESET ?= quick
 
 setup: $(STAMP)
@@ -18,21 +18,30 @@ $(STAMP): pyproject.toml
 
 # The whole suite, slow tests included (CI runs exactly this). Compiling is most of the suite's time,
 # so its first pass compiles with LLVM at -O0 (XLA's HLO passes, hence the programs, are unchanged):
-# a clean run's pytest ~12 -> 7-8.5 min on 2 cores, numbers moved only by float rounding, far inside every
-# tolerance. Tests that assert exact bits between differently compiled programs (marker
+# numbers move only by float rounding, far inside every tolerance. Tests that assert exact bits between differently compiled programs (marker
 # default_codegen) run in a second pass with XLA's default code generation, as users run it.
 FAST_CODEGEN := --xla_backend_optimization_level=0
 # Two workers, whole files each (a file's module fixtures are computed once), handed out in the order
 # tests/conftest.py collects them (long files first) rather than xdist's by-number-of-tests order.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
-test: setup
+test: setup lint
 	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not default_codegen"
 	$(PY) -m pytest -m default_codegen
 
 # Fast tier only, for the edit-test loop.
-test-fast: setup
+test-fast: setup lint
 	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not slow and not default_codegen"
 	$(PY) -m pytest -m "default_codegen and not slow"
+
+# The formatter and linter (ruff, configured in pyproject.toml): `make test` fails on unformatted or
+# flagged code; `make format` applies both.
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The main job: the initialization atlas, every experiment's quick preset and its hypothesis checks
 # -> reports/$(PRESET)/index.html (one self-contained file; `make report PRESET=paper` on a GPU).

@@ -12,6 +12,24 @@ Each room imports only from the rooms before it (tests/test_import_graph.py). Th
 notebooks need are re-exported here.
 """
 
-from analysis.probe import CHEAP_PROBES, COLUMNS, PROBES, ProbeConfig, probe_at_init, probe_model, probe_program, to_frame
+from analysis.probe import (
+    CHEAP_PROBES,
+    COLUMNS,
+    PROBES,
+    ProbeConfig,
+    probe_at_init,
+    probe_model,
+    probe_program,
+    to_frame,
+)
 
-__all__ = ["CHEAP_PROBES", "COLUMNS", "PROBES", "ProbeConfig", "probe_at_init", "probe_model", "probe_program", "to_frame"]
+__all__ = [
+    "CHEAP_PROBES",
+    "COLUMNS",
+    "PROBES",
+    "ProbeConfig",
+    "probe_at_init",
+    "probe_model",
+    "probe_program",
+    "to_frame",
+]

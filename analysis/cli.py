@@ -45,13 +45,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .parquet, got {out}")
     plan = plan_from_args(args)
     check_writable(out.parent)  # a read-only or full destination is named before compute, not after
-    check_fits(probe_estimate(cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, plan=plan,
-                              seed_chunk=args.seed_chunk), "lnscope probe")  # before compute: never a silent hang
+    check_fits(
+        probe_estimate(
+            cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, plan=plan, seed_chunk=args.seed_chunk
+        ),
+        "lnscope probe",
+    )  # before compute: never a silent hang
     start = time.perf_counter()
     frame = probe_at_init(
-        cfg, seeds=seeds, batch_size=args.batch_size, seq_len=args.seq_len, probes=probes,
-        run=args.run or out.stem, plan=plan, seed_chunk=args.seed_chunk,
-    )  # fmt: skip
+        cfg,
+        seeds=seeds,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        probes=probes,
+        run=args.run or out.stem,
+        plan=plan,
+        seed_chunk=args.seed_chunk,
+    )
     meta = {
         "model": dataclasses.asdict(cfg),
         "execution": None if plan is None else plan.to_dict(),
@@ -80,21 +90,34 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lnscope", description="Gradient dynamics of layer-norm placements.",
-                                     formatter_class=HelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="lnscope", description="Gradient dynamics of layer-norm placements.", formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    probe = sub.add_parser("probe", help="probe models at initialization over seeds; write parquet + JSON",
-                           formatter_class=HelpFormatter)  # fmt: skip
+    probe = sub.add_parser(
+        "probe", help="probe models at initialization over seeds; write parquet + JSON", formatter_class=HelpFormatter
+    )
     probe.add_argument("--seeds", type=int, default=4, metavar="N", help="number of seeds (models)")
     probe.add_argument("--seed-start", type=int, default=0, metavar="N", help="first seed")
-    probe.add_argument("--seed-chunk", type=int, default=None, metavar="N",
-                       help="vmap this many seeds at a time (default: as --seed-programs says)")
+    probe.add_argument(
+        "--seed-chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="vmap this many seeds at a time (default: as --seed-programs says)",
+    )
     probe.add_argument("--batch-size", type=int, default=8, metavar="N", help="random-token batch size")
     probe.add_argument("--seq-len", type=int, default=32, metavar="N", help="sequence length of the batch")
-    probe.add_argument("--probes", default="", metavar="A,B,...",
-                       help="comma-separated probes, see lnscope list (default: the cheap ones)")
-    probe.add_argument("--out", required=True, metavar="PATH", help="output .parquet; its config goes next to it as .json")
+    probe.add_argument(
+        "--probes",
+        default="",
+        metavar="A,B,...",
+        help="comma-separated probes, see lnscope list (default: the cheap ones)",
+    )
+    probe.add_argument(
+        "--out", required=True, metavar="PATH", help="output .parquet; its config goes next to it as .json"
+    )
     probe.add_argument("--run", default="", metavar="TEXT", help="run name in the table (default: the output's stem)")
     add_model_options(probe)
     add_plan_options(probe)

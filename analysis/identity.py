@@ -64,8 +64,10 @@ def canonical(value: Any, where: str = "value") -> Any:
         return {k: canonical(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"{where} is a {type(value).__name__} ({value!r}); content ids take dataclasses, "
-                    "mappings, lists, tuples, str, int, float, bool, None, numpy scalars and paths")  # fmt: skip
+    raise TypeError(
+        f"{where} is a {type(value).__name__} ({value!r}); content ids take dataclasses, "
+        "mappings, lists, tuples, str, int, float, bool, None, numpy scalars and paths"
+    )
 
 
 def canonical_json(value: Any) -> str:
@@ -99,4 +101,3 @@ def code_fingerprint() -> str:
     runs. A source edited during a long run must not have this process' numbers stored under the
     edited code's name (a module that stores results calls it once when it is imported)."""
     return source_fingerprint()
-

@@ -9,8 +9,9 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -41,15 +42,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 # What a user can do about an I/O error, by errno (describe_os_error); the rest get a generic hint.
 OS_ERROR_ADVICE = {
     errno.ENOSPC: "free space there (or give another --out) and run the command again: finished runs are kept and "
-                  "an unfinished one resumes from its last checkpoint",
+    "an unfinished one resumes from its last checkpoint",
     errno.EDQUOT: "free space within your quota (or give another --out) and run the command again: finished runs are "
-                  "kept and an unfinished one resumes from its last checkpoint",
+    "kept and an unfinished one resumes from its last checkpoint",
     errno.EROFS: "the file system is read-only: finished runs there can be read, new ones need a writable --out",
     errno.EACCES: "no permission to write there: give a folder you may write to (--out), or fix its permissions",
     errno.EPERM: "no permission to write there: give a folder you may write to (--out), or fix its permissions",
     errno.ENOENT: "check that the path exists",
     errno.EIO: "the storage failed to read or write: check the disk or network file system, then run again",
-}  # fmt: skip
+}
 
 
 def check_writable(folder: Path) -> None:
@@ -89,10 +90,12 @@ def environment() -> dict[str, Any]:
     traced to the code and machine that made it. The commit is None outside a git checkout, and
     `dirty` says whether tracked files differed from it.
     """
+
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                                 timeout=10)  # fmt: skip
+            out = subprocess.run(
+                ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip() if out.returncode == 0 else None

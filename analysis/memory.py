@@ -120,9 +120,16 @@ def probe_result_count(cfg: ModelConfig, batch_size: int, seq_len: int, probes: 
     return total
 
 
-def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, *,
-                   probes: tuple[str, ...] = PARAM_GRAD_PROBES, plan: ExecutionPlan | None = None,
-                   seed_chunk: int | None = None) -> Estimate:  # fmt: skip
+def probe_estimate(
+    cfg: ModelConfig,
+    seeds: int,
+    batch_size: int,
+    seq_len: int,
+    *,
+    probes: tuple[str, ...] = PARAM_GRAD_PROBES,
+    plan: ExecutionPlan | None = None,
+    seed_chunk: int | None = None,
+) -> Estimate:
     """`probe_at_init`'s memory under `plan` (default: this backend's): per seed computed at once, its
     parameters, their gradients (when `probes` need them), its activations and what the similarity
     probes hold (probe_result_count) (seeds at once: the plan's streams, each `seed_chunk` seeds, or
@@ -132,11 +139,15 @@ def probe_estimate(cfg: ModelConfig, seeds: int, batch_size: int, seq_len: int, 
     at_once = min(seeds, chunk * (plan.streams or default_streams()))
     size = DTYPE_BYTES.get(cfg.dtype, 4)
     params = param_count(cfg) * size
-    return Estimate(f"probing {at_once} of {seeds} seeds at once", (
-        ("parameters", params * at_once),
-        ("gradients", params * at_once if set(probes) & set(PARAM_GRAD_PROBES) else 0),
-        ("activations", activation_count(cfg, batch_size, seq_len, plan) * size * at_once),
-        ("probe results", probe_result_count(cfg, batch_size, seq_len, tuple(probes)) * size * at_once)))  # fmt: skip
+    return Estimate(
+        f"probing {at_once} of {seeds} seeds at once",
+        (
+            ("parameters", params * at_once),
+            ("gradients", params * at_once if set(probes) & set(PARAM_GRAD_PROBES) else 0),
+            ("activations", activation_count(cfg, batch_size, seq_len, plan) * size * at_once),
+            ("probe results", probe_result_count(cfg, batch_size, seq_len, tuple(probes)) * size * at_once),
+        ),
+    )
 
 
 def train_estimate(cfg: Any, *, at_once: int | None = None, plan: ExecutionPlan | None = None) -> Estimate:
@@ -148,9 +159,15 @@ def train_estimate(cfg: Any, *, at_once: int | None = None, plan: ExecutionPlan 
     size = DTYPE_BYTES.get(cfg.model.dtype, 4)
     params = param_count(cfg.model) * size
     activations = activation_count(cfg.model, cfg.task.batch_size, cfg.task.seq_len, plan) * size * at_once
-    return Estimate(f"training {seeds} seeds, {at_once} at once", (
-        ("parameters", params * seeds), ("optimizer moments", 2 * params * seeds), ("gradients", params * at_once),
-        ("activations", activations)))  # fmt: skip
+    return Estimate(
+        f"training {seeds} seeds, {at_once} at once",
+        (
+            ("parameters", params * seeds),
+            ("optimizer moments", 2 * params * seeds),
+            ("gradients", params * at_once),
+            ("activations", activations),
+        ),
+    )
 
 
 def _read_int(path: str) -> int | None:
@@ -214,10 +231,15 @@ def memory_limit() -> tuple[int, str] | None:
         stats = jax.devices()[0].memory_stats() or {}
         if "bytes_limit" in stats:
             return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"free memory of {jax.devices()[0]}"
-    found = [(room, name) for room, name in ((_mem_available(), "the machine's available memory (MemAvailable)"),
-                                             (_cgroup_room(), "the cgroup's memory limit"),
-                                             (_address_space_room(), "the address-space limit (ulimit -v)"))
-             if room is not None]  # fmt: skip
+    found = [
+        (room, name)
+        for room, name in (
+            (_mem_available(), "the machine's available memory (MemAvailable)"),
+            (_cgroup_room(), "the cgroup's memory limit"),
+            (_address_space_room(), "the address-space limit (ulimit -v)"),
+        )
+        if room is not None
+    ]
     return min(found) if found else None
 
 
@@ -231,9 +253,11 @@ def check_fits(estimate: Estimate, command: str = "this computation", limit: tup
     limit = memory_limit() if limit is None else limit
     if limit is None or estimate.total <= limit[0]:
         return
-    raise TooLarge(f"{command} needs at least {human(estimate.total)} ({estimate.what}: {estimate.describe()}), "
-                   f"more than the {human(limit[0])} of {limit[1]}; use fewer or smaller layers, a smaller "
-                   f"batch, or fewer seeds at once")  # fmt: skip
+    raise TooLarge(
+        f"{command} needs at least {human(estimate.total)} ({estimate.what}: {estimate.describe()}), "
+        f"more than the {human(limit[0])} of {limit[1]}; use fewer or smaller layers, a smaller "
+        f"batch, or fewer seeds at once"
+    )
 
 
 def compiled_bytes(compiled: Any) -> int | None:
@@ -245,12 +269,14 @@ def compiled_bytes(compiled: Any) -> int | None:
         return None
     if stats is None:
         return None
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-               - stats.alias_size_in_bytes)  # fmt: skip
+    return int(
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    )
 
 
-def check_train_memory(cfg: Any, mode: str, *, streams: int | None = None, devices: list | None = None,
-                       plan: ExecutionPlan | None = None) -> None:
+def check_train_memory(
+    cfg: Any, mode: str, *, streams: int | None = None, devices: list | None = None, plan: ExecutionPlan | None = None
+) -> None:
     """`check_fits` for a training run of `cfg` whose seeds are computed `mode`-wise
     (analysis.train.seeds: "per_seed", `streams` at once; "vmapped", all at once, sharded over `devices`)."""
     if mode == "per_seed":

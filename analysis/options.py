@@ -19,7 +19,8 @@ import dataclasses
 import shutil
 import types
 import typing
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from analysis.execution import ExecutionPlan, default_plan
 from models import ModelConfig
@@ -41,8 +42,11 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
-        empty = default is None or default is False or default is argparse.SUPPRESS or (
-            isinstance(default, (str, tuple)) and not default
+        empty = (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (str, tuple)) and not default)
         )
         if "default" in text or empty or not action.option_strings:
             return text
@@ -170,8 +174,13 @@ def add_dataclass_options(
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
         valid = choices.get(f.name, _literal(hints[f.name]))
-        kwargs: dict[str, Any] = {"dest": dest, "default": default, "type": parse, "help": text,
-                                  "metavar": _metavar(parse)}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "dest": dest,
+            "default": default,
+            "type": parse,
+            "help": text,
+            "metavar": _metavar(parse),
+        }
         if valid is not None and typing.get_origin(_unwrap(hints[f.name])) is not tuple:
             kwargs["choices"] = tuple(valid)
             if len(",".join(map(str, valid))) <= SHORT_CHOICES:
@@ -186,7 +195,9 @@ def add_dataclass_options(
         group.add_argument(flag, **kwargs)
 
 
-def dataclass_kwargs(cls: type, args: argparse.Namespace, *, prefix: str = "", skip: Iterable[str] = ()) -> dict[str, Any]:
+def dataclass_kwargs(
+    cls: type, args: argparse.Namespace, *, prefix: str = "", skip: Iterable[str] = ()
+) -> dict[str, Any]:
     """{field: value} of the options `add_dataclass_options` added for `cls` (nested and skipped aside)."""
     skip = set(skip)
     hints = typing.get_type_hints(cls)
@@ -225,6 +236,9 @@ def add_plan_options(parser: argparse.ArgumentParser, *, skip: Iterable[str] = (
 
 def plan_from_args(args: argparse.Namespace) -> ExecutionPlan | None:
     """This backend's default plan with the given plan options applied; None when none was given."""
-    given = {name: value for name in ExecutionPlan.__dataclass_fields__
-             if (value := getattr(args, f"plan.{name}", None)) is not None}  # fmt: skip
+    given = {
+        name: value
+        for name in ExecutionPlan.__dataclass_fields__
+        if (value := getattr(args, f"plan.{name}", None)) is not None
+    }
     return default_plan().replace(**given) if given else None

@@ -23,9 +23,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -220,8 +221,9 @@ def end_with_parent() -> None:
     threading.Thread(target=watch, name="lnscope-parent-watch", daemon=True).start()
 
 
-def run_on_threads(fn: Callable, calls: Sequence[tuple], streams: int,
-                   post: Callable[[Any], Any] | None = None) -> list:  # fmt: skip
+def run_on_threads(
+    fn: Callable, calls: Sequence[tuple], streams: int, post: Callable[[Any], Any] | None = None
+) -> list:
     """[post(fn(*args)) for args in calls], up to `streams` calls at once, each on its own thread.
 
     `fn` is a jitted function and every call has the same shapes (one program). Why threads: XLA's

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 
 import numpy as np
 import pandas as pd
 
 
-@lru_cache(maxsize=None)
+@cache
 def t_quantile(q: float, dof: int) -> float:
     """Quantile ``q`` (0.5 < q < 1) of Student's t with ``dof`` degrees of freedom, numpy only.
 
@@ -34,7 +34,6 @@ def t_quantile(q: float, dof: int) -> float:
     return 0.5 * (lo + hi)
 
 
-
 def seed_summary(df: pd.DataFrame, by: Sequence[str], *, level: float = 0.95) -> pd.DataFrame:
     """Mean over seeds with a two-sided `level` confidence interval, per group of `by`.
 
@@ -54,7 +53,9 @@ def seed_summary(df: pd.DataFrame, by: Sequence[str], *, level: float = 0.95) ->
         std=lambda v: float(np.std(v.to_numpy(), ddof=1)) if len(v) > 1 else np.nan,
     )
     q = 0.5 + level / 2
-    half = out.apply(lambda r: t_quantile(q, int(r["n"]) - 1) * r["std"] / math.sqrt(r["n"]) if r["n"] > 1 else np.nan, axis=1)
+    half = out.apply(
+        lambda r: t_quantile(q, int(r["n"]) - 1) * r["std"] / math.sqrt(r["n"]) if r["n"] > 1 else np.nan, axis=1
+    )
     out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
     return out.reset_index()
 

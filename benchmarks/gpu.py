@@ -91,17 +91,31 @@ def bench_step(step: Step, sizes: Sizes, python: str | None, device: str) -> dic
     for _ in range(sizes.rounds):
         for name, ts in pair.round(sizes.calls).items():
             times[name] += ts
-    row: dict[str, Any] = {"first_call_s": pair.first_call_s, "warmup_s": pair.warmup_s,
-                           "plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"])}  # fmt: skip
+    row: dict[str, Any] = {
+        "first_call_s": pair.first_call_s,
+        "warmup_s": pair.warmup_s,
+        "plain_ms": median_ms(times["plain"]),
+        "probed_ms": median_ms(times["probed"]),
+    }
     row["probe_overhead"] = row["probed_ms"] / row["plain_ms"]
     if python is not None:
         try:
-            theirs = peer.train_steps(Path(python), layers=step.layers, d_model=step.d_model, batch=step.batch,
-                                      seq=step.seq, steps=sizes.peer_steps, warmup=5, device=device)  # fmt: skip
+            theirs = peer.train_steps(
+                Path(python),
+                layers=step.layers,
+                d_model=step.d_model,
+                batch=step.batch,
+                seq=step.seq,
+                steps=sizes.peer_steps,
+                warmup=5,
+                device=device,
+            )
         except PEER_ERRORS as error:
             row["peer_reason"] = f"{type(error).__name__}: {error}"
             return row
-        row.update({"torch_plain_ms": theirs["plain_ms"], "torch_probed_ms": theirs["probed_ms"], "torch": theirs["torch"]})
+        row.update(
+            {"torch_plain_ms": theirs["plain_ms"], "torch_probed_ms": theirs["probed_ms"], "torch": theirs["torch"]}
+        )
         row["torch_speedup_plain"] = row["torch_plain_ms"] / row["plain_ms"]
         row["torch_speedup_probed"] = row["torch_probed_ms"] / row["probed_ms"]
     return row
@@ -109,7 +123,7 @@ def bench_step(step: Step, sizes: Sizes, python: str | None, device: str) -> dic
 
 def bench_seed_sweep(sizes: Sizes, python: str | None, device: str) -> dict[str, Any]:
     cfg = Step(sizes.seed_layers, sizes.seed_d, 8, 64).config()
-    study = lambda **kw: (lambda: probe_at_init(cfg, seeds=range(sizes.seeds), batch_size=8, seq_len=64, **kw))
+    study = lambda **kw: lambda: probe_at_init(cfg, seeds=range(sizes.seeds), batch_size=8, seq_len=64, **kw)
     out: dict[str, Any] = {}
     for name, kw in (("vmapped", {"seed_chunk": sizes.seeds, "streams": 1}), ("loop", {"seed_chunk": 1, "streams": 1})):
         run = study(**kw)
@@ -118,8 +132,18 @@ def bench_seed_sweep(sizes: Sizes, python: str | None, device: str) -> dict[str,
     out["vmap_over_loop"] = out["loop_s"] / out["vmapped_s"]
     if python is not None:
         try:
-            theirs = [peer.seed_sweep(Path(python), layers=sizes.seed_layers, d_model=sizes.seed_d, batch=8, seq=64,
-                                      seeds=sizes.seeds, device=device)["total_s"] for _ in range(2)]  # fmt: skip
+            theirs = [
+                peer.seed_sweep(
+                    Path(python),
+                    layers=sizes.seed_layers,
+                    d_model=sizes.seed_d,
+                    batch=8,
+                    seq=64,
+                    seeds=sizes.seeds,
+                    device=device,
+                )["total_s"]
+                for _ in range(2)
+            ]
         except PEER_ERRORS as error:
             out["peer_reason"] = f"{type(error).__name__}: {error}"
             return out
@@ -152,14 +176,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, required=True, help="write the results here (atomically)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every key produced, nothing measured")
     parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer (its keys become None)")
-    parser.add_argument("--peer-python", default=sys.executable, help="a python with torch for the device (default: this one)")
+    parser.add_argument(
+        "--peer-python", default=sys.executable, help="a python with torch for the device (default: this one)"
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     backend = jax.default_backend()
     device = "cuda" if backend == "gpu" else "cpu"
     python = None if args.no_peer else args.peer_python
-    results: dict[str, Any] = {"smoke": args.smoke, "backend": backend, "devices": [str(d) for d in jax.devices()],
-                               "machine": machine_info(), "peer_device": None if python is None else device}  # fmt: skip
+    results: dict[str, Any] = {
+        "smoke": args.smoke,
+        "backend": backend,
+        "devices": [str(d) for d in jax.devices()],
+        "machine": machine_info(),
+        "peer_device": None if python is None else device,
+    }
     print(f"lnscope accelerator benchmark: {results['devices']}, jax {jax.__version__}", flush=True)
     results["steps"] = {}
     # optax's Adam mixes Python floats with int32 counts, which strict promotion (the tests') rejects
@@ -167,10 +198,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for step in sizes.steps:
             row = bench_step(step, sizes, python, device)
             results["steps"][step.name] = row
-            print(f"  {step.name}: plain {row['plain_ms']:.2f} ms, probed {row['probed_ms']:.2f} ms (overhead "
-                  f"{row['probe_overhead']:.3f}); torch {row.get('torch_plain_ms')} / {row.get('torch_probed_ms')} ms "
-                  f"{row.get('peer_reason', '')}; first call {row['first_call_s']['plain']:.1f} / "
-                  f"{row['first_call_s']['probed']:.1f} s", flush=True)  # fmt: skip
+            print(
+                f"  {step.name}: plain {row['plain_ms']:.2f} ms, probed {row['probed_ms']:.2f} ms (overhead "
+                f"{row['probe_overhead']:.3f}); torch {row.get('torch_plain_ms')} / {row.get('torch_probed_ms')} ms "
+                f"{row.get('peer_reason', '')}; first call {row['first_call_s']['plain']:.1f} / "
+                f"{row['first_call_s']['probed']:.1f} s",
+                flush=True,
+            )
     results["seed_sweep"] = bench_seed_sweep(sizes, python, device)
     print(f"  seed sweep: {json.dumps(results['seed_sweep'])}", flush=True)
     results["headline"] = headline(results["steps"], results["seed_sweep"])

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import optax
 
-from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.execution import ExecutionPlan, default_plan
+from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import STEP_PROBES, ProbeConfig, probe_program_with_grads
 from models import ModelConfig, build_model
 
 LEARNING_RATE = 1e-3
 __all__ = ["STEP_PROBES", "StepPair", "make_train_steps", "median_ms", "timed"]  # STEP_PROBES: analysis.probe.probes
+
 
 def make_train_steps(cfg: ModelConfig, pcfg: ProbeConfig, plan: ExecutionPlan | None = None):
     """(state, opt_state, plain_step, probed_step) for the model of `cfg` at seed 0, run as `plan`
@@ -70,8 +72,9 @@ def timed(fn: Callable[[], Any]) -> float:
 class StepPair:
     """Both steps of one config, each chained on its own copy of the state, callable by name."""
 
-    def __init__(self, cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int,
-                 plan: ExecutionPlan | None = None):  # fmt: skip
+    def __init__(
+        self, cfg: ModelConfig, pcfg: ProbeConfig, batch_size: int, seq_len: int, plan: ExecutionPlan | None = None
+    ):
         state, opt_state, plain, probed = make_train_steps(cfg, pcfg, plan)
         self.cfg = cfg
         self.batch = random_batch(cfg, jax.random.key(1), batch_size, seq_len)
@@ -96,7 +99,7 @@ class StepPair:
         thread may retrace (JAX's configuration contexts are thread-local); an executable never does."""
         self.steps = {n: f.lower(*self.carry[n], self.batch, self.key).compile() for n, f in self.steps.items()}
 
-    def twin(self) -> "StepPair":
+    def twin(self) -> StepPair:
         """A second chain of the same steps on a copy of this one's state (another run of a sweep)."""
         other = object.__new__(StepPair)
         other.__dict__.update(self.__dict__)
@@ -114,7 +117,11 @@ class StepPair:
     def flops(self, name: str = "plain") -> float | None:
         """XLA's own count of the floating-point operations of one call of a step."""
         step = self.steps[name]
-        compiled = step if isinstance(step, jax.stages.Compiled) else step.lower(*self.carry[name], self.batch, self.key).compile()
+        compiled = (
+            step
+            if isinstance(step, jax.stages.Compiled)
+            else step.lower(*self.carry[name], self.batch, self.key).compile()
+        )
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost["flops"]) if cost and "flops" in cost else None

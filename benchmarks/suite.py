@@ -6,7 +6,8 @@
 Keys (GOALS below): torch_speedup_plain_d128, torch_speedup_probed_d128 (the peer's step time over
 lnscope's, decoder d=128 at two depths, the smaller), probe_overhead (probed / plain step, the
 larger), flop_floor_ratio (plain step time over its XLA-counted FLOPs at a large matmul's measured
-rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's probe_at_init with its defaults),
+rate, the larger), seed_sweep_vs_torch (the peer's init study of 32 seeds over lnscope's probe_at_init with its
+defaults),
 compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
 peak_rss_ratio (peak resident memory of the probed step's process over the plain one's); reported
 beside them, sweep_speedup_plain_d128 / sweep_speedup_probed_d128 (a sweep's throughput: two runs at
@@ -23,15 +24,15 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.nnx as nnx
@@ -91,9 +92,27 @@ class Sizes:
 
 
 FULL = Sizes()
-SMOKE = Sizes(d_model=16, depths=(2,), batch=2, seq=8, rounds=1, calls=2, matmul_n=128, seed_layers=2, seed_d=16,
-              seeds=3, compile_depths=(2, 24), compile_d=16, compile_repeats=1, deep_layers=24, deep_d=16, deep_batch=2,
-              deep_seq=8, extras=False, core_rounds=1)  # fmt: skip
+SMOKE = Sizes(
+    d_model=16,
+    depths=(2,),
+    batch=2,
+    seq=8,
+    rounds=1,
+    calls=2,
+    matmul_n=128,
+    seed_layers=2,
+    seed_d=16,
+    seeds=3,
+    compile_depths=(2, 24),
+    compile_d=16,
+    compile_repeats=1,
+    deep_layers=24,
+    deep_d=16,
+    deep_batch=2,
+    deep_seq=8,
+    extras=False,
+    core_rounds=1,
+)
 
 # Runs at once in the sweep benchmark: one per core of this 2-core machine.
 SWEEP_STREAMS = 2
@@ -105,8 +124,17 @@ DEEP_PROBES = ProbeConfig(probes=CHEAP_PROBES, cka_tokens=64, cka_null="half")
 
 def decoder_config(layers: int, d_model: int, **kw: Any) -> ModelConfig:
     """The benchmarks' model: decoder Pre-LN, 4 heads, FFN 4d, 256 tokens, positions up to 128."""
-    return ModelConfig(arch="decoder", placement="pre", layers=layers, d_model=d_model, heads=4, d_ff=4 * d_model,
-                       vocab=256, max_len=128, **kw)  # fmt: skip
+    return ModelConfig(
+        arch="decoder",
+        placement="pre",
+        layers=layers,
+        d_model=d_model,
+        heads=4,
+        d_ff=4 * d_model,
+        vocab=256,
+        max_len=128,
+        **kw,
+    )
 
 
 def _load() -> float:
@@ -132,11 +160,20 @@ def machine_info() -> dict[str, Any]:
         cpu = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu_model": cpu, "cpu_matmul_flags": flags, "nproc": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "devices": [str(d) for d in jax.devices()],
-            "mimalloc_preloaded": allocator_active(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    return {
+        "cpu_model": cpu,
+        "cpu_matmul_flags": flags,
+        "nproc": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "mimalloc_preloaded": allocator_active(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +212,28 @@ def bench_steps(sizes: Sizes, python: Path | None) -> dict[str, Any]:
             for name, ts in pair.round(sizes.calls).items():
                 times[name] += ts
             if python is not None:
-                peer_rounds.append(peer.train_steps(python, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
-                                                    seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+                peer_rounds.append(
+                    peer.train_steps(
+                        python,
+                        layers=depth,
+                        d_model=sizes.d_model,
+                        batch=sizes.batch,
+                        seq=sizes.seq,
+                        steps=sizes.calls,
+                        warmup=2,
+                    )
+                )
             loads.append(_load())
         flops = pair.flops("plain")
         row = {
-            "plain_ms": median_ms(times["plain"]), "probed_ms": median_ms(times["probed"]),
-            "first_call_s": pair.first_call_s, "warmup_call_s": pair.warmup_s, "samples": len(times["plain"]),
-            "plain_gflop": None if flops is None else flops / 1e9, "load": loads,
-        }  # fmt: skip
+            "plain_ms": median_ms(times["plain"]),
+            "probed_ms": median_ms(times["probed"]),
+            "first_call_s": pair.first_call_s,
+            "warmup_call_s": pair.warmup_s,
+            "samples": len(times["plain"]),
+            "plain_gflop": None if flops is None else flops / 1e9,
+            "load": loads,
+        }
         row["probe_overhead"] = row["probed_ms"] / row["plain_ms"]
         if flops is not None:
             row["flop_floor_ms"] = 1e3 * flops / rate
@@ -209,8 +259,12 @@ def bench_step_variants(sizes: Sizes) -> dict[str, Any]:
         cfg = decoder_config(depth, sizes.d_model)
         full = StepPair(cfg, ProbeConfig(), sizes.batch, sizes.seq)
         base = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
-        mixed = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq, plan=default_plan().replace(compute_dtype="bfloat16"))
-        t: dict[str, list[float]] = {k: [] for k in ("plain", "probed_step", "probed_full", "plain_bf16", "probed_bf16")}
+        mixed = StepPair(
+            cfg, STEP_PROBES, sizes.batch, sizes.seq, plan=default_plan().replace(compute_dtype="bfloat16")
+        )
+        t: dict[str, list[float]] = {
+            k: [] for k in ("plain", "probed_step", "probed_full", "plain_bf16", "probed_bf16")
+        }
         for _ in range(sizes.rounds * sizes.calls):
             t["plain"].append(base.time("plain"))
             t["probed_full"].append(full.time("probed"))
@@ -239,8 +293,9 @@ def window_overlap(windows: list[list[float] | None]) -> float:
     return max(0.0, common) / statistics.mean(end - start for start, end in windows)
 
 
-def sweep_row(times: dict[str, list[float]], peer_rounds: list[list[dict[str, Any]]],
-              step_row: dict[str, Any]) -> dict[str, Any]:
+def sweep_row(
+    times: dict[str, list[float]], peer_rounds: list[list[dict[str, Any]]], step_row: dict[str, Any]
+) -> dict[str, Any]:
     """One depth's sweep figures from lnscope's per model-step times (s; "plain", "probed" with runs at
     once, "plain_one", "probed_one" alone), the peer's rounds of runs at once (each run's medians in
     ms) and bench_steps' row of that depth (the peer's two-thread times)."""
@@ -249,10 +304,13 @@ def sweep_row(times: dict[str, list[float]], peer_rounds: list[list[dict[str, An
         row[f"{name}_streams_gain"] = row[f"{name}_one_ms"] / row[f"{name}_ms"]
         if peer_rounds and f"torch_{name}_ms" in step_row:
             # per model-step of one-thread processes at once: the mean of their medians / their number
-            at_once_ms = statistics.median(statistics.mean(r[f"{name}_ms"] for r in runs) / len(runs) for runs in peer_rounds)
+            at_once_ms = statistics.median(
+                statistics.mean(r[f"{name}_ms"] for r in runs) / len(runs) for runs in peer_rounds
+            )
             row[f"torch_{name}_at_once_ms"] = at_once_ms
-            row["torch_at_once_overlap"] = min(window_overlap([r.get("timed_window_unix_s") for r in runs])
-                                               for runs in peer_rounds)  # fmt: skip
+            row["torch_at_once_overlap"] = min(
+                window_overlap([r.get("timed_window_unix_s") for r in runs]) for runs in peer_rounds
+            )
             row[f"torch_{name}_one_ms"] = step_row[f"torch_{name}_ms"]
             row[f"torch_{name}_best_ms"] = min(at_once_ms, step_row[f"torch_{name}_ms"])
             row[f"sweep_speedup_{name}"] = row[f"torch_{name}_best_ms"] / row[f"{name}_ms"]
@@ -277,7 +335,7 @@ def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] |
             first = StepPair(cfg, STEP_PROBES, sizes.batch, sizes.seq)
             first.compile()
             pairs = [first] + [first.twin() for _ in range(SWEEP_STREAMS - 1)]
-            at_once = lambda name: timed(lambda: list(pool.map(lambda p: p.time(name), pairs)))
+            at_once = lambda name, pairs=pairs: timed(lambda: list(pool.map(lambda p: p.time(name), pairs)))
             at_once("plain"), at_once("probed")  # the first calls from the pool's threads
             times: dict[str, list[float]] = {k: [] for k in ("plain", "probed", "plain_one", "probed_one")}
             peer_rounds: list[list[dict[str, Any]]] = []
@@ -288,9 +346,18 @@ def bench_sweep_steps(sizes: Sizes, python: Path | None, steps: dict[str, Any] |
                         times[f"{name}_one"].append(pairs[0].time(name))
                 if python is not None and "peer_reason" not in out:
                     try:
-                        peer_rounds.append(peer.train_steps_at_once(
-                            python, copies=SWEEP_STREAMS, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
-                            seq=sizes.seq, steps=sizes.calls, warmup=2))  # fmt: skip
+                        peer_rounds.append(
+                            peer.train_steps_at_once(
+                                python,
+                                copies=SWEEP_STREAMS,
+                                layers=depth,
+                                d_model=sizes.d_model,
+                                batch=sizes.batch,
+                                seq=sizes.seq,
+                                steps=sizes.calls,
+                                warmup=2,
+                            )
+                        )
                     except (peer.PeerUnavailable, subprocess.SubprocessError, OSError) as error:
                         out["peer_reason"] = f"{type(error).__name__}: {error}"  # lnscope's side goes on
                         peer_rounds = []
@@ -317,8 +384,16 @@ def bench_seed_sweep(sizes: Sizes, python: Path | None) -> dict[str, Any]:
     if python is not None:
         torch_runs = []
         for _ in range(2):  # alternating with lnscope's warm runs
-            torch_runs.append(peer.seed_sweep(python, layers=sizes.seed_layers, d_model=sizes.seed_d, batch=sizes.batch,
-                                              seq=sizes.seq, seeds=sizes.seeds)["total_s"])  # fmt: skip
+            torch_runs.append(
+                peer.seed_sweep(
+                    python,
+                    layers=sizes.seed_layers,
+                    d_model=sizes.seed_d,
+                    batch=sizes.batch,
+                    seq=sizes.seq,
+                    seeds=sizes.seeds,
+                )["total_s"]
+            )
             warm.append(timed(study))
         out["lnscope_warm_s"] = statistics.median(warm)
         out["torch_s"] = statistics.median(torch_runs)
@@ -340,8 +415,10 @@ def bench_compile(sizes: Sizes) -> dict[str, Any]:
         graphdef, state = nnx.eval_shape(lambda: nnx.split(Transformer(cfg, nnx.Rngs(0), default_plan().model_ops())))
         batch = jax.eval_shape(lambda: random_batch(cfg, jax.random.key(0), 8, 64))
         abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
-        fns = {"probe_program": lambda s, b: probe_program(graphdef, s, b, cfg, ProbeConfig()),
-               "forward": lambda s, b: nnx.merge(graphdef, s)(*model_inputs(cfg, b))}  # fmt: skip
+        fns = {
+            "probe_program": lambda s, b: probe_program(graphdef, s, b, cfg, ProbeConfig()),
+            "forward": lambda s, b: nnx.merge(graphdef, s)(*model_inputs(cfg, b)),
+        }
         return (abstract(state), abstract(batch)), fns
 
     setups = {d: setup(d) for d in sizes.compile_depths}
@@ -365,16 +442,22 @@ def bench_compile(sizes: Sizes) -> dict[str, Any]:
 _CHILD_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false", "PYTHONPATH": str(ROOT)}
 
 
-def _children(codes: list[str], timeout: float, parallel: bool,
-              cpus: set[int] | None = None) -> list[tuple[float, dict[str, Any]]]:
+def _children(
+    codes: list[str], timeout: float, parallel: bool, cpus: set[int] | None = None
+) -> list[tuple[float, dict[str, Any]]]:
     """Run each code in a fresh interpreter (this one's environment, mimalloc preload included;
     restricted to `cpus` if given); [(wall seconds, the JSON it printed last)]. `parallel` (smoke
     runs only: their timings are not measurements) starts them all at once."""
 
     def start(code: str):
-        return time.perf_counter(), subprocess.Popen(peer.pinned([sys.executable, "-c", code], cpus),
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                     cwd=ROOT, env={**os.environ, **_CHILD_ENV})  # fmt: skip
+        return time.perf_counter(), subprocess.Popen(
+            peer.pinned([sys.executable, "-c", code], cpus),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **_CHILD_ENV},
+        )
 
     def finish(started, proc) -> tuple[float, dict[str, Any]]:
         try:
@@ -412,7 +495,8 @@ from benchmarks.suite import DEEP_PROBES, decoder_config
 df = probe_at_init(decoder_config({sizes.deep_layers}, {sizes.deep_d}), seeds=[0], batch_size={sizes.deep_batch},
                    seq_len={sizes.deep_seq}, probe_config=DEEP_PROBES)
 import numpy as np
-print(json.dumps({{"rows": len(df), "finite": bool(np.isfinite(df["value"]).all()), "inner_s": time.perf_counter() - t0}}))
+finite = bool(np.isfinite(df["value"]).all())
+print(json.dumps({{"rows": len(df), "finite": finite, "inner_s": time.perf_counter() - t0}}))
 """
 
 
@@ -450,8 +534,14 @@ def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
     codes = [_deep_code(sizes)] + [_rss_code(kind, layers, sizes, pcfg) for _, kind, pcfg in kinds]
     (deep_wall, deep), *rss_runs = _children(codes, timeout=1800, parallel=not sizes.extras)
     runs = {name: got["maxrss_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}
-    rss = {**{f"{k}_mib": v for k, v in runs.items()}, "ratio": runs["probed"] / runs["plain"], "layers": layers,
-           "before_first_call_mib": {name: got["before_first_call_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)}}
+    rss = {
+        **{f"{k}_mib": v for k, v in runs.items()},
+        "ratio": runs["probed"] / runs["plain"],
+        "layers": layers,
+        "before_first_call_mib": {
+            name: got["before_first_call_mib"] for (name, _, _), (_, got) in zip(kinds, rss_runs)
+        },
+    }
     if "probed_full_cka" in runs:
         rss["ratio_full_cka"] = runs["probed_full_cka"] / runs["plain"]
     deep = {"seconds": deep_wall, **deep, "layers": sizes.deep_layers, "probe_config": repr(DEEP_PROBES)}
@@ -481,7 +571,9 @@ print(json.dumps({{"plain_ms": median_ms(times["plain"]), "probed_ms": median_ms
 """
 
 
-def core_row(one_core: list[dict[str, Any]], peer_rounds: list[dict[str, Any]], step_row: dict[str, Any]) -> dict[str, Any]:
+def core_row(
+    one_core: list[dict[str, Any]], peer_rounds: list[dict[str, Any]], step_row: dict[str, Any]
+) -> dict[str, Any]:
     """One depth's one-core figures from lnscope's pinned rounds and the peer's one-thread pinned
     rounds (each a dict of medians in ms) and bench_steps' row of that depth (both sides on every
     core): each side's step on one core, its gain from the other cores (one-core time / all-cores
@@ -518,17 +610,31 @@ def bench_core_scaling(sizes: Sizes, python: Path | None, steps: dict[str, Any] 
             lnscope_rounds: list[dict[str, Any]] = []
             peer_rounds: list[dict[str, Any]] = []
             for _ in range(sizes.core_rounds):
-                lnscope_rounds.append(_children([_one_core_code(depth, sizes, cache)], timeout=1800, parallel=False,
-                                                cpus=one)[0][1])  # fmt: skip
+                lnscope_rounds.append(
+                    _children([_one_core_code(depth, sizes, cache)], timeout=1800, parallel=False, cpus=one)[0][1]
+                )
                 if python is not None and "peer_reason" not in out:
                     try:
-                        peer_rounds.append(peer.train_steps(python, layers=depth, d_model=sizes.d_model, batch=sizes.batch,
-                                                            seq=sizes.seq, steps=sizes.calls, warmup=2, threads=1,
-                                                            cpus=one))  # fmt: skip
+                        peer_rounds.append(
+                            peer.train_steps(
+                                python,
+                                layers=depth,
+                                d_model=sizes.d_model,
+                                batch=sizes.batch,
+                                seq=sizes.seq,
+                                steps=sizes.calls,
+                                warmup=2,
+                                threads=1,
+                                cpus=one,
+                            )
+                        )
                     except (peer.PeerUnavailable, subprocess.SubprocessError, OSError) as error:
                         out["peer_reason"] = f"{type(error).__name__}: {error}"  # lnscope's side goes on
                         peer_rounds = []
-            out[str(depth)] = {**core_row(lnscope_rounds, peer_rounds, (steps or {}).get(str(depth), {})), "load": _load()}
+            out[str(depth)] = {
+                **core_row(lnscope_rounds, peer_rounds, (steps or {}).get(str(depth), {})),
+                "load": _load(),
+            }
     return out
 
 
@@ -577,12 +683,17 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
 
 # Where a headline key's value comes from, in the order its reason for being None is looked up.
 SOURCES: dict[str, tuple[str, ...]] = {
-    "torch_speedup_plain_d128": ("peer",), "torch_speedup_probed_d128": ("peer",), "seed_sweep_vs_torch": ("peer",),
-    "probe_overhead": ("steps",), "flop_floor_ratio": ("steps",), "compile_ratio_192_over_6": ("compile",),
-    "deep1000_seconds": ("deep",), "peak_rss_ratio": ("rss",),
+    "torch_speedup_plain_d128": ("peer",),
+    "torch_speedup_probed_d128": ("peer",),
+    "seed_sweep_vs_torch": ("peer",),
+    "probe_overhead": ("steps",),
+    "flop_floor_ratio": ("steps",),
+    "compile_ratio_192_over_6": ("compile",),
+    "deep1000_seconds": ("deep",),
+    "peak_rss_ratio": ("rss",),
     "sweep_speedup_plain_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
     "sweep_speedup_probed_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
-}  # fmt: skip
+}
 
 
 def missing_reasons(keys: dict[str, float | None], reasons: dict[str, str]) -> None:
@@ -590,7 +701,9 @@ def missing_reasons(keys: dict[str, float | None], reasons: dict[str, str]) -> N
     has one (a failed part, or the peer's absence)."""
     for key, value in keys.items():
         if value is None and key not in reasons:
-            reasons[key] = next((reasons[s] for s in SOURCES[key] if s in reasons), reasons.get("steps", "not measured"))
+            reasons[key] = next(
+                (reasons[s] for s in SOURCES[key] if s in reasons), reasons.get("steps", "not measured")
+            )
 
 
 def verdict(key: str, value: float | None) -> str:
@@ -609,50 +722,75 @@ def table(results: dict[str, Any]) -> str:
     for key, value in results["headline"].items():
         goal = GOALS[key]
         shown = "None" if value is None else f"{value:9.3f}"
-        lines.append(f"{key:<28} {shown:>9}  {'' if goal is None else f'{goal[0]} {goal[1]}':<8} "
-                     f"{verdict(key, value)}{'  (' + results['reasons'][key] + ')' if key in results['reasons'] else ''}")  # fmt: skip
+        lines.append(
+            f"{key:<28} {shown:>9}  {'' if goal is None else f'{goal[0]} {goal[1]}':<8} "
+            f"{verdict(key, value)}{'  (' + results['reasons'][key] + ')' if key in results['reasons'] else ''}"
+        )
     steps = results.get("steps") or {}
     if "step_matmul_gflops" in steps:
-        lines.append(f"  matmul rates: {results['sizes']['matmul_n']}³ {steps['matmul_gflops']:.0f} GFLOP/s (the FLOP floor's), "
-                     f"the step's FFN product {steps['step_matmul_gflops']:.0f} GFLOP/s")  # fmt: skip
+        lines.append(
+            f"  matmul rates: {results['sizes']['matmul_n']}³ {steps['matmul_gflops']:.0f} GFLOP/s (the FLOP floor's), "
+            f"the step's FFN product {steps['step_matmul_gflops']:.0f} GFLOP/s"
+        )
     for depth, r in steps.items():
         if not depth.isdigit():
             continue
-        torch_part = (f"; torch {r['torch_plain_ms']:.1f} / {r['torch_probed_ms']:.1f} ms"
-                      if "torch_plain_ms" in r else "")  # fmt: skip
-        lines.append(f"  decoder {depth}L d{results['sizes']['d_model']}: plain {r['plain_ms']:.1f} ms, probed "
-                     f"{r['probed_ms']:.1f} ms (medians of {r['samples']}){torch_part}; first call (compile) "
-                     f"{r['first_call_s']['plain']:.1f} / {r['first_call_s']['probed']:.1f} s, warm-up "
-                     f"{1e3 * r['warmup_call_s']['plain']:.0f} / {1e3 * r['warmup_call_s']['probed']:.0f} ms")  # fmt: skip
+        torch_part = (
+            f"; torch {r['torch_plain_ms']:.1f} / {r['torch_probed_ms']:.1f} ms" if "torch_plain_ms" in r else ""
+        )
+        lines.append(
+            f"  decoder {depth}L d{results['sizes']['d_model']}: plain {r['plain_ms']:.1f} ms, probed "
+            f"{r['probed_ms']:.1f} ms (medians of {r['samples']}){torch_part}; first call (compile) "
+            f"{r['first_call_s']['plain']:.1f} / {r['first_call_s']['probed']:.1f} s, warm-up "
+            f"{1e3 * r['warmup_call_s']['plain']:.0f} / {1e3 * r['warmup_call_s']['probed']:.0f} ms"
+        )
     for depth, r in (results.get("variants") or {}).items():
-        lines.append(f"  variants {depth}L: probed full-token CKA {r['probed_full_ms']:.1f} ms "
-                     f"(overhead {r['probe_overhead_full_cka']:.2f}); bf16 plain {r['plain_bf16_ms']:.1f} ms "
-                     f"({r['bf16_over_f32_plain']:.2f}x f32), bf16 probed {r['probed_bf16_ms']:.1f} ms")  # fmt: skip
+        lines.append(
+            f"  variants {depth}L: probed full-token CKA {r['probed_full_ms']:.1f} ms "
+            f"(overhead {r['probe_overhead_full_cka']:.2f}); bf16 plain {r['plain_bf16_ms']:.1f} ms "
+            f"({r['bf16_over_f32_plain']:.2f}x f32), bf16 probed {r['probed_bf16_ms']:.1f} ms"
+        )
     for depth, r in (results.get("sweep_steps") or {}).items():
         if not depth.isdigit():
             continue
-        torch_part = (f"; torch best {r['torch_plain_best_ms']:.1f} / {r['torch_probed_best_ms']:.1f} ms (two threads, "
-                      f"one run: {r['torch_plain_one_ms']:.1f} / {r['torch_probed_one_ms']:.1f}; two one-thread runs "
-                      f"at once: {r['torch_plain_at_once_ms']:.1f} / {r['torch_probed_at_once_ms']:.1f}, their timed steps "
-                      f"{100 * r['torch_at_once_overlap']:.0f}% at once at least)"
-                      if "torch_plain_best_ms" in r else "")  # fmt: skip
-        lines.append(f"  sweep {depth}L, per model-step with {results['sweep_steps']['streams']} runs at once: plain "
-                     f"{r['plain_ms']:.1f} ms, probed {r['probed_ms']:.1f} ms (one run: {r['plain_one_ms']:.1f} / "
-                     f"{r['probed_one_ms']:.1f}){torch_part}")  # fmt: skip
+        torch_part = (
+            f"; torch best {r['torch_plain_best_ms']:.1f} / {r['torch_probed_best_ms']:.1f} ms (two threads, "
+            f"one run: {r['torch_plain_one_ms']:.1f} / {r['torch_probed_one_ms']:.1f}; two one-thread runs "
+            f"at once: {r['torch_plain_at_once_ms']:.1f} / {r['torch_probed_at_once_ms']:.1f}, their timed steps "
+            f"{100 * r['torch_at_once_overlap']:.0f}% at once at least)"
+            if "torch_plain_best_ms" in r
+            else ""
+        )
+        lines.append(
+            f"  sweep {depth}L, per model-step with {results['sweep_steps']['streams']} runs at once: plain "
+            f"{r['plain_ms']:.1f} ms, probed {r['probed_ms']:.1f} ms (one run: {r['plain_one_ms']:.1f} / "
+            f"{r['probed_one_ms']:.1f}){torch_part}"
+        )
     for depth, r in (results.get("core_scaling") or {}).items():
         if not depth.isdigit():
             continue
-        gains = lambda who: (f" (every core: {r[f'{who}plain_core_gain']:.2f}x / {r[f'{who}probed_core_gain']:.2f}x as fast)"
-                             if f"{who}plain_core_gain" in r and f"{who}probed_core_gain" in r else "")  # fmt: skip
-        torch_part = (f"; torch one thread {r['torch_plain_one_core_ms']:.1f} / {r['torch_probed_one_core_ms']:.1f} ms"
-                      f"{gains('torch_')}: torch/lnscope on one core {r['torch_speedup_plain_one_core']:.2f} / "
-                      f"{r['torch_speedup_probed_one_core']:.2f}" if "torch_plain_one_core_ms" in r else "")  # fmt: skip
-        lines.append(f"  one core {depth}L: lnscope plain {r['plain_one_core_ms']:.1f} / probed {r['probed_one_core_ms']:.1f} ms"
-                     f"{gains('')}{torch_part}")  # fmt: skip
+        gains = lambda who: (
+            f" (every core: {r[f'{who}plain_core_gain']:.2f}x / {r[f'{who}probed_core_gain']:.2f}x as fast)"
+            if f"{who}plain_core_gain" in r and f"{who}probed_core_gain" in r
+            else ""
+        )
+        torch_part = (
+            f"; torch one thread {r['torch_plain_one_core_ms']:.1f} / {r['torch_probed_one_core_ms']:.1f} ms"
+            f"{gains('torch_')}: torch/lnscope on one core {r['torch_speedup_plain_one_core']:.2f} / "
+            f"{r['torch_speedup_probed_one_core']:.2f}"
+            if "torch_plain_one_core_ms" in r
+            else ""
+        )
+        lines.append(
+            f"  one core {depth}L: lnscope plain {r['plain_one_core_ms']:.1f} / probed {r['probed_one_core_ms']:.1f} ms"
+            f"{gains('')}{torch_part}"
+        )
     sweep = results.get("seed_sweep")
     if sweep:
-        lines.append(f"  seed sweep: lnscope cold {sweep['lnscope_cold_s']:.2f} s (compile included), warm "
-                     f"{sweep['lnscope_warm_s']:.2f} s" + (f"; torch {sweep['torch_s']:.2f} s" if "torch_s" in sweep else ""))
+        lines.append(
+            f"  seed sweep: lnscope cold {sweep['lnscope_cold_s']:.2f} s (compile included), warm "
+            f"{sweep['lnscope_warm_s']:.2f} s" + (f"; torch {sweep['torch_s']:.2f} s" if "torch_s" in sweep else "")
+        )
     return "\n".join(lines)
 
 
@@ -667,11 +805,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     reasons: dict[str, str] = {}
-    results: dict[str, Any] = {"smoke": args.smoke, "sizes": dataclasses.asdict(sizes), "machine": machine_info(),
-                               "load_start": _load()}  # fmt: skip
-    print(f"lnscope benchmarks{' (smoke)' if args.smoke else ''}: {results['machine']['cpu_model']} "
-          f"({' '.join(results['machine']['cpu_matmul_flags'] or ['flags unknown'])}), nproc {results['machine']['nproc']}, load {results['load_start']}, "
-          f"mimalloc {results['machine']['mimalloc_preloaded']}", flush=True)  # fmt: skip
+    results: dict[str, Any] = {
+        "smoke": args.smoke,
+        "sizes": dataclasses.asdict(sizes),
+        "machine": machine_info(),
+        "load_start": _load(),
+    }
+    print(
+        f"lnscope benchmarks{' (smoke)' if args.smoke else ''}: {results['machine']['cpu_model']} "
+        f"({' '.join(results['machine']['cpu_matmul_flags'] or ['flags unknown'])}), "
+        f"nproc {results['machine']['nproc']}, load {results['load_start']}, "
+        f"mimalloc {results['machine']['mimalloc_preloaded']}",
+        flush=True,
+    )
     python = None
     if args.no_peer:
         reasons["peer"] = "skipped (--no-peer)"
@@ -687,12 +833,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # optax's Adam mixes Python floats with int32 counts, which strict promotion rejects
         with jax.numpy_dtype_promotion("standard"):
             results["steps"] = _attempt("steps", lambda: bench_steps(sizes, python), reasons)
-            results["sweep_steps"] = _attempt("sweep_steps", lambda: bench_sweep_steps(sizes, python, results["steps"]),
-                                              reasons)  # fmt: skip
+            results["sweep_steps"] = _attempt(
+                "sweep_steps", lambda: bench_sweep_steps(sizes, python, results["steps"]), reasons
+            )
             if results["sweep_steps"] and "peer_reason" in results["sweep_steps"]:
                 reasons["sweep_steps_peer"] = results["sweep_steps"]["peer_reason"]
-        results["core_scaling"] = _attempt("core_scaling", lambda: bench_core_scaling(sizes, python, results["steps"]),
-                                           reasons)  # fmt: skip
+        results["core_scaling"] = _attempt(
+            "core_scaling", lambda: bench_core_scaling(sizes, python, results["steps"]), reasons
+        )
         if results["core_scaling"] and "peer_reason" in results["core_scaling"]:
             reasons["core_scaling_peer"] = results["core_scaling"]["peer_reason"]
         with jax.numpy_dtype_promotion("standard"):

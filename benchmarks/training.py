@@ -51,14 +51,20 @@ FULL = TrainConfig(
     model=ModelConfig(arch="decoder", placement="pre", layers=12, d_model=128, heads=4, d_ff=512, vocab=256),
     task=TaskConfig(name="markov", seq_len=64, batch_size=8),
     optim=OptimConfig(lr=3e-4),
-    steps=1000, seeds=(0,), probe_every=INTERVAL, probes=CHEAP_PROBES,
-)  # fmt: skip
+    steps=1000,
+    seeds=(0,),
+    probe_every=INTERVAL,
+    probes=CHEAP_PROBES,
+)
 # --smoke: the tests' tiny shapes (so the suite's compilation cache serves it); not a measurement.
 SMOKE = TrainConfig(
     model=ModelConfig(arch="decoder", layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32),
     task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-    steps=1000, seeds=(0, 1), probe_every=INTERVAL, probes=("act_grad_norm", "param_grad_norm"),
-)  # fmt: skip
+    steps=1000,
+    seeds=(0, 1),
+    probe_every=INTERVAL,
+    probes=("act_grad_norm", "param_grad_norm"),
+)
 
 
 def _load_average() -> list[float] | None:
@@ -145,12 +151,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = measure(cfg, rounds)
     ratio = result["probe_every_10_over_plain"]
     report = {
-        "taken": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "taken": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "config": {"arch": cfg.model.arch, "placement": cfg.model.placement, "layers": cfg.model.layers,
-                   "d_model": cfg.model.d_model, "heads": cfg.model.heads, "d_ff": cfg.model.d_ff,
-                   "vocab": cfg.model.vocab, "task": cfg.task.name, "batch": cfg.task.batch_size,
-                   "seq_len": cfg.task.seq_len, "seeds": len(cfg.seeds), "probes": list(cfg.probes)},  # fmt: skip
+        "config": {
+            "arch": cfg.model.arch,
+            "placement": cfg.model.placement,
+            "layers": cfg.model.layers,
+            "d_model": cfg.model.d_model,
+            "heads": cfg.model.heads,
+            "d_ff": cfg.model.d_ff,
+            "vocab": cfg.model.vocab,
+            "task": cfg.task.name,
+            "batch": cfg.task.batch_size,
+            "seq_len": cfg.task.seq_len,
+            "seeds": len(cfg.seeds),
+            "probes": list(cfg.probes),
+        },
         **result,
         "goal": GOAL,
         "pass": bool(ratio <= GOAL),
@@ -160,17 +176,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     per10 = result["seconds_per_10_updates"]
-    print(f"decoder {cfg.model.layers}L d={cfg.model.d_model}, batch {cfg.task.batch_size}x{cfg.task.seq_len}, "
-          f"{rounds} rounds ({'smoke, not a measurement' if args.smoke else 'full'})")  # fmt: skip
-    print(f"  plain                  {1e3 * per10['plain'] / INTERVAL:8.2f} ms/update  "
-          f"{result['tokens_per_second_plain']:10.0f} tokens/s")  # fmt: skip
-    print(f"  probe every 10 steps   {1e3 * per10['probed'] / INTERVAL:8.2f} ms/update  "
-          f"{result['tokens_per_second_probe_every_10']:10.0f} tokens/s")  # fmt: skip
+    print(
+        f"decoder {cfg.model.layers}L d={cfg.model.d_model}, batch {cfg.task.batch_size}x{cfg.task.seq_len}, "
+        f"{rounds} rounds ({'smoke, not a measurement' if args.smoke else 'full'})"
+    )
+    print(
+        f"  plain                  {1e3 * per10['plain'] / INTERVAL:8.2f} ms/update  "
+        f"{result['tokens_per_second_plain']:10.0f} tokens/s"
+    )
+    print(
+        f"  probe every 10 steps   {1e3 * per10['probed'] / INTERVAL:8.2f} ms/update  "
+        f"{result['tokens_per_second_probe_every_10']:10.0f} tokens/s"
+    )
     print(f"  ... without cka        {1e3 * per10['no_cka'] / INTERVAL:8.2f} ms/update")
     print(f"  probe every step       {1e3 * per10['every'] / INTERVAL:8.2f} ms/update")
-    print(f"  probe every 10 / plain = {ratio:.3f} (goal <= {GOAL}): {'PASS' if ratio <= GOAL else 'MISS'}; "
-          f"without cka {result['probe_every_10_no_cka_over_plain']:.3f}; "
-          f"every step / plain = {result['probe_every_step_over_plain']:.3f}")  # fmt: skip
+    print(
+        f"  probe every 10 / plain = {ratio:.3f} (goal <= {GOAL}): {'PASS' if ratio <= GOAL else 'MISS'}; "
+        f"without cka {result['probe_every_10_no_cka_over_plain']:.3f}; "
+        f"every step / plain = {result['probe_every_step_over_plain']:.3f}"
+    )
     print(f"  load average {load_before} -> {report['load_average']['after']}; wrote {args.out}")
     return report
 

@@ -1,8 +1,8 @@
 """lnscope model zoo: Transformers of every layer-normalization placement (Flax NNX).
 
-    from models import ModelConfig, build_model, PLACEMENTS, NORMS, ARCHS
-    model = build_model(ModelConfig(arch="decoder", placement="b2t", layers=18), seed=0)
-    logits = model(tokens)
+from models import ModelConfig, build_model, PLACEMENTS, NORMS, ARCHS
+model = build_model(ModelConfig(arch="decoder", placement="b2t", layers=18), seed=0)
+logits = model(tokens)
 """
 
 from models.build import build_model, init_state

@@ -8,18 +8,19 @@ wiring mapping it is given (a placement may use different wirings in different l
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
 from models.config import ModelConfig
-from models.spec import StackSpec
 from models.layers import Attention, FeedForward
 from models.norms import make_norm
 from models.placements import PLACEMENTS, Consts, Stream, Wire, residual_sublayers
 from models.sites import Taps
+from models.spec import StackSpec
 
 # Stream site after each sublayer kind (TransformerLens names; resid_mid_cross for the encdec decoder).
 RESID_AFTER = {"attn": "resid_mid", "cross": "resid_mid_cross", "mlp": "resid_post"}
@@ -62,7 +63,9 @@ class Block(nnx.Module):
         self.mlp = FeedForward(cfg, gains, rngs)
         self.norms = nnx.Dict(
             {
-                kind: nnx.Dict({slot: make_norm(_slot_width(cfg, slot), cfg, rngs) for slot in placement.norm_slots[kind]})
+                kind: nnx.Dict(
+                    {slot: make_norm(_slot_width(cfg, slot), cfg, rngs) for slot in placement.norm_slots[kind]}
+                )
                 for kind in self.kinds
             }
         )

@@ -209,11 +209,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
-    def replace(self, **changes: object) -> "ModelConfig":
+    def replace(self, **changes: object) -> ModelConfig:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def stacks(self) -> tuple["StackSpec", ...]:
+    def stacks(self) -> tuple[StackSpec, ...]:
         """The layer stacks of this architecture, bottom (input side) first."""
         specs = []
         if self.arch in ("encoder", "encdec"):

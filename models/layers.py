@@ -8,7 +8,7 @@ q/k/v norms, NormFormer's head scales and mid-FFN norm) are passed in at call ti
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.nnx as nnx
 import jax
@@ -31,9 +31,7 @@ def project(x: jax.Array, w: jax.Array, projection: Projection) -> jax.Array:
     return projection(x2, w).reshape(*x.shape[:-1], w.shape[-1])
 
 
-def init_weight(
-    key: jax.Array, fan_in: int, fan_out: int, cfg: ModelConfig, gain: float = 1.0
-) -> jax.Array:
+def init_weight(key: jax.Array, fan_in: int, fan_out: int, cfg: ModelConfig, gain: float = 1.0) -> jax.Array:
     """A (fan_in, fan_out) projection drawn by `cfg.init`, times `gain`.
 
     xavier_uniform: U(±gain·sqrt(6/(fan_in+fan_out))) (Glorot & Bengio 2010; fairseq's default).

@@ -11,7 +11,8 @@ y = (x − μ)/sqrt(σ² + ε), and sg(·) is stop-gradient.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import flax.nnx as nnx
 import jax
@@ -29,9 +30,7 @@ def _stat_dtype(x: jax.Array) -> jnp.dtype:
     return reduction_dtype(x.dtype)
 
 
-def standardize(
-    x: jax.Array, eps: float, *, detach_mean: bool = False, detach_var: bool = False
-) -> jax.Array:
+def standardize(x: jax.Array, eps: float, *, detach_mean: bool = False, detach_var: bool = False) -> jax.Array:
     """y = (x − μ)/sqrt(σ² + ε) over the last axis, optionally treating μ and/or σ as constants.
 
     With both detached this is Xu et al.'s DetachNorm forward and backward: ∂y/∂x = I/σ.
@@ -49,7 +48,7 @@ def standardize(
 class LayerNorm(nnx.Module):
     """LN(x) = γ ⊙ y + β with γ = 1, β = 0 at init (Ba et al. 2016)."""
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         self.eps = cfg.norm_eps
         self.gain = nnx.Param(jnp.ones((width,), dtype))
@@ -63,7 +62,7 @@ class LayerNorm(nnx.Module):
 class LayerNormSimple(nnx.Module):
     """LayerNorm-simple: z = y, LN without gain and bias (Xu et al. 2019, §3; code mode `nowb`)."""
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         self.eps = cfg.norm_eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -77,7 +76,7 @@ class DetachNorm(nnx.Module):
     from y (variance). `detach_mean` / `detach_var` registry entries detach only one statistic.
     """
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs, *, mean: bool, var: bool):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs, *, mean: bool, var: bool):
         self.eps = cfg.norm_eps
         self.mean = mean
         self.var = var
@@ -94,7 +93,7 @@ class AdaNorm(nnx.Module):
     uses the unbiased σ with ε outside the root; we use the biased σ of the paper's formula.
     """
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         self.eps = cfg.norm_eps
         self.scale = cfg.adanorm_scale
         self.k = cfg.adanorm_k
@@ -107,7 +106,7 @@ class AdaNorm(nnx.Module):
 class RMSNorm(nnx.Module):
     """RMSNorm(x) = g ⊙ x / sqrt(mean(x²) + ε), g = 1 at init (Zhang & Sennrich 2019)."""
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         self.eps = cfg.norm_eps
         self.gain = nnx.Param(jnp.ones((width,), jnp.dtype(cfg.dtype)))
 
@@ -123,7 +122,7 @@ class DyT(nnx.Module):
     Zhu, Chen, He, LeCun, Liu 2025, "Transformers without Normalization" (`DynamicTanh`).
     """
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         self.alpha = nnx.Param(jnp.asarray(cfg.dyt_alpha0, dtype))
         self.gain = nnx.Param(jnp.ones((width,), dtype))
@@ -136,7 +135,7 @@ class DyT(nnx.Module):
 class Identity(nnx.Module):
     """No normalization: the placement's residual wiring without any norm (e.g. λ-skip without LN)."""
 
-    def __init__(self, width: int, cfg: "ModelConfig", rngs: nnx.Rngs):
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
         pass
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,7 +143,7 @@ class Identity(nnx.Module):
 
 
 def _detach(mean: bool, var: bool) -> Callable[..., nnx.Module]:
-    def make(width: int, cfg: "ModelConfig", rngs: nnx.Rngs) -> nnx.Module:
+    def make(width: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
         return DetachNorm(width, cfg, rngs, mean=mean, var=var)
 
     return make
@@ -165,6 +164,6 @@ NORMS: dict[str, NormFactory] = {
 }
 
 
-def make_norm(width: int, cfg: "ModelConfig", rngs: nnx.Rngs) -> nnx.Module:
+def make_norm(width: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The configured norm (`cfg.norm`) for a feature axis of size `width`."""
     return NORMS[cfg.norm](width, cfg, rngs)

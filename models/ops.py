@@ -12,8 +12,9 @@ so they are frozen dataclasses or module-level functions, equal by value and has
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 

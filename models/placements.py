@@ -21,8 +21,9 @@ Equations, references and paper-vs-code differences of every entry: docs/placeme
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -377,12 +378,31 @@ PLACEMENTS: dict[str, Placement] = {
         Placement(
             "admin", _all(admin), _slots("ln"), "Liu et al. 2020 (Admin)", layer_params=_admin_params, profiled=True
         ),
-        Placement("sandwich", _all(sandwich), _slots("ln", "ln_out"), "Ding et al. 2021 (CogView)", final_norm=True, family="pre"),
         Placement(
-            "peri", _all(sandwich), _slots("ln", "ln_out"), "Kim et al. 2025 (Peri-LN)", final_norm=True, embed_norm=True, family="pre"
+            "sandwich",
+            _all(sandwich),
+            _slots("ln", "ln_out"),
+            "Ding et al. 2021 (CogView)",
+            final_norm=True,
+            family="pre",
         ),
         Placement(
-            "mix", _all(pre_ln), _slots("ln"), "Li, Yin, Liu 2024 (Mix-LN)", final_norm=True, segments=_mix_segments, family="pre"
+            "peri",
+            _all(sandwich),
+            _slots("ln", "ln_out"),
+            "Kim et al. 2025 (Peri-LN)",
+            final_norm=True,
+            embed_norm=True,
+            family="pre",
+        ),
+        Placement(
+            "mix",
+            _all(pre_ln),
+            _slots("ln"),
+            "Li, Yin, Liu 2024 (Mix-LN)",
+            final_norm=True,
+            segments=_mix_segments,
+            family="pre",
         ),
         Placement(
             "hybrid",
@@ -402,7 +422,9 @@ PLACEMENTS: dict[str, Placement] = {
             layer_params=_normformer_params,
             constants=_normformer_consts,
         ),
-        Placement("rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params, family="none"),
+        Placement(
+            "rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params, family="none"
+        ),
         Placement("none", _all(plain), _slots(), "plain residual (control)", family="none"),
     )
 }

@@ -28,8 +28,9 @@ the norm's path, so its gradient is exactly J_normᵀ·(∂ℒ/∂norm_out).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

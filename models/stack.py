@@ -11,7 +11,8 @@ as its stacked outputs, so each site comes back as an (L, ...) array.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.nnx as nnx
 import jax
@@ -32,9 +33,7 @@ class Stack(nnx.Module):
         self.spec = spec
         self.layer_loop: LayerLoop = ScanLoop()  # static, part of the graphdef; Transformer.use_ops sets it
         self.consts = dict(placement.constants(cfg, spec))
-        self.segments = tuple(
-            (wiring, n) for wiring, n in placement.layer_segments(cfg, spec)
-        )
+        self.segments = tuple((wiring, n) for wiring, n in placement.layer_segments(cfg, spec))
 
         @nnx.split_rngs(splits=spec.layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -80,9 +79,7 @@ class Stack(nnx.Module):
                 layer_state, layer_perturb_l, key = xs
                 taps = Taps(layer_perturb_l, record)
                 block = nnx.merge(graphdef, layer_state)
-                carry = block(
-                    carry, wiring=wiring, consts=self.consts, memory=memory, taps=taps, dropout_key=key
-                )
+                carry = block(carry, wiring=wiring, consts=self.consts, memory=memory, taps=taps, dropout_key=key)
                 layer_stats = taps.stats
                 if summarize is not None and record:
                     layer_stats = {**layer_stats, "summary": summarize(taps.sites)}

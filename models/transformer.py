@@ -8,7 +8,8 @@ an execution plan's choice (analysis.execution), not the model's.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.nnx as nnx
 import jax
@@ -65,7 +66,9 @@ class Transformer(nnx.Module):
             self.head = None
         else:
             std = cfg.d_model**-0.5
-            self.head = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab), jnp.dtype(cfg.dtype)))
+            self.head = nnx.Param(
+                std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab), jnp.dtype(cfg.dtype))
+            )
         self.use_ops(ops)
 
     def use_ops(self, ops: ModelOps) -> None:
@@ -96,13 +99,18 @@ class Transformer(nnx.Module):
         `summarize` runs on each layer's sites inside the layer (models.stack.Stack)."""
         validate_tokens(self.cfg, *inputs)
         perturb = perturb or {}
-        keys = dict(zip(self.stacks, (None,) * 2)) if dropout_key is None else dict(
-            zip(("encoder", "decoder"), jax.random.split(dropout_key))
+        keys = (
+            dict(zip(self.stacks, (None,) * 2))
+            if dropout_key is None
+            else dict(zip(("encoder", "decoder"), jax.random.split(dropout_key)))
         )
         sites, stats, memory = {}, {}, None
         if "encoder" in self.stacks:
             memory, sites["encoder"], stats["encoder"] = self.stacks["encoder"](
-                self.embed(inputs[0]), perturb=perturb.get("encoder"), record=record, dropout_key=keys.get("encoder"),
+                self.embed(inputs[0]),
+                perturb=perturb.get("encoder"),
+                record=record,
+                dropout_key=keys.get("encoder"),
                 summarize=summarize,
             )
             out = memory

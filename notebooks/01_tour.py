@@ -85,6 +85,7 @@ df.head()
 # %% [markdown]
 # The same numbers as arrays, seeds × layers, rendered by treescope:
 
+
 # %%
 def per_layer(quantity: str, site: str):
     sel = df[(df["quantity"] == quantity) & (df["site"] == site) & (df["layer"] >= 0) & (df["stack"] == "decoder")]

@@ -36,8 +36,14 @@ from analysis.plot.figures import plot_depth_scaling, plot_layer_profile
 
 def probe(arch: str, placement: str, layers: int) -> pd.DataFrame:
     """The harness model of one placement at initialization, SEEDS seeds, every cheap probe."""
-    return probe_at_init(harness_config(arch, placement, layers), seeds=range(SEEDS), batch_size=8, seq_len=32,
-                         probes=CHEAP_PROBES, run=f"{arch}/{placement}/{layers}")
+    return probe_at_init(
+        harness_config(arch, placement, layers),
+        seeds=range(SEEDS),
+        batch_size=8,
+        seq_len=32,
+        probes=CHEAP_PROBES,
+        run=f"{arch}/{placement}/{layers}",
+    )
 
 
 # %% [markdown]
@@ -53,6 +59,7 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 plot_layer_profile(encdec, axes[0], quantity="param_grad_norm", site="mlp.w2.weight", stack="decoder")
 plot_layer_profile(encdec, axes[1], quantity="act_grad_norm", site="resid_pre", stack="decoder")
 fig.tight_layout()
+
 
 # %%
 def top_over_bottom(df: pd.DataFrame, quantity: str, site: str, stack: str = "decoder") -> pd.Series:
@@ -88,7 +95,8 @@ table
 # %%
 decoder = pd.concat([probe("decoder", p, d) for p in ("post", "pre") for d in DEPTHS], ignore_index=True)
 top_over_bottom(decoder[decoder["layers"] == max(DEPTHS)], "param_grad_norm", "mlp.w2.weight").rename(
-    "G_top / G_bottom, decoder-only").to_frame()
+    "G_top / G_bottom, decoder-only"
+).to_frame()
 
 # %% [markdown]
 # ## 4. Xiong et al.: the last layer's gradient against depth
@@ -99,8 +107,11 @@ top_over_bottom(decoder[decoder["layers"] == max(DEPTHS)], "param_grad_norm", "m
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))
 plot_depth_scaling(decoder, ax, quantity="param_grad_norm", site="mlp.w2.weight", stack="decoder")
-last = decoder[(decoder["quantity"] == "param_grad_norm") & (decoder["site"] == "mlp.w2.weight")
-               & (decoder["layer"] == decoder["layers"] - 1)]
+last = decoder[
+    (decoder["quantity"] == "param_grad_norm")
+    & (decoder["site"] == "mlp.w2.weight")
+    & (decoder["layer"] == decoder["layers"] - 1)
+]
 means = last.groupby(["placement", "layers"])["value"].mean()
 if len(DEPTHS) > 1:
     slopes = {p: np.polyfit(np.log(means[p].index), np.log(means[p].to_numpy()), 1)[0] for p in ("post", "pre")}

@@ -33,8 +33,17 @@ from analysis.experiments.atlas import harness_config
 from analysis.plot.figures import plot_cka_heatmap, plot_layer_profile
 
 df = pd.concat(
-    [probe_at_init(harness_config("decoder", p, LAYERS), seeds=range(SEEDS), batch_size=8, seq_len=32,
-                   probes=CHEAP_PROBES, run=f"decoder/{p}") for p in PLACEMENTS],
+    [
+        probe_at_init(
+            harness_config("decoder", p, LAYERS),
+            seeds=range(SEEDS),
+            batch_size=8,
+            seq_len=32,
+            probes=CHEAP_PROBES,
+            run=f"decoder/{p}",
+        )
+        for p in PLACEMENTS
+    ],
     ignore_index=True,
 )
 

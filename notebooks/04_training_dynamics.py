@@ -42,11 +42,26 @@ TASK = TaskConfig(name="markov", vocab=128, seq_len=64, batch_size=8)
 
 def run(placement: str, warmup: int = 0):
     """Train one placement over SEEDS (vmapped) with AdamW at LR, constant schedule after `warmup`."""
-    model = ModelConfig(arch="decoder", placement=placement, layers=LAYERS, d_model=64, heads=4, d_ff=256,
-                        vocab=TASK.vocab, max_len=TASK.seq_len)
-    cfg = TrainConfig(model=model, task=TASK, optim=OptimConfig(lr=LR, schedule="constant", warmup_steps=warmup),
-                      steps=STEPS, seeds=SEEDS, probe_every=PROBE_EVERY, eval_every=PROBE_EVERY,
-                      probes=("act_grad_norm",))
+    model = ModelConfig(
+        arch="decoder",
+        placement=placement,
+        layers=LAYERS,
+        d_model=64,
+        heads=4,
+        d_ff=256,
+        vocab=TASK.vocab,
+        max_len=TASK.seq_len,
+    )
+    cfg = TrainConfig(
+        model=model,
+        task=TASK,
+        optim=OptimConfig(lr=LR, schedule="constant", warmup_steps=warmup),
+        steps=STEPS,
+        seeds=SEEDS,
+        probe_every=PROBE_EVERY,
+        eval_every=PROBE_EVERY,
+        probes=("act_grad_norm",),
+    )
     return train(cfg)
 
 
@@ -59,10 +74,14 @@ results = {p: run(p) for p in PLACEMENTS}
 # Left: the training loss (mean over seeds). Right: `‖∂ℒ/∂x‖` at the bottom layer's input over the
 # top layer's, at every probe step: below 1, the bottom layers receive less gradient than the top.
 
+
 # %%
 def bottom_over_top(result) -> pd.DataFrame:
-    rows = result.probes[(result.probes["quantity"] == "act_grad_norm") & (result.probes["site"] == "resid_pre")
-                         & (result.probes["stack"] == "decoder")]
+    rows = result.probes[
+        (result.probes["quantity"] == "act_grad_norm")
+        & (result.probes["site"] == "resid_pre")
+        & (result.probes["stack"] == "decoder")
+    ]
     top = rows["layers"].iloc[0] - 1
     table = rows.pivot_table(index=["seed", "step"], columns="layer", values="value")
     return (table[0] / table[top]).groupby("step").mean()
@@ -91,8 +110,11 @@ fig.tight_layout()
 # %%
 warm = run("post", warmup=WARMUP)
 fig, ax = plt.subplots(figsize=(6.5, 4))
-for label, result in ((f"post, no warm-up", results["post"]), (f"post, {WARMUP}-step warm-up", warm),
-                      ("pre, no warm-up", results["pre"])):
+for label, result in (
+    ("post, no warm-up", results["post"]),
+    (f"post, {WARMUP}-step warm-up", warm),
+    ("pre, no warm-up", results["pre"]),
+):
     loss = result.curves[result.curves["quantity"] == "loss"].groupby("step")["value"].mean()
     ax.plot(loss.index, loss.to_numpy(), label=label)
 ax.set(xlabel="step", ylabel="training loss (nats)", title="learning-rate warm-up")
@@ -104,7 +126,9 @@ ax.grid(alpha=0.3)
 # Markov chain's entropy rate: no model can do better on average).
 
 # %%
-final = {label: r.curves[r.curves["quantity"] == "val_loss"].groupby("step")["value"].mean().iloc[-1]
-         for label, r in {**results, "post + warm-up": warm}.items()}
+final = {
+    label: r.curves[r.curves["quantity"] == "val_loss"].groupby("step")["value"].mean().iloc[-1]
+    for label, r in {**results, "post + warm-up": warm}.items()
+}
 print("loss floor:", {k: round(v, 3) for k, v in warm.info["task"].items() if k in ("loss_floor", "entropy_rate")})
 pd.Series(final, name="final validation loss (nats)").to_frame()

@@ -32,8 +32,17 @@ from analysis.plot.figures import PLACEMENT_COLORS
 from analysis.stats import seed_summary
 
 df = pd.concat(
-    [probe_at_init(harness_config("decoder", p, LAYERS), seeds=range(SEEDS), batch_size=8, seq_len=32,
-                   probes=CHEAP_PROBES, run=f"decoder/{p}") for p in PLACEMENTS],
+    [
+        probe_at_init(
+            harness_config("decoder", p, LAYERS),
+            seeds=range(SEEDS),
+            batch_size=8,
+            seq_len=32,
+            probes=CHEAP_PROBES,
+            run=f"decoder/{p}",
+        )
+        for p in PLACEMENTS
+    ],
     ignore_index=True,
 )
 
@@ -43,6 +52,7 @@ df = pd.concat(
 # - `G_top/G_bottom`: ‖∂ℒ/∂W2‖ of the top layer over the bottom layer's (≫ 1: vanishing toward the
 #   bottom; ≪ 1: the bottom layers get the larger gradients).
 # - `cos(x_L-1, x_L)`: cosine between the inputs of the last two layers (near 1: collapse).
+
 
 # %%
 def per_seed(quantity: str, site: str, fn) -> pd.DataFrame:
@@ -84,8 +94,10 @@ pd.concat({name: seed_summary(values, ["placement"]) for name, values in stats.i
 ns = [n for n in (2, 3, 4, 8, 16, 32) if n <= SEEDS]
 values = stats["G_top/G_bottom"]
 width = pd.DataFrame(
-    {n: seed_summary(values[values["seed"] < n], ["placement"]).set_index("placement").eval("ci_high - ci_low")
-     for n in ns}
+    {
+        n: seed_summary(values[values["seed"] < n], ["placement"]).set_index("placement").eval("ci_high - ci_low")
+        for n in ns
+    }
 ).T
 width.index.name = "seeds"
 width.columns.name = "95% CI width of mean G_top/G_bottom"

@@ -32,8 +32,8 @@ from matplotlib.ticker import NullFormatter
 
 from analysis import CHEAP_PROBES, probe_at_init
 from analysis.experiments import EXPERIMENTS
-from analysis.experiments.claims import Claim, Feature, check, ratio
 from analysis.experiments.atlas import harness_config
+from analysis.experiments.claims import Claim, Feature, check, ratio
 
 # %% [markdown]
 # ## The claims, written first
@@ -44,6 +44,7 @@ from analysis.experiments.atlas import harness_config
 #    `G_top/G_bottom ≥ 50`. The calibration (`docs/calibration.md`) says this is a property of the
 #    decoder *with cross-attention*, so we expect it not to reproduce here.
 
+
 # %%
 def g(placement: str, layer: int) -> Feature:
     """‖∂ℒ/∂W2‖ of one decoder layer (0 = bottom, -1 = top), one value per seed."""
@@ -52,16 +53,30 @@ def g(placement: str, layer: int) -> Feature:
 
 
 claims = [
-    Claim(id="xiong2020.notebook_pre_bottom_heavier", paper="xiong2020", source="notebook 06",
-          statement="Pre-LN decoder at init: the top layer's FFN-weight gradient is at most the bottom layer's",
-          method_form="Pre-LN, decoder-only, harness at init", experiment="xiong2020",
-          statistic=ratio(g("pre", -1), g("pre", 0), "G_top/G_bottom, Pre-LN"), threshold=1.0, direction="<=",
-          threshold_note="written before looking"),
-    Claim(id="takase2022.notebook_post_decoder_only_vanishes", paper="takase2022", source="notebook 06",
-          statement="Post-LN decoder-only at init: FFN-weight gradients vanish toward the bottom (ratio >= 50)",
-          method_form="Post-LN, decoder-only (no cross-attention), harness at init", experiment="takase2022",
-          statistic=ratio(g("post", -1), g("post", 0), "G_top/G_bottom, Post-LN"), threshold=50.0,
-          direction=">=", threshold_note="the encoder-decoder claim's threshold, applied without cross-attention"),
+    Claim(
+        id="xiong2020.notebook_pre_bottom_heavier",
+        paper="xiong2020",
+        source="notebook 06",
+        statement="Pre-LN decoder at init: the top layer's FFN-weight gradient is at most the bottom layer's",
+        method_form="Pre-LN, decoder-only, harness at init",
+        experiment="xiong2020",
+        statistic=ratio(g("pre", -1), g("pre", 0), "G_top/G_bottom, Pre-LN"),
+        threshold=1.0,
+        direction="<=",
+        threshold_note="written before looking",
+    ),
+    Claim(
+        id="takase2022.notebook_post_decoder_only_vanishes",
+        paper="takase2022",
+        source="notebook 06",
+        statement="Post-LN decoder-only at init: FFN-weight gradients vanish toward the bottom (ratio >= 50)",
+        method_form="Post-LN, decoder-only (no cross-attention), harness at init",
+        experiment="takase2022",
+        statistic=ratio(g("post", -1), g("post", 0), "G_top/G_bottom, Post-LN"),
+        threshold=50.0,
+        direction=">=",
+        threshold_note="the encoder-decoder claim's threshold, applied without cross-attention",
+    ),
 ]
 
 # %% [markdown]
@@ -71,8 +86,17 @@ claims = [
 
 # %%
 frame = pd.concat(
-    [probe_at_init(harness_config("decoder", p, LAYERS), seeds=range(SEEDS), batch_size=8, seq_len=32,
-                   probes=CHEAP_PROBES, run=f"decoder/{p}") for p in ("post", "pre")],
+    [
+        probe_at_init(
+            harness_config("decoder", p, LAYERS),
+            seeds=range(SEEDS),
+            batch_size=8,
+            seq_len=32,
+            probes=CHEAP_PROBES,
+            run=f"decoder/{p}",
+        )
+        for p in ("post", "pre")
+    ],
     ignore_index=True,
 )
 results = pd.DataFrame([dataclasses.asdict(check(claim, frame)) for claim in claims])
@@ -84,15 +108,31 @@ results[["id", "statistic", "ci_low", "ci_high", "threshold", "direction", "verd
 # %%
 fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 2.6))
 for ax, (_, row) in zip(axes, results.iterrows()):
-    ax.errorbar([row["statistic"]], [0], xerr=[[row["statistic"] - row["ci_low"]], [row["ci_high"] - row["statistic"]]],
-                fmt="o", capsize=4, color="k", label="statistic, 95% bootstrap CI")
+    ax.errorbar(
+        [row["statistic"]],
+        [0],
+        xerr=[[row["statistic"] - row["ci_low"]], [row["ci_high"] - row["statistic"]]],
+        fmt="o",
+        capsize=4,
+        color="k",
+        label="statistic, 95% bootstrap CI",
+    )
     ax.axvline(row["threshold"], color="tab:red", label=f"threshold ({row['direction']})")
     low = min(row["ci_low"], row["threshold"]) / 4
     high = max(row["ci_high"], row["threshold"]) * 4
-    ax.axvspan(*((row["threshold"], high) if row["direction"] == ">=" else (low, row["threshold"])),
-               color="tab:green", alpha=0.12, label="the claim's side")
-    ax.set(xscale="log", xlim=(low, high), yticks=[], xlabel="G_top / G_bottom (log scale)",
-           title=f"{row['id'].split('.')[1]}: {row['verdict']}")
+    ax.axvspan(
+        *((row["threshold"], high) if row["direction"] == ">=" else (low, row["threshold"])),
+        color="tab:green",
+        alpha=0.12,
+        label="the claim's side",
+    )
+    ax.set(
+        xscale="log",
+        xlim=(low, high),
+        yticks=[],
+        xlabel="G_top / G_bottom (log scale)",
+        title=f"{row['id'].split('.')[1]}: {row['verdict']}",
+    )
     ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
     ax.legend(fontsize=7, loc="upper left")
 fig.tight_layout()

@@ -23,8 +23,16 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("analysis.execution",),  # how a model runs (the execution plan), applied from outside the model
     # shared leaf utilities, below every room that uses them
-    ("analysis.allocator", "analysis.identity", "analysis.io", "analysis.memory", "analysis.stats", "analysis.runtime", "analysis.options",
-     "analysis.command"),
+    (
+        "analysis.allocator",
+        "analysis.identity",
+        "analysis.io",
+        "analysis.memory",
+        "analysis.stats",
+        "analysis.runtime",
+        "analysis.options",
+        "analysis.command",
+    ),
     ("analysis.probe", "analysis"),  # `analysis` itself re-exports the probe room's names
     ("analysis.train",),
     ("analysis.plot",),  # figures over tidy frames, drawn by the experiments and the report
@@ -64,7 +72,8 @@ def modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:
@@ -74,11 +83,20 @@ def imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:
     found = []
     for name, path in known.items():
         tree = ast.parse(path.read_text(), filename=str(path))
-        in_function = {id(node) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       for node in ast.walk(f)}  # fmt: skip
+        in_function = {
+            id(node)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(f)
+        }
         # `if TYPE_CHECKING:` imports never run: annotations only, so they close no cycle
-        type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                     for stmt in block.body for node in ast.walk(stmt)}  # fmt: skip
+        type_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and _is_type_checking(block.test)
+            for stmt in block.body
+            for node in ast.walk(stmt)
+        }
         is_package = path.name == "__init__.py"
         for node in ast.walk(tree):
             if id(node) in type_only:
@@ -220,15 +238,26 @@ def _write(root: Path, files: dict[str, str]) -> None:
     [
         ({"pkg/mid/b.py": "X = 1\n"}, [], [], []),  # the clean layering
         # the report and the experiments importing each other, one of them inside a function
-        ({"pkg/mid/b.py": "def figures():\n    from pkg.top import draw\n"}, ["pkg.mid.b -> pkg.top"], [],
-         [["pkg.mid.a", "pkg.mid.b", "pkg.top"]]),
+        (
+            {"pkg/mid/b.py": "def figures():\n    from pkg.top import draw\n"},
+            ["pkg.mid.b -> pkg.top"],
+            [],
+            [["pkg.mid.a", "pkg.mid.b", "pkg.top"]],
+        ),
         # a module-level cycle inside one room (no room broken)
         ({"pkg/mid/b.py": "from . import a\n"}, [], [["pkg.mid.a", "pkg.mid.b"]], [["pkg.mid.a", "pkg.mid.b"]]),
         # a low module importing a middle one at module level
         ({"pkg/mid/b.py": "X = 1\n", "pkg/low.py": "import pkg.mid.b\n"}, ["pkg.low -> pkg.mid.b"], [], []),
         # an import for annotations only (`if TYPE_CHECKING:`) never runs: no cycle, no later room
-        ({"pkg/mid/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.top import T\n"
-                          "    from . import a\n"}, [], [], []),  # fmt: skip
+        (
+            {
+                "pkg/mid/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.top import T\n"
+                "    from . import a\n"
+            },
+            [],
+            [],
+            [],
+        ),
     ],
 )
 def test_the_checks_find_violations_in_a_synthetic_package(tmp_path, extra, later, module_cycles, all_cycles) -> None:

@@ -13,9 +13,10 @@ Each computes the function of `models.ops`' plain defaults: up to float rounding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -188,7 +189,9 @@ def vmap_seeds(fn: Callable, in_axes: int | None | tuple = 0) -> Callable:
     """
     entries = in_axes if isinstance(in_axes, tuple) else (in_axes,)
     if any(axis not in (0, None) or isinstance(axis, bool) for axis in entries):
-        raise ValueError(f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}")
+        raise ValueError(
+            f"vmap_seeds maps whole arguments over axis 0: in_axes entries must be 0 or None, got {in_axes!r}"
+        )
     vmapped = jax.vmap(fn, in_axes=in_axes)
 
     def call(*args: Any) -> Any:

@@ -70,18 +70,21 @@ class ExecutionPlan:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; valid choices: None, {', '.join(COMPUTE_DTYPES)}")
+            raise ValueError(
+                f"unknown compute_dtype {self.compute_dtype!r}; valid choices: None, {', '.join(COMPUTE_DTYPES)}"
+            )
         if self.seed_programs not in SEED_PROGRAMS:
             raise ValueError(f"unknown seed_programs {self.seed_programs!r}; valid choices: {', '.join(SEED_PROGRAMS)}")
-        if self.streams is not None and (not isinstance(self.streams, int) or isinstance(self.streams, bool)
-                                         or self.streams < 1):  # fmt: skip
+        if self.streams is not None and (
+            not isinstance(self.streams, int) or isinstance(self.streams, bool) or self.streams < 1
+        ):
             raise ValueError(f"streams must be an integer >= 1 or None (the platform's default), got {self.streams!r}")
 
-    def replace(self, **changes: Any) -> "ExecutionPlan":
+    def replace(self, **changes: Any) -> ExecutionPlan:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def one_shot(self) -> "ExecutionPlan":
+    def one_shot(self) -> ExecutionPlan:
         """This plan for a program compiled to run once (an init study, one probe of a model): every
         stack scanned, since an unrolled loop's longer compile pays off only over many calls."""
         return self.replace(unroll_layers=0)

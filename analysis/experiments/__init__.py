@@ -17,13 +17,13 @@ when a figure is drawn); tests/test_import_graph.py holds the order.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from analysis.experiments import atlas, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
-from analysis.experiments.claims import N_BOOT, PAPERS, Claim, CheckResult, check
+from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
@@ -33,8 +33,9 @@ EXPERIMENTS: dict[str, Experiment] = {
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
 
 
-def select_claims(*, papers: Iterable[str] | None = None, claim_ids: Iterable[str] | None = None,
-                  when: Iterable[str] | None = None) -> list[Claim]:  # fmt: skip
+def select_claims(
+    *, papers: Iterable[str] | None = None, claim_ids: Iterable[str] | None = None, when: Iterable[str] | None = None
+) -> list[Claim]:
     """The claims of `papers` (all when None), narrowed to `claim_ids` and to `when` ("init", "training")."""
     papers = None if papers is None else list(papers)
     claim_ids = None if claim_ids is None else list(claim_ids)
@@ -46,15 +47,26 @@ def select_claims(*, papers: Iterable[str] | None = None, claim_ids: Iterable[st
         unknown = [c for c in claim_ids if c not in CLAIMS]
         if unknown:
             raise ValueError(f"unknown claim id(s) {unknown}; valid ids: {', '.join(CLAIMS)}")
-    chosen = [c for c in CLAIMS.values() if (papers is None or c.paper in papers)
-              and (claim_ids is None or c.id in claim_ids) and (when is None or c.when in set(when))]  # fmt: skip
+    chosen = [
+        c
+        for c in CLAIMS.values()
+        if (papers is None or c.paper in papers)
+        and (claim_ids is None or c.id in claim_ids)
+        and (when is None or c.when in set(when))
+    ]
     if not chosen:
         raise ValueError(f"no claim matches papers={papers}, claim_ids={claim_ids}, when={when}")
     return chosen
 
 
-def collect(claims: Iterable[Claim], *, preset: str = "quick", store: Path | str | None = None,
-            progress: bool = False, workers: int | None = None) -> dict[str, pd.DataFrame]:  # fmt: skip
+def collect(
+    claims: Iterable[Claim],
+    *,
+    preset: str = "quick",
+    store: Path | str | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> dict[str, pd.DataFrame]:
     """{experiment: its tidy frame} for the claims: each experiment runs once, only the parts its
     claims need (all parts if any claim needs all), reusing stored jobs when `store` is given.
     `workers`: processes computing the jobs (default $LNSCOPE_WORKERS, else 1; see compute_jobs)."""
@@ -65,18 +77,33 @@ def collect(claims: Iterable[Claim], *, preset: str = "quick", store: Path | str
         by_experiment.setdefault(c.experiment, []).append(c)
     for name in by_experiment:
         EXPERIMENTS[name].preset(preset)  # fail before computing anything
-    parts = {name: None if any(not c.needs for c in group) else sorted({p for c in group for p in c.needs})
-             for name, group in by_experiment.items()}  # fmt: skip
+    parts = {
+        name: None if any(not c.needs for c in group) else sorted({p for c in group for p in c.needs})
+        for name, group in by_experiment.items()
+    }
     store = None if store is None else Path(store)
     # every job of every experiment first, on a pool of processes (analysis.experiments.runs.compute_jobs)
-    compute_jobs([j for name in parts for j in EXPERIMENTS[name].jobs(preset, parts[name])], store, workers=workers,
-                 progress=progress)  # fmt: skip
+    compute_jobs(
+        [j for name in parts for j in EXPERIMENTS[name].jobs(preset, parts[name])],
+        store,
+        workers=workers,
+        progress=progress,
+    )
     return {name: EXPERIMENTS[name].run(preset, store, parts=parts[name], progress=progress) for name in parts}
 
 
-def run_checks(*, papers: Iterable[str] | None = None, claim_ids: Iterable[str] | None = None, preset: str = "quick",
-               store: Path | str | None = None, when: Iterable[str] | None = None, n_boot: int = N_BOOT,
-               seed: int = 0, progress: bool = False, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
+def run_checks(
+    *,
+    papers: Iterable[str] | None = None,
+    claim_ids: Iterable[str] | None = None,
+    preset: str = "quick",
+    store: Path | str | None = None,
+    when: Iterable[str] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    progress: bool = False,
+    workers: int | None = None,
+) -> pd.DataFrame:
     """Check the selected claims: one row per check (CheckResult's fields and `preset`).
 
     A wrong selection or preset is a ValueError before any compute. Verdicts are results: the call
@@ -84,10 +111,23 @@ def run_checks(*, papers: Iterable[str] | None = None, claim_ids: Iterable[str] 
     """
     chosen = select_claims(papers=papers, claim_ids=claim_ids, when=when)
     frames = collect(chosen, preset=preset, store=store, progress=progress, workers=workers)
-    rows = [{**dataclasses.asdict(check(c, frames[c.experiment], n_boot=n_boot, seed=seed)), "preset": preset}
-            for c in chosen]  # fmt: skip
+    rows = [
+        {**dataclasses.asdict(check(c, frames[c.experiment], n_boot=n_boot, seed=seed)), "preset": preset}
+        for c in chosen
+    ]
     return pd.DataFrame(rows)
 
 
-__all__ = ["CLAIMS", "EXPERIMENTS", "HARNESSES", "CheckResult", "Claim", "Experiment", "Harness", "check", "collect", "run_checks",
-           "select_claims"]  # fmt: skip
+__all__ = [
+    "CLAIMS",
+    "EXPERIMENTS",
+    "HARNESSES",
+    "CheckResult",
+    "Claim",
+    "Experiment",
+    "Harness",
+    "check",
+    "collect",
+    "run_checks",
+    "select_claims",
+]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,11 @@ if TYPE_CHECKING:
 
 NAME = "atlas"  # its key in analysis.experiments.EXPERIMENTS
 ARCH_PANELS = (("encdec", "decoder", "decoder of an encoder-decoder"), ("decoder", "decoder", "decoder-only"))
-FAMILY_TITLES = {"post": "norm on the stream (Post-LN family)", "pre": "un-normalized stream (Pre-LN family)",
-                 "none": "no norm"}  # fmt: skip
+FAMILY_TITLES = {
+    "post": "norm on the stream (Post-LN family)",
+    "pre": "un-normalized stream (Pre-LN family)",
+    "none": "no norm",
+}
 
 
 # skip_scale at its default λ = 1 *is* Post-LN (it would hide the post line); the report shows λ = 2.
@@ -45,9 +49,20 @@ REPORT_OVERRIDES = {"skip_scale": {"skip_lambda": 2.0}}
 
 
 def harness_config(arch: str, placement: str, layers: int) -> ModelConfig:
-    """The calibration harness of docs/calibration.md (Xavier-uniform, unit-variance token inputs, no biases, no dropout)."""
-    return ModelConfig(arch=arch, placement=placement, layers=layers, d_model=64, heads=4, d_ff=256, vocab=128,
-                       max_len=64, pos="none", **REPORT_OVERRIDES.get(placement, {}))  # fmt: skip
+    """The calibration harness of docs/calibration.md (Xavier-uniform, unit-variance token inputs, no
+    biases, no dropout)."""
+    return ModelConfig(
+        arch=arch,
+        placement=placement,
+        layers=layers,
+        d_model=64,
+        heads=4,
+        d_ff=256,
+        vocab=128,
+        max_len=64,
+        pos="none",
+        **REPORT_OVERRIDES.get(placement, {}),
+    )
 
 
 def check_placements(placements: Sequence[str] | None) -> tuple[str, ...]:
@@ -60,12 +75,22 @@ def check_placements(placements: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(p for p in PLACEMENTS if p in placements)
 
 
-def atlas_jobs(layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8,
-               seq_len: int = 32) -> list[InitJob]:  # fmt: skip
+def atlas_jobs(
+    layers: int, seeds: int, placements: Sequence[str] | None = None, batch_size: int = 8, seq_len: int = 32
+) -> list[InitJob]:
     """One InitJob per (arch, placement) of the atlas: the harness model probed over seeds 0..seeds-1."""
-    return [InitJob(variant=placement, model=harness_config(arch, placement, layers), seeds=seeds, batch_size=batch_size,
-                    seq_len=seq_len, probes=CHEAP_PROBES)
-            for arch, _, _ in ARCH_PANELS for placement in check_placements(placements)]  # fmt: skip
+    return [
+        InitJob(
+            variant=placement,
+            model=harness_config(arch, placement, layers),
+            seeds=seeds,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            probes=CHEAP_PROBES,
+        )
+        for arch, _, _ in ARCH_PANELS
+        for placement in check_placements(placements)
+    ]
 
 
 def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Figure:
@@ -79,12 +104,21 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Fig
             members = [name for name, p in PLACEMENTS.items() if p.family == family]
             has_rows = (df["quantity"] == quantity) & (df["site"] == site) & (df["arch"] == arch)
             if not (has_rows & df["placement"].isin(members)).any():  # e.g. LN gains of norm-free placements
-                ax.text(0.5, 0.5, f"no '{site}' site in\n{', '.join(members)}", ha="center", va="center",
-                        transform=ax.transAxes, fontsize=9, color="0.4")  # fmt: skip
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no '{site}' site in\n{', '.join(members)}",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    fontsize=9,
+                    color="0.4",
+                )
                 ax.set_axis_off()
             else:
-                figures.plot_layer_profile(df, ax, quantity=quantity, site=site, stack=stack,
-                                           where={"arch": arch, "placement": members})  # fmt: skip
+                figures.plot_layer_profile(
+                    df, ax, quantity=quantity, site=site, stack=stack, where={"arch": arch, "placement": members}
+                )
             ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=9)
     fig.suptitle(title, fontsize=11)
     return fig
@@ -99,13 +133,15 @@ def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figur
         figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch})
         ax.set_title(placement, fontsize=9)
     seeds = df["seed"].nunique()
-    fig.suptitle(f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)", fontsize=11
+    )
     return fig
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, placement): the calibration's headline statistics (docs/calibration.md), median over seeds (seed min–max in brackets)."""
+    """Per (arch, placement): the calibration's headline statistics (docs/calibration.md), median over
+    seeds (seed min–max in brackets)."""
     rows = []
     present = [p for p in PLACEMENTS if p in set(df["placement"])]
     for (arch, stack, _), placement in [(a, p) for a in ARCH_PANELS for p in present]:
@@ -143,12 +179,18 @@ Columns (layer 1 = bottom, L = top; the encdec rows are its decoder):
 
 def nan_note(table: pd.DataFrame) -> str:
     """Name the cells that are NaN, which are results (0/0 or diverged), not missing data."""
-    cells = [f"{row['arch']}/{row['placement']} {col}" for _, row in table.iterrows()
-             for col in table.columns[2:] if str(row[col]).startswith("nan")]  # fmt: skip
+    cells = [
+        f"{row['arch']}/{row['placement']} {col}"
+        for _, row in table.iterrows()
+        for col in table.columns[2:]
+        if str(row[col]).startswith("nan")
+    ]
     if not cells:
         return ""
-    return ("\nNaN cells are measured, not missing: a 0/0 ratio (ReZero's α = 0 at init gives every sublayer "
-            "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n")
+    return (
+        "\nNaN cells are measured, not missing: a 0/0 ratio (ReZero's α = 0 at init gives every sublayer "
+        "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -179,19 +221,29 @@ class AtlasSettings:
     def meta(self) -> dict:
         """Everything the study's numbers depend on (settings, probes, the harness model of each
         placement, the source of the code that probes them), as stored beside them."""
-        return {"layers": self.layers, "seeds": self.seeds, "placements": list(self.placements),
-                "batch_size": self.batch_size, "seq_len": self.seq_len, "probes": list(CHEAP_PROBES),
-                "models": {f"{arch}/{p}": dataclasses.asdict(harness_config(arch, p, self.layers))
-                           for arch, _, _ in ARCH_PANELS for p in self.placements},
-                "code": code_fingerprint()}  # fmt: skip
+        return {
+            "layers": self.layers,
+            "seeds": self.seeds,
+            "placements": list(self.placements),
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "probes": list(CHEAP_PROBES),
+            "models": {
+                f"{arch}/{p}": dataclasses.asdict(harness_config(arch, p, self.layers))
+                for arch, _, _ in ARCH_PANELS
+                for p in self.placements
+            },
+            "code": code_fingerprint(),
+        }
 
     def key(self) -> str:
         return content_id(self.meta())
 
 
 def _plan(settings: AtlasSettings) -> dict[str, list[InitJob]]:
-    return {"atlas": atlas_jobs(settings.layers, settings.seeds, settings.placements, settings.batch_size,
-                                settings.seq_len)}  # fmt: skip
+    return {
+        "atlas": atlas_jobs(settings.layers, settings.seeds, settings.placements, settings.batch_size, settings.seq_len)
+    }
 
 
 def collect(settings: AtlasSettings, store: Path | None = None, progress: bool = True) -> pd.DataFrame:
@@ -210,8 +262,9 @@ def is_stored_study(settings: AtlasSettings, path: Path) -> bool:
     return json.loads(path.with_suffix(".json").read_text()).get("key") == settings.key()
 
 
-def init_study(settings: AtlasSettings, path: Path, *, reuse: bool = True, store: Path | None = None,
-               progress: bool = True) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+def init_study(
+    settings: AtlasSettings, path: Path, *, reuse: bool = True, store: Path | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, dict]:
     """The atlas' tidy frame: read from `path` (parquet + json) when it holds a study with the same
     settings key (and `reuse`), else probed (its jobs kept in `store` when given) and written there
     (data before any figure)."""
@@ -240,15 +293,20 @@ def atlas_figures(df: pd.DataFrame, layers: int, seeds: int) -> list[tuple[str, 
     """(name, caption, figure) of every atlas figure, drawn from the tidy frame (figures only read it)."""
     out = []
     for quantity, site, title in PROFILE_PANELS:
-        fig = _profile_grid(df, quantity, site, f"{title} at init, {layers} layers, {seeds} seeds "
-                            "(line: median; band: min-max)")  # fmt: skip
-        caption = (f"{title} at initialization, per layer (0 = bottom). Top row: the decoder of an "
-                   f"{layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only model; one "
-                   "column per placement family. Median over seeds with the min-max band.")  # fmt: skip
+        fig = _profile_grid(
+            df, quantity, site, f"{title} at init, {layers} layers, {seeds} seeds (line: median; band: min-max)"
+        )
+        caption = (
+            f"{title} at initialization, per layer (0 = bottom). Top row: the decoder of an "
+            f"{layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only model; one "
+            "column per placement family. Median over seeds with the min-max band."
+        )
         out.append((quantity, caption, fig))
     for arch, stack, arch_title in ARCH_PANELS:
-        caption = (f"Debiased linear CKA between every pair of layers' outputs (resid_post), {arch_title}, "
-                   f"mean of {seeds} seeds: one panel per placement.")  # fmt: skip
+        caption = (
+            f"Debiased linear CKA between every pair of layers' outputs (resid_post), {arch_title}, "
+            f"mean of {seeds} seeds: one panel per placement."
+        )
         out.append((f"cka_{arch}", caption, _cka_grid(df, arch, stack, arch_title)))
     return out
 
@@ -275,13 +333,17 @@ def atlas_experiment(settings: AtlasSettings | None = None) -> Experiment:
     """The atlas as an Experiment: its default PRESETS, or `settings` at every preset (what `lnscope
     report --layers/--seeds/--placements` asks for)."""
     return Experiment(
-        name=NAME, paper="", title="Initialization atlas",
+        name=NAME,
+        paper="",
+        title="Initialization atlas",
         summary="Every placement of the zoo probed at initialization on the calibration harness (d_model 64, "
-                "4 heads, FFN 256, random tokens): an encoder-decoder and a decoder-only model of the same depth.",
+        "4 heads, FFN 256, random tokens): an encoder-decoder and a decoder-only model of the same depth.",
         command="lnscope report --experiments none",
         presets=PRESETS if settings is None else dict.fromkeys(PRESETS, settings),
-        plan=_plan, figures=_figures, claims=(),
-    )  # fmt: skip
+        plan=_plan,
+        figures=_figures,
+        claims=(),
+    )
 
 
 EXPERIMENT = atlas_experiment()

@@ -6,7 +6,7 @@ a test fails when the committed file is out of date). `catalogue_lines(claims)` 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from analysis.experiments import EXPERIMENTS
 from analysis.experiments.claims import PAPERS, Claim

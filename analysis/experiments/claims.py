@@ -28,8 +28,9 @@ everything disjoint from it. A claim that does not reproduce is a finding and is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,9 @@ PAPERS: dict[str, str] = {
 DIRECTIONS = (">=", "<=", "in")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 WHEN = ("init", "training")
-N_BOOT = 2000  # resamples: the 95% endpoints vary by ~1.5% of the interval width across resampler seeds (8 seeds, a ratio)
+N_BOOT = (
+    2000  # resamples: the 95% endpoints vary by ~1.5% of the interval width across resampler seeds (8 seeds, a ratio)
+)
 
 # Per-seed transforms a feature may apply before seeds are averaged (a registry, not if-branches).
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -80,10 +83,16 @@ class Feature:
     transform: str = "identity"
 
     def __post_init__(self) -> None:
-        if not (self.layer is None or self.layer == "all" or (isinstance(self.layer, int) and not isinstance(self.layer, bool))):
+        if not (
+            self.layer is None
+            or self.layer == "all"
+            or (isinstance(self.layer, int) and not isinstance(self.layer, bool))
+        ):
             raise ValueError(f"feature {self.name!r}: layer must be an int, 'all' or None, got {self.layer!r}")
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"feature {self.name!r}: unknown transform {self.transform!r}; valid: {', '.join(TRANSFORMS)}")
+            raise ValueError(
+                f"feature {self.name!r}: unknown transform {self.transform!r}; valid: {', '.join(TRANSFORMS)}"
+            )
         object.__setattr__(self, "where", dict(self.where))
 
     def describe(self) -> str:
@@ -110,8 +119,10 @@ class Feature:
         if dup.any():
             keys_used = ("value", "seed", "layer") if self.layer == "all" else ("value", "seed")
             varying = [c for c in sel.columns if c not in keys_used and sel[dup][c].nunique() > 1]
-            raise ValueError(f"feature {self.name!r}: several rows per seed{' and layer' if self.layer == 'all' else ''}; "
-                             f"they differ in {varying}. Narrow `where`.")  # fmt: skip
+            raise ValueError(
+                f"feature {self.name!r}: several rows per seed{' and layer' if self.layer == 'all' else ''}; "
+                f"they differ in {varying}. Narrow `where`."
+            )
         table = pd.DataFrame({"seed": keys["seed"], "column": keys["column"], "value": sel["value"].to_numpy(float)})
         table = table.pivot(index="seed", columns="column", values="value").sort_index(axis=1)
         with np.errstate(all="ignore"):
@@ -125,10 +136,16 @@ def _select(frame: pd.DataFrame, where: Mapping[str, Any], who: str) -> pd.DataF
     for col, want in where.items():
         if col not in frame.columns:
             raise ValueError(f"{who}: cannot filter on column {col!r}; the frame has {list(frame.columns)}")
-        hit = frame[col].isin(list(want)).to_numpy() if isinstance(want, (list, tuple, set)) else (frame[col] == want).to_numpy()
+        hit = (
+            frame[col].isin(list(want)).to_numpy()
+            if isinstance(want, (list, tuple, set))
+            else (frame[col] == want).to_numpy()
+        )
         if not (mask & hit).any():
             available = sorted(map(str, pd.unique(frame.loc[mask, col])))
-            raise ValueError(f"{who}: no rows with {col}={want!r} (after the filters before it); available: {available}")
+            raise ValueError(
+                f"{who}: no rows with {col}={want!r} (after the filters before it); available: {available}"
+            )
         mask &= hit
     return frame[mask]
 
@@ -229,7 +246,9 @@ def profile_r2(a: Feature, description: str) -> Statistic:
     """R² of a straight-line fit of the seed-mean profile against the layer index."""
     if a.layer != "all":
         raise ValueError(f"profile_r2 needs a feature with layer='all', got layer={a.layer!r}")
-    return Statistic("profile_r2", description, (a,), lambda m: _fit(np.arange(m[a.name].shape[-1], dtype=float), m[a.name])[1])
+    return Statistic(
+        "profile_r2", description, (a,), lambda m: _fit(np.arange(m[a.name].shape[-1], dtype=float), m[a.name])[1]
+    )
 
 
 def depth_slope(points: Mapping[int, Feature], description: str) -> Statistic:
@@ -251,7 +270,9 @@ def extreme(features: tuple[Feature, ...], how: str, description: str) -> Statis
     if how not in ("max", "min"):
         raise ValueError(f"extreme: how must be 'max' or 'min', got {how!r}")
     reduce = np.max if how == "max" else np.min
-    return Statistic(how, description, features, lambda m: reduce(np.stack([_scalar(m[f.name]) for f in features], -1), -1))
+    return Statistic(
+        how, description, features, lambda m: reduce(np.stack([_scalar(m[f.name]) for f in features], -1), -1)
+    )
 
 
 def extreme_ratio(pairs: tuple[tuple[Feature, Feature], ...], how: str, description: str) -> Statistic:
@@ -282,7 +303,9 @@ def closer_to_one(a: tuple[Feature, Feature], b: tuple[Feature, Feature], descri
 
 def max_abs_difference(a: Feature, b: Feature, description: str) -> Statistic:
     """max over entries of |mean(a) − mean(b)| for two profiles (an identity holds when it is ~0)."""
-    return Statistic("max_abs_difference", description, (a, b), lambda m: np.max(np.abs(m[a.name] - m[b.name]), axis=-1))
+    return Statistic(
+        "max_abs_difference", description, (a, b), lambda m: np.max(np.abs(m[a.name] - m[b.name]), axis=-1)
+    )
 
 
 def custom(kind: str, description: str, features: tuple[Feature, ...], combine: Combine) -> Statistic:
@@ -336,11 +359,23 @@ class Claim:
         if self.when not in WHEN:
             raise ValueError(f"claim {self.id!r}: when must be one of {WHEN}, got {self.when!r}")
         if self.direction == "in":
-            ok = isinstance(self.threshold, tuple) and len(self.threshold) == 2 and self.threshold[0] < self.threshold[1]
+            ok = (
+                isinstance(self.threshold, tuple) and len(self.threshold) == 2 and self.threshold[0] < self.threshold[1]
+            )
             if not ok:
-                raise ValueError(f"claim {self.id!r}: direction 'in' needs threshold (low, high) with low < high, got {self.threshold!r}")
-        elif not (isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool) and math.isfinite(self.threshold)):
-            raise ValueError(f"claim {self.id!r}: direction {self.direction!r} needs a finite number threshold, got {self.threshold!r}")
+                raise ValueError(
+                    f"claim {self.id!r}: direction 'in' needs threshold (low, high) with low < high, "
+                    f"got {self.threshold!r}"
+                )
+        elif not (
+            isinstance(self.threshold, (int, float))
+            and not isinstance(self.threshold, bool)
+            and math.isfinite(self.threshold)
+        ):
+            raise ValueError(
+                f"claim {self.id!r}: direction {self.direction!r} needs a finite number threshold, "
+                f"got {self.threshold!r}"
+            )
         object.__setattr__(self, "needs", tuple(self.needs))
 
     def threshold_text(self) -> str:
@@ -431,8 +466,20 @@ def check(claim: Claim, frame: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int 
         if math.isnan(low):
             notes.append("interval undefined (NaN in the bootstrap distribution)")
     return CheckResult(
-        id=claim.id, paper=claim.paper, source=claim.source, statement=claim.statement, method_form=claim.method_form,
-        statistic=point, ci_low=low, ci_high=high, threshold=claim.threshold, direction=claim.direction,
-        verdict=result, n_seeds=len(seeds), note="; ".join(notes), experiment=claim.experiment,
-        statistic_description=stat.description, when=claim.when,
-    )  # fmt: skip
+        id=claim.id,
+        paper=claim.paper,
+        source=claim.source,
+        statement=claim.statement,
+        method_form=claim.method_form,
+        statistic=point,
+        ci_low=low,
+        ci_high=high,
+        threshold=claim.threshold,
+        direction=claim.direction,
+        verdict=result,
+        n_seeds=len(seeds),
+        note="; ".join(notes),
+        experiment=claim.experiment,
+        statistic_description=stat.description,
+        when=claim.when,
+    )

@@ -43,9 +43,19 @@ def format_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         t = r["threshold"]
-        threshold = f"in [{_num(t[0])}, {_num(t[1])}]" if isinstance(t, (list, tuple)) else f"{r['direction']} {_num(t)}"
-        lines.append((r["verdict"], _num(r["statistic"]), f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", threshold,
-                      str(r["n_seeds"]), r["id"]))  # fmt: skip
+        threshold = (
+            f"in [{_num(t[0])}, {_num(t[1])}]" if isinstance(t, (list, tuple)) else f"{r['direction']} {_num(t)}"
+        )
+        lines.append(
+            (
+                r["verdict"],
+                _num(r["statistic"]),
+                f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+                threshold,
+                str(r["n_seeds"]),
+                r["id"],
+            )
+        )
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
@@ -65,12 +75,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .json, got {args.out}")
     start = time.perf_counter()
     frames = collect(claims, preset=args.preset, store=args.store, progress=not args.quiet)
-    rows = [json_safe({**check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(),
-                       "preset": args.preset}) for c in claims]  # fmt: skip
+    rows = [
+        json_safe(
+            {**check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(), "preset": args.preset}
+        )
+        for c in claims
+    ]
     print(format_table(rows))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("reproduced", "not reproduced", "inconclusive")}
-    print(f"\n{len(rows)} checks ({args.preset} preset, {time.perf_counter() - start:.0f} s): "
-          + ", ".join(f"{n} {v}" for v, n in counts.items()))  # fmt: skip
+    print(
+        f"\n{len(rows)} checks ({args.preset} preset, {time.perf_counter() - start:.0f} s): "
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
+    )
     if args.out:
         atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
         print(f"wrote {args.out}")
@@ -89,14 +105,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add `lnscope check` to the `lnscope` command's subparsers."""
-    p = subparsers.add_parser("check", help="run the papers' hypothesis checks; print the verdicts, write JSON",
-                              description=__doc__.split("\n\n")[0], formatter_class=RawDescriptionHelpFormatter,
-                              epilog=textwrap.dedent(__doc__.split("\n\n", 1)[1]))  # fmt: skip
+    p = subparsers.add_parser(
+        "check",
+        help="run the papers' hypothesis checks; print the verdicts, write JSON",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(__doc__.split("\n\n", 1)[1]),
+    )
     p.add_argument("--paper", default="", help=f"comma-separated papers (default: all): {', '.join(PAPERS)}")
     p.add_argument("--claim", default="", help="comma-separated claim ids (see --list)")
     p.add_argument("--when", default="", help="comma-separated: init, training (default: both)")
-    p.add_argument("--preset", default="quick", choices=PRESET_NAMES,
-                   help="quick: 2-core CPU, minutes; paper: the papers' sizes (GPU); tiny: a smoke run")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=PRESET_NAMES,
+        help="quick: 2-core CPU, minutes; paper: the papers' sizes (GPU); tiny: a smoke run",
+    )
     p.add_argument("--out", default="", help="write the checks as JSON (a list of objects) to this .json file")
     p.add_argument("--store", default=None, help="folder of stored jobs: reused by config hash, new ones added")
     p.add_argument("--figures", default="", help="draw the experiments' figures into this folder (PNG and SVG)")

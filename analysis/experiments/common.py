@@ -34,8 +34,17 @@ def decoder_job(h: Harness, placement: str, layers: int, variant: str | None = N
     return h.init_job(variant or placement, PROBES_DECODER, "decoder", placement, layers, **fields)
 
 
-def feature(name: str, part: str, variant: str, probe: tuple[str, str], *, layer: int | str | None,
-            stack: str = "decoder", transform: str = "identity", **where: Any) -> Feature:  # fmt: skip
+def feature(
+    name: str,
+    part: str,
+    variant: str,
+    probe: tuple[str, str],
+    *,
+    layer: int | str | None,
+    stack: str = "decoder",
+    transform: str = "identity",
+    **where: Any,
+) -> Feature:
     """A Feature reading `probe` = (quantity, site) of one variant in one part of an experiment frame."""
     quantity, site = probe
     filters = {"part": part, "variant": variant, "stack": stack, "quantity": quantity, "site": site, **where}

@@ -16,9 +16,10 @@ is the claim), "paper" (the papers' sizes, for a GPU) and "tiny" (the test suite
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -52,15 +53,40 @@ class Harness:
 
     def model(self, arch: str, placement: str, layers: int, **fields: Any) -> ModelConfig:
         """A ModelConfig of this harness (extra ModelConfig fields as keywords)."""
-        return ModelConfig(arch=arch, placement=placement, layers=layers, d_model=self.d_model, heads=self.heads,
-                           d_ff=self.d_ff, vocab=self.vocab, max_len=self.seq_len, pos=self.pos, **fields)  # fmt: skip
+        return ModelConfig(
+            arch=arch,
+            placement=placement,
+            layers=layers,
+            d_model=self.d_model,
+            heads=self.heads,
+            d_ff=self.d_ff,
+            vocab=self.vocab,
+            max_len=self.seq_len,
+            pos=self.pos,
+            **fields,
+        )
 
-    def init_job(self, variant: str, probes: tuple[str, ...], arch: str, placement: str, layers: int, *,
-                 columns: Mapping[str, Any] | None = None, **fields: Any) -> InitJob:  # fmt: skip
+    def init_job(
+        self,
+        variant: str,
+        probes: tuple[str, ...],
+        arch: str,
+        placement: str,
+        layers: int,
+        *,
+        columns: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> InitJob:
         """An InitJob probing this harness's model over its seeds."""
-        return InitJob(variant=variant, model=self.model(arch, placement, layers, **fields), seeds=self.seeds,
-                       batch_size=self.batch_size, seq_len=self.seq_len, probes=probes,
-                       columns=tuple((columns or {}).items()))  # fmt: skip
+        return InitJob(
+            variant=variant,
+            model=self.model(arch, placement, layers, **fields),
+            seeds=self.seeds,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            probes=probes,
+            columns=tuple((columns or {}).items()),
+        )
 
 
 HARNESSES: dict[str, Harness] = {
@@ -103,8 +129,10 @@ class Experiment:
         missing = [p for p in ("quick", "paper") if p not in self.presets]
         unknown = [p for p in self.presets if p not in PRESET_NAMES]
         if missing or unknown:
-            raise ValueError(f"experiment {self.name!r}: presets need 'quick' and 'paper' (missing {missing}) and "
-                             f"must be among {PRESET_NAMES} (unknown {unknown})")  # fmt: skip
+            raise ValueError(
+                f"experiment {self.name!r}: presets need 'quick' and 'paper' (missing {missing}) and "
+                f"must be among {PRESET_NAMES} (unknown {unknown})"
+            )
         for claim in self.claims:
             if claim.experiment != self.name:
                 raise ValueError(f"claim {claim.id!r} names experiment {claim.experiment!r}, but sits in {self.name!r}")
@@ -118,15 +146,23 @@ class Experiment:
     def parts(self, preset: str = "quick") -> tuple[str, ...]:
         return tuple(self.plan(self.preset(preset)))
 
-    def run(self, preset: str = "quick", store: Path | None = None, *, parts: Iterable[str] | None = None,
-            progress: bool = False) -> pd.DataFrame:  # fmt: skip
+    def run(
+        self,
+        preset: str = "quick",
+        store: Path | None = None,
+        *,
+        parts: Iterable[str] | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
         """The tidy frame of `preset` (every part, or the named `parts`), reusing stored jobs.
 
         Columns: analysis.probe.tidy's COLUMNS (or a training frame's), plus `part`, `variant`, `job`
         and the jobs' extra columns.
         """
         plan = self._chosen(preset, parts)
-        frames = [run_jobs(jobs, store, progress=progress, desc=f"{self.name}/{p}").assign(part=p) for p, jobs in plan.items()]
+        frames = [
+            run_jobs(jobs, store, progress=progress, desc=f"{self.name}/{p}").assign(part=p) for p, jobs in plan.items()
+        ]
         return pd.concat(frames, ignore_index=True)
 
     def jobs(self, preset: str = "quick", parts: Iterable[str] | None = None) -> list[Job]:
@@ -138,7 +174,9 @@ class Experiment:
         chosen = list(plan) if parts is None else list(dict.fromkeys(parts))
         unknown = [p for p in chosen if p not in plan]
         if unknown or not chosen:
-            raise ValueError(f"experiment {self.name!r}: unknown or no parts {unknown or chosen}; valid: {', '.join(plan)}")
+            raise ValueError(
+                f"experiment {self.name!r}: unknown or no parts {unknown or chosen}; valid: {', '.join(plan)}"
+            )
         return {p: plan[p] for p in chosen}
 
     def save_figures(self, frame: pd.DataFrame, folder: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:

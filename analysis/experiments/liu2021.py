@@ -19,7 +19,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, Feature, Statistic, closer_to_one, custom, difference, extreme_ratio, ratio
+from analysis.experiments.claims import (
+    Claim,
+    Feature,
+    Statistic,
+    closer_to_one,
+    custom,
+    difference,
+    extreme_ratio,
+    ratio,
+)
 from analysis.experiments.common import X_GRAD, decoder_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -57,14 +66,33 @@ def plan(p: Preset) -> dict:
     h = p.harness
     jobs = []
     for depth in p.depths:
-        jobs += [decoder_job(h, "skip_scale", depth, no_ln(lam), norm="identity", skip_lambda=lam,
-                             columns={"skip_lambda": lam, "normalized": False}) for lam in NO_LN]  # fmt: skip
+        jobs += [
+            decoder_job(
+                h,
+                "skip_scale",
+                depth,
+                no_ln(lam),
+                norm="identity",
+                skip_lambda=lam,
+                columns={"skip_lambda": lam, "normalized": False},
+            )
+            for lam in NO_LN
+        ]
         # λ = 1 with LN is Post-LN itself (the same job as the other experiments' Post-LN)
         jobs += [decoder_job(h, "post", depth, with_ln(1.0), columns={"skip_lambda": 1.0, "normalized": True})]
-        jobs += [decoder_job(h, "skip_scale", depth, with_ln(lam), skip_lambda=lam,
-                             columns={"skip_lambda": lam, "normalized": True}) for lam in WITH_LN if lam != 1]  # fmt: skip
-    jobs += [decoder_job(h, "rsln", p.rskip_depth, rskip(k), rsln_steps=k, columns={"skip_lambda": float(k), "normalized": True})
-             for k in RSKIP]  # fmt: skip
+        jobs += [
+            decoder_job(
+                h, "skip_scale", depth, with_ln(lam), skip_lambda=lam, columns={"skip_lambda": lam, "normalized": True}
+            )
+            for lam in WITH_LN
+            if lam != 1
+        ]
+    jobs += [
+        decoder_job(
+            h, "rsln", p.rskip_depth, rskip(k), rsln_steps=k, columns={"skip_lambda": float(k), "normalized": True}
+        )
+        for k in RSKIP
+    ]
     parts = {"lambda": jobs}
     if p.train is not None:
         parts["train"] = training.rskip_jobs(p.train)
@@ -82,70 +110,157 @@ def _g(variant: str, layer: int, depth: int = DEPTH) -> Feature:
 
 
 def _g_ratio(variant: str, depth: int = DEPTH) -> Statistic:
-    return ratio(_g(variant, 0, depth), _g(variant, -1, depth),
-                 f"g_1/g_L: seed-mean ‖∂ℒ/∂x‖ at the bottom layer's input over the top layer's ({variant}, L={depth})")
+    return ratio(
+        _g(variant, 0, depth),
+        _g(variant, -1, depth),
+        f"g_1/g_L: seed-mean ‖∂ℒ/∂x‖ at the bottom layer's input over the top layer's ({variant}, L={depth})",
+    )
 
 
 def _depth_growth(variant: str, depths: tuple[int, int]) -> Statistic:
     f = [_g(variant, layer, d) for d in depths for layer in (0, -1)]
-    return custom("ratio_of_ratios", f"g_1/g_L at L={depths[1]} over g_1/g_L at L={depths[0]} ({variant}, seed means)",
-                  tuple(f), lambda m: (m[f[2].name][..., 0] / m[f[3].name][..., 0]) / (m[f[0].name][..., 0] / m[f[1].name][..., 0]))
+    return custom(
+        "ratio_of_ratios",
+        f"g_1/g_L at L={depths[1]} over g_1/g_L at L={depths[0]} ({variant}, seed means)",
+        tuple(f),
+        lambda m: (m[f[2].name][..., 0] / m[f[3].name][..., 0]) / (m[f[0].name][..., 0] / m[f[1].name][..., 0]),
+    )
 
 
 CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 SRC = "Liu, Ren et al. 2021, effect of the skip scale λ on gradients (abstract; figures)"
 FORM = f"{DEPTH}-layer decoder-only stack, random tokens; at initialization"
 CLAIMS = (
-    Claim(f"{NAME}.no_ln_large_lambda_explodes", NAME, SRC,
-          "Without normalization a skip scale λ > 1 makes gradients explode toward the bottom: at λ = 1.5, "
-          "g_1/g_L ≥ 10³.",
-          f"xSkip (y = λx + F(x)), no norm anywhere, {FORM}", NAME, _g_ratio(no_ln(1.5)), 1e3, ">=",
-          CAL.format("5.7e7"), needs=("lambda",)),
-    Claim(f"{NAME}.no_ln_small_lambda_vanishes", NAME, SRC,
-          "Without normalization a skip scale λ < 1 makes gradients vanish toward the bottom: at λ = 0.5, g_1/g_L ≤ 1.",
-          f"xSkip, no norm, {FORM}", NAME, _g_ratio(no_ln(0.5)), 1.0, "<=", CAL.format(0.36), needs=("lambda",)),
-    Claim(f"{NAME}.no_ln_small_lambda_shrinks", NAME, SRC,
-          "Without normalization λ = 0.5 shrinks the stream: ‖x_L‖/‖x_1‖ ≤ 0.5.",
-          f"xSkip, no norm, {FORM}", NAME,
-          ratio(feature("x_top", "lambda", no_ln(0.5), X_NORM, layer=-1, layers=DEPTH),
-                feature("x_bottom", "lambda", no_ln(0.5), X_NORM, layer=0, layers=DEPTH),
-                "token-mean RMS of the top layer's input over the bottom layer's (seed means)"),
-          0.5, "<=", CAL.format(0.14), needs=("lambda",)),
-    Claim(f"{NAME}.no_ln_explosion_grows_with_depth", NAME, f"{SRC} ('growing with depth')",
-          "Without normalization the explosion at λ = 1.5 grows with depth: g_1/g_L at 24 layers exceeds that at 12.",
-          "xSkip, no norm, decoder-only stacks of 12 and 24 layers; at initialization", NAME,
-          _depth_growth(no_ln(1.5), (12, 24)), 1.0, ">=", "the paper's direction (threshold 1), set before measuring",
-          needs=("lambda",)),
-    Claim(f"{NAME}.ln_bounds_every_lambda_above", NAME, f"{SRC} (xSkip+LN)",
-          "With LN after the scaled skip the gradient stays bounded for every λ ∈ {0.5, 1, 1.5, 2}: the largest "
-          "g_1/g_L is ≤ 3.",
-          f"xSkip+LN (λ = 1 is Post-LN), {FORM}", NAME,
-          extreme_ratio(tuple((_g(with_ln(lam), 0), _g(with_ln(lam), -1)) for lam in WITH_LN), "max",
-                        "the largest over λ of g_1/g_L (seed means)"),
-          3.0, "<=", CAL.format("1.2-2.1"), needs=("lambda",)),
-    Claim(f"{NAME}.ln_bounds_every_lambda_below", NAME, f"{SRC} (xSkip+LN)",
-          "... and the smallest g_1/g_L over λ ∈ {0.5, 1, 1.5, 2} is ≥ 0.5.",
-          f"xSkip+LN, {FORM}", NAME,
-          extreme_ratio(tuple((_g(with_ln(lam), 0), _g(with_ln(lam), -1)) for lam in WITH_LN), "min",
-                        "the smallest over λ of g_1/g_L (seed means)"),
-          0.5, ">=", CAL.format("1.2-2.1"), needs=("lambda",)),
-    Claim(f"{NAME}.rskip_closer_to_one", NAME, "Liu, Ren et al. 2021, rSkip+LN (adaptive skip weight 1 + σ)"
-          "claim S-c",
-          "The recursive skip with LN (λ = 2) keeps g_1/g_L closer to 1 than Post-LN (λ = 1): |ln r| decreases.",
-          f"rSkip+LN, one parameter-shared norm applied λ times, {FORM}", NAME,
-          closer_to_one((_g(rskip(2), 0), _g(rskip(2), -1)), (_g(with_ln(1.0), 0), _g(with_ln(1.0), -1)),
-                        "|ln g_1/g_L| of Post-LN minus that of rSkip+LN λ=2 (seed means); > 0: rSkip closer to 1"),
-          0.0, ">=", CAL.format("1.19 vs 1.56"), needs=("lambda",)),
-    Claim(f"{NAME}.rskip_trains_deep", NAME, "Liu, Ren et al. 2021, rSkip+LN results (trains where the plain skip "
-          "does not, deep models)",
-          "rSkip+LN (λ = 2) trains a deep (18-layer) model that Post-LN fails to train: its final validation loss is "
-          "at least 0.5 nats below Post-LN's.",
-          "decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a constant lr "
-          "3e-4 without warm-up (quick)", NAME,
-          difference(training.final_loss("train", "post"), training.final_loss("train", "rsln (λ=2)"),
-                     "final validation loss, Post-LN minus rSkip+LN λ=2 (seed means)"),
-          0.5, ">=", training.CALIBRATED.format("1.42 nats (3.25 vs 1.83)"), needs=("train",), when="training"),
-)  # fmt: skip
+    Claim(
+        f"{NAME}.no_ln_large_lambda_explodes",
+        NAME,
+        SRC,
+        "Without normalization a skip scale λ > 1 makes gradients explode toward the bottom: at λ = 1.5, "
+        "g_1/g_L ≥ 10³.",
+        f"xSkip (y = λx + F(x)), no norm anywhere, {FORM}",
+        NAME,
+        _g_ratio(no_ln(1.5)),
+        1e3,
+        ">=",
+        CAL.format("5.7e7"),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.no_ln_small_lambda_vanishes",
+        NAME,
+        SRC,
+        "Without normalization a skip scale λ < 1 makes gradients vanish toward the bottom: at λ = 0.5, g_1/g_L ≤ 1.",
+        f"xSkip, no norm, {FORM}",
+        NAME,
+        _g_ratio(no_ln(0.5)),
+        1.0,
+        "<=",
+        CAL.format(0.36),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.no_ln_small_lambda_shrinks",
+        NAME,
+        SRC,
+        "Without normalization λ = 0.5 shrinks the stream: ‖x_L‖/‖x_1‖ ≤ 0.5.",
+        f"xSkip, no norm, {FORM}",
+        NAME,
+        ratio(
+            feature("x_top", "lambda", no_ln(0.5), X_NORM, layer=-1, layers=DEPTH),
+            feature("x_bottom", "lambda", no_ln(0.5), X_NORM, layer=0, layers=DEPTH),
+            "token-mean RMS of the top layer's input over the bottom layer's (seed means)",
+        ),
+        0.5,
+        "<=",
+        CAL.format(0.14),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.no_ln_explosion_grows_with_depth",
+        NAME,
+        f"{SRC} ('growing with depth')",
+        "Without normalization the explosion at λ = 1.5 grows with depth: g_1/g_L at 24 layers exceeds that at 12.",
+        "xSkip, no norm, decoder-only stacks of 12 and 24 layers; at initialization",
+        NAME,
+        _depth_growth(no_ln(1.5), (12, 24)),
+        1.0,
+        ">=",
+        "the paper's direction (threshold 1), set before measuring",
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.ln_bounds_every_lambda_above",
+        NAME,
+        f"{SRC} (xSkip+LN)",
+        "With LN after the scaled skip the gradient stays bounded for every λ ∈ {0.5, 1, 1.5, 2}: the largest "
+        "g_1/g_L is ≤ 3.",
+        f"xSkip+LN (λ = 1 is Post-LN), {FORM}",
+        NAME,
+        extreme_ratio(
+            tuple((_g(with_ln(lam), 0), _g(with_ln(lam), -1)) for lam in WITH_LN),
+            "max",
+            "the largest over λ of g_1/g_L (seed means)",
+        ),
+        3.0,
+        "<=",
+        CAL.format("1.2-2.1"),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.ln_bounds_every_lambda_below",
+        NAME,
+        f"{SRC} (xSkip+LN)",
+        "... and the smallest g_1/g_L over λ ∈ {0.5, 1, 1.5, 2} is ≥ 0.5.",
+        f"xSkip+LN, {FORM}",
+        NAME,
+        extreme_ratio(
+            tuple((_g(with_ln(lam), 0), _g(with_ln(lam), -1)) for lam in WITH_LN),
+            "min",
+            "the smallest over λ of g_1/g_L (seed means)",
+        ),
+        0.5,
+        ">=",
+        CAL.format("1.2-2.1"),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.rskip_closer_to_one",
+        NAME,
+        "Liu, Ren et al. 2021, rSkip+LN (adaptive skip weight 1 + σ)claim S-c",
+        "The recursive skip with LN (λ = 2) keeps g_1/g_L closer to 1 than Post-LN (λ = 1): |ln r| decreases.",
+        f"rSkip+LN, one parameter-shared norm applied λ times, {FORM}",
+        NAME,
+        closer_to_one(
+            (_g(rskip(2), 0), _g(rskip(2), -1)),
+            (_g(with_ln(1.0), 0), _g(with_ln(1.0), -1)),
+            "|ln g_1/g_L| of Post-LN minus that of rSkip+LN λ=2 (seed means); > 0: rSkip closer to 1",
+        ),
+        0.0,
+        ">=",
+        CAL.format("1.19 vs 1.56"),
+        needs=("lambda",),
+    ),
+    Claim(
+        f"{NAME}.rskip_trains_deep",
+        NAME,
+        "Liu, Ren et al. 2021, rSkip+LN results (trains where the plain skip does not, deep models)",
+        "rSkip+LN (λ = 2) trains a deep (18-layer) model that Post-LN fails to train: its final validation loss is "
+        "at least 0.5 nats below Post-LN's.",
+        "decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a constant lr "
+        "3e-4 without warm-up (quick)",
+        NAME,
+        difference(
+            training.final_loss("train", "post"),
+            training.final_loss("train", "rsln (λ=2)"),
+            "final validation loss, Post-LN minus rSkip+LN λ=2 (seed means)",
+        ),
+        0.5,
+        ">=",
+        training.CALIBRATED.format("1.42 nats (3.25 vs 1.83)"),
+        needs=("train",),
+        when="training",
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,8 +268,12 @@ CLAIMS = (
 # ------------------------------------------------------------------------------------------------
 def _ratio_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, depth, seed): g_1/g_L as tidy rows (value), keeping skip_lambda and normalized."""
-    g = frame[(frame["quantity"] == X_GRAD[0]) & (frame["site"] == X_GRAD[1]) & (frame["stack"] == "decoder")
-              & (frame["layer"] >= 0)]  # fmt: skip
+    g = frame[
+        (frame["quantity"] == X_GRAD[0])
+        & (frame["site"] == X_GRAD[1])
+        & (frame["stack"] == "decoder")
+        & (frame["layer"] >= 0)
+    ]
     keys = ["variant", "placement", "layers", "seed", "skip_lambda", "normalized"]
     bottom = g[g["layer"] == 0].set_index(keys)["value"]
     top = g[g["layer"] == g["layers"] - 1].set_index(keys)["value"]
@@ -171,17 +290,36 @@ def figures(frame: pd.DataFrame) -> dict:
         r["series"] = r["normalized"].map({False: "xSkip, no LN", True: "xSkip+LN"}) + ", L=" + r["layers"].astype(str)
         r.loc[r["placement"] == "rsln", "series"] = "rSkip+LN, L=" + r["layers"].astype(str)
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
-        F.plot_lines(r[~r["normalized"]], axes[0], x="skip_lambda", hue="series", logy=True, band="logci", xlabel="skip scale λ",
-                     ylabel="g_1/g_L (bottom over top layer input)", title="without LN: explode (λ>1) or vanish (λ<1)",
-                     legend_title="model")  # fmt: skip
-        F.plot_lines(r[r["normalized"]], axes[1], x="skip_lambda", hue="series", logy=False, xlabel="skip scale λ",
-                     ylabel="g_1/g_L", title="with LN: bounded for every λ", legend_title="model")  # fmt: skip
+        F.plot_lines(
+            r[~r["normalized"]],
+            axes[0],
+            x="skip_lambda",
+            hue="series",
+            logy=True,
+            band="logci",
+            xlabel="skip scale λ",
+            ylabel="g_1/g_L (bottom over top layer input)",
+            title="without LN: explode (λ>1) or vanish (λ<1)",
+            legend_title="model",
+        )
+        F.plot_lines(
+            r[r["normalized"]],
+            axes[1],
+            x="skip_lambda",
+            hue="series",
+            logy=False,
+            xlabel="skip scale λ",
+            ylabel="g_1/g_L",
+            title="with LN: bounded for every λ",
+            legend_title="model",
+        )
         axes[1].axhline(1.0, color="0.5", lw=0.8, ls=":")
         fig.suptitle("Liu, Ren et al.: gradient ratio against the skip scale λ and depth (decoder-only, init)")
         out["liu2021_skip_scale"] = fig
     if "train" in parts:
-        out["liu2021_training"] = training.curve_figure(frame[frame["part"] == "train"],
-                                                        "Liu, Ren et al.: rSkip+LN (λ=2) vs Post-LN, deep decoders")
+        out["liu2021_training"] = training.curve_figure(
+            frame[frame["part"] == "train"], "Liu, Ren et al.: rSkip+LN (λ=2) vs Post-LN, deep decoders"
+        )
     return out
 
 

@@ -32,10 +32,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import jax
 import pandas as pd
@@ -45,8 +46,15 @@ from analysis.identity import code_fingerprint, content_id
 from analysis.io import environment, read_run, write_run
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import ProbeConfig
-from analysis.runtime import STREAMS_VAR, available_cores, default_workers, pin_workers, release_compiled_if_crowded, worker_cpus
-from analysis.runtime import end_with_parent
+from analysis.runtime import (
+    STREAMS_VAR,
+    available_cores,
+    default_workers,
+    end_with_parent,
+    pin_workers,
+    release_compiled_if_crowded,
+    worker_cpus,
+)
 from models import ModelConfig
 
 _MEMORY: dict[str, pd.DataFrame] = {}
@@ -98,14 +106,21 @@ class InitJob:
     kind = "init"
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "seeds": self.seeds,
-                "batch_size": self.batch_size, "seq_len": self.seq_len, "probes": sorted(self.probes),
-                "output_change_lr": self.output_change_lr}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "model": dataclasses.asdict(self.model),
+            "seeds": self.seeds,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "probes": sorted(self.probes),
+            "output_change_lr": self.output_change_lr,
+        }
 
     def compute(self) -> pd.DataFrame:
         pcfg = ProbeConfig(probes=tuple(self.probes), output_change_lr=self.output_change_lr)
-        return probe_at_init(self.model, seeds=range(self.seeds), batch_size=self.batch_size, seq_len=self.seq_len,
-                             probe_config=pcfg)  # fmt: skip
+        return probe_at_init(
+            self.model, seeds=range(self.seeds), batch_size=self.batch_size, seq_len=self.seq_len, probe_config=pcfg
+        )
 
 
 def clear_memory() -> None:
@@ -145,8 +160,13 @@ def _cost(job: Job) -> float:
 
 # JAX settings a worker takes from the process that started it (a spawned process starts from the
 # environment alone, and these may have been set in code: x64, strict promotion, the cache).
-WORKER_JAX_SETTINGS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_default_matmul_precision",
-                       "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")  # fmt: skip
+WORKER_JAX_SETTINGS = (
+    "jax_enable_x64",
+    "jax_numpy_dtype_promotion",
+    "jax_default_matmul_precision",
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+)
 _PARENT_CODE: str | None = None  # in a worker: the code fingerprint of the process that started it
 
 
@@ -181,8 +201,14 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int | None = None,
-                 progress: bool = False, desc: str = "computing") -> dict[str, str]:  # fmt: skip
+def compute_jobs(
+    jobs: Sequence[Job],
+    store: Path | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    desc: str = "computing",
+) -> dict[str, str]:
     """Compute every job that neither this process nor the store holds yet, on `workers` processes
     (default `analysis.runtime.default_workers()`: $LNSCOPE_WORKERS, 1 unless set; the `lnscope`
     command sets "auto", one per core on a CPU), keeping the rows in memory (and in the store) for
@@ -207,8 +233,13 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
     order = sorted(missing, key=lambda k: -_cost(missing[k]))
     workers = 0 if not order else min(default_workers() if workers is None else workers, len(order))
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(order), desc=f"{desc} ({max(workers, 1)} processes)", unit="job", disable=not progress or not order,
-               file=sys.stderr)  # fmt: skip
+    bar = tqdm(
+        total=len(order),
+        desc=f"{desc} ({max(workers, 1)} processes)",
+        unit="job",
+        disable=not progress or not order,
+        file=sys.stderr,
+    )
     if workers <= 1:
         for key in order:
             try:
@@ -224,10 +255,16 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
             shares = context.Queue()  # each worker takes one share as it starts
             for share in cpu_shares:
                 shares.put(share)
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                   initargs=(code_fingerprint(), settings, max(1, available_cores() // workers), shares))  # fmt: skip
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(code_fingerprint(), settings, max(1, available_cores() // workers), shares),
+        )
         try:
-            futures = {pool.submit(_compute_in_worker, missing[key], _stored(store, missing[key], key)): key for key in order}
+            futures = {
+                pool.submit(_compute_in_worker, missing[key], _stored(store, missing[key], key)): key for key in order
+            }
             for future in as_completed(futures):
                 key = futures[future]
                 try:
@@ -241,12 +278,16 @@ def compute_jobs(jobs: Sequence[Job], store: Path | None = None, *, workers: int
         pool.shutdown()
     bar.close()
     for key, error in failed.items():
-        print(f"job {missing[key].kind}/{key} ({missing[key].variant}) failed: {error}; it is retried where needed",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"job {missing[key].kind}/{key} ({missing[key].variant}) failed: {error}; it is retried where needed",
+            file=sys.stderr,
+        )
     return failed
 
 
-def run_jobs(jobs: Sequence[Job], store: Path | None = None, *, progress: bool = False, desc: str = "jobs") -> pd.DataFrame:
+def run_jobs(
+    jobs: Sequence[Job], store: Path | None = None, *, progress: bool = False, desc: str = "jobs"
+) -> pd.DataFrame:
     """Every job's rows, computed at most once per process (and once per store), with `variant`,
     `job` (its hash) and its extra columns attached."""
     frames = []

@@ -71,13 +71,19 @@ def _G(part: str, variant: str, layer: int | str, name: str, **where) -> Feature
 
 def _G_ratio(variant: str, part: str = "deep", prefix: str = "") -> Statistic:
     top, bottom = _G(part, variant, -1, f"{prefix}G_top"), _G(part, variant, 0, f"{prefix}G_bottom")
-    return ratio(top, bottom, f"G_top/G_bottom: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer over the bottom one ({variant})")
+    return ratio(
+        top, bottom, f"G_top/G_bottom: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer over the bottom one ({variant})"
+    )
 
 
 def _ratio_of_ratios() -> Statistic:
     f = [_G("deep", v, layer, f"{v}:{layer}") for v in ("post", "b2t") for layer in (-1, 0)]
-    return custom("ratio_of_ratios", "Post-LN's G_top/G_bottom divided by B2T's (seed means)", tuple(f),
-                  lambda m: (m[f[0].name][..., 0] / m[f[1].name][..., 0]) / (m[f[2].name][..., 0] / m[f[3].name][..., 0]))
+    return custom(
+        "ratio_of_ratios",
+        "Post-LN's G_top/G_bottom divided by B2T's (seed means)",
+        tuple(f),
+        lambda m: (m[f[0].name][..., 0] / m[f[1].name][..., 0]) / (m[f[2].name][..., 0] / m[f[3].name][..., 0]),
+    )
 
 
 SLOTS = ("attn_ln", "cross_ln", "mlp_ln")
@@ -97,9 +103,13 @@ def _ln_share() -> Statistic:
         ln_part = sum(np.log(m[g.name]).sum(axis=-1) for g in gains)
         return ln_part / np.log(m["g_in"][..., 0] / m["g_out"][..., 0])
 
-    return custom("log_share", "share of the decoder's log gradient decay (ln ‖∂ℒ/∂x_0‖/‖∂ℒ/∂x_out‖) that its LN "
-                  "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means",
-                  (*gains, g_in, g_out), combine)  # fmt: skip
+    return custom(
+        "log_share",
+        "share of the decoder's log gradient decay (ln ‖∂ℒ/∂x_0‖/‖∂ℒ/∂x_out‖) that its LN "
+        "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means",
+        (*gains, g_in, g_out),
+        combine,
+    )
 
 
 def _cross_smallest() -> Statistic:
@@ -109,90 +119,215 @@ def _cross_smallest() -> Statistic:
         mean_log = {s: np.log(m[f.name]).mean(axis=-1) for s, f in gains.items()}
         return mean_log["cross_ln"] - np.minimum(mean_log["attn_ln"], mean_log["mlp_ln"])
 
-    return custom("log_gap", "layer-mean ln gain of the cross-attention LN minus the smaller of the self-attention "
-                  "and FFN LNs' (Post-LN decoder, seed means); < 0: the cross-attention LN shrinks most",
-                  tuple(gains.values()), combine)  # fmt: skip
+    return custom(
+        "log_gap",
+        "layer-mean ln gain of the cross-attention LN minus the smaller of the self-attention "
+        "and FFN LNs' (Post-LN decoder, seed means); < 0: the cross-attention LN shrinks most",
+        tuple(gains.values()),
+        combine,
+    )
 
 
 def _top_ratio(variant: str) -> Statistic:
-    return ratio(_G("six", variant, -1, f"{variant}_top"), _G("six", "pre", -1, "pre_top"),
-                 f"6L-6L: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer, {variant} over Pre-LN")
+    return ratio(
+        _G("six", variant, -1, f"{variant}_top"),
+        _G("six", "pre", -1, "pre_top"),
+        f"6L-6L: seed-mean ‖∂ℒ/∂W2‖ of the top decoder layer, {variant} over Pre-LN",
+    )
 
 
 SRC = "Takase et al. 2022, per-layer gradient norms at the beginning of training (18L-18L, WMT En-De)"
 CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 ENC = "same placement in the encoder (the paper's model)"
 CLAIMS = (
-    Claim(f"{NAME}.post_decoder_vanishing", NAME, SRC,
-          "In an 18L-18L Post-LN encoder-decoder the decoder's gradients vanish toward the bottom: the top "
-          "layer's ‖∂ℒ/∂W2‖ is at least 50x the bottom layer's.",
-          f"Post-LN, {ENC}; at initialization", NAME, _G_ratio("post"), 50.0, ">=", CAL.format(247),
-          needs=("deep",)),
-    Claim(f"{NAME}.post_decoder_slope", NAME, SRC,
-          "The Post-LN decoder's ln ‖∂ℒ/∂W2_l‖ rises by at least 0.2 per layer toward the top (the "
-          "cross-attention argument predicts ln √2 ≈ 0.35).",
-          f"Post-LN, {ENC}; at initialization", NAME,
-          profile_slope(_G("deep", "post", "all", "G"), "least-squares slope of ln(seed-mean G_l) against layer l"),
-          0.2, ">=", CAL.format(0.31), needs=("deep",)),
-    Claim(f"{NAME}.cross_attention_control", NAME, "Liu et al. 2020 (Admin): the decoder's vanishing comes from its cross-attention",
-          "Without cross-attention (an 18-layer decoder-only Post-LN stack) there is no vanishing at init: "
-          "G_top/G_bottom lies in [0.5, 2].",
-          "Post-LN decoder-only LM; at initialization", NAME, _G_ratio(CONTROL), (0.5, 2.0), "in",
-          CAL.format(0.92), needs=("deep",)),
-    Claim(f"{NAME}.pre_no_vanishing", NAME, SRC,
-          "The Pre-LN decoder does not vanish: G_top/G_bottom ≤ 1 (its gradients favour the lower layers).",
-          f"Pre-LN, {ENC}; at initialization", NAME, _G_ratio("pre"), 1.0, "<=", CAL.format(0.45),
-          needs=("deep",)),
-    Claim(f"{NAME}.b2t_mitigates", NAME, SRC,
-          "B2T (the paper's form) mitigates the vanishing: its decoder's G_top/G_bottom ≤ 20.",
-          f"B2T without the code's L^-1/2 rescale, {ENC}; at initialization", NAME, _G_ratio("b2t"), 20.0, "<=",
-          CAL.format("5.4; 6.7 re-measured with a B2T encoder, §3.5"), needs=("deep",)),
-    Claim(f"{NAME}.b2t_vs_post", NAME, SRC,
-          "B2T's G_top/G_bottom is at least 10x smaller than Post-LN's.",
-          f"B2T without rescale vs Post-LN, {ENC}; at initialization", NAME, _ratio_of_ratios(), 10.0, ">=",
-          CAL.format("247/5.4 = 46"), needs=("deep",)),
-    Claim(f"{NAME}.b2t_rescale_flat", NAME, "Official code, rescaling_init (commit 4d80167)",
-          "With the code's L^-1/2 rescale of every projection weight, B2T's decoder profile is flat: "
-          "G_top/G_bottom in [0.7, 1.5].",
-          f"B2T with the code's L^-1/2 weight rescale, {ENC}; at initialization", NAME, _G_ratio(RESCALED),
-          (0.7, 1.5), "in", CAL.format(0.98), needs=("deep",)),
-    Claim(f"{NAME}.ln_main_source", NAME, "Takase et al. 2022, finding (1) 'LN is the main source of the vanishing' "
-          "(gradients on both sides of each LN)",
-          "The LN Jacobians account for at least half of the Post-LN decoder's log gradient decay.",
-          f"Post-LN, {ENC}; at initialization", NAME, _ln_share(), 0.5, ">=",
-          "ours, set before measuring: 'main source' read as a majority share (0.5); the paper gives no number",
-          needs=("deep",)),
-    Claim(f"{NAME}.cross_ln_smallest", NAME, "Takase et al. 2022, gradients before and after each LN; Admin's (Liu et al. 2020) "
-          "cross-attention explanation",
-          "Of the three LNs in a Post-LN decoder layer, the cross-attention's shrinks the gradient most.",
-          f"Post-LN, {ENC}; at initialization", NAME, _cross_smallest(), 0.0, "<=",
-          "the direction of Admin's cross-attention explanation (threshold 0), set before measuring", needs=("deep",)),
-    Claim(f"{NAME}.six_layer_post_top", NAME, "Takase et al. 2022, finding (2) (abstract), 6L-6L gradient norms",
-          "In a 6L-6L model Post-LN keeps larger gradients in its top decoder layer than Pre-LN: at least 2x.",
-          f"Post-LN vs Pre-LN, {ENC}; at initialization", NAME, _top_ratio("post"), 2.0, ">=",
-          CAL.format(3.2), needs=("six",)),
-    Claim(f"{NAME}.six_layer_b2t_top", NAME, "Takase et al. 2022, finding (2)",
-          "B2T keeps Post-LN's larger top-layer gradient: at least 1.3x Pre-LN's at 6L-6L.",
-          f"B2T without rescale vs Pre-LN, {ENC}; at initialization", NAME, _top_ratio("b2t"), 1.3, ">=",
-          CAL.format(1.6), needs=("six",)),
-    Claim(f"{NAME}.deep_post_fails", NAME, "Takase et al. 2022, Fig. 1 (18L-18L Post-LN fails to train; B2T trains)",
-          "A deep (18-layer) Post-LN model fails to train where B2T trains: after the same constant-lr updates "
-          "Post-LN's validation loss is at least 0.5 nats above B2T's.",
-          "decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a "
-          "constant lr 3e-4 without warm-up (quick); B2T in the paper's form (no rescale)", NAME,
-          difference(training.final_loss("train", "post"), training.final_loss("train", "b2t"),
-                     "final validation loss of Post-LN minus B2T's (seed means; a diverged seed counts as +inf)"),
-          0.5, ">=", training.CALIBRATED.format("1.37 nats (3.25 vs 1.88)"), needs=("train",), when="training"),
-    Claim(f"{NAME}.deep_post_gradient_collapse", NAME, "Takase et al. 2022 (vanishing in deep Post-LN); an earlier PyTorch "
-          "run in which the bottom/top gradient ratio collapsed within ~90 updates",
-          "During training the bottom layers of deep Post-LN lose their gradient while B2T's keep it: B2T's "
-          "g_bottom/g_top after training is at least 10x Post-LN's.",
-          "as takase2022.deep_post_fails; g = ‖∂ℒ/∂x‖ at the layer inputs, probed in the training step", NAME,
-          ratio(training.final_ratio("train", "b2t"), training.final_ratio("train", "post"),
-                "g_bottom/g_top of B2T over Post-LN's after the last update (seed means)"),
-          10.0, ">=", training.CALIBRATED.format("~1.0 vs 0.007-0.03, i.e. 30-140x"), needs=("train",),
-          when="training"),
-)  # fmt: skip
+    Claim(
+        f"{NAME}.post_decoder_vanishing",
+        NAME,
+        SRC,
+        "In an 18L-18L Post-LN encoder-decoder the decoder's gradients vanish toward the bottom: the top "
+        "layer's ‖∂ℒ/∂W2‖ is at least 50x the bottom layer's.",
+        f"Post-LN, {ENC}; at initialization",
+        NAME,
+        _G_ratio("post"),
+        50.0,
+        ">=",
+        CAL.format(247),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.post_decoder_slope",
+        NAME,
+        SRC,
+        "The Post-LN decoder's ln ‖∂ℒ/∂W2_l‖ rises by at least 0.2 per layer toward the top (the "
+        "cross-attention argument predicts ln √2 ≈ 0.35).",
+        f"Post-LN, {ENC}; at initialization",
+        NAME,
+        profile_slope(_G("deep", "post", "all", "G"), "least-squares slope of ln(seed-mean G_l) against layer l"),
+        0.2,
+        ">=",
+        CAL.format(0.31),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.cross_attention_control",
+        NAME,
+        "Liu et al. 2020 (Admin): the decoder's vanishing comes from its cross-attention",
+        "Without cross-attention (an 18-layer decoder-only Post-LN stack) there is no vanishing at init: "
+        "G_top/G_bottom lies in [0.5, 2].",
+        "Post-LN decoder-only LM; at initialization",
+        NAME,
+        _G_ratio(CONTROL),
+        (0.5, 2.0),
+        "in",
+        CAL.format(0.92),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.pre_no_vanishing",
+        NAME,
+        SRC,
+        "The Pre-LN decoder does not vanish: G_top/G_bottom ≤ 1 (its gradients favour the lower layers).",
+        f"Pre-LN, {ENC}; at initialization",
+        NAME,
+        _G_ratio("pre"),
+        1.0,
+        "<=",
+        CAL.format(0.45),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.b2t_mitigates",
+        NAME,
+        SRC,
+        "B2T (the paper's form) mitigates the vanishing: its decoder's G_top/G_bottom ≤ 20.",
+        f"B2T without the code's L^-1/2 rescale, {ENC}; at initialization",
+        NAME,
+        _G_ratio("b2t"),
+        20.0,
+        "<=",
+        CAL.format("5.4; 6.7 re-measured with a B2T encoder, §3.5"),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.b2t_vs_post",
+        NAME,
+        SRC,
+        "B2T's G_top/G_bottom is at least 10x smaller than Post-LN's.",
+        f"B2T without rescale vs Post-LN, {ENC}; at initialization",
+        NAME,
+        _ratio_of_ratios(),
+        10.0,
+        ">=",
+        CAL.format("247/5.4 = 46"),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.b2t_rescale_flat",
+        NAME,
+        "Official code, rescaling_init (commit 4d80167)",
+        "With the code's L^-1/2 rescale of every projection weight, B2T's decoder profile is flat: "
+        "G_top/G_bottom in [0.7, 1.5].",
+        f"B2T with the code's L^-1/2 weight rescale, {ENC}; at initialization",
+        NAME,
+        _G_ratio(RESCALED),
+        (0.7, 1.5),
+        "in",
+        CAL.format(0.98),
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.ln_main_source",
+        NAME,
+        "Takase et al. 2022, finding (1) 'LN is the main source of the vanishing' (gradients on both sides of each LN)",
+        "The LN Jacobians account for at least half of the Post-LN decoder's log gradient decay.",
+        f"Post-LN, {ENC}; at initialization",
+        NAME,
+        _ln_share(),
+        0.5,
+        ">=",
+        "ours, set before measuring: 'main source' read as a majority share (0.5); the paper gives no number",
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.cross_ln_smallest",
+        NAME,
+        "Takase et al. 2022, gradients before and after each LN; Admin's (Liu et al. 2020) cross-attention explanation",
+        "Of the three LNs in a Post-LN decoder layer, the cross-attention's shrinks the gradient most.",
+        f"Post-LN, {ENC}; at initialization",
+        NAME,
+        _cross_smallest(),
+        0.0,
+        "<=",
+        "the direction of Admin's cross-attention explanation (threshold 0), set before measuring",
+        needs=("deep",),
+    ),
+    Claim(
+        f"{NAME}.six_layer_post_top",
+        NAME,
+        "Takase et al. 2022, finding (2) (abstract), 6L-6L gradient norms",
+        "In a 6L-6L model Post-LN keeps larger gradients in its top decoder layer than Pre-LN: at least 2x.",
+        f"Post-LN vs Pre-LN, {ENC}; at initialization",
+        NAME,
+        _top_ratio("post"),
+        2.0,
+        ">=",
+        CAL.format(3.2),
+        needs=("six",),
+    ),
+    Claim(
+        f"{NAME}.six_layer_b2t_top",
+        NAME,
+        "Takase et al. 2022, finding (2)",
+        "B2T keeps Post-LN's larger top-layer gradient: at least 1.3x Pre-LN's at 6L-6L.",
+        f"B2T without rescale vs Pre-LN, {ENC}; at initialization",
+        NAME,
+        _top_ratio("b2t"),
+        1.3,
+        ">=",
+        CAL.format(1.6),
+        needs=("six",),
+    ),
+    Claim(
+        f"{NAME}.deep_post_fails",
+        NAME,
+        "Takase et al. 2022, Fig. 1 (18L-18L Post-LN fails to train; B2T trains)",
+        "A deep (18-layer) Post-LN model fails to train where B2T trains: after the same constant-lr updates "
+        "Post-LN's validation loss is at least 0.5 nats above B2T's.",
+        "decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a "
+        "constant lr 3e-4 without warm-up (quick); B2T in the paper's form (no rescale)",
+        NAME,
+        difference(
+            training.final_loss("train", "post"),
+            training.final_loss("train", "b2t"),
+            "final validation loss of Post-LN minus B2T's (seed means; a diverged seed counts as +inf)",
+        ),
+        0.5,
+        ">=",
+        training.CALIBRATED.format("1.37 nats (3.25 vs 1.88)"),
+        needs=("train",),
+        when="training",
+    ),
+    Claim(
+        f"{NAME}.deep_post_gradient_collapse",
+        NAME,
+        "Takase et al. 2022 (vanishing in deep Post-LN); an earlier PyTorch "
+        "run in which the bottom/top gradient ratio collapsed within ~90 updates",
+        "During training the bottom layers of deep Post-LN lose their gradient while B2T's keep it: B2T's "
+        "g_bottom/g_top after training is at least 10x Post-LN's.",
+        "as takase2022.deep_post_fails; g = ‖∂ℒ/∂x‖ at the layer inputs, probed in the training step",
+        NAME,
+        ratio(
+            training.final_ratio("train", "b2t"),
+            training.final_ratio("train", "post"),
+            "g_bottom/g_top of B2T over Post-LN's after the last update (seed means)",
+        ),
+        10.0,
+        ">=",
+        training.CALIBRATED.format("~1.0 vs 0.007-0.03, i.e. 30-140x"),
+        needs=("train",),
+        when="training",
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,27 +342,69 @@ def figures(frame: pd.DataFrame) -> dict:
         d = frame[frame["part"] == "deep"]
         dec = {"stack": "decoder", "arch": "encdec"}
         fig, axes = F.figure_grid(3, ncols=3, panel_size=(5.0, 3.6))
-        F.plot_lines(d, axes[0], x="layer", where={**dec, "quantity": W2[0], "site": W2[1]}, logy=True, band="logci",
-                     xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂W2_l‖ (FFN output matrix)",
-                     title="decoder of an 18L-18L encoder-decoder")  # fmt: skip
-        F.plot_lines(d, axes[1], x="layer", where={**dec, "quantity": X_GRAD[0], "site": X_GRAD[1]}, logy=True, band="logci",
-                     xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂x_l‖ at the layer input",
-                     title="gradient at each layer's input")  # fmt: skip
-        F.plot_lines(d, axes[2], x="layer", where={"stack": "decoder", "variant": ["post", CONTROL],
-                     "quantity": W2[0], "site": W2[1]}, logy=True, band="logci", xlabel="decoder layer (0 = bottom)",
-                     ylabel="‖∂ℒ/∂W2_l‖", title="Post-LN with vs without cross-attention")  # fmt: skip
+        F.plot_lines(
+            d,
+            axes[0],
+            x="layer",
+            where={**dec, "quantity": W2[0], "site": W2[1]},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂W2_l‖ (FFN output matrix)",
+            title="decoder of an 18L-18L encoder-decoder",
+        )
+        F.plot_lines(
+            d,
+            axes[1],
+            x="layer",
+            where={**dec, "quantity": X_GRAD[0], "site": X_GRAD[1]},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂x_l‖ at the layer input",
+            title="gradient at each layer's input",
+        )
+        F.plot_lines(
+            d,
+            axes[2],
+            x="layer",
+            where={"stack": "decoder", "variant": ["post", CONTROL], "quantity": W2[0], "site": W2[1]},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂W2_l‖",
+            title="Post-LN with vs without cross-attention",
+        )
         fig.suptitle("Takase et al.: per-layer gradient norms at initialization (line: seed mean, band: 95% CI)")
         out["takase2022_deep_profiles"] = fig
 
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.0, 3.6))
         post = {"variant": "post", "stack": "decoder"}
         gains = d[d["quantity"].isin(["ln_jacobian_gain", "ln_gain_estimate"])]  # hue colors over these 3 LNs only
-        F.plot_lines(gains, axes[0], x="layer", hue="site", where={**post, "quantity": "ln_jacobian_gain"},
-                     logy=False, xlabel="decoder layer (0 = bottom)", ylabel="‖J_LNᵀ g‖ / ‖g‖",
-                     title="measured LN gain (Post-LN decoder)", legend_title="LN of")  # fmt: skip
-        F.plot_lines(gains, axes[1], x="layer", hue="site", where={**post, "quantity": "ln_gain_estimate"},
-                     logy=False, xlabel="decoder layer (0 = bottom)", ylabel="token mean of 1/σ(z)",
-                     title="its 1/σ estimate", legend_title="LN of")  # fmt: skip
+        F.plot_lines(
+            gains,
+            axes[0],
+            x="layer",
+            hue="site",
+            where={**post, "quantity": "ln_jacobian_gain"},
+            logy=False,
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖J_LNᵀ g‖ / ‖g‖",
+            title="measured LN gain (Post-LN decoder)",
+            legend_title="LN of",
+        )
+        F.plot_lines(
+            gains,
+            axes[1],
+            x="layer",
+            hue="site",
+            where={**post, "quantity": "ln_gain_estimate"},
+            logy=False,
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="token mean of 1/σ(z)",
+            title="its 1/σ estimate",
+            legend_title="LN of",
+        )
         for ax in axes:
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
         fig.suptitle("Takase et al.: every LN of the 18L Post-LN decoder shrinks the backward signal (< 1)")
@@ -235,13 +412,23 @@ def figures(frame: pd.DataFrame) -> dict:
     if "six" in parts:
         d = frame[frame["part"] == "six"]
         fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.0, 3.6))
-        F.plot_lines(d, axes[0], x="layer", where={"stack": "decoder", "quantity": W2[0], "site": W2[1]}, logy=True, band="logci",
-                     xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂W2_l‖",
-                     title="6L-6L decoder at init: Post-LN's top layers get larger gradients")  # fmt: skip
+        F.plot_lines(
+            d,
+            axes[0],
+            x="layer",
+            where={"stack": "decoder", "quantity": W2[0], "site": W2[1]},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂W2_l‖",
+            title="6L-6L decoder at init: Post-LN's top layers get larger gradients",
+        )
         out["takase2022_six_layer"] = fig
     if "train" in parts:
         out["takase2022_training"] = training.curve_figure(
-            frame[frame["part"] == "train"], "Takase et al.: deep (18-layer) decoders trained at a constant lr, no warm-up")
+            frame[frame["part"] == "train"],
+            "Takase et al.: deep (18-layer) decoders trained at a constant lr, no warm-up",
+        )
     return out
 
 

@@ -24,8 +24,10 @@ from models import ModelConfig
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-CALIBRATED = ("ours: set from the calibration runs of docs/calibration.md (seeds 0-1, quick sizes: {}) "
-              "with at least 2.5x margin, before the checks' runs (quick preset: seeds 2-4); unchanged since")
+CALIBRATED = (
+    "ours: set from the calibration runs of docs/calibration.md (seeds 0-1, quick sizes: {}) "
+    "with at least 2.5x margin, before the checks' runs (quick preset: seeds 2-4); unchanged since"
+)
 DEEP_PROBES = ("act_grad_norm", "act_norm", "cos_adjacent")  # b/t gradient ratio, stream norms, collapse
 RATIO = ("act_grad_ratio", "resid_pre bottom/top")  # derived per probe step: g_0 / g_{L-1}
 
@@ -79,22 +81,75 @@ class Plan:
         return plan if self.unroll_layers is None else plan.replace(unroll_layers=self.unroll_layers)
 
     def model(self, placement: str, layers: int, **fields: Any) -> ModelConfig:
-        return ModelConfig(arch="decoder", placement=placement, layers=layers, d_model=self.d_model, heads=self.heads,
-                           d_ff=self.d_ff, vocab=self.vocab, max_len=self.seq_len, **fields)  # fmt: skip
+        return ModelConfig(
+            arch="decoder",
+            placement=placement,
+            layers=layers,
+            d_model=self.d_model,
+            heads=self.heads,
+            d_ff=self.d_ff,
+            vocab=self.vocab,
+            max_len=self.seq_len,
+            **fields,
+        )
 
 
 PLANS = {
-    "tiny": Plan(d_model=32, heads=4, d_ff=128, vocab=32, seq_len=16, batch_size=8, markov_sharpness=3.0, steps=40,
-                 seeds=2, lr=3e-4, warmup_lr=2e-3, warmup_steps=20, deep=6, shallow=2, probe_every=20, eval_every=20,
-                 unroll_layers=0),
-    "quick": Plan(d_model=64, heads=4, d_ff=256, vocab=32, seq_len=32, batch_size=8, markov_sharpness=3.0, steps=120,
-                  seeds=3, first_seed=2, lr=3e-4, warmup_lr=2e-3, warmup_steps=40, unroll_layers=0),
+    "tiny": Plan(
+        d_model=32,
+        heads=4,
+        d_ff=128,
+        vocab=32,
+        seq_len=16,
+        batch_size=8,
+        markov_sharpness=3.0,
+        steps=40,
+        seeds=2,
+        lr=3e-4,
+        warmup_lr=2e-3,
+        warmup_steps=20,
+        deep=6,
+        shallow=2,
+        probe_every=20,
+        eval_every=20,
+        unroll_layers=0,
+    ),
+    "quick": Plan(
+        d_model=64,
+        heads=4,
+        d_ff=256,
+        vocab=32,
+        seq_len=32,
+        batch_size=8,
+        markov_sharpness=3.0,
+        steps=120,
+        seeds=3,
+        first_seed=2,
+        lr=3e-4,
+        warmup_lr=2e-3,
+        warmup_steps=40,
+        unroll_layers=0,
+    ),
     # The papers' widths (transformer_wmt_en_de), a 256-symbol chain, 32x128 tokens; Xiong's IWSLT
     # setting for the warm-up study (lr 1e-3, 4000 warm-up updates).
-    "paper": Plan(d_model=512, heads=8, d_ff=2048, vocab=256, seq_len=128, batch_size=32, markov_sharpness=2.0,
-                  steps=8000, seeds=4, lr=5e-4, warmup_lr=1e-3, warmup_steps=4000, probe_every=500, eval_every=250,
-                  eval_batches=8),
-}  # fmt: skip
+    "paper": Plan(
+        d_model=512,
+        heads=8,
+        d_ff=2048,
+        vocab=256,
+        seq_len=128,
+        batch_size=32,
+        markov_sharpness=2.0,
+        steps=8000,
+        seeds=4,
+        lr=5e-4,
+        warmup_lr=1e-3,
+        warmup_steps=4000,
+        probe_every=500,
+        eval_every=250,
+        eval_batches=8,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -115,11 +170,17 @@ class TrainJob:
         p = self.plan
         return TrainConfig(
             model=self.model,
-            task=TaskConfig(name="markov", seq_len=p.seq_len, batch_size=p.batch_size, markov_sharpness=p.markov_sharpness),
+            task=TaskConfig(
+                name="markov", seq_len=p.seq_len, batch_size=p.batch_size, markov_sharpness=p.markov_sharpness
+            ),
             optim=OptimConfig(lr=self.lr, schedule="constant", warmup_steps=self.warmup_steps),
-            steps=p.steps, seeds=tuple(range(p.first_seed, p.first_seed + p.seeds)), probe_every=p.probe_every, probes=DEEP_PROBES,
-            eval_every=p.eval_every, eval_batches=p.eval_batches,
-        )  # fmt: skip
+            steps=p.steps,
+            seeds=tuple(range(p.first_seed, p.first_seed + p.seeds)),
+            probe_every=p.probe_every,
+            probes=DEEP_PROBES,
+            eval_every=p.eval_every,
+            eval_batches=p.eval_batches,
+        )
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "version": self.version, "config": to_dict(self.config())}
@@ -142,19 +203,41 @@ def to_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:
     `phase` is "init" at step 0, "final" at the last step, "" between.
     """
     model, steps = cfg.model, cfg.steps
-    base = {"arch": model.arch, "placement": model.placement, "norm": model.norm, "layers": model.n_dec_layers,
-            "d_model": model.d_model, "run": result.run_id}  # fmt: skip
+    base = {
+        "arch": model.arch,
+        "placement": model.placement,
+        "norm": model.norm,
+        "layers": model.n_dec_layers,
+        "d_model": model.d_model,
+        "run": result.run_id,
+    }
     probes = result.probes.copy()
     g = probes[(probes["quantity"] == "act_grad_norm") & (probes["site"] == "resid_pre") & (probes["layer"] >= 0)]
     piv = g.pivot_table(index=["seed", "step"], columns="layer", values="value", dropna=False)
-    ratio = pd.DataFrame({"seed": piv.index.get_level_values(0), "step": piv.index.get_level_values(1),
-                          "value": (piv[0] / piv[piv.columns.max()]).to_numpy()}) if not piv.empty else pd.DataFrame()  # fmt: skip
+    ratio = (
+        pd.DataFrame(
+            {
+                "seed": piv.index.get_level_values(0),
+                "step": piv.index.get_level_values(1),
+                "value": (piv[0] / piv[piv.columns.max()]).to_numpy(),
+            }
+        )
+        if not piv.empty
+        else pd.DataFrame()
+    )
     curves = result.curves
     rows = [probes]
     if not ratio.empty:
         rows.append(ratio.assign(stack="decoder", layer=-1, site=RATIO[1], quantity=RATIO[0], other_layer=-1, **base))
-    rows.append(curves.assign(stack="model", layer=-1, site=curves["quantity"], other_layer=-1,
-                              **{k: v for k, v in base.items() if k != "run"}))  # fmt: skip
+    rows.append(
+        curves.assign(
+            stack="model",
+            layer=-1,
+            site=curves["quantity"],
+            other_layer=-1,
+            **{k: v for k, v in base.items() if k != "run"},
+        )
+    )
     val = curves[curves["quantity"] == "val_loss"]
     summary = []
     for seed in cfg.seeds:
@@ -163,9 +246,13 @@ def to_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:
         diverged = result.status[seed] == "diverged"
         final = np.inf if diverged else (float(last.iloc[0]) if len(last) else np.nan)
         mean = np.inf if diverged else (float(mine["value"].mean()) if len(mine) else np.nan)
-        summary += [{"seed": seed, "quantity": "final_val_loss", "value": final},
-                    {"seed": seed, "quantity": "mean_val_loss", "value": mean}]  # fmt: skip
-    rows.append(pd.DataFrame(summary).assign(step=steps, stack="model", layer=-1, site="val_loss", other_layer=-1, **base))
+        summary += [
+            {"seed": seed, "quantity": "final_val_loss", "value": final},
+            {"seed": seed, "quantity": "mean_val_loss", "value": mean},
+        ]
+    rows.append(
+        pd.DataFrame(summary).assign(step=steps, stack="model", layer=-1, site="val_loss", other_layer=-1, **base)
+    )
     frame = pd.concat(rows, ignore_index=True)
     frame["phase"] = np.where(frame["step"] == 0, "init", np.where(frame["step"] == steps, "final", ""))
     return frame
@@ -189,8 +276,11 @@ WARMUP_VARIANTS = ("post, no warm-up", "post, warm-up", "pre, no warm-up")
 def warmup_jobs(p: Plan) -> list[TrainJob]:
     """Xiong's study: shallow Post-LN with and without warm-up, Pre-LN without, at the peak warmup_lr."""
     job = lambda pl, variant, warmup: TrainJob(variant, p.model(pl, p.shallow), p, p.warmup_lr, warmup)
-    return [job("post", WARMUP_VARIANTS[0], 0), job("post", WARMUP_VARIANTS[1], p.warmup_steps),
-            job("pre", WARMUP_VARIANTS[2], 0)]  # fmt: skip
+    return [
+        job("post", WARMUP_VARIANTS[0], 0),
+        job("post", WARMUP_VARIANTS[1], p.warmup_steps),
+        job("pre", WARMUP_VARIANTS[2], 0),
+    ]
 
 
 XU_NORMS = ("layernorm", "layernorm_simple", "detachnorm", "detach_mean", "detach_var", "adanorm")
@@ -223,8 +313,11 @@ def final_ratio(part: str, variant: str, name: str | None = None) -> Feature:
 def final_probe(part: str, variant: str, probe: tuple[str, str], layer: int | str, name: str) -> Feature:
     """Per seed: a probe of the decoder stack after the last update."""
     quantity, site = probe
-    return Feature(name, {"part": part, "variant": variant, "stack": "decoder", "quantity": quantity, "site": site,
-                          "phase": "final"}, layer=layer)  # fmt: skip
+    return Feature(
+        name,
+        {"part": part, "variant": variant, "stack": "decoder", "quantity": quantity, "site": site, "phase": "final"},
+        layer=layer,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,10 +328,27 @@ def curve_figure(frame: pd.DataFrame, title: str, *, ratio_panel: bool = True) -
     from analysis.plot import figures as F  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     fig, axes = F.figure_grid(2 if ratio_panel else 1, ncols=2, panel_size=(5.2, 3.8))
-    F.plot_lines(frame, axes[0], x="step", where={"quantity": "val_loss", "stack": "model"}, logy=False,
-                 xlabel="update step", ylabel="validation loss (nats/token)", title="validation loss")  # fmt: skip
+    F.plot_lines(
+        frame,
+        axes[0],
+        x="step",
+        where={"quantity": "val_loss", "stack": "model"},
+        logy=False,
+        xlabel="update step",
+        ylabel="validation loss (nats/token)",
+        title="validation loss",
+    )
     if ratio_panel:
-        F.plot_lines(frame, axes[1], x="step", where={"quantity": RATIO[0]}, logy=True, band="logci", xlabel="update step",
-                     ylabel="‖∂ℒ/∂x_0‖ / ‖∂ℒ/∂x_top‖", title="bottom/top gradient ratio (probed in the step)")  # fmt: skip
+        F.plot_lines(
+            frame,
+            axes[1],
+            x="step",
+            where={"quantity": RATIO[0]},
+            logy=True,
+            band="logci",
+            xlabel="update step",
+            ylabel="‖∂ℒ/∂x_0‖ / ‖∂ℒ/∂x_top‖",
+            title="bottom/top gradient ratio (probed in the step)",
+        )
     fig.suptitle(title)
     return fig

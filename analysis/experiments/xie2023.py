@@ -23,7 +23,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, Feature, Statistic, depth_slope, difference, max_abs_difference, ratio, value
+from analysis.experiments.claims import (
+    Claim,
+    Feature,
+    Statistic,
+    depth_slope,
+    difference,
+    max_abs_difference,
+    ratio,
+    value,
+)
 from analysis.experiments.common import W2, decoder_job, encdec_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -72,88 +81,202 @@ def _c(variant: str, probe: tuple[str, str], layer: int | str, name: str, depth:
 
 def _bottom_slope(variant: str) -> Statistic:
     points = {d: feature(f"G0@{d}", "lower_bound", variant, W2, layer=0, layers=d) for d in ENC_DEPTHS}
-    return depth_slope(points, f"log-log slope of the bottom decoder layer's seed-mean ‖∂ℒ/∂W2_0‖ against depth ({variant})")
+    return depth_slope(
+        points, f"log-log slope of the bottom decoder layer's seed-mean ‖∂ℒ/∂W2_0‖ against depth ({variant})"
+    )
 
 
 CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 OURS = "ours, set before measuring: {}"
-TRAIN_FORM = ("decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a constant "
-              "lr 3e-4 without warm-up (quick)")
+TRAIN_FORM = (
+    "decoder-only LM on the Markov task (analysis/experiments/training.py), 18 layers, AdamW at a constant "
+    "lr 3e-4 without warm-up (quick)"
+)
 ENC_FORM = "encoder-decoder with the same placement in the encoder (the paper's model); at initialization"
 DEC_FORM = f"{DEPTH}-layer decoder-only stack, random tokens; at initialization"
 CLAIMS = (
-    Claim(f"{NAME}.residual_bounded", NAME, "Xie et al. 2023, Fig. 2(a) and Theorem 3.1 (ResiDual's gradient lower "
-          "bound)",
-          "ResiDual's decoder does not vanish like Post-LN's: G_top/G_bottom ≤ 20 at 18L-18L.",
-          f"ResiDual (dual-stream scale s = 1), {ENC_FORM}", NAME,
-          ratio(feature("top", "lower_bound", "residual", W2, layer=-1, layers=18),
-                feature("bottom", "lower_bound", "residual", W2, layer=0, layers=18),
-                "G_top/G_bottom of the 18L-18L ResiDual decoder (seed means)"),
-          20.0, "<=", CAL.format("4.4, measured with a Post-LN encoder"), needs=("lower_bound",)),
-    Claim(f"{NAME}.residual_lower_bound_depth", NAME, "Xie et al. 2023, Theorem 3.1 (a lower bound independent of "
-          "the number of LNs above the layer)",
-          "ResiDual's bottom-layer gradient does not vanish with depth: its log-log slope against depth is ≥ -0.5 "
-          "(no faster than Pre-LN's mean-field L^-1/2).",
-          f"ResiDual, {ENC_FORM}", NAME, _bottom_slope("residual"), -0.5, ">=",
-          OURS.format("the mean-field L^-1/2 of Pre-LN (Xiong et al.) as the bound"), needs=("lower_bound",)),
-    Claim(f"{NAME}.post_bottom_vanishes_with_depth", NAME, "Xie et al. 2023, Theorem 3.1 (Post-LN's upper bound "
-          "shrinks with the number of LNs above the layer)",
-          "Post-LN's bottom-layer gradient vanishes faster than 1/L with depth: log-log slope ≤ -1.",
-          f"Post-LN, {ENC_FORM}", NAME, _bottom_slope("post"), -1.0, "<=",
-          OURS.format("1/L as the boundary of 'vanishing with depth' (the calibration's 6L and 18L Post-LN G_0, 0.156 and "
-                      "0.0028, imply about -3.7)"), needs=("lower_bound",)),
-    Claim(f"{NAME}.pre_collapse", NAME, "Xie et al. 2023, representation collapse of Pre-LN",
-          "Pre-LN's top layers barely change the representation: cos(x_{L-1}, x_L) ≥ 0.93.",
-          f"Pre-LN, {DEC_FORM}", NAME, value(_c("pre", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
-          0.93, ">=", CAL.format(0.97), needs=("collapse",)),
-    Claim(f"{NAME}.pre_collapse_rises", NAME, "Xie et al. 2023",
-          "Pre-LN's adjacent-layer cosine rises through the stack: cos(x_{L-1}, x_L) ≥ cos(x_1, x_2) + 0.1.",
-          f"Pre-LN, {DEC_FORM}", NAME,
-          difference(_c("pre", COS, -2, "cos_last"), _c("pre", COS, 0, "cos_first"),
-                     "cos(x_{L-1}, x_L) − cos(x_1, x_2), seed means"),
-          0.1, ">=", CAL.format("0.97 − 0.82 = 0.15"), needs=("collapse",)),
-    Claim(f"{NAME}.post_no_collapse", NAME, "Xie et al. 2023",
-          "Post-LN's top layers keep changing the representation: cos(x_{L-1}, x_L) ≤ 0.8.",
-          f"Post-LN, {DEC_FORM}", NAME, value(_c("post", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
-          0.8, "<=", CAL.format(0.65), needs=("collapse",)),
-    Claim(f"{NAME}.pre_norm_growth", NAME, "Xie et al. 2023 (Pre-LN's ‖x_k‖ grows while each layer adds O(1)); "
-          "",
-          "Pre-LN's stream norm grows through the stack: ‖x_L‖/‖x_1‖ ≥ 2.5.",
-          f"Pre-LN, {DEC_FORM}", NAME,
-          ratio(_c("pre", X_NORM, -1, "x_top"), _c("pre", X_NORM, 0, "x_bottom"),
-                "token-mean RMS of the top layer's input over the bottom layer's (seed means)"),
-          2.5, ">=", CAL.format(3.9), needs=("collapse",)),
-    Claim(f"{NAME}.residual_stream_is_post", NAME, "Xie et al. 2023, ResiDual's definition (the a stream is "
-          "Post-LN's)",
-          "In a single-stack model ResiDual's a stream is Post-LN's forward pass: their adjacent cosines agree "
-          "at every layer to 1e-4.",
-          f"ResiDual vs Post-LN with the same seeds (same parameters), {DEC_FORM}", NAME,
-          max_abs_difference(_c("residual", COS, "all", "residual"), _c("post", COS, "all", "post"),
-                             "max over layers of |seed-mean cos(a_l, a_{l+1}) of ResiDual − Post-LN's|"),
-          1e-4, "<=", CAL.format("identical to 4 d.p."), needs=("collapse",)),
-    Claim(f"{NAME}.residual_trains_deep", NAME, "Xie et al. 2023, main results (ResiDual trains deep models Post-LN "
-          "cannot)",
-          "ResiDual trains a deep (18-layer) model that Post-LN fails to train: its final validation loss is at least "
-          "0.5 nats below Post-LN's.", TRAIN_FORM, NAME,
-          difference(training.final_loss("train", "post"), training.final_loss("train", "residual"),
-                     "final validation loss, Post-LN minus ResiDual (seed means)"),
-          0.5, ">=", training.CALIBRATED.format("1.15 nats (3.25 vs 2.10)"), needs=("train",), when="training"),
-    Claim(f"{NAME}.pre_collapse_after_training", NAME, "Xie et al. 2023 (representation collapse of trained Pre-LN "
-          "models) applied after training",
-          "Pre-LN's collapse persists after training: cos(x_{L-1}, x_L) ≥ 0.93.", TRAIN_FORM, NAME,
-          value(training.final_probe("train", "pre", COS, -2, "cos_last"),
-                "token-mean cos(x_{L-1}, x_L) after the last update, seed mean"),
-          0.93, ">=", "the calibration's pre-registered threshold at init (xie2023.pre_collapse), applied after training "
-          "unchanged; set before any training run", needs=("train",), when="training"),
-    Claim(f"{NAME}.residual_less_collapsed_after_training", NAME, "Xie et al. 2023 (ResiDual avoids Pre-LN's collapse)",
-          "After training ResiDual's top layers change the representation more than Pre-LN's: Pre-LN's "
-          "cos(x_{L-1}, x_L) minus ResiDual's (stream a) is > 0.", TRAIN_FORM, NAME,
-          difference(training.final_probe("train", "pre", COS, -2, "pre_cos_last"),
-                     training.final_probe("train", "residual", COS, -2, "residual_cos_last"),
-                     "cos(x_{L-1}, x_L) after training, Pre-LN minus ResiDual's a stream (seed means)"),
-          0.0, ">=", "the paper's direction (threshold 0), set before any training run", needs=("train",),
-          when="training"),
-)  # fmt: skip
+    Claim(
+        f"{NAME}.residual_bounded",
+        NAME,
+        "Xie et al. 2023, Fig. 2(a) and Theorem 3.1 (ResiDual's gradient lower bound)",
+        "ResiDual's decoder does not vanish like Post-LN's: G_top/G_bottom ≤ 20 at 18L-18L.",
+        f"ResiDual (dual-stream scale s = 1), {ENC_FORM}",
+        NAME,
+        ratio(
+            feature("top", "lower_bound", "residual", W2, layer=-1, layers=18),
+            feature("bottom", "lower_bound", "residual", W2, layer=0, layers=18),
+            "G_top/G_bottom of the 18L-18L ResiDual decoder (seed means)",
+        ),
+        20.0,
+        "<=",
+        CAL.format("4.4, measured with a Post-LN encoder"),
+        needs=("lower_bound",),
+    ),
+    Claim(
+        f"{NAME}.residual_lower_bound_depth",
+        NAME,
+        "Xie et al. 2023, Theorem 3.1 (a lower bound independent of the number of LNs above the layer)",
+        "ResiDual's bottom-layer gradient does not vanish with depth: its log-log slope against depth is ≥ -0.5 "
+        "(no faster than Pre-LN's mean-field L^-1/2).",
+        f"ResiDual, {ENC_FORM}",
+        NAME,
+        _bottom_slope("residual"),
+        -0.5,
+        ">=",
+        OURS.format("the mean-field L^-1/2 of Pre-LN (Xiong et al.) as the bound"),
+        needs=("lower_bound",),
+    ),
+    Claim(
+        f"{NAME}.post_bottom_vanishes_with_depth",
+        NAME,
+        "Xie et al. 2023, Theorem 3.1 (Post-LN's upper bound shrinks with the number of LNs above the layer)",
+        "Post-LN's bottom-layer gradient vanishes faster than 1/L with depth: log-log slope ≤ -1.",
+        f"Post-LN, {ENC_FORM}",
+        NAME,
+        _bottom_slope("post"),
+        -1.0,
+        "<=",
+        OURS.format(
+            "1/L as the boundary of 'vanishing with depth' (the calibration's 6L and 18L Post-LN G_0, 0.156 and "
+            "0.0028, imply about -3.7)"
+        ),
+        needs=("lower_bound",),
+    ),
+    Claim(
+        f"{NAME}.pre_collapse",
+        NAME,
+        "Xie et al. 2023, representation collapse of Pre-LN",
+        "Pre-LN's top layers barely change the representation: cos(x_{L-1}, x_L) ≥ 0.93.",
+        f"Pre-LN, {DEC_FORM}",
+        NAME,
+        value(_c("pre", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
+        0.93,
+        ">=",
+        CAL.format(0.97),
+        needs=("collapse",),
+    ),
+    Claim(
+        f"{NAME}.pre_collapse_rises",
+        NAME,
+        "Xie et al. 2023",
+        "Pre-LN's adjacent-layer cosine rises through the stack: cos(x_{L-1}, x_L) ≥ cos(x_1, x_2) + 0.1.",
+        f"Pre-LN, {DEC_FORM}",
+        NAME,
+        difference(
+            _c("pre", COS, -2, "cos_last"),
+            _c("pre", COS, 0, "cos_first"),
+            "cos(x_{L-1}, x_L) − cos(x_1, x_2), seed means",
+        ),
+        0.1,
+        ">=",
+        CAL.format("0.97 − 0.82 = 0.15"),
+        needs=("collapse",),
+    ),
+    Claim(
+        f"{NAME}.post_no_collapse",
+        NAME,
+        "Xie et al. 2023",
+        "Post-LN's top layers keep changing the representation: cos(x_{L-1}, x_L) ≤ 0.8.",
+        f"Post-LN, {DEC_FORM}",
+        NAME,
+        value(_c("post", COS, -2, "cos_last"), "token-mean cos(x_{L-1}, x_L), seed mean"),
+        0.8,
+        "<=",
+        CAL.format(0.65),
+        needs=("collapse",),
+    ),
+    Claim(
+        f"{NAME}.pre_norm_growth",
+        NAME,
+        "Xie et al. 2023 (Pre-LN's ‖x_k‖ grows while each layer adds O(1)); ",
+        "Pre-LN's stream norm grows through the stack: ‖x_L‖/‖x_1‖ ≥ 2.5.",
+        f"Pre-LN, {DEC_FORM}",
+        NAME,
+        ratio(
+            _c("pre", X_NORM, -1, "x_top"),
+            _c("pre", X_NORM, 0, "x_bottom"),
+            "token-mean RMS of the top layer's input over the bottom layer's (seed means)",
+        ),
+        2.5,
+        ">=",
+        CAL.format(3.9),
+        needs=("collapse",),
+    ),
+    Claim(
+        f"{NAME}.residual_stream_is_post",
+        NAME,
+        "Xie et al. 2023, ResiDual's definition (the a stream is Post-LN's)",
+        "In a single-stack model ResiDual's a stream is Post-LN's forward pass: their adjacent cosines agree "
+        "at every layer to 1e-4.",
+        f"ResiDual vs Post-LN with the same seeds (same parameters), {DEC_FORM}",
+        NAME,
+        max_abs_difference(
+            _c("residual", COS, "all", "residual"),
+            _c("post", COS, "all", "post"),
+            "max over layers of |seed-mean cos(a_l, a_{l+1}) of ResiDual − Post-LN's|",
+        ),
+        1e-4,
+        "<=",
+        CAL.format("identical to 4 d.p."),
+        needs=("collapse",),
+    ),
+    Claim(
+        f"{NAME}.residual_trains_deep",
+        NAME,
+        "Xie et al. 2023, main results (ResiDual trains deep models Post-LN cannot)",
+        "ResiDual trains a deep (18-layer) model that Post-LN fails to train: its final validation loss is at least "
+        "0.5 nats below Post-LN's.",
+        TRAIN_FORM,
+        NAME,
+        difference(
+            training.final_loss("train", "post"),
+            training.final_loss("train", "residual"),
+            "final validation loss, Post-LN minus ResiDual (seed means)",
+        ),
+        0.5,
+        ">=",
+        training.CALIBRATED.format("1.15 nats (3.25 vs 2.10)"),
+        needs=("train",),
+        when="training",
+    ),
+    Claim(
+        f"{NAME}.pre_collapse_after_training",
+        NAME,
+        "Xie et al. 2023 (representation collapse of trained Pre-LN models) applied after training",
+        "Pre-LN's collapse persists after training: cos(x_{L-1}, x_L) ≥ 0.93.",
+        TRAIN_FORM,
+        NAME,
+        value(
+            training.final_probe("train", "pre", COS, -2, "cos_last"),
+            "token-mean cos(x_{L-1}, x_L) after the last update, seed mean",
+        ),
+        0.93,
+        ">=",
+        "the calibration's pre-registered threshold at init (xie2023.pre_collapse), applied after training "
+        "unchanged; set before any training run",
+        needs=("train",),
+        when="training",
+    ),
+    Claim(
+        f"{NAME}.residual_less_collapsed_after_training",
+        NAME,
+        "Xie et al. 2023 (ResiDual avoids Pre-LN's collapse)",
+        "After training ResiDual's top layers change the representation more than Pre-LN's: Pre-LN's "
+        "cos(x_{L-1}, x_L) minus ResiDual's (stream a) is > 0.",
+        TRAIN_FORM,
+        NAME,
+        difference(
+            training.final_probe("train", "pre", COS, -2, "pre_cos_last"),
+            training.final_probe("train", "residual", COS, -2, "residual_cos_last"),
+            "cos(x_{L-1}, x_L) after training, Pre-LN minus ResiDual's a stream (seed means)",
+        ),
+        0.0,
+        ">=",
+        "the paper's direction (threshold 0), set before any training run",
+        needs=("train",),
+        when="training",
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,10 +297,20 @@ def figures(frame: pd.DataFrame) -> dict:
         d = frame[frame["part"] == "lower_bound"]
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
         deepest = int(d["layers"].max())
-        F.plot_lines(d, axes[0], x="layer", where={"stack": "decoder", "quantity": W2[0], "site": W2[1], "layers": deepest},
-                     logy=True, band="logci", xlabel="decoder layer (0 = bottom)", ylabel="‖∂ℒ/∂W2_l‖",
-                     title=f"decoder of a {deepest}L-{deepest}L encoder-decoder")  # fmt: skip
-        F.plot_depth_scaling(d, axes[1], quantity=W2[0], site=W2[1], stack="decoder", layer=0, hue="variant", band="logci")
+        F.plot_lines(
+            d,
+            axes[0],
+            x="layer",
+            where={"stack": "decoder", "quantity": W2[0], "site": W2[1], "layers": deepest},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂W2_l‖",
+            title=f"decoder of a {deepest}L-{deepest}L encoder-decoder",
+        )
+        F.plot_depth_scaling(
+            d, axes[1], quantity=W2[0], site=W2[1], stack="decoder", layer=0, hue="variant", band="logci"
+        )
         axes[1].set_ylabel("‖∂ℒ/∂W2_0‖ of the bottom decoder layer")
         axes[1].set_title("bottom-layer gradient vs depth (its lower bound)", fontsize="medium")
         fig.suptitle("Xie et al.: gradient lower bound at init, Post-LN vs Pre-LN vs ResiDual")
@@ -186,30 +319,63 @@ def figures(frame: pd.DataFrame) -> dict:
         d = frame[(frame["part"] == "collapse") & (frame["stack"] == "decoder")]
         deep = d[d["layers"] == DEPTH] if (d["layers"] == DEPTH).any() else d[d["layers"] == d["layers"].max()]
         fig, axes = F.figure_grid(4, ncols=2, panel_size=(5.2, 3.6))
-        F.plot_lines(deep, axes[0], x="layer", where={"quantity": COS[0], "site": COS[1]}, logy=False,
-                     xlabel="layer l (0 = bottom)", ylabel="cos(x_l, x_{l+1})",
-                     title=f"adjacent-layer cosine, {int(deep['layers'].iloc[0])} layers")  # fmt: skip
-        F.plot_depth_scaling(d, axes[1], quantity=COS[0], site=COS[1], stack="decoder", layer=-2, hue="variant",
-                             band="ci", logy=False)  # fmt: skip
+        F.plot_lines(
+            deep,
+            axes[0],
+            x="layer",
+            where={"quantity": COS[0], "site": COS[1]},
+            logy=False,
+            xlabel="layer l (0 = bottom)",
+            ylabel="cos(x_l, x_{l+1})",
+            title=f"adjacent-layer cosine, {int(deep['layers'].iloc[0])} layers",
+        )
+        F.plot_depth_scaling(
+            d, axes[1], quantity=COS[0], site=COS[1], stack="decoder", layer=-2, hue="variant", band="ci", logy=False
+        )
         axes[1].set_ylabel("cos(x_{L-1}, x_L)")
         axes[1].set_title("top adjacent-layer cosine vs depth", fontsize="medium")
         cka = _adjacent_cka(d)
-        F.plot_lines(cka[cka["layers"] == deep["layers"].iloc[0]], axes[2], x="layer", logy=False,
-                     xlabel="layer l (0 = bottom)", ylabel="CKA(h_l, h_{l+1}) (debiased, resid_post)",
-                     title="adjacent-layer CKA")  # fmt: skip
+        F.plot_lines(
+            cka[cka["layers"] == deep["layers"].iloc[0]],
+            axes[2],
+            x="layer",
+            logy=False,
+            xlabel="layer l (0 = bottom)",
+            ylabel="CKA(h_l, h_{l+1}) (debiased, resid_post)",
+            title="adjacent-layer CKA",
+        )
         top = cka[cka["other_layer"] == cka["layers"] - 1]
-        F.plot_lines(top, axes[3], x="layers", logx=True, logy=False, xlabel="model depth L (layers)",
-                     ylabel="CKA(h_{L-1}, h_L)", title="top adjacent-layer CKA vs depth")  # fmt: skip
-        fig.suptitle("Xie et al.: Pre-LN's representation collapse at init (ResiDual's stream a is Post-LN's: their "
-                     "lines coincide)")
+        F.plot_lines(
+            top,
+            axes[3],
+            x="layers",
+            logx=True,
+            logy=False,
+            xlabel="model depth L (layers)",
+            ylabel="CKA(h_{L-1}, h_L)",
+            title="top adjacent-layer CKA vs depth",
+        )
+        fig.suptitle(
+            "Xie et al.: Pre-LN's representation collapse at init (ResiDual's stream a is Post-LN's: their "
+            "lines coincide)"
+        )
         out["xie2023_collapse"] = fig
     if "train" in parts:
         t = frame[frame["part"] == "train"]
-        out["xie2023_training"] = training.curve_figure(t, "Xie et al.: deep decoders trained at a constant lr, no warm-up")
+        out["xie2023_training"] = training.curve_figure(
+            t, "Xie et al.: deep decoders trained at a constant lr, no warm-up"
+        )
         fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.2, 3.8))
-        F.plot_lines(t, axes[0], x="layer", where={"phase": "final", "stack": "decoder", "quantity": COS[0], "site": COS[1]},
-                     logy=False, xlabel="layer l (0 = bottom)", ylabel="cos(x_l, x_{l+1})",
-                     title="adjacent-layer cosine after training")  # fmt: skip
+        F.plot_lines(
+            t,
+            axes[0],
+            x="layer",
+            where={"phase": "final", "stack": "decoder", "quantity": COS[0], "site": COS[1]},
+            logy=False,
+            xlabel="layer l (0 = bottom)",
+            ylabel="cos(x_l, x_{l+1})",
+            title="adjacent-layer cosine after training",
+        )
         out["xie2023_collapse_trained"] = fig
     return out
 

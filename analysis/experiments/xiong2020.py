@@ -23,7 +23,17 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import training
-from analysis.experiments.claims import Claim, Feature, Statistic, custom, depth_slope, difference, profile_r2, profile_slope, ratio
+from analysis.experiments.claims import (
+    Claim,
+    Feature,
+    Statistic,
+    custom,
+    depth_slope,
+    difference,
+    profile_r2,
+    profile_slope,
+    ratio,
+)
 from analysis.experiments.common import W2, decoder_job, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
 
@@ -73,8 +83,10 @@ def _last(variant: str, depth: int) -> Feature:
 
 
 def _slope(variant: str, depths: tuple[int, ...]) -> Statistic:
-    return depth_slope({d: _last(variant, d) for d in depths},
-                       f"log-log least-squares slope of the last layer's seed-mean ‖∂ℒ/∂W2_L‖ against depth L ({variant})")
+    return depth_slope(
+        {d: _last(variant, d) for d in depths},
+        f"log-log least-squares slope of the last layer's seed-mean ‖∂ℒ/∂W2_L‖ against depth L ({variant})",
+    )
 
 
 def _ratio_growth(depths: tuple[int, ...]) -> Statistic:
@@ -86,8 +98,12 @@ def _ratio_growth(depths: tuple[int, ...]) -> Statistic:
         xc = x - x.mean()
         return ((y - y.mean(-1, keepdims=True)) * xc).sum(-1) / (xc * xc).sum()
 
-    return custom("depth_slope", "log-log slope of G_L(Post-LN)/G_L(Pre-LN) against depth (seed means)",
-                  tuple(feats.values()), combine)
+    return custom(
+        "depth_slope",
+        "log-log slope of G_L(Post-LN)/G_L(Pre-LN) against depth (seed means)",
+        tuple(feats.values()),
+        combine,
+    )
 
 
 def _growth_feature() -> Feature:
@@ -96,23 +112,51 @@ def _growth_feature() -> Feature:
 
 def _training_claims() -> tuple[Claim, ...]:
     post, warm, pre = (training.final_loss("train", v, quantity="mean_val_loss") for v in training.WARMUP_VARIANTS)
-    form = ("6-layer decoder-only LM on the Markov task (analysis/experiments/training.py), AdamW at a peak lr of "
-            "2e-3 (quick), constant after a 40-update linear warm-up or none")
+    form = (
+        "6-layer decoder-only LM on the Markov task (analysis/experiments/training.py), AdamW at a peak lr of "
+        "2e-3 (quick), constant after a 40-update linear warm-up or none"
+    )
     src = "Xiong et al. 2020, warm-up study (Post-LN needs warm-up) and §4 (Pre-LN trains without it)"
     return (
-        Claim(f"{NAME}.post_needs_warmup", NAME, src,
-              "Without learning-rate warm-up Post-LN trains worse: its validation loss, averaged over the run, is at "
-              "least 0.15 nats above Post-LN with warm-up.",
-              form, NAME, difference(post, warm, "mean validation loss over the run (after step 0), Post-LN without "
-                                     "warm-up minus with (seed means; a diverged seed counts as +inf)"),
-              0.15, ">=", training.CALIBRATED.format("about 0.5 nats (2.8 vs 2.3)"), needs=("train",), when="training"),
-        Claim(f"{NAME}.pre_without_warmup", NAME, src,
-              "Pre-LN without warm-up trains at least as fast as Post-LN with warm-up (mean validation loss over "
-              "the run no higher).",
-              form, NAME, difference(pre, warm, "mean validation loss over the run, Pre-LN without warm-up minus "
-                                    "Post-LN with warm-up (seed means)"),
-              0.0, "<=", training.CALIBRATED.format("about -0.5 nats (1.8 vs 2.3)") + "; 0 is the paper's direction",
-              needs=("train",), when="training"),
+        Claim(
+            f"{NAME}.post_needs_warmup",
+            NAME,
+            src,
+            "Without learning-rate warm-up Post-LN trains worse: its validation loss, averaged over the run, is at "
+            "least 0.15 nats above Post-LN with warm-up.",
+            form,
+            NAME,
+            difference(
+                post,
+                warm,
+                "mean validation loss over the run (after step 0), Post-LN without "
+                "warm-up minus with (seed means; a diverged seed counts as +inf)",
+            ),
+            0.15,
+            ">=",
+            training.CALIBRATED.format("about 0.5 nats (2.8 vs 2.3)"),
+            needs=("train",),
+            when="training",
+        ),
+        Claim(
+            f"{NAME}.pre_without_warmup",
+            NAME,
+            src,
+            "Pre-LN without warm-up trains at least as fast as Post-LN with warm-up (mean validation loss over "
+            "the run no higher).",
+            form,
+            NAME,
+            difference(
+                pre,
+                warm,
+                "mean validation loss over the run, Pre-LN without warm-up minus Post-LN with warm-up (seed means)",
+            ),
+            0.0,
+            "<=",
+            training.CALIBRATED.format("about -0.5 nats (1.8 vs 2.3)") + "; 0 is the paper's direction",
+            needs=("train",),
+            when="training",
+        ),
     )
 
 
@@ -122,45 +166,107 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
     cal = "the calibration's pre-registered threshold (calibration value {}), unchanged"
     form = "decoder-only stack, random tokens; at initialization"
     return (
-        Claim(f"{NAME}.pre_depth_scaling", NAME, src,
-              "Pre-LN's last-layer gradient ‖∂ℒ/∂W2_L‖ shrinks with depth like L^-1/2: log-log slope in [-0.65, -0.30].",
-              f"Pre-LN (final LN), {form}", NAME, _slope("pre", depths), (-0.65, -0.30), "in", cal.format(-0.44),
-              needs=("depth",)),
-        Claim(f"{NAME}.post_depth_scaling", NAME, src,
-              "Post-LN's last-layer gradient does not shrink with depth: log-log slope in [-0.15, 0.35].",
-              f"Post-LN, {form}", NAME, _slope("post", depths), (-0.15, 0.35), "in", cal.format("+0.17"),
-              needs=("depth",)),
-        Claim(f"{NAME}.post_over_pre_deep", NAME, src,
-              f"At L={deepest}, Post-LN's last-layer gradient is at least 3x Pre-LN's.",
-              f"Post-LN vs Pre-LN, {form}", NAME,
-              ratio(_last("post", deepest), _last("pre", deepest), f"G_L(Post-LN)/G_L(Pre-LN) at L={deepest} (seed means)"),
-              3.0, ">=", cal.format("5.5 at L=24"), needs=("depth",)),
-        Claim(f"{NAME}.post_over_pre_grows", NAME, src,
-              "The Post-LN/Pre-LN ratio of last-layer gradients increases with depth (log-log slope > 0).",
-              f"Post-LN vs Pre-LN, {form}", NAME, _ratio_growth(depths), 0.0, ">=",
-              "the calibration's direction (ratios 1.5, 2.2, 3.4, 5.5), threshold 0 set before measuring",
-              needs=("depth",)),
-        Claim(f"{NAME}.pre_growth_linear", NAME, "Xiong et al. 2020, lemma on E‖x_l‖² of Pre-LN",
-              "Pre-LN's residual stream grows linearly: ‖x_l‖²/d against l fits a line with R² ≥ 0.97.",
-              f"Pre-LN, 18-layer {form}; ‖x_l‖²/d read as the squared token-mean RMS of x_l", NAME,
-              profile_r2(_growth_feature(), "R² of a straight-line fit of seed-mean ‖x_l‖²/d against layer l"),
-              0.97, ">=", cal.format("R² 0.993"), needs=("growth",)),
-        Claim(f"{NAME}.pre_growth_slope", NAME, "Xiong et al. 2020, lemma ((1 + l/2)d ≤ E‖x_l‖² ≤ (1 + 3l/2)d)",
-              "Pre-LN's ‖x_l‖²/d grows by 0.4 to 1.5 per layer (two sublayers per layer).",
-              f"Pre-LN, 18-layer {form}", NAME,
-              profile_slope(_growth_feature(), "least-squares slope of seed-mean ‖x_l‖²/d against layer l", log=False),
-              (0.4, 1.5), "in", cal.format(0.87), needs=("growth",)),
-        Claim(f"{NAME}.pre_layers_equal", NAME, "Xiong et al. 2020, empirical gradient-norm figure ('Pre-LN: about the "
-              "same across layers')",
-              "Pre-LN's per-layer gradients ‖∂ℒ/∂W2_l‖ are about equal across layers: the top layer's is within 20% "
-              "of the bottom layer's (G_top/G_bottom in [0.8, 1.25]).",
-              f"Pre-LN, 18-layer {form}", NAME,
-              ratio(feature("top", "growth", "pre", W2, layer=-1), feature("bottom", "growth", "pre", W2, layer=0),
-                    "G_top/G_bottom of the 18-layer Pre-LN stack (seed means)"),
-              (0.8, 1.25), "in", "the paper's statement read as 'within 20%' (the calibration expected it to fail at "
-              "18 layers: probe 0.26); set before measuring", needs=("growth",)),
+        Claim(
+            f"{NAME}.pre_depth_scaling",
+            NAME,
+            src,
+            "Pre-LN's last-layer gradient ‖∂ℒ/∂W2_L‖ shrinks with depth like L^-1/2: log-log slope in [-0.65, -0.30].",
+            f"Pre-LN (final LN), {form}",
+            NAME,
+            _slope("pre", depths),
+            (-0.65, -0.30),
+            "in",
+            cal.format(-0.44),
+            needs=("depth",),
+        ),
+        Claim(
+            f"{NAME}.post_depth_scaling",
+            NAME,
+            src,
+            "Post-LN's last-layer gradient does not shrink with depth: log-log slope in [-0.15, 0.35].",
+            f"Post-LN, {form}",
+            NAME,
+            _slope("post", depths),
+            (-0.15, 0.35),
+            "in",
+            cal.format("+0.17"),
+            needs=("depth",),
+        ),
+        Claim(
+            f"{NAME}.post_over_pre_deep",
+            NAME,
+            src,
+            f"At L={deepest}, Post-LN's last-layer gradient is at least 3x Pre-LN's.",
+            f"Post-LN vs Pre-LN, {form}",
+            NAME,
+            ratio(
+                _last("post", deepest), _last("pre", deepest), f"G_L(Post-LN)/G_L(Pre-LN) at L={deepest} (seed means)"
+            ),
+            3.0,
+            ">=",
+            cal.format("5.5 at L=24"),
+            needs=("depth",),
+        ),
+        Claim(
+            f"{NAME}.post_over_pre_grows",
+            NAME,
+            src,
+            "The Post-LN/Pre-LN ratio of last-layer gradients increases with depth (log-log slope > 0).",
+            f"Post-LN vs Pre-LN, {form}",
+            NAME,
+            _ratio_growth(depths),
+            0.0,
+            ">=",
+            "the calibration's direction (ratios 1.5, 2.2, 3.4, 5.5), threshold 0 set before measuring",
+            needs=("depth",),
+        ),
+        Claim(
+            f"{NAME}.pre_growth_linear",
+            NAME,
+            "Xiong et al. 2020, lemma on E‖x_l‖² of Pre-LN",
+            "Pre-LN's residual stream grows linearly: ‖x_l‖²/d against l fits a line with R² ≥ 0.97.",
+            f"Pre-LN, 18-layer {form}; ‖x_l‖²/d read as the squared token-mean RMS of x_l",
+            NAME,
+            profile_r2(_growth_feature(), "R² of a straight-line fit of seed-mean ‖x_l‖²/d against layer l"),
+            0.97,
+            ">=",
+            cal.format("R² 0.993"),
+            needs=("growth",),
+        ),
+        Claim(
+            f"{NAME}.pre_growth_slope",
+            NAME,
+            "Xiong et al. 2020, lemma ((1 + l/2)d ≤ E‖x_l‖² ≤ (1 + 3l/2)d)",
+            "Pre-LN's ‖x_l‖²/d grows by 0.4 to 1.5 per layer (two sublayers per layer).",
+            f"Pre-LN, 18-layer {form}",
+            NAME,
+            profile_slope(_growth_feature(), "least-squares slope of seed-mean ‖x_l‖²/d against layer l", log=False),
+            (0.4, 1.5),
+            "in",
+            cal.format(0.87),
+            needs=("growth",),
+        ),
+        Claim(
+            f"{NAME}.pre_layers_equal",
+            NAME,
+            "Xiong et al. 2020, empirical gradient-norm figure ('Pre-LN: about the same across layers')",
+            "Pre-LN's per-layer gradients ‖∂ℒ/∂W2_l‖ are about equal across layers: the top layer's is within 20% "
+            "of the bottom layer's (G_top/G_bottom in [0.8, 1.25]).",
+            f"Pre-LN, 18-layer {form}",
+            NAME,
+            ratio(
+                feature("top", "growth", "pre", W2, layer=-1),
+                feature("bottom", "growth", "pre", W2, layer=0),
+                "G_top/G_bottom of the 18-layer Pre-LN stack (seed means)",
+            ),
+            (0.8, 1.25),
+            "in",
+            "the paper's statement read as 'within 20%' (the calibration expected it to fail at "
+            "18 layers: probe 0.26); set before measuring",
+            needs=("growth",),
+        ),
         *_training_claims(),
-    )  # fmt: skip
+    )
 
 
 CLAIMS = claims()
@@ -183,7 +289,10 @@ def figures(frame: pd.DataFrame) -> dict:
         means = stats.groupby(["variant", "layers"])["value"].mean()
         depths = np.asarray(sorted(stats["layers"].unique()), float)
         span = np.geomspace(depths.min(), depths.max(), 20)
-        for variant, exponent, text in (("post", 0.0, "mean field: independent of L"), ("pre", -0.5, "mean field: ∝ L^-1/2")):
+        for variant, exponent, text in (
+            ("post", 0.0, "mean field: independent of L"),
+            ("pre", -0.5, "mean field: ∝ L^-1/2"),
+        ):
             if variant in means.index.get_level_values(0):
                 anchor = means[variant].iloc[0] * (span / depths.min()) ** exponent
                 ax.plot(span, anchor, color=F.PLACEMENT_COLORS[variant], ls=":", lw=1.2, label=text)
@@ -193,25 +302,48 @@ def figures(frame: pd.DataFrame) -> dict:
         out["xiong2020_depth_scaling"] = fig
 
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(4.8, 3.6))
-        six = d[d["layers"] == PRESETS["quick"].profile_depth] if (d["layers"] == PRESETS["quick"].profile_depth).any() else d[d["layers"] == d["layers"].min()]
+        six = (
+            d[d["layers"] == PRESETS["quick"].profile_depth]
+            if (d["layers"] == PRESETS["quick"].profile_depth).any()
+            else d[d["layers"] == d["layers"].min()]
+        )
         for ax, (q, site), name in zip(axes, (W1, W2), ("W1", "W2")):
-            F.plot_lines(six, ax, x="layer", where={"stack": "decoder", "quantity": q, "site": site}, logy=True, band="logci",
-                         xlabel="layer (0 = bottom)", ylabel=f"‖∂ℒ/∂{name}_l‖",
-                         title=f"FFN {name} gradient per layer, {int(six['layers'].iloc[0])}-layer stack")  # fmt: skip
+            F.plot_lines(
+                six,
+                ax,
+                x="layer",
+                where={"stack": "decoder", "quantity": q, "site": site},
+                logy=True,
+                band="logci",
+                xlabel="layer (0 = bottom)",
+                ylabel=f"‖∂ℒ/∂{name}_l‖",
+                title=f"FFN {name} gradient per layer, {int(six['layers'].iloc[0])}-layer stack",
+            )
         fig.suptitle("Xiong et al. Fig. 3 shape: per-layer gradient norms at init (decoder-only)")
         out["xiong2020_layer_profiles"] = fig
     if "growth" in parts:
-        d = frame[(frame["part"] == "growth") & (frame["quantity"] == X_NORM[0]) & (frame["site"] == X_NORM[1])
-                  & (frame["stack"] == "decoder")].copy()  # fmt: skip
+        d = frame[
+            (frame["part"] == "growth")
+            & (frame["quantity"] == X_NORM[0])
+            & (frame["site"] == X_NORM[1])
+            & (frame["stack"] == "decoder")
+        ].copy()
         d["value"] = d["value"] ** 2
         fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.2, 3.8))
-        F.plot_lines(d, axes[0], x="layer", logy=False, xlabel="layer l (0 = embedding output)",
-                     ylabel="‖x_l‖²/d (squared token-mean RMS)",
-                     title="Xiong et al. lemma: Pre-LN's stream grows linearly in l; Post-LN's is normalized")  # fmt: skip
+        F.plot_lines(
+            d,
+            axes[0],
+            x="layer",
+            logy=False,
+            xlabel="layer l (0 = embedding output)",
+            ylabel="‖x_l‖²/d (squared token-mean RMS)",
+            title="Xiong et al. lemma: Pre-LN's stream grows linearly in l; Post-LN's is normalized",
+        )
         out["xiong2020_stream_growth"] = fig
     if "train" in parts:
         out["xiong2020_warmup"] = training.curve_figure(
-            frame[frame["part"] == "train"], "Xiong et al.: 6-layer decoders with and without learning-rate warm-up")
+            frame[frame["part"] == "train"], "Xiong et al.: 6-layer decoders with and without learning-rate warm-up"
+        )
     return out
 
 

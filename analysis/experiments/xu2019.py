@@ -106,13 +106,17 @@ def _program(cfg: ModelConfig, batch_size: int, seq_len: int):
         for stack, s in sites.items():
             layers, g = s["layers"], grads[stack]["layers"]
             slots = [k[: -len("_norm_in")] for k in layers if k.endswith("_norm_in")]
-            per_slot = {p: backward_stats(layers[f"{p}_norm_in"], g[f"{p}_norm_in"], g[f"{p}_norm_out"], cfg.norm_eps)
-                        for p in slots}  # fmt: skip
+            per_slot = {
+                p: backward_stats(layers[f"{p}_norm_in"], g[f"{p}_norm_in"], g[f"{p}_norm_out"], cfg.norm_eps)
+                for p in slots
+            }
             for q in QUANTITIES:
                 result[q][stack] = {"layers": {p: per_slot[p][q] for p in slots}, "stack": {}}
             resid = g[X_GRAD[1]].astype(jnp.float32)
-            result["act_grad_norm"][stack] = {"layers": {X_GRAD[1]: jnp.sqrt(jnp.sum(resid**2, axis=(1, 2, 3)))},
-                                              "stack": {}}  # fmt: skip
+            result["act_grad_norm"][stack] = {
+                "layers": {X_GRAD[1]: jnp.sqrt(jnp.sum(resid**2, axis=(1, 2, 3)))},
+                "stack": {},
+            }
         return result
 
     return jax.jit(jax.vmap(one))
@@ -133,8 +137,15 @@ class BackwardJob:
     version = 2  # part of the hash: bump it when backward_stats changes (2: zero-gradient tokens left out)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": self.version, "model": dataclasses.asdict(self.model), "seeds": self.seeds,
-                "batch_size": self.batch_size, "seq_len": self.seq_len, "quantities": sorted(QUANTITIES)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "version": self.version,
+            "model": dataclasses.asdict(self.model),
+            "seeds": self.seeds,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "quantities": sorted(QUANTITIES),
+        }
 
     def compute(self) -> pd.DataFrame:
         seeds = list(range(self.seeds))
@@ -154,8 +165,10 @@ PRESETS = {name: Preset(HARNESSES[name], train=training.PLANS[name]) for name in
 
 def plan(p: Preset) -> dict:
     h = p.harness
-    jobs = [BackwardJob(norm, h.model("decoder", "pre", p.layers, norm=norm), h.seeds, h.batch_size, h.seq_len)
-            for norm in NORMS]  # fmt: skip
+    jobs = [
+        BackwardJob(norm, h.model("decoder", "pre", p.layers, norm=norm), h.seeds, h.batch_size, h.seq_len)
+        for norm in NORMS
+    ]
     parts = {"backward": jobs}
     if p.train is not None:
         parts["train"] = training.xu_jobs(p.train)
@@ -169,12 +182,20 @@ SLOTS = ("attn_ln", "mlp_ln")
 
 
 def _profiles(quantity: str, norms: tuple[str, ...]) -> tuple[Feature, ...]:
-    return tuple(Feature(f"{norm}:{slot}", {"part": "backward", "variant": norm, "stack": "decoder", "quantity": quantity,
-                                            "site": slot}, layer="all") for norm in norms for slot in SLOTS)  # fmt: skip
+    return tuple(
+        Feature(
+            f"{norm}:{slot}",
+            {"part": "backward", "variant": norm, "stack": "decoder", "quantity": quantity, "site": slot},
+            layer="all",
+        )
+        for norm in norms
+        for slot in SLOTS
+    )
 
 
-def _over_profiles(quantity: str, norms: tuple[str, ...], how: str, description: str, *,
-                   distance_from: float | None = None) -> Statistic:
+def _over_profiles(
+    quantity: str, norms: tuple[str, ...], how: str, description: str, *, distance_from: float | None = None
+) -> Statistic:
     """max (or min) over norms, LN slots and layers of the seed-mean profile (or of |profile − c|)."""
     feats = _profiles(quantity, norms)
     reduce = np.max if how == "max" else np.min
@@ -199,83 +220,190 @@ def _layer_mean(quantity: str, norms: tuple[str, ...], how: str, description: st
 
 
 def _g_ratio_change() -> Statistic:
-    f = {(n, l): Feature(f"{n}:g{l}", {"part": "backward", "variant": n, "stack": "decoder", "quantity": X_GRAD[0],
-                                         "site": X_GRAD[1]}, layer=l) for n in ("detachnorm", "layernorm_simple") for l in (0, -1)}  # fmt: skip
+    f = {
+        (n, l): Feature(
+            f"{n}:g{l}",
+            {"part": "backward", "variant": n, "stack": "decoder", "quantity": X_GRAD[0], "site": X_GRAD[1]},
+            layer=l,
+        )
+        for n in ("detachnorm", "layernorm_simple")
+        for l in (0, -1)
+    }
 
     def combine(m):
         r = lambda n: m[f[n, 0].name][..., 0] / m[f[n, -1].name][..., 0]
         return np.abs(r("detachnorm") / r("layernorm_simple") - 1.0)
 
-    return custom("relative_change", "|(g_1/g_L of DetachNorm) / (g_1/g_L of LN-simple) − 1| (seed means)",
-                  tuple(f.values()), combine)
+    return custom(
+        "relative_change",
+        "|(g_1/g_L of DetachNorm) / (g_1/g_L of LN-simple) − 1| (seed means)",
+        tuple(f.values()),
+        combine,
+    )
 
 
 MEAN_KEPT, MEAN_DETACHED = ("layernorm_simple", "detach_var"), ("detachnorm", "detach_mean")
 VAR_KEPT, VAR_DETACHED = ("layernorm_simple", "detach_mean"), ("detachnorm", "detach_var")
 SRC = "Xu et al. 2019, §3-4: the derivatives of the mean and variance re-centre and re-scale the backward gradient"
-FORM = "12-layer Pre-LN decoder-only stack with the variant in every norm slot (the paper's setting), random tokens; at init"
-TRAIN_FORM = ("6-layer Pre-LN decoder-only LM on the Markov task (analysis/experiments/training.py), the variant in "
-              "every norm slot, AdamW at a constant lr 3e-4 (quick)")
-FP32 = 1e-3  # float32 round-off of these identities is ~1e-6 (d = 64); 1e-3 separates 'zero' from the ~0.1 of a random direction
+FORM = (
+    "12-layer Pre-LN decoder-only stack with the variant in every norm slot (the paper's setting), random tokens; "
+    "at init"
+)
+TRAIN_FORM = (
+    "6-layer Pre-LN decoder-only LM on the Markov task (analysis/experiments/training.py), the variant in "
+    "every norm slot, AdamW at a constant lr 3e-4 (quick)"
+)
+# float32 round-off of these identities is ~1e-6 (d = 64); 1e-3 separates 'zero' from the ~0.1 of a random direction
+FP32 = 1e-3
 CLAIMS = (
-    Claim(f"{NAME}.mean_gradient_recenters", NAME, SRC,
-          "Where the mean's derivative flows (LN-simple, and DetachNorm with only σ detached), the input gradient "
-          "has zero mean across features at every LN: |cos(∂ℒ/∂x, 1)| ≤ 1e-3.",
-          f"LayerNorm-simple and detach_var, {FORM}", NAME,
-          _over_profiles("ln_grad_mean_cos", MEAN_KEPT, "max", "largest |cos(∂ℒ/∂x, 1)| over both norms, both LNs of "
-                         "every layer (seed means)"),
-          FP32, "<=", "ours, set before measuring: an identity in exact arithmetic, 1e-3 in float32", needs=("backward",)),
-    Claim(f"{NAME}.no_recentering_without_mean_gradient", NAME, SRC,
-          "Where the mean is detached (DetachNorm, and its mean-only half), the input gradient is not re-centred: "
-          "its layer-mean |cos(∂ℒ/∂x, 1)| is ≥ 0.02.",
-          f"DetachNorm and detach_mean, {FORM}", NAME,
-          _layer_mean("ln_grad_mean_cos", MEAN_DETACHED, "min", "smaller over the two norms of the mean over LNs and "
-                      "layers of |cos(∂ℒ/∂x, 1)| (seed means)"),
-          0.02, ">=", "ours, set before measuring: a random direction in d = 64 has E|cos(g, 1)| ≈ 0.1; 0.02 is 5x below",
-          needs=("backward",)),
-    Claim(f"{NAME}.variance_gradient_rescales", NAME, f"{SRC} ('reduces the variance of the gradient')",
-          "Where the variance's derivative flows (LN-simple, and the mean-detached half) the backward pass reduces "
-          "the gradient's variance: the layer-mean Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) is ≤ 0.995.",
-          f"LayerNorm-simple and detach_mean, {FORM}", NAME,
-          _layer_mean("ln_grad_var_ratio", VAR_KEPT, "max", "larger over the two norms of the mean over LNs and layers "
-                      "of Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) (seed means)"),
-          0.995, "<=", "ours, set before measuring: a random upstream direction loses ≈ 1/d = 1.6% of its variance "
-          "(1 − cos²(g, y)); 0.995 is a third of that", needs=("backward",)),
-    Claim(f"{NAME}.no_rescaling_without_variance_gradient", NAME, f"{SRC} (DetachNorm's gradient is g/σ)",
-          "Where σ is detached (DetachNorm and its variance-only half) the backward pass keeps the gradient's "
-          "variance exactly: |Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) − 1| ≤ 1e-3 at every LN.",
-          f"DetachNorm and detach_var, {FORM}", NAME,
-          _over_profiles("ln_grad_var_ratio", VAR_DETACHED, "max", "largest |variance ratio − 1| over both norms, both "
-                         "LNs of every layer (seed means)", distance_from=1.0),
-          FP32, "<=", "ours, set before measuring: an identity (a shift does not change variance), 1e-3 in float32",
-          needs=("backward",)),
-    Claim(f"{NAME}.detach_changes_gradient_flow", NAME, " (model level; 'to be calibrated before use')",
-          "Detaching the mean and variance changes the model's gradient flow: DetachNorm's g_1/g_L differs from "
-          "LN-simple's by more than 10%.",
-          f"DetachNorm vs LayerNorm-simple, {FORM}", NAME, _g_ratio_change(), 0.1, ">=",
-          "the calibration's threshold as stated there, flagged there as not yet calibrated (no calibration value)",
-          needs=("backward",)),
-    Claim(f"{NAME}.detach_trains_worse", NAME, "Xu et al. 2019, Table (DetachNorm vs LayerNorm-simple)",
-          "Detaching the mean and variance gradients makes training worse: DetachNorm's final validation loss is at "
-          "least 0.02 nats above LayerNorm-simple's.", TRAIN_FORM, NAME,
-          difference(training.final_loss("train", "detachnorm"), training.final_loss("train", "layernorm_simple"),
-                     "final validation loss, DetachNorm minus LayerNorm-simple (seed means)"),
-          0.02, ">=", training.CALIBRATED.format("0.08 nats (1.90 vs 1.82)"), needs=("train",), when="training"),
-    Claim(f"{NAME}.simple_not_worse", NAME, "Xu et al. 2019 (removing the gain and bias does not hurt)",
-          "LayerNorm-simple (no gain, no bias) trains no worse than LayerNorm: at most 0.05 nats above it.",
-          TRAIN_FORM, NAME,
-          difference(training.final_loss("train", "layernorm_simple"), training.final_loss("train", "layernorm"),
-                     "final validation loss, LayerNorm-simple minus LayerNorm (seed means)"),
-          0.05, "<=", training.CALIBRATED.format("+0.005 nats") + "; 0.05 = 'no worse' within our resolution",
-          needs=("train",), when="training"),
-    Claim(f"{NAME}.adanorm_not_worse", NAME, "Xu et al. 2019, AdaNorm results",
-          "AdaNorm trains no worse than LayerNorm: at most 0.05 nats above it.",
-          f"{TRAIN_FORM}; AdaNorm C = 1, k = 0.1, φ detached", NAME,
-          difference(training.final_loss("train", "adanorm"), training.final_loss("train", "layernorm"),
-                     "final validation loss, AdaNorm minus LayerNorm (seed means)"),
-          0.05, "<=", "ours: LayerNorm-simple's 'no worse' margin, set before any AdaNorm training run",
-          needs=("train",), when="training"),
-)  # fmt: skip
+    Claim(
+        f"{NAME}.mean_gradient_recenters",
+        NAME,
+        SRC,
+        "Where the mean's derivative flows (LN-simple, and DetachNorm with only σ detached), the input gradient "
+        "has zero mean across features at every LN: |cos(∂ℒ/∂x, 1)| ≤ 1e-3.",
+        f"LayerNorm-simple and detach_var, {FORM}",
+        NAME,
+        _over_profiles(
+            "ln_grad_mean_cos",
+            MEAN_KEPT,
+            "max",
+            "largest |cos(∂ℒ/∂x, 1)| over both norms, both LNs of every layer (seed means)",
+        ),
+        FP32,
+        "<=",
+        "ours, set before measuring: an identity in exact arithmetic, 1e-3 in float32",
+        needs=("backward",),
+    ),
+    Claim(
+        f"{NAME}.no_recentering_without_mean_gradient",
+        NAME,
+        SRC,
+        "Where the mean is detached (DetachNorm, and its mean-only half), the input gradient is not re-centred: "
+        "its layer-mean |cos(∂ℒ/∂x, 1)| is ≥ 0.02.",
+        f"DetachNorm and detach_mean, {FORM}",
+        NAME,
+        _layer_mean(
+            "ln_grad_mean_cos",
+            MEAN_DETACHED,
+            "min",
+            "smaller over the two norms of the mean over LNs and layers of |cos(∂ℒ/∂x, 1)| (seed means)",
+        ),
+        0.02,
+        ">=",
+        "ours, set before measuring: a random direction in d = 64 has E|cos(g, 1)| ≈ 0.1; 0.02 is 5x below",
+        needs=("backward",),
+    ),
+    Claim(
+        f"{NAME}.variance_gradient_rescales",
+        NAME,
+        f"{SRC} ('reduces the variance of the gradient')",
+        "Where the variance's derivative flows (LN-simple, and the mean-detached half) the backward pass reduces "
+        "the gradient's variance: the layer-mean Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) is ≤ 0.995.",
+        f"LayerNorm-simple and detach_mean, {FORM}",
+        NAME,
+        _layer_mean(
+            "ln_grad_var_ratio",
+            VAR_KEPT,
+            "max",
+            "larger over the two norms of the mean over LNs and layers of Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) (seed means)",
+        ),
+        0.995,
+        "<=",
+        "ours, set before measuring: a random upstream direction loses ≈ 1/d = 1.6% of its variance "
+        "(1 − cos²(g, y)); 0.995 is a third of that",
+        needs=("backward",),
+    ),
+    Claim(
+        f"{NAME}.no_rescaling_without_variance_gradient",
+        NAME,
+        f"{SRC} (DetachNorm's gradient is g/σ)",
+        "Where σ is detached (DetachNorm and its variance-only half) the backward pass keeps the gradient's "
+        "variance exactly: |Var_j(σ·∂ℒ/∂x)/Var_j(∂ℒ/∂z) − 1| ≤ 1e-3 at every LN.",
+        f"DetachNorm and detach_var, {FORM}",
+        NAME,
+        _over_profiles(
+            "ln_grad_var_ratio",
+            VAR_DETACHED,
+            "max",
+            "largest |variance ratio − 1| over both norms, both LNs of every layer (seed means)",
+            distance_from=1.0,
+        ),
+        FP32,
+        "<=",
+        "ours, set before measuring: an identity (a shift does not change variance), 1e-3 in float32",
+        needs=("backward",),
+    ),
+    Claim(
+        f"{NAME}.detach_changes_gradient_flow",
+        NAME,
+        " (model level; 'to be calibrated before use')",
+        "Detaching the mean and variance changes the model's gradient flow: DetachNorm's g_1/g_L differs from "
+        "LN-simple's by more than 10%.",
+        f"DetachNorm vs LayerNorm-simple, {FORM}",
+        NAME,
+        _g_ratio_change(),
+        0.1,
+        ">=",
+        "the calibration's threshold as stated there, flagged there as not yet calibrated (no calibration value)",
+        needs=("backward",),
+    ),
+    Claim(
+        f"{NAME}.detach_trains_worse",
+        NAME,
+        "Xu et al. 2019, Table (DetachNorm vs LayerNorm-simple)",
+        "Detaching the mean and variance gradients makes training worse: DetachNorm's final validation loss is at "
+        "least 0.02 nats above LayerNorm-simple's.",
+        TRAIN_FORM,
+        NAME,
+        difference(
+            training.final_loss("train", "detachnorm"),
+            training.final_loss("train", "layernorm_simple"),
+            "final validation loss, DetachNorm minus LayerNorm-simple (seed means)",
+        ),
+        0.02,
+        ">=",
+        training.CALIBRATED.format("0.08 nats (1.90 vs 1.82)"),
+        needs=("train",),
+        when="training",
+    ),
+    Claim(
+        f"{NAME}.simple_not_worse",
+        NAME,
+        "Xu et al. 2019 (removing the gain and bias does not hurt)",
+        "LayerNorm-simple (no gain, no bias) trains no worse than LayerNorm: at most 0.05 nats above it.",
+        TRAIN_FORM,
+        NAME,
+        difference(
+            training.final_loss("train", "layernorm_simple"),
+            training.final_loss("train", "layernorm"),
+            "final validation loss, LayerNorm-simple minus LayerNorm (seed means)",
+        ),
+        0.05,
+        "<=",
+        training.CALIBRATED.format("+0.005 nats") + "; 0.05 = 'no worse' within our resolution",
+        needs=("train",),
+        when="training",
+    ),
+    Claim(
+        f"{NAME}.adanorm_not_worse",
+        NAME,
+        "Xu et al. 2019, AdaNorm results",
+        "AdaNorm trains no worse than LayerNorm: at most 0.05 nats above it.",
+        f"{TRAIN_FORM}; AdaNorm C = 1, k = 0.1, φ detached",
+        NAME,
+        difference(
+            training.final_loss("train", "adanorm"),
+            training.final_loss("train", "layernorm"),
+            "final validation loss, AdaNorm minus LayerNorm (seed means)",
+        ),
+        0.05,
+        "<=",
+        "ours: LayerNorm-simple's 'no worse' margin, set before any AdaNorm training run",
+        needs=("train",),
+        when="training",
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,14 +416,28 @@ def figures(frame: pd.DataFrame) -> dict:
     parts = set(frame["part"])
     if "backward" in parts:
         d = frame[(frame["part"] == "backward") & (frame["stack"] == "decoder")]
-        panels = [("ln_grad_mean_cos", "|cos(∂ℒ/∂x, 1)|", "re-centring: mean of the input gradient", True),
-                  ("ln_grad_var_ratio", "Var_j(σ·∂ℒ/∂x) / Var_j(∂ℒ/∂z)", "re-scaling: variance kept by the backward", False),
-                  ("ln_grad_y_cos", "|cos(∂ℒ/∂x, y)|", "component along the normalized input", True)]  # fmt: skip
+        panels = [
+            ("ln_grad_mean_cos", "|cos(∂ℒ/∂x, 1)|", "re-centring: mean of the input gradient", True),
+            ("ln_grad_var_ratio", "Var_j(σ·∂ℒ/∂x) / Var_j(∂ℒ/∂z)", "re-scaling: variance kept by the backward", False),
+            ("ln_grad_y_cos", "|cos(∂ℒ/∂x, y)|", "component along the normalized input", True),
+        ]
         fig, axes = F.figure_grid(len(panels), ncols=3, panel_size=(4.8, 3.6))
         for ax, (q, label, title, log) in zip(axes, panels):
-            F.plot_lines(d, ax, x="layer", where={"quantity": q, "site": "mlp_ln"}, logy=log, band="logci" if log else "ci",
-                         xlabel="layer (0 = bottom)", ylabel=label, title=title, legend_title="norm")  # fmt: skip
-        fig.suptitle("Xu et al.: what each norm's backward pass does to the gradient at the FFN's LN (12L Pre-LN, init)")
+            F.plot_lines(
+                d,
+                ax,
+                x="layer",
+                where={"quantity": q, "site": "mlp_ln"},
+                logy=log,
+                band="logci" if log else "ci",
+                xlabel="layer (0 = bottom)",
+                ylabel=label,
+                title=title,
+                legend_title="norm",
+            )
+        fig.suptitle(
+            "Xu et al.: what each norm's backward pass does to the gradient at the FFN's LN (12L Pre-LN, init)"
+        )
         out["xu2019_backward"] = fig
     if "train" in parts:
         t = frame[frame["part"] == "train"]
@@ -304,12 +446,28 @@ def figures(frame: pd.DataFrame) -> dict:
         keys = pd.MultiIndex.from_frame(val[["seed", "step"]])
         diff = val.assign(value=val["value"].to_numpy() - ref.reindex(keys).to_numpy())
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.2, 3.8))
-        F.plot_lines(val, axes[0], x="step", logy=False, xlabel="update step", ylabel="validation loss (nats/token)",
-                     title="validation loss", legend_title="norm")  # fmt: skip
+        F.plot_lines(
+            val,
+            axes[0],
+            x="step",
+            logy=False,
+            xlabel="update step",
+            ylabel="validation loss (nats/token)",
+            title="validation loss",
+            legend_title="norm",
+        )
         others = [n for n in NORMS if n != "layernorm"]  # `where`, not a subset: colors follow the whole frame
-        F.plot_lines(diff, axes[1], x="step", where={"variant": others}, logy=False, xlabel="update step",
-                     ylabel="validation loss − LayerNorm's (nats)", title="difference to LayerNorm (same seed)",
-                     legend_title="norm")  # fmt: skip
+        F.plot_lines(
+            diff,
+            axes[1],
+            x="step",
+            where={"variant": others},
+            logy=False,
+            xlabel="update step",
+            ylabel="validation loss − LayerNorm's (nats)",
+            title="difference to LayerNorm (same seed)",
+            legend_title="norm",
+        )
         axes[1].axhline(0.0, color="0.5", lw=0.8, ls=":")
         fig.suptitle("Xu et al.: 6-layer Pre-LN decoders, one norm in every slot")
         out["xu2019_training"] = fig

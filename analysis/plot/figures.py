@@ -44,17 +44,30 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
-from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS, styles as _styles
+from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS
+from analysis.plot.styles import styles as _styles
 from analysis.stats import t_quantile
 
-__all__ = ["PLACEMENT_COLORS", "PLACEMENT_MARKERS", "plot_layer_profile", "plot_cka_heatmap", "plot_depth_scaling",
-           "plot_lines", "figure_grid", "save_figure"]
+__all__ = [
+    "PLACEMENT_COLORS",
+    "PLACEMENT_MARKERS",
+    "plot_layer_profile",
+    "plot_cka_heatmap",
+    "plot_depth_scaling",
+    "plot_lines",
+    "figure_grid",
+    "save_figure",
+]
 
 Band = Literal["minmax", "iqr", "ci", "logci"]
 DPI = 130
 _LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
-_BAND_TEXT = {"minmax": "median, min–max", "iqr": "median, IQR", "ci": "mean ± 95% CI",
-              "logci": "geometric mean, 95% CI"}
+_BAND_TEXT = {
+    "minmax": "median, min–max",
+    "iqr": "median, IQR",
+    "ci": "mean ± 95% CI",
+    "logci": "geometric mean, 95% CI",
+}
 # Columns that tell configurations apart; named when a selection holds several rows per key.
 _CONFIG_COLUMNS = ("run", "arch", "placement", "norm", "layers", "d_model", "step", "site", "other_layer")
 
@@ -67,8 +80,7 @@ class _AtLeast:
 
 
 def _fmt(filters: Mapping[str, Any]) -> str:
-    return ", ".join(f"{c}>={v.bound}" if isinstance(v, _AtLeast) else f"{c}={v!r}"
-                     for c, v in filters.items())
+    return ", ".join(f"{c}>={v.bound}" if isinstance(v, _AtLeast) else f"{c}={v!r}" for c, v in filters.items())
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], who: str) -> None:
@@ -113,10 +125,10 @@ def _check_unique(sel: pd.DataFrame, keys: Sequence[str], who: str) -> None:
     dup = sel.duplicated(list(keys), keep=False)
     if dup.any():
         groups = sel[dup].groupby(list(keys))
-        varying = [c for c in _CONFIG_COLUMNS if c in sel.columns and c not in keys
-                   and groups[c].nunique().max() > 1]
-        raise ValueError(f"{who}: several rows per {tuple(keys)}; they differ in {varying}. "
-                         f"Pick one with where={{column: value}}")
+        varying = [c for c in _CONFIG_COLUMNS if c in sel.columns and c not in keys and groups[c].nunique().max() > 1]
+        raise ValueError(
+            f"{who}: several rows per {tuple(keys)}; they differ in {varying}. Pick one with where={{column: value}}"
+        )
 
 
 def _check_band(band: str) -> None:
@@ -158,8 +170,16 @@ def _note_nonfinite(ax: Axes, sel: pd.DataFrame) -> None:
     if bad.empty:
         return
     seeds = sorted(int(s) for s in pd.unique(bad["seed"]))
-    ax.text(0.01, 0.01, f"{len(bad)} non-finite value(s), seed(s) {seeds}: not drawn (gaps)",
-            transform=ax.transAxes, fontsize="x-small", color="crimson", va="bottom", ha="left")
+    ax.text(
+        0.01,
+        0.01,
+        f"{len(bad)} non-finite value(s), seed(s) {seeds}: not drawn (gaps)",
+        transform=ax.transAxes,
+        fontsize="x-small",
+        color="crimson",
+        va="bottom",
+        ha="left",
+    )
 
 
 def _auto_log(values: pd.Series) -> bool:
@@ -171,9 +191,17 @@ def _auto_log(values: pd.Series) -> bool:
 
 def _legend(ax: Axes, title: str, n: int) -> None:
     if n > _LEGEND_INSIDE_MAX:  # outside, right of the axes; constrained layout makes room for it
-        ax.legend(title=title, fontsize="x-small", title_fontsize="x-small", loc="upper left",
-                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, handlelength=1.6,
-                  ncols=1 if n <= 20 else 2, alignment="left")
+        ax.legend(
+            title=title,
+            fontsize="x-small",
+            title_fontsize="x-small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            handlelength=1.6,
+            ncols=1 if n <= 20 else 2,
+            alignment="left",
+        )
     else:
         ax.legend(title=title, fontsize="small", title_fontsize="x-small", alignment="left")
 
@@ -183,9 +211,19 @@ def _step_text(sel: pd.DataFrame) -> str:
     return f"step {steps[0]}" if len(steps) == 1 else "final step"
 
 
-def plot_layer_profile(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, stack: str,
-                       hue: str = "placement", logy: bool | None = None, band: Band = "minmax",
-                       step: int | None = None, where: Mapping[str, Any] | None = None) -> Axes:
+def plot_layer_profile(
+    df: pd.DataFrame,
+    ax: Axes,
+    *,
+    quantity: str,
+    site: str,
+    stack: str,
+    hue: str = "placement",
+    logy: bool | None = None,
+    band: Band = "minmax",
+    step: int | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> Axes:
     """Per-layer profile of one quantity at one site: one line per ``hue`` value, seed spread shaded.
 
     Needs columns ``quantity, stack, site, layer, seed, step, run, value`` and ``hue``. Rows with
@@ -237,9 +275,18 @@ def plot_layer_profile(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
     return ax
 
 
-def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, quantity: str = "cka",
-                     site: str | None = None, step: int | None = None,
-                     where: Mapping[str, Any] | None = None, cmap: str = "viridis") -> Axes:
+def plot_cka_heatmap(
+    df: pd.DataFrame,
+    ax: Axes,
+    *,
+    stack: str,
+    placement: str,
+    quantity: str = "cka",
+    site: str | None = None,
+    step: int | None = None,
+    where: Mapping[str, Any] | None = None,
+    cmap: str = "viridis",
+) -> Axes:
     """Layer-by-layer similarity matrix, averaged over seeds, as an image with a colorbar.
 
     Needs columns ``quantity, stack, placement, layer, other_layer, seed, step, run, value`` (and
@@ -265,8 +312,12 @@ def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, 
         ValueError: missing columns, an empty selection, or several rows per (layer, other_layer, seed).
     """
     who = "plot_cka_heatmap"
-    _require(df, ["quantity", "stack", "placement", "layer", "other_layer", "seed", "step", "run", "value"]
-             + (["site"] if site is not None else []), who)
+    _require(
+        df,
+        ["quantity", "stack", "placement", "layer", "other_layer", "seed", "step", "run", "value"]
+        + (["site"] if site is not None else []),
+        who,
+    )
     filters: dict[str, Any] = {"quantity": quantity, "stack": stack, "placement": placement}
     if site is not None:
         filters["site"] = site
@@ -278,24 +329,36 @@ def plot_cka_heatmap(df: pd.DataFrame, ax: Axes, *, stack: str, placement: str, 
     mean = mean.unstack("other_layer")
     size = int(max(mean.index.max(), mean.columns.max())) + 1  # pixel i sits at layer i
     mat = mean.reindex(index=range(size), columns=range(size)).to_numpy(dtype=float)  # (layer, other)
-    im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap,
-                   interpolation="nearest")
+    im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
     cbar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label(quantity)  # short: in a grid a long label runs into the next panel's y label
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("other layer (0 = bottom)")
     ax.set_ylabel("layer (0 = bottom)")
-    ax.set_title(f"{quantity}: {placement}, {stack}, mean of {sel['seed'].nunique()} seeds ({_step_text(sel)})",
-                 fontsize="medium")
+    ax.set_title(
+        f"{quantity}: {placement}, {stack}, mean of {sel['seed'].nunique()} seeds ({_step_text(sel)})",
+        fontsize="medium",
+    )
     _note_nonfinite(ax, sel)
     return ax
 
 
-def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, stack: str,
-                       layer: Literal["last"] | int = "last", hue: str = "placement",
-                       band: Band = "minmax", logy: bool | None = True, step: int | None = None,
-                       where: Mapping[str, Any] | None = None, dodge: float = 0.03) -> Axes:
+def plot_depth_scaling(
+    df: pd.DataFrame,
+    ax: Axes,
+    *,
+    quantity: str,
+    site: str,
+    stack: str,
+    layer: Literal["last"] | int = "last",
+    hue: str = "placement",
+    band: Band = "minmax",
+    logy: bool | None = True,
+    step: int | None = None,
+    where: Mapping[str, Any] | None = None,
+    dodge: float = 0.03,
+) -> Axes:
     """Value at one layer against model depth, log-log, one line per ``hue`` value.
 
     Needs columns ``quantity, stack, site, layer, layers, seed, step, run, value`` and ``hue``.
@@ -367,10 +430,21 @@ def plot_depth_scaling(df: pd.DataFrame, ax: Axes, *, quantity: str, site: str, 
     return ax
 
 
-def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band: Band = "ci",
-               where: Mapping[str, Any] | None = None, logx: bool = False, logy: bool | None = None,
-               xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
-               legend_title: str | None = None) -> Axes:
+def plot_lines(
+    df: pd.DataFrame,
+    ax: Axes,
+    *,
+    x: str,
+    hue: str = "variant",
+    band: Band = "ci",
+    where: Mapping[str, Any] | None = None,
+    logx: bool = False,
+    logy: bool | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+    legend_title: str | None = None,
+) -> Axes:
     """A value against any column ``x`` (training step, skip scale λ, depth, layer), one line per
     ``hue`` value, aggregated over seeds with the seed spread shaded.
 
@@ -433,8 +507,9 @@ def plot_lines(df: pd.DataFrame, ax: Axes, *, x: str, hue: str = "variant", band
     return ax
 
 
-def figure_grid(n_panels: int, ncols: int = 3,
-                panel_size: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, np.ndarray]:
+def figure_grid(
+    n_panels: int, ncols: int = 3, panel_size: tuple[float, float] = (4.5, 3.2)
+) -> tuple[Figure, np.ndarray]:
     """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
 
     Args:
@@ -449,8 +524,9 @@ def figure_grid(n_panels: int, ncols: int = 3,
         raise ValueError(f"need n_panels >= 1 and ncols >= 1, got {n_panels}, {ncols}")
     ncols = min(ncols, n_panels)
     nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
+    )
     flat = axes.ravel()
     for ax in flat[n_panels:]:
         fig.delaxes(ax)

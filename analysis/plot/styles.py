@@ -22,8 +22,23 @@ _MARKERS = "osD^vP*Xh<>p"
 # tab20: the dark shades (= tab10) first, then the light ones.
 _TAB20 = plt.get_cmap("tab20").colors
 _PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
-_PLACEMENT_ORDER = ("post", "pre", "b2t", "residual", "skip_scale", "rsln", "deepnorm", "admin", "sandwich", "peri",
-                    "mix", "hybrid", "normformer", "rezero", "none")  # fmt: skip
+_PLACEMENT_ORDER = (
+    "post",
+    "pre",
+    "b2t",
+    "residual",
+    "skip_scale",
+    "rsln",
+    "deepnorm",
+    "admin",
+    "sandwich",
+    "peri",
+    "mix",
+    "hybrid",
+    "normformer",
+    "rezero",
+    "none",
+)
 PLACEMENT_COLORS: dict[str, tuple[float, float, float]] = {p: _PALETTE[i] for i, p in enumerate(_PLACEMENT_ORDER)}
 PLACEMENT_MARKERS: dict[str, str] = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(_PLACEMENT_ORDER)}
 _FORM_LINESTYLES = ("-", "--", ":", "-.")
@@ -61,9 +76,16 @@ def styles(df: pd.DataFrame, hue: str) -> dict[Any, dict[str, Any]]:
         p = placement.get(h)
         if p in PLACEMENT_COLORS:
             k = forms[p] = forms.get(p, -1) + 1
-            styles[h] = {"color": PLACEMENT_COLORS[p], "marker": PLACEMENT_MARKERS[p],
-                         "linestyle": _FORM_LINESTYLES[k % len(_FORM_LINESTYLES)]}  # fmt: skip
+            styles[h] = {
+                "color": PLACEMENT_COLORS[p],
+                "marker": PLACEMENT_MARKERS[p],
+                "linestyle": _FORM_LINESTYLES[k % len(_FORM_LINESTYLES)],
+            }
         else:
             i = others.index(h)
-            styles[h] = {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "linestyle": "-" if i < 10 else "--"}
+            styles[h] = {
+                "color": colors[i],
+                "marker": _MARKERS[i % len(_MARKERS)],
+                "linestyle": "-" if i < 10 else "--",
+            }
     return styles

@@ -8,12 +8,31 @@ Nothing here imports the training loop, the experiments or the report (the data 
 """
 
 from analysis.probe.api import probe_at_init, probe_key, probe_model
-from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig, probe_program, probe_program_with_grads
+from analysis.probe.probes import (
+    CHEAP_PROBES,
+    PROBES,
+    STEP_PROBES,
+    ProbeConfig,
+    probe_program,
+    probe_program_with_grads,
+)
 from analysis.probe.registry import Needs, Probe, ProbeContext, register_probe
 from analysis.probe.tidy import COLUMNS, to_frame
 
 __all__ = [
-    "CHEAP_PROBES", "COLUMNS", "PROBES", "STEP_PROBES", "Needs", "Probe", "ProbeConfig", "ProbeContext",
-    "probe_at_init", "probe_key", "probe_model", "probe_program", "probe_program_with_grads", "register_probe",
+    "CHEAP_PROBES",
+    "COLUMNS",
+    "PROBES",
+    "STEP_PROBES",
+    "Needs",
+    "Probe",
+    "ProbeConfig",
+    "ProbeContext",
+    "probe_at_init",
+    "probe_key",
+    "probe_model",
+    "probe_program",
+    "probe_program_with_grads",
+    "register_probe",
     "to_frame",
-]  # fmt: skip
+]

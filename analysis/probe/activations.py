@@ -17,10 +17,12 @@ def _act_norm_summary(layer: dict, eps: float) -> dict:
 def act_norm(ctx: ProbeContext, options: None) -> dict:
     """mean_t sqrt(mean_i s_{t,i}²): the mean per-token RMS at every site. Post-LN's stream sits at 1;
     Pre-LN's grows with depth (‖x_l‖² ∝ l at initialization; Xiong et al. 2020)."""
-    return {"act_norm": {
-        name: {"layers": ctx.summary[name]["act_norm"], "stack": {k: rms(v, 0) for k, v in s["stack"].items()}}
-        for name, s in ctx.sites.items()
-    }}  # fmt: skip
+    return {
+        "act_norm": {
+            name: {"layers": ctx.summary[name]["act_norm"], "stack": {k: rms(v, 0) for k, v in s["stack"].items()}}
+            for name, s in ctx.sites.items()
+        }
+    }
 
 
 def _update_ratio_summary(layer: dict, eps: float) -> dict:
@@ -36,10 +38,19 @@ def update_ratio(ctx: ProbeContext, options: None) -> dict:
     return {"update_ratio": no_stack_level({name: ctx.summary[name]["update_ratio"] for name in ctx.sites})}
 
 
-register_probe(Probe(
-    "act_norm", "mean per-token RMS of every site", act_norm, needs=Needs(summary=_act_norm_summary),
-))  # fmt: skip
-register_probe(Probe(
-    "update_ratio", "mean per-token ‖S(x)‖/‖x‖ of each sublayer's contribution to the stream",
-    update_ratio, needs=Needs(summary=_update_ratio_summary),
-))  # fmt: skip
+register_probe(
+    Probe(
+        "act_norm",
+        "mean per-token RMS of every site",
+        act_norm,
+        needs=Needs(summary=_act_norm_summary),
+    )
+)
+register_probe(
+    Probe(
+        "update_ratio",
+        "mean per-token ‖S(x)‖/‖x‖ of each sublayer's contribution to the stream",
+        update_ratio,
+        needs=Needs(summary=_update_ratio_summary),
+    )
+)

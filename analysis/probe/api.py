@@ -1,13 +1,13 @@
 """Python API for notebooks and scripts: probe models at initialization over many seeds.
 
-    from analysis import probe_at_init
-    df = probe_at_init(cfg, seeds=range(8), batch_size=8, seq_len=64, probes=("act_grad_norm", "cka"))
+from analysis import probe_at_init
+df = probe_at_init(cfg, seeds=range(8), batch_size=8, seq_len=64, probes=("act_grad_norm", "cka"))
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import flax.nnx as nnx
 import jax
@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from analysis.execution import ExecutionPlan, default_plan
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
-from analysis.execution import ExecutionPlan, default_plan
 from analysis.runtime import default_streams, run_on_threads
 from models import ModelConfig, Transformer, init_state
 
@@ -60,8 +60,15 @@ def study_plan(plan: ExecutionPlan | None) -> ExecutionPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(cfg: ModelConfig, plan: ExecutionPlan, pcfg: ProbeConfig, batch_size: int, seq_len: int,
-              given_batch: bool, chunk: int):  # fmt: skip
+def _compiled(
+    cfg: ModelConfig,
+    plan: ExecutionPlan,
+    pcfg: ProbeConfig,
+    batch_size: int,
+    seq_len: int,
+    given_batch: bool,
+    chunk: int,
+):
     """The jitted study of a group of seeds: (seeds (S,), batch) -> results with a leading (S,) axis,
     `chunk` seeds vmapped together at a time (lax.map over the rest)."""
     ops = plan.model_ops()
@@ -74,7 +81,9 @@ def _compiled(cfg: ModelConfig, plan: ExecutionPlan, pcfg: ProbeConfig, batch_si
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
     # batch_size=1 would vmap over one seed (batched products of 1: slower CPU code); a plain loop then
-    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk if chunk > 1 else None))
+    return jax.jit(
+        lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk if chunk > 1 else None)
+    )
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
@@ -116,7 +125,11 @@ def probe_at_init(
     seeds = _seed_list(seeds)
     plan = study_plan(plan)
     plan.check_model(cfg.dtype)
-    pcfg = probe_config if probe_config is not None else ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
+    pcfg = (
+        probe_config
+        if probe_config is not None
+        else ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
+    )
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -141,9 +154,14 @@ def probe_at_init(
 
 
 def probe_model(
-    model: nnx.Module, batch: Mapping[str, jax.Array], probes: Iterable[str] = CHEAP_PROBES, *, seed: int = 0,
-    run: str = "", plan: ExecutionPlan | None = None,
-) -> pd.DataFrame:  # fmt: skip
+    model: nnx.Module,
+    batch: Mapping[str, jax.Array],
+    probes: Iterable[str] = CHEAP_PROBES,
+    *,
+    seed: int = 0,
+    run: str = "",
+    plan: ExecutionPlan | None = None,
+) -> pd.DataFrame:
     """Probe one existing model (e.g. during training) on `batch`; rows carry `seed`.
 
     The model's parameters run as `plan` says (default: as in `probe_at_init`), whatever ops it was

@@ -75,22 +75,35 @@ def ln_jacobian_gain(ctx: ProbeContext, options: None) -> dict:
             pairs = norm_pairs(s)
             gain[name][level] = {p: g[f"{p}_norm_in"] / g[f"{p}_norm_out"] for p in pairs}
             estimate[name][level] = (
-                ctx.summary[name]["ln_jacobian_gain"] if level == "layers"
+                ctx.summary[name]["ln_jacobian_gain"]
+                if level == "layers"
                 else {p: inv_sigma(s[f"{p}_norm_in"], ctx.cfg.norm_eps, lead) for p in pairs}
-            )  # fmt: skip
+            )
     return {"ln_jacobian_gain": gain, "ln_gain_estimate": estimate}
 
 
-register_probe(Probe(
-    "param_grad_norm", "‖∂ℒ/∂θ‖ per layer and per parameter group (attn, cross, mlp, norms, extra)",
-    param_grad_norm, needs=Needs(param_grads=True),
-))  # fmt: skip
-register_probe(Probe(
-    "act_grad_norm", "‖∂ℒ/∂site‖ (Frobenius over batch and tokens) at every site of every layer",
-    act_grad_norm, needs=Needs(site_grads=True),
-))  # fmt: skip
-register_probe(Probe(
-    "ln_jacobian_gain", "‖J_normᵀ g‖/‖g‖ for the actual upstream g, and the 1/σ(x) estimate",
-    ln_jacobian_gain, needs=Needs(site_grads=True, summary=_gain_estimate_summary),
-    quantities={"ln_jacobian_gain": None, "ln_gain_estimate": None},
-))  # fmt: skip
+register_probe(
+    Probe(
+        "param_grad_norm",
+        "‖∂ℒ/∂θ‖ per layer and per parameter group (attn, cross, mlp, norms, extra)",
+        param_grad_norm,
+        needs=Needs(param_grads=True),
+    )
+)
+register_probe(
+    Probe(
+        "act_grad_norm",
+        "‖∂ℒ/∂site‖ (Frobenius over batch and tokens) at every site of every layer",
+        act_grad_norm,
+        needs=Needs(site_grads=True),
+    )
+)
+register_probe(
+    Probe(
+        "ln_jacobian_gain",
+        "‖J_normᵀ g‖/‖g‖ for the actual upstream g, and the 1/σ(x) estimate",
+        ln_jacobian_gain,
+        needs=Needs(site_grads=True, summary=_gain_estimate_summary),
+        quantities={"ln_jacobian_gain": None, "ln_gain_estimate": None},
+    )
+)

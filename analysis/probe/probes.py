@@ -17,8 +17,9 @@ Result layout (a nested dict of arrays, no leading seed axis here):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import flax.nnx as nnx
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 # The probe families register themselves on import: this order is the order of PROBES and CHEAP_PROBES.
 # isort: off
 from analysis.probe import gradients, activations, representations, sensitivity  # noqa: F401
+
 # isort: on
 from analysis.probe.loss import Batch, loss_from_logits, model_inputs
 from analysis.probe.reductions import at_recorded_precision, frobenius, per_level
@@ -38,10 +40,23 @@ from models import ModelConfig
 from models.sites import SquaredNormTap, squared_norm_taps, zeros_like_sites
 
 __all__ = [
-    "CHEAP_PROBES", "CKA_NULLS", "OUTPUT_CHANGE_MODES", "PROBES", "STEP_PROBES", "CKAOptions", "CosineOptions",
-    "HessianOptions", "OutputChangeOptions", "Probe", "ProbeConfig", "cheap_probes", "cka_sites", "probe_program",
-    "probe_program_with_grads", "register_probe",
-]  # fmt: skip
+    "CHEAP_PROBES",
+    "CKA_NULLS",
+    "OUTPUT_CHANGE_MODES",
+    "PROBES",
+    "STEP_PROBES",
+    "CKAOptions",
+    "CosineOptions",
+    "HessianOptions",
+    "OutputChangeOptions",
+    "Probe",
+    "ProbeConfig",
+    "cheap_probes",
+    "cka_sites",
+    "probe_program",
+    "probe_program_with_grads",
+    "register_probe",
+]
 
 
 def cheap_probes() -> tuple[str, ...]:
@@ -65,8 +80,10 @@ def _flat_option_names() -> dict[str, list[tuple[str, str]]]:
 def _options_of(probe: Probe, value: Any) -> Any:
     """`value` (an instance of the probe's options class, or a mapping of its fields) as that instance."""
     if probe.options is None:
-        raise ValueError(f"probe {probe.name!r} takes no options; probes with options: "
-                         f"{', '.join(n for n, p in PROBES.items() if p.options is not None)}")  # fmt: skip
+        raise ValueError(
+            f"probe {probe.name!r} takes no options; probes with options: "
+            f"{', '.join(n for n, p in PROBES.items() if p.options is not None)}"
+        )
     if isinstance(value, probe.options):
         return value
     if isinstance(value, Mapping):
@@ -75,8 +92,9 @@ def _options_of(probe: Probe, value: Any) -> Any:
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} of probe {probe.name!r}; valid: {', '.join(fields)}")
         return probe.options(**value)
-    raise ValueError(f"options of probe {probe.name!r} must be a {probe.options.__name__} or a mapping of its "
-                     f"fields, got {value!r}")  # fmt: skip
+    raise ValueError(
+        f"options of probe {probe.name!r} must be a {probe.options.__name__} or a mapping of its fields, got {value!r}"
+    )
 
 
 @dataclass(frozen=True, init=False)
@@ -258,16 +276,26 @@ def _probe_program(
         if site_grads:
             shapes = jax.eval_shape(lambda s: forward(s, None)[1].sites, state)
             points = _site_gradient_points(nnx.merge(graphdef, state), shapes)
-        (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(state, points, summarize)
+        (loss, out), (g_state, g_points) = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)(
+            state, points, summarize
+        )
         if points is not None:
             site_grad_norm = {name: per_level(g, _site_grad_norm) for name, g in g_points.items()}
     else:
         loss, out = forward(state, None, summarize)
     ctx = ProbeContext(
-        cfg=cfg, state=state, batch=batch, key=key, loss=loss, sites=out.sites, stats=out.stats,
+        cfg=cfg,
+        state=state,
+        batch=batch,
+        key=key,
+        loss=loss,
+        sites=out.sites,
+        stats=out.stats,
         summary={name: st["layers"].get("summary", {}) for name, st in out.stats.items()},
-        site_grad_norm=site_grad_norm, param_grads=g_state, forward=lambda s, perturb: forward(s, perturb),
-    )  # fmt: skip
+        site_grad_norm=site_grad_norm,
+        param_grads=g_state,
+        forward=lambda s, perturb: forward(s, perturb),
+    )
     result: dict[str, Any] = {"loss": loss}
     for probe, options in selected:
         produced = probe.compute(ctx, options)

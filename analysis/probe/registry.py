@@ -22,8 +22,9 @@ over `PROBES` picks it up. docs/probes.md has the equations of every entry.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -122,7 +123,8 @@ class Probe:
         if self.cost not in COSTS:
             raise ValueError(f"probe {self.name!r}: unknown cost {self.cost!r}; valid: {', '.join(COSTS)}")
         if self.options is not None and not (
-            isinstance(self.options, type) and dataclasses.is_dataclass(self.options)
+            isinstance(self.options, type)
+            and dataclasses.is_dataclass(self.options)
             and self.options.__dataclass_params__.frozen  # hashed: ProbeConfig is a compile-cache key
         ):
             raise ValueError(f"probe {self.name!r}: options must be a frozen dataclass type, got {self.options!r}")
@@ -155,8 +157,10 @@ def register_probe(probe: Probe) -> Probe:
     taken = {q: p.name for p in PROBES.values() for q in p.quantities}
     clash = [q for q in probe.quantities if q in taken or q == "loss"]
     if clash:
-        raise ValueError(f"probe {probe.name!r}: quantities {clash} are already produced by "
-                         f"{sorted({taken.get(q, 'the program (loss)') for q in clash})}")  # fmt: skip
+        raise ValueError(
+            f"probe {probe.name!r}: quantities {clash} are already produced by "
+            f"{sorted({taken.get(q, 'the program (loss)') for q in clash})}"
+        )
     PROBES[probe.name] = probe
     return probe
 

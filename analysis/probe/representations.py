@@ -86,9 +86,9 @@ def _cka_stack(h: jax.Array, key: jax.Array, options: CKAOptions) -> tuple[jax.A
 
 def _cosines(ctx: ProbeContext, options: CosineOptions, fn) -> dict:
     sites = (*options.sites, *(f"dual_{x}" for x in options.sites))
-    return no_stack_level({
-        name: {site: fn(s["layers"][site]) for site in sites if site in s["layers"]} for name, s in ctx.sites.items()
-    })  # fmt: skip
+    return no_stack_level(
+        {name: {site: fn(s["layers"][site]) for site in sites if site in s["layers"]} for name, s in ctx.sites.items()}
+    )
 
 
 def cos_adjacent(ctx: ProbeContext, options: CosineOptions) -> dict:
@@ -123,24 +123,45 @@ def cka(ctx: ProbeContext, options: CKAOptions) -> dict:
 def attn_entropy(ctx: ProbeContext, options: None) -> dict:
     """−Σ_s p_s log p_s (nats) per layer and head, averaged over batch and query positions; uniform
     attention over T keys gives log T. Recorded by the attention layers themselves (stats)."""
-    return {"attn_entropy": no_stack_level({
-        name: {k: v for k, v in st["layers"].items() if k.endswith("_entropy")} for name, st in ctx.stats.items()
-    })}  # fmt: skip
+    return {
+        "attn_entropy": no_stack_level(
+            {name: {k: v for k, v in st["layers"].items() if k.endswith("_entropy")} for name, st in ctx.stats.items()}
+        )
+    }
 
 
-register_probe(Probe(
-    "cos_adjacent", "mean per-token cosine between consecutive layers (resid_pre and resid_post)",
-    cos_adjacent, options=CosineOptions, option_prefix="similarity",
-))  # fmt: skip
-register_probe(Probe(
-    "cos_to_last", "mean per-token cosine between each layer and the last one",
-    cos_to_last, options=CosineOptions, option_prefix="similarity",
-))  # fmt: skip
-register_probe(Probe(
-    "cka", "linear CKA between every pair of layers' resid_post, and its shuffled-token null",
-    cka, quantities={"cka": pairwise_rows, "cka_null": pairwise_rows}, options=CKAOptions,
-))  # fmt: skip
-register_probe(Probe(
-    "attn_entropy", "mean attention entropy per layer and head (nats)", attn_entropy,
-    quantities={"attn_entropy": head_rows},
-))  # fmt: skip
+register_probe(
+    Probe(
+        "cos_adjacent",
+        "mean per-token cosine between consecutive layers (resid_pre and resid_post)",
+        cos_adjacent,
+        options=CosineOptions,
+        option_prefix="similarity",
+    )
+)
+register_probe(
+    Probe(
+        "cos_to_last",
+        "mean per-token cosine between each layer and the last one",
+        cos_to_last,
+        options=CosineOptions,
+        option_prefix="similarity",
+    )
+)
+register_probe(
+    Probe(
+        "cka",
+        "linear CKA between every pair of layers' resid_post, and its shuffled-token null",
+        cka,
+        quantities={"cka": pairwise_rows, "cka_null": pairwise_rows},
+        options=CKAOptions,
+    )
+)
+register_probe(
+    Probe(
+        "attn_entropy",
+        "mean attention entropy per layer and head (nats)",
+        attn_entropy,
+        quantities={"attn_entropy": head_rows},
+    )
+)

@@ -105,12 +105,23 @@ def _hessian_top_eig(ctx: ProbeContext, iters: int) -> jax.Array:
     return eig
 
 
-register_probe(Probe(
-    "output_change", "E_tokens ‖F̂(θ + δ) − F̂(θ)‖² of the normalized stack output for a small step δ",
-    output_change, needs=lambda options: Needs(param_grads=options.mode == "sign_grad"),
-    options=OutputChangeOptions, cost="costly",
-))  # fmt: skip
-register_probe(Probe(
-    "hessian_top_eig", "top Hessian eigenvalue of the loss by power iteration on HVPs (costly)",
-    hessian_top_eig, options=HessianOptions, option_prefix="hessian", cost="costly",
-))  # fmt: skip
+register_probe(
+    Probe(
+        "output_change",
+        "E_tokens ‖F̂(θ + δ) − F̂(θ)‖² of the normalized stack output for a small step δ",
+        output_change,
+        needs=lambda options: Needs(param_grads=options.mode == "sign_grad"),
+        options=OutputChangeOptions,
+        cost="costly",
+    )
+)
+register_probe(
+    Probe(
+        "hessian_top_eig",
+        "top Hessian eigenvalue of the loss by power iteration on HVPs (costly)",
+        hessian_top_eig,
+        options=HessianOptions,
+        option_prefix="hessian",
+        cost="costly",
+    )
+)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
@@ -193,8 +192,7 @@ def linear_cka(x: jax.Array, y: jax.Array, debiased: bool = True) -> jax.Array:
         ValueError: if the leading shapes differ or n is too small.
     """
     if jnp.shape(x)[:-1] != jnp.shape(y)[:-1]:
-        raise ValueError(
-            f"leading shapes differ: {jnp.shape(x)[:-1]} vs {jnp.shape(y)[:-1]}")
+        raise ValueError(f"leading shapes differ: {jnp.shape(x)[:-1]} vs {jnp.shape(y)[:-1]}")
     x, y = _prepare(_examples(x)), _prepare(_examples(y))
     _check_n(x.shape[0], debiased)
     xy = _hsic(x, y, debiased)
@@ -226,7 +224,8 @@ def _cross_traces(hx: jax.Array, hy: jax.Array, upper: bool) -> jax.Array:
             full = jnp.sum(sq.reshape(layers, layers, d), axis=2)
         else:  # deep stacks: one row of pairs at a time, memory L·D² instead of (L·D)²
             row = lambda x: jnp.sum(
-                jnp.sum(jnp.square(jnp.matmul(x.T, flat_y, precision=_HIGHEST)), axis=0).reshape(layers, d), axis=1)
+                jnp.sum(jnp.square(jnp.matmul(x.T, flat_y, precision=_HIGHEST)), axis=0).reshape(layers, d), axis=1
+            )
             full = jax.lax.map(row, hx)
         return jnp.triu(full) if upper else full
     rows = []
@@ -353,9 +352,7 @@ def stack_cka(h: jax.Array, debiased: bool = True, method: str = "auto") -> jax.
 
 
 @partial(jax.jit, static_argnames="debiased")
-def shuffled_null_cka(
-    x: jax.Array, y: jax.Array, key: jax.Array, debiased: bool = True
-) -> jax.Array:
+def shuffled_null_cka(x: jax.Array, y: jax.Array, key: jax.Array, debiased: bool = True) -> jax.Array:
     """Linear CKA after permuting the examples of ``y``: a null baseline.
 
     The permutation keeps each representation's marginal statistics but breaks

@@ -25,7 +25,8 @@ computes a probe.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,14 +35,37 @@ from analysis.probe.registry import PROBES, RowFn
 from models import ModelConfig
 
 COLUMNS = (
-    "run", "arch", "placement", "norm", "layers", "d_model", "seed", "step",
-    "stack", "layer", "site", "quantity", "value", "other_layer",
-)  # fmt: skip
+    "run",
+    "arch",
+    "placement",
+    "norm",
+    "layers",
+    "d_model",
+    "seed",
+    "step",
+    "stack",
+    "layer",
+    "site",
+    "quantity",
+    "value",
+    "other_layer",
+)
 DTYPES = {
-    "run": object, "arch": object, "placement": object, "norm": object, "layers": np.int64,
-    "d_model": np.int64, "seed": np.int64, "step": np.int64, "stack": object, "layer": np.int64,
-    "site": object, "quantity": object, "value": np.float64, "other_layer": np.int64,
-}  # fmt: skip
+    "run": object,
+    "arch": object,
+    "placement": object,
+    "norm": object,
+    "layers": np.int64,
+    "d_model": np.int64,
+    "seed": np.int64,
+    "step": np.int64,
+    "stack": object,
+    "layer": np.int64,
+    "site": object,
+    "quantity": object,
+    "value": np.float64,
+    "other_layer": np.int64,
+}
 
 
 def layer_rows(site: str, arr: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -96,19 +120,20 @@ def _stack_meta(cfg: ModelConfig, stack: str) -> tuple[str, int]:
         return cfg.enc_placement or cfg.placement, cfg.n_enc_layers
     if stack == "decoder":
         return cfg.placement, cfg.n_dec_layers
-    return cfg.placement, max(cfg.n_enc_layers if cfg.arch != "decoder" else 0, cfg.n_dec_layers if cfg.arch != "encoder" else 0)
+    return cfg.placement, max(
+        cfg.n_enc_layers if cfg.arch != "decoder" else 0, cfg.n_dec_layers if cfg.arch != "encoder" else 0
+    )
 
 
-def to_frame(
-    result: dict, cfg: ModelConfig, seeds: Iterable[int], *, run: str = "", step: int = 0
-) -> pd.DataFrame:
+def to_frame(result: dict, cfg: ModelConfig, seeds: Iterable[int], *, run: str = "", step: int = 0) -> pd.DataFrame:
     """Tidy rows from a probe result whose arrays carry a leading seed axis (len(seeds))."""
     seeds = [int(s) for s in seeds]
     n = len(seeds)
     # columns built as numpy blocks, one per (quantity, stack, site), joined once: no per-row Python
     # (a 1000-layer study has 2·10⁶ rows, a 32-seed study ~10⁵)
-    blocks: dict[str, list[np.ndarray]] = {c: [] for c in ("seed", "stack", "layer", "site", "quantity", "value",
-                                                           "other_layer", "placement", "layers")}  # fmt: skip
+    blocks: dict[str, list[np.ndarray]] = {
+        c: [] for c in ("seed", "stack", "layer", "site", "quantity", "value", "other_layer", "placement", "layers")
+    }
 
     def emit(stack, quantity, site, values, layer, other):
         # values: (n_seeds, k) with matching layer/other arrays of length k
@@ -119,8 +144,13 @@ def to_frame(
         blocks["layer"].append(np.tile(np.asarray(layer, np.int64), n))
         blocks["other_layer"].append(np.tile(np.asarray(other, np.int64), n))
         blocks["value"].append(values.reshape(-1).astype(np.float64))
-        for column, v in (("stack", stack), ("site", site), ("quantity", quantity), ("placement", placement),
-                          ("layers", stack_layers)):  # fmt: skip
+        for column, v in (
+            ("stack", stack),
+            ("site", site),
+            ("quantity", quantity),
+            ("placement", placement),
+            ("layers", stack_layers),
+        ):
             blocks[column].append(constant(v))
 
     row_fns = _row_fns()
@@ -132,7 +162,9 @@ def to_frame(
             for site, arr in levels["stack"].items():
                 arr = _per_seed(arr, n, f"{quantity}/{stack}/{site}")
                 if arr.ndim != 1:
-                    raise ValueError(f"{quantity}/{stack}/{site}: stack-level values must be one per seed, got shape {arr.shape}")
+                    raise ValueError(
+                        f"{quantity}/{stack}/{site}: stack-level values must be one per seed, got shape {arr.shape}"
+                    )
                 emit(stack, quantity, site, arr.reshape(n, 1), np.array([-1]), np.array([-1]))
             rows_of = row_fns.get(quantity) or layer_rows
             for site, arr in levels["layers"].items():
@@ -147,7 +179,11 @@ def to_frame(
         return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in COLUMNS})
     columns = {c: np.concatenate(parts) for c, parts in blocks.items()}
     rows = len(columns["value"])
-    columns.update(run=np.full(rows, run, dtype=object), arch=np.full(rows, cfg.arch, dtype=object),
-                   norm=np.full(rows, cfg.norm, dtype=object), d_model=np.full(rows, cfg.d_model, np.int64),
-                   step=np.full(rows, step, np.int64))  # fmt: skip
+    columns.update(
+        run=np.full(rows, run, dtype=object),
+        arch=np.full(rows, cfg.arch, dtype=object),
+        norm=np.full(rows, cfg.norm, dtype=object),
+        d_model=np.full(rows, cfg.d_model, np.int64),
+        step=np.full(rows, step, np.int64),
+    )
     return pd.DataFrame({c: columns[c] for c in COLUMNS}).astype(DTYPES)

@@ -31,8 +31,9 @@ import math
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -40,17 +41,26 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis.experiments import EXPERIMENTS
-from analysis.experiments.atlas import (ATLAS_SUMMARY, NAME as ATLAS, SUMMARY_NOTES, AtlasSettings,
-                                        atlas_experiment, atlas_figures, init_study, is_stored_study, nan_note,
-                                        summary_table)  # fmt: skip
+from analysis.experiments.atlas import (
+    ATLAS_SUMMARY,
+    SUMMARY_NOTES,
+    AtlasSettings,
+    atlas_experiment,
+    atlas_figures,
+    init_study,
+    is_stored_study,
+    nan_note,
+    summary_table,
+)
+from analysis.experiments.atlas import NAME as ATLAS
 from analysis.experiments.claims import check
 from analysis.experiments.runs import compute_jobs
 from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
-from analysis.runtime import check_environment, release_compiled
 from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
 from analysis.report.html import render_html
 from analysis.report.markdown import figure_path, render_markdown
+from analysis.runtime import check_environment, release_compiled
 
 PRESETS = ("tiny", "quick", "paper")  # tiny: the test suite's end-to-end size
 Checker = Callable[[Any, pd.DataFrame], pd.DataFrame]
@@ -139,8 +149,15 @@ def _cached_figures(out: Path, key: str, section: str) -> tuple[RenderedFigure, 
         if meta["key"] != key:
             return None
         folder = manifest.parent
-        return tuple(RenderedFigure(name=f["name"], caption=f["caption"], png=(folder / f"{f['name']}.png").read_bytes(),
-                                    svg=(folder / f"{f['name']}.svg").read_bytes()) for f in meta["figures"])  # fmt: skip
+        return tuple(
+            RenderedFigure(
+                name=f["name"],
+                caption=f["caption"],
+                png=(folder / f"{f['name']}.png").read_bytes(),
+                svg=(folder / f"{f['name']}.svg").read_bytes(),
+            )
+            for f in meta["figures"]
+        )
     except (OSError, KeyError, ValueError):
         return None
 
@@ -164,17 +181,25 @@ def _draw(experiment: Any, frame: pd.DataFrame) -> tuple[tuple[RenderedFigure, .
     return tuple(figures), ""
 
 
-def _experiment_section(name: str, experiment: Any, preset: str, figures: tuple[RenderedFigure, ...],
-                        checks: pd.DataFrame, error: str) -> Section:
+def _experiment_section(
+    name: str, experiment: Any, preset: str, figures: tuple[RenderedFigure, ...], checks: pd.DataFrame, error: str
+) -> Section:
     return Section(
-        key=name, title=f"{name}: {experiment.title}", citation=experiment.paper, summary=experiment.summary,
-        claims=checks, figures=figures, settings=_settings_text(experiment, preset), error=error,
-    )  # fmt: skip
+        key=name,
+        title=f"{name}: {experiment.title}",
+        citation=experiment.paper,
+        summary=experiment.summary,
+        claims=checks,
+        figures=figures,
+        settings=_settings_text(experiment, preset),
+        error=error,
+    )
 
 
 def _atlas_figures(df: pd.DataFrame, meta: dict) -> tuple[RenderedFigure, ...]:
-    return tuple(render_figure(fig, name, caption)
-                 for name, caption, fig in atlas_figures(df, meta["layers"], meta["seeds"]))  # fmt: skip
+    return tuple(
+        render_figure(fig, name, caption) for name, caption, fig in atlas_figures(df, meta["layers"], meta["seeds"])
+    )
 
 
 def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, ...]) -> Section:
@@ -183,10 +208,14 @@ def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, 
     summary = ATLAS_SUMMARY.format(layers=layers, seeds=seeds)
     notes = SUMMARY_NOTES + nan_note(table)
     return Section(
-        key="init", title="Initialization atlas", citation="", summary=summary + "\n\n" + notes,
-        figures=figures, tables=(("Headline statistics per placement: median [min, max] over seeds", table),),
+        key="init",
+        title="Initialization atlas",
+        citation="",
+        summary=summary + "\n\n" + notes,
+        figures=figures,
+        tables=(("Headline statistics per placement: median [min, max] over seeds", table),),
         settings=f"{layers} layers, {seeds} seeds, placements: {', '.join(meta['placements'])}",
-    )  # fmt: skip
+    )
 
 
 def _write_figures(out: Path, sections: list[Section], keys: Mapping[str, str]) -> None:
@@ -214,8 +243,16 @@ def _write_figures(out: Path, sections: list[Section], keys: Mapping[str, str]) 
                 folder.rmdir()
 
 
-def _compute_ahead(atlas: AtlasSettings, experiments: Mapping[str, Any], preset: str, store: Path,
-                   data: Path, *, reuse: bool, progress: bool) -> None:  # fmt: skip
+def _compute_ahead(
+    atlas: AtlasSettings,
+    experiments: Mapping[str, Any],
+    preset: str,
+    store: Path,
+    data: Path,
+    *,
+    reuse: bool,
+    progress: bool,
+) -> None:
     """Compute every stored-or-missing job of the atlas and the experiments at once (`compute_jobs`: a
     pool of processes, longest first). Best effort: an experiment whose plan cannot even be listed, or
     a job that fails, is left to its section, which then reports the error."""
@@ -334,27 +371,34 @@ def build_report(
     # 3. Check table, atlas figures, pages.
     bar.set_postfix_str("figures and pages")
     t = time.perf_counter()
-    checks = pd.concat([c for c in all_checks if len(c)], ignore_index=True) if any(len(c) for c in all_checks) \
-        else pd.DataFrame(columns=list(CHECK_COLUMNS))  # fmt: skip
+    checks = (
+        pd.concat([c for c in all_checks if len(c)], ignore_index=True)
+        if any(len(c) for c in all_checks)
+        else pd.DataFrame(columns=list(CHECK_COLUMNS))
+    )
     write_checks(checks, data)
     keys["init"] = figure_key(data / "init.parquet", source)
     atlas_figures = None if redraw else _cached_figures(out, keys["init"], "init")
-    atlas_section = _atlas_section(init_df, init_meta, atlas_figures if atlas_figures is not None else
-                                   _atlas_figures(init_df, init_meta))  # fmt: skip
+    atlas_section = _atlas_section(
+        init_df, init_meta, atlas_figures if atlas_figures is not None else _atlas_figures(init_df, init_meta)
+    )
     env = environment()
-    env.update({
-        "preset": preset,
-        "atlas": f"{init_meta['layers']} layers, {init_meta['seeds']} seeds"
-                 + (" (stored result reused)" if init_meta.get("reused") else ""),
-        "experiments": ", ".join(experiments) or "none",
-        "failed": ", ".join(failed) or "none",
-        "timings_s": ", ".join(f"{k} {v}" for k, v in timings.items()),
-        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-    })  # fmt: skip
+    env.update(
+        {
+            "preset": preset,
+            "atlas": f"{init_meta['layers']} layers, {init_meta['seeds']} seeds"
+            + (" (stored result reused)" if init_meta.get("reused") else ""),
+            "experiments": ", ".join(experiments) or "none",
+            "failed": ", ".join(failed) or "none",
+            "timings_s": ", ".join(f"{k} {v}" for k, v in timings.items()),
+            "generated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+    )
     env["wall_time_s"] = round(time.perf_counter() - start, 1)
-    content = ReportContent(title=title, preset=preset, checks=checks, sections=tuple(sections), atlas=atlas_section,
-                            environment=env)  # fmt: skip
+    content = ReportContent(
+        title=title, preset=preset, checks=checks, sections=tuple(sections), atlas=atlas_section, environment=env
+    )
     _write_figures(out, [*sections, atlas_section], keys)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(render_markdown(content)))
     atomic_write(out / "index.html", lambda tmp: tmp.write_text(render_html(content)))
@@ -366,5 +410,3 @@ def build_report(
     if failed:
         print(f"failed parts (see their sections): {', '.join(failed)}", file=sys.stderr)
     return BuiltReport(index=index, failed=tuple(failed), seconds=seconds)
-
-

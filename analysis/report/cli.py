@@ -25,30 +25,55 @@ def _cmd_report(args: argparse.Namespace) -> int:
     experiments = {} if wanted == "none" else select_experiments(wanted, default_experiments())
     preset = args.preset or ("tiny" if args.quick else "quick")
     out = Path(args.out or f"reports/{preset}")
-    built = build_report(out, preset=preset, atlas=atlas, experiments=experiments,
-                         store=Path(args.store) if args.store else None, redraw=args.redraw,
-                         reuse=not args.recompute)  # fmt: skip
+    built = build_report(
+        out,
+        preset=preset,
+        atlas=atlas,
+        experiments=experiments,
+        store=Path(args.store) if args.store else None,
+        redraw=args.redraw,
+        reuse=not args.recompute,
+    )
     return 1 if built.failed else 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add `lnscope report` to the `lnscope` command's subparsers."""
-    report = sub.add_parser("report", help="run the atlas, the experiments and their checks; write one HTML report",
-                            formatter_class=HelpFormatter)  # fmt: skip
-    report.add_argument("--out", default="", metavar="PATH", help="output folder; index.html is the report "
-                        "(default: reports/<preset>)")
-    report.add_argument("--preset", default=None, choices=("tiny", "quick", "paper"),
-                        help="experiments' sizes: quick (a CPU), paper (a GPU), tiny (smoke; the default with --quick)")
-    report.add_argument("--experiments", default="all", metavar="A,B,...",
-                        help="comma-separated experiment names, all, or none")
-    report.add_argument("--store", default="", metavar="PATH",
-                        help="folder of reusable experiment results (default: <out>/store)")
+    report = sub.add_parser(
+        "report",
+        help="run the atlas, the experiments and their checks; write one HTML report",
+        formatter_class=HelpFormatter,
+    )
+    report.add_argument(
+        "--out", default="", metavar="PATH", help="output folder; index.html is the report (default: reports/<preset>)"
+    )
+    report.add_argument(
+        "--preset",
+        default=None,
+        choices=("tiny", "quick", "paper"),
+        help="experiments' sizes: quick (a CPU), paper (a GPU), tiny (smoke; the default with --quick)",
+    )
+    report.add_argument(
+        "--experiments", default="all", metavar="A,B,...", help="comma-separated experiment names, all, or none"
+    )
+    report.add_argument(
+        "--store", default="", metavar="PATH", help="folder of reusable experiment results (default: <out>/store)"
+    )
     report.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per configuration of the atlas")
-    report.add_argument("--layers", type=int, default=None, metavar="N",
-                        help="depth of the atlas' models, each stack (default: 18; 6 with --quick)")
+    report.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="depth of the atlas' models, each stack (default: 18; 6 with --quick)",
+    )
     report.add_argument("--quick", action="store_true", help="a smoke run: a 6-layer atlas and the tiny preset")
-    report.add_argument("--placements", default="", metavar="A,B,...",
-                        help="atlas placements, comma-separated; see lnscope list (default: all)")
+    report.add_argument(
+        "--placements",
+        default="",
+        metavar="A,B,...",
+        help="atlas placements, comma-separated; see lnscope list (default: all)",
+    )
     report.add_argument("--redraw", action="store_true", help="figures, checks and pages again from <out>/data")
     report.add_argument("--recompute", action="store_true", help="recompute a stored atlas with the same settings")
     report.set_defaults(func=_cmd_report)

@@ -21,8 +21,21 @@ from matplotlib.figure import Figure
 from analysis.plot.figures import DPI
 
 # The check table's columns (analysis.experiments' CheckResult fields), in the order they are read.
-CHECK_COLUMNS = ("id", "paper", "source", "statement", "method_form", "statistic", "ci_low", "ci_high",
-                 "threshold", "direction", "verdict", "n_seeds", "note")  # fmt: skip
+CHECK_COLUMNS = (
+    "id",
+    "paper",
+    "source",
+    "statement",
+    "method_form",
+    "statistic",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "direction",
+    "verdict",
+    "n_seeds",
+    "note",
+)
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
@@ -53,8 +66,9 @@ def render_figure(fig: Figure, name: str, caption: str, *, dpi: int = DPI) -> Re
         for fmt in ("png", "svg"):
             buffer = io.BytesIO()
             # metadata: no creation date in the SVG, so an unchanged figure renders to the same bytes
-            fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight",
-                        metadata={"Date": None} if fmt == "svg" else None)  # fmt: skip
+            fig.savefig(
+                buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None
+            )
             out[fmt] = buffer.getvalue()
     finally:
         plt.close(fig)

@@ -18,12 +18,12 @@ from html import escape
 import pandas as pd
 
 from analysis.report.content import (
-    ReportContent,
     RenderedFigure,
+    ReportContent,
     Section,
+    blocks,
     fmt_number,
     fmt_statistic,
-    blocks,
     fmt_threshold,
     verdict_counts,
 )
@@ -83,8 +83,10 @@ def _verdict(verdict: str) -> str:
 
 def _figure(fig: RenderedFigure) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
-    return (f'<figure id="fig-{escape(fig.name)}"><img src="data:image/png;base64,{data}" alt="{escape(fig.caption)}">'
-            f"<figcaption>{_inline(fig.caption)}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure id="fig-{escape(fig.name)}"><img src="data:image/png;base64,{data}" alt="{escape(fig.caption)}">'
+        f"<figcaption>{_inline(fig.caption)}</figcaption></figure>"
+    )
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -105,8 +107,10 @@ def check_table(content: ReportContent) -> str:
     checks = content.checks
     if checks.empty:
         return "<p>No hypothesis checks in this report.</p>"
-    head = ("<tr><th>claim</th><th>paper</th><th>method form</th><th>statistic [95% CI]</th><th>threshold</th>"
-            "<th>verdict</th><th>seeds</th></tr>")  # fmt: skip
+    head = (
+        "<tr><th>claim</th><th>paper</th><th>method form</th><th>statistic [95% CI]</th><th>threshold</th>"
+        "<th>verdict</th><th>seeds</th></tr>"
+    )
     rows = []
     for _, row in checks.iterrows():
         section = content.section_of(row["paper"])
@@ -117,7 +121,7 @@ def check_table(content: ReportContent) -> str:
             f'<div class="meta">{escape(str(row["id"]))} · {_inline(str(row["source"]))}</div></td>'
             f"<td>{paper_cell}</td><td>{_inline(str(row['method_form']))}</td>"
             f'<td class="num">{escape(fmt_statistic(row))}</td><td class="num">{escape(fmt_threshold(row))}</td>'
-            f"<td>{_verdict(row['verdict'])}</td><td class=\"num\">{escape(str(row['n_seeds']))}</td></tr>"
+            f'<td>{_verdict(row["verdict"])}</td><td class="num">{escape(str(row["n_seeds"]))}</td></tr>'
         )
     return f'<table class="checks"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -127,14 +131,14 @@ def _claims(section: Section) -> str:
         return ""
     items = []
     for _, row in section.claims.iterrows():
-        note = f"<br><span class=\"meta\">{_inline(str(row['note']))}</span>" if str(row["note"]).strip() else ""
+        note = f'<br><span class="meta">{_inline(str(row["note"]))}</span>' if str(row["note"]).strip() else ""
         items.append(
             f'<li id="{claim_anchor(row["id"])}">{_verdict(row["verdict"])} {_inline(str(row["statement"]))}'
             f'<br><span class="meta">{escape(str(row["id"]))} · source: {_inline(str(row["source"]))} · '
             f"method form: {_inline(str(row['method_form']))} · statistic {escape(fmt_statistic(row))}, "
             f"threshold {escape(fmt_threshold(row))}, {escape(str(row['n_seeds']))} seeds</span>{note}</li>"
         )
-    return "<h3>Claims</h3><ul class=\"claims\">" + "".join(items) + "</ul>"
+    return '<h3>Claims</h3><ul class="claims">' + "".join(items) + "</ul>"
 
 
 def _section(section: Section) -> str:
@@ -157,7 +161,8 @@ def _section(section: Section) -> str:
 
 def _environment(environment: dict) -> str:
     rows = "".join(
-        f"<tr><th>{escape(str(k))}</th><td>{_inline(', '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))}</td></tr>"
+        f"<tr><th>{escape(str(k))}</th>"
+        f"<td>{_inline(', '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))}</td></tr>"
         for k, v in environment.items()
     )
     return f'<section id="environment"><h2>Environment</h2><table>{rows}</table></section>'
@@ -168,19 +173,26 @@ def render_html(content: ReportContent) -> str:
     counts = verdict_counts(content.checks)
     nav = ['<a href="#checks">Hypothesis checks</a>']
     nav += [f'<a href="#{s.key}" title="{escape(s.title)}">{escape(s.key)}</a>' for s in content.sections]
-    nav += [f'<a href="#{content.atlas.key}">{escape(content.atlas.title)}</a>', '<a href="#environment">Environment</a>']
+    nav += [
+        f'<a href="#{content.atlas.key}">{escape(content.atlas.title)}</a>',
+        '<a href="#environment">Environment</a>',
+    ]
     env = content.environment
-    lede = (f"Preset <code>{escape(content.preset)}</code> · {len(content.checks)} hypothesis checks · "
-            f"git commit <code>{escape(str(env.get('git_commit') or 'unknown'))[:12]}</code> · "
-            f"wall time {escape(str(env.get('wall_time_s', '?')))} s")  # fmt: skip
+    lede = (
+        f"Preset <code>{escape(content.preset)}</code> · {len(content.checks)} hypothesis checks · "
+        f"git commit <code>{escape(str(env.get('git_commit') or 'unknown'))[:12]}</code> · "
+        f"wall time {escape(str(env.get('wall_time_s', '?')))} s"
+    )
     badges = " ".join(f"{_verdict(v)} {n}" for v, n in counts.items())
-    rule = ("Each check computes its statistic from per-seed values of an experiment's tidy table and a 95% "
-            "percentile-bootstrap interval over seeds. <b>reproduced</b>: the whole interval lies on the claim's "
-            "side of the threshold; <b>not reproduced</b>: the whole interval lies on the other side; "
-            "<b>inconclusive</b>: the interval straddles the threshold. A claim that does not reproduce is a "
-            "finding, reported as measured.")  # fmt: skip
+    rule = (
+        "Each check computes its statistic from per-seed values of an experiment's tidy table and a 95% "
+        "percentile-bootstrap interval over seeds. <b>reproduced</b>: the whole interval lies on the claim's "
+        "side of the threshold; <b>not reproduced</b>: the whole interval lies on the other side; "
+        "<b>inconclusive</b>: the interval straddles the threshold. A claim that does not reproduce is a "
+        "finding, reported as measured."
+    )
     body = [
-        f"<header><h1>{escape(content.title)}</h1><p class=\"lede\">{lede}</p>",
+        f'<header><h1>{escape(content.title)}</h1><p class="lede">{lede}</p>',
         f"<nav>{''.join(nav)}</nav></header>",
         f'<section id="checks"><h2>Hypothesis checks</h2><p class="counts">{badges}</p><p class="meta">{rule}</p>',
         check_table(content) + "</section>",
@@ -188,7 +200,10 @@ def render_html(content: ReportContent) -> str:
         _section(content.atlas),
         _environment(env),
     ]
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{escape(content.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")  # fmt: skip
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(content.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

@@ -24,6 +24,17 @@ from analysis.train.sweep import Sweep, load_sweep, run_sweep
 from analysis.train.tasks import TASKS
 
 __all__ = [
-    "OptimConfig", "SCHEDULES", "TASKS", "TaskConfig", "TrainConfig", "TrainResult", "load_model", "load_runs",
-    "Sweep", "load_sweep", "read_result", "run_sweep", "train",
-]  # fmt: skip
+    "OptimConfig",
+    "SCHEDULES",
+    "TASKS",
+    "TaskConfig",
+    "TrainConfig",
+    "TrainResult",
+    "load_model",
+    "load_runs",
+    "Sweep",
+    "load_sweep",
+    "read_result",
+    "run_sweep",
+    "train",
+]

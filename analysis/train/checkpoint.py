@@ -30,8 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import flax.nnx as nnx
 import jax
@@ -46,9 +47,11 @@ def _manager(folder: Path, *, read_only: bool = False) -> ocp.CheckpointManager:
     # Readers neither create folders nor clean up (orbax's read_only mode would also work, with a
     # warning on every call).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, create=not read_only, cleanup_tmp_directories=not read_only,
+        max_to_keep=None,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=False,
-    )  # fmt: skip
+    )
     return ocp.CheckpointManager(Path(folder).resolve() / CHECKPOINTS, options=options)
 
 
@@ -75,8 +78,9 @@ def save(folder: Path, step: int, states: Any) -> None:
             cause = os_error_in(err)
             if cause is None:
                 raise
-            raise OSError(cause.errno, cause.strerror or str(cause),
-                          cause.filename or str(Path(folder) / CHECKPOINTS)) from err  # fmt: skip
+            raise OSError(
+                cause.errno, cause.strerror or str(cause), cause.filename or str(Path(folder) / CHECKPOINTS)
+            ) from err
 
 
 def remove_temporary(folder: Path) -> list[Path]:
@@ -197,7 +201,9 @@ def restore(folder: Path, step: int, abstract: Any) -> Any:
     flat = manager.restore(int(step), args=ocp.args.StandardRestore(_flat(abstract)))
     manager.close()
     if len(flat) != len(leaves):
-        raise ValueError(f"checkpoint {folder}/{CHECKPOINTS}/{step} has {len(flat)} arrays; this config needs {len(leaves)}")
+        raise ValueError(
+            f"checkpoint {folder}/{CHECKPOINTS}/{step} has {len(flat)} arrays; this config needs {len(leaves)}"
+        )
     return jax.tree.unflatten(treedef, [flat[f"{i:06d}"] for i in range(len(leaves))])
 
 

@@ -16,8 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.options import (HelpFormatter, add_dataclass_options, add_model_options, add_plan_options, dataclass_from_args,
-                              plan_from_args)
+from analysis.options import (
+    HelpFormatter,
+    add_dataclass_options,
+    add_model_options,
+    add_plan_options,
+    dataclass_from_args,
+    plan_from_args,
+)
 from analysis.probe.probes import PROBES
 from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
 from analysis.train.loop import train
@@ -28,8 +34,11 @@ from models import ModelConfig
 
 
 def _choices() -> dict:
-    return {"task": {"name": tuple(TASKS)}, "optim": {"schedule": tuple(SCHEDULES)},
-            "train": {"probes": tuple(PROBES), "expensive_probes": tuple(PROBES)}}  # fmt: skip
+    return {
+        "task": {"name": tuple(TASKS)},
+        "optim": {"schedule": tuple(SCHEDULES)},
+        "train": {"probes": tuple(PROBES), "expensive_probes": tuple(PROBES)},
+    }
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -39,21 +48,43 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs", metavar="PATH", help="store folder; the run goes to PATH/<run id>/")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     _add_seed_options(parser)
-    add_dataclass_options(parser, TrainConfig, title="training (analysis.train.TrainConfig fields)",
-                          choices=choices["train"], skip=("seeds",), prefix="train.")  # fmt: skip
-    add_dataclass_options(parser, OptimConfig, title="optimizer (analysis.train.OptimConfig fields)",
-                          choices=choices["optim"], prefix="optim.")  # fmt: skip
-    add_dataclass_options(parser, TaskConfig, title="task (analysis.train.TaskConfig fields)",
-                          choices=choices["task"], flags={"name": "task", "vocab": "task-vocab"}, prefix="task.")  # fmt: skip
+    add_dataclass_options(
+        parser,
+        TrainConfig,
+        title="training (analysis.train.TrainConfig fields)",
+        choices=choices["train"],
+        skip=("seeds",),
+        prefix="train.",
+    )
+    add_dataclass_options(
+        parser,
+        OptimConfig,
+        title="optimizer (analysis.train.OptimConfig fields)",
+        choices=choices["optim"],
+        prefix="optim.",
+    )
+    add_dataclass_options(
+        parser,
+        TaskConfig,
+        title="task (analysis.train.TaskConfig fields)",
+        choices=choices["task"],
+        flags={"name": "task", "vocab": "task-vocab"},
+        prefix="task.",
+    )
     add_model_options(parser)
     add_plan_options(parser, skip=("seed_programs", "streams"))
 
 
 def _add_seed_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vmap-seeds", action=argparse.BooleanOptionalAction, default=None,
-                        help="seeds in one vmapped program, or a program each (default: the plan's; a resumed run as it started)")
-    parser.add_argument("--streams", type=int, default=None, metavar="N",
-                        help="per-seed programs run at once on threads")
+    parser.add_argument(
+        "--vmap-seeds",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seeds in one vmapped program, or a program each (default: the plan's; a resumed run as it started)",
+    )
+    parser.add_argument(
+        "--streams", type=int, default=None, metavar="N", help="per-seed programs run at once on threads"
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -61,18 +92,26 @@ def config_from_args(args: argparse.Namespace):
     if args.seeds < 1 or args.seed_start < 0:
         raise ValueError(f"--seeds must be >= 1 and --seed-start >= 0, got {args.seeds} and {args.seed_start}")
     return dataclass_from_args(
-        TrainConfig, args, prefix="train.",
+        TrainConfig,
+        args,
+        prefix="train.",
         model=dataclass_from_args(ModelConfig, args),
         task=dataclass_from_args(TaskConfig, args, prefix="task."),
         optim=dataclass_from_args(OptimConfig, args, prefix="optim."),
         seeds=tuple(range(args.seed_start, args.seed_start + args.seeds)),
-    )  # fmt: skip
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    result = train(cfg, args.out, plan=plan_from_args(args), progress=args.progress, vmap_seeds=args.vmap_seeds,
-                   streams=args.streams)  # fmt: skip
+    result = train(
+        cfg,
+        args.out,
+        plan=plan_from_args(args),
+        progress=args.progress,
+        vmap_seeds=args.vmap_seeds,
+        streams=args.streams,
+    )
     curves = result.curves
     val = curves[(curves["quantity"] == "val_loss")].sort_values("step").groupby("seed")["value"].last()
     for seed, status in result.status.items():
@@ -87,8 +126,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file)  # parsed and validated before any compute
-    table = run_sweep(sweep, args.out, plan=plan_from_args(args), progress=args.progress, vmap_seeds=args.vmap_seeds,
-                      streams=args.streams)  # fmt: skip
+    table = run_sweep(
+        sweep,
+        args.out,
+        plan=plan_from_args(args),
+        progress=args.progress,
+        vmap_seeds=args.vmap_seeds,
+        streams=args.streams,
+    )
     with_text = table.drop(columns=["folder"]).to_string(index=False)
     print(with_text, file=sys.stderr)
     print(args.out)
@@ -98,14 +143,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `train` and `sweep` on the `lnscope` parser's subparsers."""
     train = subparsers.add_parser(
-        "train", help="train seeds of one config with probes in the step; print the run folder",
+        "train",
+        help="train seeds of one config with probes in the step; print the run folder",
         formatter_class=HelpFormatter,
-    )  # fmt: skip
+    )
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
 
-    sweep = subparsers.add_parser("sweep", help="train a grid of configs from a TOML/JSON file (resumable)",
-                                  formatter_class=HelpFormatter)  # fmt: skip
+    sweep = subparsers.add_parser(
+        "sweep", help="train a grid of configs from a TOML/JSON file (resumable)", formatter_class=HelpFormatter
+    )
     sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
     sweep.add_argument("--out", required=True, metavar="PATH", help="store folder of the runs")
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")

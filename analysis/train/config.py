@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from analysis.execution.plan import RETIRED_MODEL_FIELDS
 from analysis.probe.probes import CHEAP_PROBES, PROBES, STEP_PROBES, ProbeConfig
@@ -100,7 +101,11 @@ class TrainConfig:
         check_names("expensive_probes", self.expensive_probes, PROBES)
         self.probe_config(self.probes + self.expensive_probes)  # validates cka_tokens and cka_null
         if self.expensive_probes:
-            if self.probe_every == 0 or self.expensive_probe_every == 0 or self.expensive_probe_every % self.probe_every:
+            if (
+                self.probe_every == 0
+                or self.expensive_probe_every == 0
+                or self.expensive_probe_every % self.probe_every
+            ):
                 raise ValueError(
                     f"expensive_probe_every={self.expensive_probe_every} must be a positive multiple of "
                     f"probe_every={self.probe_every} when expensive_probes are given"
@@ -131,7 +136,7 @@ class TrainConfig:
         """The loss above which a seed counts as diverged."""
         return self.loss_ceiling if self.loss_ceiling is not None else 3.0 * math.log(self.model.vocab)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied; dotted names reach nested configs ("optim.lr", "model.layers")."""
         return from_dict(_merge(to_dict(self), changes))
 

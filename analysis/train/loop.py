@@ -75,7 +75,7 @@ class Plan:
     boundaries: tuple[int, ...]
 
     @classmethod
-    def of(cls, cfg: TrainConfig, with_checkpoints: bool) -> "Plan":
+    def of(cls, cfg: TrainConfig, with_checkpoints: bool) -> Plan:
         T = cfg.steps
         probes: dict[int, tuple[str, ...]] = {}
         if cfg.probe_every:
@@ -121,10 +121,20 @@ class _Recorder:
         steps = np.flatnonzero(self.done)
         for k in METRICS:
             values = self.metrics[k][:, steps]  # (S, n)
-            blocks.append(pd.DataFrame({"seed": np.repeat(seeds, len(steps)), "step": np.tile(steps, len(seeds)),
-                                        "quantity": k, "value": values.reshape(-1).astype(np.float64)}))  # fmt: skip
+            blocks.append(
+                pd.DataFrame(
+                    {
+                        "seed": np.repeat(seeds, len(steps)),
+                        "step": np.tile(steps, len(seeds)),
+                        "quantity": k,
+                        "value": values.reshape(-1).astype(np.float64),
+                    }
+                )
+            )
         for step, values in sorted(self.val.items()):
-            blocks.append(pd.DataFrame({"seed": seeds, "step": step, "quantity": "val_loss", "value": values.astype(np.float64)}))
+            blocks.append(
+                pd.DataFrame({"seed": seeds, "step": step, "quantity": "val_loss", "value": values.astype(np.float64)})
+            )
         frame = pd.concat(blocks, ignore_index=True) if blocks else store.empty_curves()
         frame.insert(0, "run", self.run_id)
         return store.as_curves(frame)
@@ -199,9 +209,17 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPlan | None = None,
-          devices: list | None = None, progress: bool = False, vmap_seeds: bool | None = None,
-          streams: int | None = None, wait: bool = True) -> TrainResult:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    out: Path | str | None = None,
+    *,
+    plan: ExecutionPlan | None = None,
+    devices: list | None = None,
+    progress: bool = False,
+    vmap_seeds: bool | None = None,
+    streams: int | None = None,
+    wait: bool = True,
+) -> TrainResult:
     """Train every seed of `cfg` as `plan` says (default: this backend's, analysis.execution): on a
     CPU each seed in a program of its own, one per core at once; elsewhere all seeds in one vmapped
     program, the seed axis sharded over `devices` (analysis.train.seeds).
@@ -260,8 +278,18 @@ def train(cfg: TrainConfig, out: Path | str | None = None, *, plan: ExecutionPla
         return compute()
 
 
-def _compute(cfg: TrainConfig, data: Any, execution: ExecutionPlan, chosen: bool | None, mode: str, run_id: str,
-             folder: Path | None, devices: list | None, progress: bool, streams: int | None) -> TrainResult:  # fmt: skip
+def _compute(
+    cfg: TrainConfig,
+    data: Any,
+    execution: ExecutionPlan,
+    chosen: bool | None,
+    mode: str,
+    run_id: str,
+    folder: Path | None,
+    devices: list | None,
+    progress: bool,
+    streams: int | None,
+) -> TrainResult:
     """The run itself, after `train`'s checks (with a folder, the caller holds its claim). `chosen`:
     the seed mode the caller asked for (None: `mode` is the default, and a resumed run keeps its own)."""
     started = time.perf_counter()
@@ -292,8 +320,15 @@ def _compute(cfg: TrainConfig, data: Any, execution: ExecutionPlan, chosen: bool
             store.remove_leftovers(folder)
         saved = checkpoint.steps(folder)
         if _writer():  # how the checkpointed states were computed: what a resume continues by default
-            store.write_started(folder, {"run_id": run_id, "config": to_dict(cfg), "task_info": data.info,
-                                         "seed_programs": started_as if saved and started_as else mode})  # fmt: skip
+            store.write_started(
+                folder,
+                {
+                    "run_id": run_id,
+                    "config": to_dict(cfg),
+                    "task_info": data.info,
+                    "seed_programs": started_as if saved and started_as else mode,
+                },
+            )
         if saved:
             start = saved[-1]
             _, abstract = abstract_states(cfg, shardings[0])
@@ -404,5 +439,6 @@ def read_result(folder: Path | str) -> TrainResult:
     cfg = from_dict(meta["config"])
     status = {int(s): v["status"] for s, v in meta["status"].items()}
     diverged = {int(s): v["step"] for s, v in meta["status"].items()}
-    return TrainResult(cfg, meta["run_id"], status, diverged, curves, probes, meta.get("info", {}), folder, skipped=True)
-
+    return TrainResult(
+        cfg, meta["run_id"], status, diverged, curves, probes, meta.get("info", {}), folder, skipped=True
+    )

@@ -12,8 +12,9 @@ Warm-up is linear and reaches η at the last warm-up update: η_s = η·(s+1)/w 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +74,7 @@ class Hyper(NamedTuple):
     total: jax.Array
 
     @classmethod
-    def of(cls, o: OptimConfig, total: int) -> "Hyper":
+    def of(cls, o: OptimConfig, total: int) -> Hyper:
         f = lambda x: jnp.asarray(x, jnp.float32)
         return cls(f(o.lr), f(o.warmup_steps), f(total))
 

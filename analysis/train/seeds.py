@@ -27,7 +27,8 @@ the loop drops. Vmapped seeds cannot skip one seed; they compute it frozen.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,10 +137,14 @@ def choose_mode(n_seeds: int, devices: list | None, vmap_seeds: bool | None) -> 
     if vmap_seeds is not None and not isinstance(vmap_seeds, bool):
         raise ValueError(f"vmap_seeds must be True, False or None (the platform's default), got {vmap_seeds!r}")
     if vmap_seeds is False and devices is not None:
-        raise ValueError("vmap_seeds=False runs each seed on one device; `devices` shards vmapped seeds: pass one or the other")
+        raise ValueError(
+            "vmap_seeds=False runs each seed on one device; `devices` shards vmapped seeds: pass one or the other"
+        )
     if vmap_seeds is False and jax.process_count() > 1:
-        raise ValueError(f"vmap_seeds=False runs every seed in this process, but {jax.process_count()} processes "
-                         "take part (jax.distributed): use vmapped seeds (vmap_seeds=None or True)")  # fmt: skip
+        raise ValueError(
+            f"vmap_seeds=False runs every seed in this process, but {jax.process_count()} processes "
+            "take part (jax.distributed): use vmapped seeds (vmap_seeds=None or True)"
+        )
     if n_seeds == 1:
         return "vmapped"
     if vmap_seeds is not None:

@@ -73,8 +73,9 @@ def graphdef_of(cfg: TrainConfig, ops: ModelOps = ModelOps()) -> nnx.GraphDef:
     return nnx.eval_shape(lambda: nnx.split(Transformer(cfg.model, nnx.Rngs(0), ops)))[0]
 
 
-def init_one(cfg: TrainConfig, optimizer: optax.GradientTransformation, seed: jax.Array,
-             ops: ModelOps = ModelOps()) -> TrainState:  # fmt: skip
+def init_one(
+    cfg: TrainConfig, optimizer: optax.GradientTransformation, seed: jax.Array, ops: ModelOps = ModelOps()
+) -> TrainState:
     """The state of one seed before step 0: build_model(cfg.model, seed, ops)'s parameters, AdamW's zeros."""
     _, params = init_state(cfg.model, jax.random.key(seed), ops)
     with jax.numpy_dtype_promotion("standard"):  # optax's count arithmetic (see optim.py)
@@ -108,9 +109,12 @@ class Runtime(NamedTuple):
     eval_batches: jax.Array
 
     @classmethod
-    def of(cls, cfg: TrainConfig) -> "Runtime":
-        return cls(Hyper.of(cfg.optim, cfg.steps), jnp.asarray(cfg.ceiling, jnp.float32),
-                   jnp.asarray(cfg.eval_batches, jnp.int32))  # fmt: skip
+    def of(cls, cfg: TrainConfig) -> Runtime:
+        return cls(
+            Hyper.of(cfg.optim, cfg.steps),
+            jnp.asarray(cfg.ceiling, jnp.float32),
+            jnp.asarray(cfg.eval_batches, jnp.int32),
+        )
 
 
 class Program:
@@ -181,8 +185,9 @@ class Program:
         buffers = {k: jnp.full((self.chunk,), jnp.nan, jnp.float32) for k in METRICS}
         return jax.lax.fori_loop(0, n, body, (state, buffers))
 
-    def _probe_one(self, state: TrainState, seed: jax.Array, step: jax.Array, arrays: dict, rt: Runtime,
-                   pcfg: ProbeConfig):  # fmt: skip
+    def _probe_one(
+        self, state: TrainState, seed: jax.Array, step: jax.Array, arrays: dict, rt: Runtime, pcfg: ProbeConfig
+    ):
         batch = self.data.batch(arrays, batch_key(seed, step))
         key = jax.random.fold_in(probe_key(jax.random.key(seed)), step)
         result, grads = probe_program_with_grads(self.graphdef, state.params, batch, self.model_cfg, pcfg, key)
@@ -199,7 +204,8 @@ class Program:
 
     # -- vmapped over seeds ----------------------------------------------------------------------
     def probed(self, probes: tuple[str, ...]):
-        """The jitted probed step for one probe set: (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
+        """The jitted probed step for one probe set:
+        (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
         if probes not in self._probed:
             one = functools.partial(self._probe_one, pcfg=self.cfg.probe_config(probes))
             self._probed[probes] = jax.jit(vmap_seeds(one, in_axes=(0, 0, None, None, None)))
@@ -230,7 +236,9 @@ def program(cfg: TrainConfig, data: TaskData, plan: ExecutionPlan) -> Program:
     return prog
 
 
-def seed_sharding(n_seeds: int, devices: list | None = None) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding] | None:
+def seed_sharding(
+    n_seeds: int, devices: list | None = None
+) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding] | None:
     """(sharding of seed-leading arrays, replicated sharding) over the largest number of `devices`
     (default: all) that divides n_seeds; None on a single device."""
     devices = list(jax.devices() if devices is None else devices)

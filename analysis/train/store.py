@@ -43,8 +43,9 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,8 +63,22 @@ PARTIAL, CHECKPOINTS, STARTED = "partial", "checkpoints", "started.json"
 CLAIM = "claim.json"
 CURVE_COLUMNS = ("run", "seed", "step", "quantity", "value")
 # Columns added to curve and probe rows by load_runs: what tells the runs of a sweep apart.
-RUN_COLUMNS = ("run", "task", "arch", "placement", "norm", "layers", "d_model", "lr", "schedule",
-               "warmup_steps", "steps", "status", "diverged_step", "seed_programs")  # fmt: skip
+RUN_COLUMNS = (
+    "run",
+    "task",
+    "arch",
+    "placement",
+    "norm",
+    "layers",
+    "d_model",
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "steps",
+    "status",
+    "diverged_step",
+    "seed_programs",
+)
 
 
 code_fingerprint()  # read when this module is imported: the code this process runs
@@ -82,8 +97,15 @@ def config_hash(cfg: TrainConfig, fingerprint: str = "", *, numerics: dict[str, 
     devices): those change numbers by float rounding only, so a run computed either way is the same
     run (run.json's `info` records how it was computed).
     """
-    return content_id({"config": to_dict(cfg), "numerics": PLAIN_NUMERICS if numerics is None else numerics,
-                       "data": fingerprint, "code": code_fingerprint(), "store": STORE_VERSION})  # fmt: skip
+    return content_id(
+        {
+            "config": to_dict(cfg),
+            "numerics": PLAIN_NUMERICS if numerics is None else numerics,
+            "data": fingerprint,
+            "code": code_fingerprint(),
+            "store": STORE_VERSION,
+        }
+    )
 
 
 CURVE_DTYPES = {"run": object, "seed": np.int64, "step": np.int64, "quantity": object, "value": np.float64}
@@ -99,9 +121,15 @@ def as_probes(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def empty_curves() -> pd.DataFrame:
-    return pd.DataFrame({"run": pd.Series(dtype=object), "seed": pd.Series(dtype=np.int64),
-                         "step": pd.Series(dtype=np.int64), "quantity": pd.Series(dtype=object),
-                         "value": pd.Series(dtype=np.float64)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run": pd.Series(dtype=object),
+            "seed": pd.Series(dtype=np.int64),
+            "step": pd.Series(dtype=np.int64),
+            "quantity": pd.Series(dtype=object),
+            "value": pd.Series(dtype=np.float64),
+        }
+    )
 
 
 def empty_probes() -> pd.DataFrame:
@@ -145,7 +173,9 @@ def read_partial(folder: Path, before: int) -> tuple[pd.DataFrame, pd.DataFrame]
     if not (part / CURVES).is_file() or not (part / PROBES).is_file():
         return empty_curves(), empty_probes()
     curves, probes = as_curves(pd.read_parquet(part / CURVES)), as_probes(pd.read_parquet(part / PROBES))
-    return curves[curves["step"] < before].reset_index(drop=True), probes[probes["step"] < before].reset_index(drop=True)
+    return curves[curves["step"] < before].reset_index(drop=True), probes[probes["step"] < before].reset_index(
+        drop=True
+    )
 
 
 def write_finished(folder: Path, curves: pd.DataFrame, probes: pd.DataFrame, meta: dict[str, Any]) -> None:
@@ -153,8 +183,10 @@ def write_finished(folder: Path, curves: pd.DataFrame, probes: pd.DataFrame, met
     folder = Path(folder)
     _write_parquet(folder / CURVES, curves)
     _write_parquet(folder / PROBES, probes)
-    meta = {**meta, "files": {CURVES: file_record(folder / CURVES, len(curves)),
-                              PROBES: file_record(folder / PROBES, len(probes))}}  # fmt: skip
+    meta = {
+        **meta,
+        "files": {CURVES: file_record(folder / CURVES, len(curves)), PROBES: file_record(folder / PROBES, len(probes))},
+    }
     _write_json(folder / RUN_JSON, meta)
     # The scaffolding of an unfinished run is no longer needed (a kill here leaves only redundancy,
     # removed when the finished run is next read back by `train`).
@@ -208,8 +240,10 @@ class DamagedRun(ValueError):
 
     def __init__(self, path: Path, problem: str):
         self.path, self.problem = Path(path), problem
-        super().__init__(f"damaged run {self.path}: {problem}; move the folder aside (a rerun of its config "
-                         f"computes it again) or delete it")  # fmt: skip
+        super().__init__(
+            f"damaged run {self.path}: {problem}; move the folder aside (a rerun of its config "
+            f"computes it again) or delete it"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -417,8 +451,9 @@ def claim_run(folder: Path, *, wait: bool = True) -> Iterator[RunClaim | None]:
                 aside = move_aside(folder)  # the claim file goes with it
                 claim.release()
                 claim = None
-                warnings.warn(f"damaged run {folder}: {problem}; moved aside to {aside.name} and computed again",
-                              stacklevel=3)  # fmt: skip
+                warnings.warn(
+                    f"damaged run {folder}: {problem}; moved aside to {aside.name} and computed again", stacklevel=3
+                )
             continue
         found = _claim_owner(folder / CLAIM)
         if found is None:
@@ -430,8 +465,10 @@ def claim_run(folder: Path, *, wait: bool = True) -> Iterator[RunClaim | None]:
             raise RunClaimed(folder, owner)
         else:
             if not waited:
-                print(f"{folder.name}: computed by pid {owner.get('pid')} on {owner.get('host')}; waiting for it",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"{folder.name}: computed by pid {owner.get('pid')} on {owner.get('host')}; waiting for it",
+                    file=sys.stderr,
+                )
                 waited = True
             time.sleep(CLAIM_POLL_S)
     try:
@@ -480,20 +517,32 @@ def _per_seed(meta: dict[str, Any]) -> pd.DataFrame:
     cfg = meta["config"]
     rows = []
     for seed, st in meta["status"].items():
-        rows.append({
-            "run": meta["run_id"], "seed": int(seed), "task": cfg["task"]["name"], "arch": cfg["model"]["arch"],
-            "placement": cfg["model"]["placement"], "norm": cfg["model"]["norm"], "layers": cfg["model"]["layers"],
-            "d_model": cfg["model"]["d_model"], "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"],
-            "warmup_steps": cfg["optim"]["warmup_steps"], "steps": cfg["steps"], "status": st["status"],
-            "diverged_step": -1 if st["step"] is None else int(st["step"]),
-            # how the seeds were computed (analysis.train.seeds); runs stored before it are vmapped
-            "seed_programs": meta.get("info", {}).get("seed_programs", "vmapped"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": meta["run_id"],
+                "seed": int(seed),
+                "task": cfg["task"]["name"],
+                "arch": cfg["model"]["arch"],
+                "placement": cfg["model"]["placement"],
+                "norm": cfg["model"]["norm"],
+                "layers": cfg["model"]["layers"],
+                "d_model": cfg["model"]["d_model"],
+                "lr": cfg["optim"]["lr"],
+                "schedule": cfg["optim"]["schedule"],
+                "warmup_steps": cfg["optim"]["warmup_steps"],
+                "steps": cfg["steps"],
+                "status": st["status"],
+                "diverged_step": -1 if st["step"] is None else int(st["step"]),
+                # how the seeds were computed (analysis.train.seeds); runs stored before it are vmapped
+                "seed_programs": meta.get("info", {}).get("seed_programs", "vmapped"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def load_runs(folder: Path | str, what: str = "curves", *, columns: Iterable[str] = (),
-              strict: bool = False) -> pd.DataFrame:  # fmt: skip
+def load_runs(
+    folder: Path | str, what: str = "curves", *, columns: Iterable[str] = (), strict: bool = False
+) -> pd.DataFrame:
     """Every finished run under `folder` (or the run folder itself) as one DataFrame.
 
     Args:

@@ -39,9 +39,10 @@ import itertools
 import json
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -63,8 +64,10 @@ class Sweep:
 
     def __post_init__(self) -> None:
         if not self.grid:
-            raise ValueError("the sweep's grid is empty; give at least one field with a list of values "
-                             "(a single run is `lnscope train`)")  # fmt: skip
+            raise ValueError(
+                "the sweep's grid is empty; give at least one field with a list of values "
+                "(a single run is `lnscope train`)"
+            )
         for name, values in self.grid:
             if not values:
                 raise ValueError(f"grid field {name!r} has no values: the grid is empty")
@@ -73,7 +76,9 @@ class Sweep:
         """Every run of the grid, validated (the first field varies slowest)."""
         names = [n for n, _ in self.grid]
         base = to_dict(self.base)
-        return [from_dict(_merge(base, dict(zip(names, combo)))) for combo in itertools.product(*(v for _, v in self.grid))]
+        return [
+            from_dict(_merge(base, dict(zip(names, combo)))) for combo in itertools.product(*(v for _, v in self.grid))
+        ]
 
 
 def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -131,9 +136,16 @@ def load_sweep(path: Path | str) -> Sweep:
     return sweep_from_dict(data)
 
 
-def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *, devices: list | None = None,
-              progress: bool = True, vmap_seeds: bool | None = None, streams: int | None = None,
-              plan: ExecutionPlan | None = None) -> pd.DataFrame:  # fmt: skip
+def run_sweep(
+    sweep: Sweep | Mapping[str, Any] | Path | str,
+    out: Path | str,
+    *,
+    devices: list | None = None,
+    progress: bool = True,
+    vmap_seeds: bool | None = None,
+    streams: int | None = None,
+    plan: ExecutionPlan | None = None,
+) -> pd.DataFrame:
     """Train every run of `sweep` into `out` (finished runs are read back, not recomputed);
     `devices`, `vmap_seeds`, `streams` and the execution `plan` go to each `train` call.
 
@@ -156,16 +168,23 @@ def run_sweep(sweep: Sweep | Mapping[str, Any] | Path | str, out: Path | str, *,
         cfg = configs[index]
         start = time.perf_counter()
         try:
-            result = train(cfg, out, plan=plan, devices=devices, vmap_seeds=vmap_seeds, streams=streams,
-                           wait=index in deferred)  # fmt: skip
+            result = train(
+                cfg, out, plan=plan, devices=devices, vmap_seeds=vmap_seeds, streams=streams, wait=index in deferred
+            )
         except RunClaimed:
             deferred.append(index)
             order.append(index)
             continue
         diverged = sum(s == "diverged" for s in result.status.values())
         values = to_dict(cfg)
-        row = {"run_id": result.run_id, "folder": str(result.folder), "skipped": result.skipped,
-               "seconds": round(time.perf_counter() - start, 3), "diverged_seeds": diverged, "seeds": len(cfg.seeds)}  # fmt: skip
+        row = {
+            "run_id": result.run_id,
+            "folder": str(result.folder),
+            "skipped": result.skipped,
+            "seconds": round(time.perf_counter() - start, 3),
+            "diverged_seeds": diverged,
+            "seeds": len(cfg.seeds),
+        }
         for name in names:
             head, _, tail = name.partition(".")
             row[name] = values[head][tail] if tail else values[head]

@@ -25,9 +25,10 @@ own batches inside the compiled program: no host round trip per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -235,11 +236,17 @@ LAYOUTS: dict[tuple[str, str], Callable[..., dict]] = {
 def input_lengths(kind: str, arch: str, cfg: TaskConfig) -> dict[str, int]:
     """Sequence length of each model input of a layout (checked against the model's max_len)."""
     if kind == "seq2seq":
-        return {"decoder": {"tokens": 2 * cfg.length + 1}, "encdec": {"src": cfg.length, "tgt": cfg.length + 1},
-                "encoder": {"tokens": cfg.length}}[arch]  # fmt: skip
+        return {
+            "decoder": {"tokens": 2 * cfg.length + 1},
+            "encdec": {"src": cfg.length, "tgt": cfg.length + 1},
+            "encoder": {"tokens": cfg.length},
+        }[arch]
     half = cfg.seq_len // 2
-    return {"decoder": {"tokens": cfg.seq_len}, "encdec": {"src": half, "tgt": cfg.seq_len - half + 1},
-            "encoder": {"tokens": cfg.seq_len}}[arch]  # fmt: skip
+    return {
+        "decoder": {"tokens": cfg.seq_len},
+        "encdec": {"src": half, "tgt": cfg.seq_len - half + 1},
+        "encoder": {"tokens": cfg.seq_len},
+    }[arch]
 
 
 def special_ids(kind: str, arch: str) -> int:
@@ -343,8 +350,13 @@ def prepare(cfg: TaskConfig, model: ModelConfig) -> TaskData:
                 )
             arrays[split] = jnp.asarray(ids)
         entropy = corpus.unigram_entropy
-        info = {"corpus": corpus.source, "characters": len(corpus.train) + len(corpus.val), "symbols": symbols,
-                "unigram_entropy": entropy, "unigram_entropy_bits": float(entropy / np.log(2))}  # fmt: skip
+        info = {
+            "corpus": corpus.source,
+            "characters": len(corpus.train) + len(corpus.val),
+            "symbols": symbols,
+            "unigram_entropy": entropy,
+            "unigram_entropy_bits": float(entropy / np.log(2)),
+        }
         fingerprint = corpus.sha256
     else:
         symbols = cfg.vocab if cfg.vocab is not None else model.vocab - specials

@@ -6,6 +6,7 @@ seeds in one vmapped call, written the way a PyTorch user would: a loop over see
 
 Prints one JSON line: total seconds for all seeds (and per seed), after one untimed warm-up seed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from torch_probe_bench import Probes, Seq2SeqOrLM
 
 
 def one_seed(args, seed: int) -> dict:
     torch.manual_seed(seed)
-    model = Seq2SeqOrLM("decoder", args.layers, args.d_model, args.heads, args.ffn, args.vocab, args.seq + 1,
-                        args.placement).to(args.device)
+    model = Seq2SeqOrLM(
+        "decoder", args.layers, args.d_model, args.heads, args.ffn, args.vocab, args.seq + 1, args.placement
+    ).to(args.device)
     probes = Probes(model, "abcde", "tensor", "batched")
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device)
@@ -52,9 +53,20 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     records = [one_seed(args, s) for s in range(args.seeds)]
     total = time.perf_counter() - start
-    print(json.dumps({"impl": "torch", "seeds": args.seeds, "layers": args.layers, "d_model": args.d_model,
-                      "total_s": total, "per_seed_ms": 1e3 * total / args.seeds,
-                      "finite": all(r["loss"] == r["loss"] for r in records), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "impl": "torch",
+                "seeds": args.seeds,
+                "layers": args.layers,
+                "d_model": args.d_model,
+                "total_s": total,
+                "per_seed_ms": 1e3 * total / args.seeds,
+                "finite": all(r["loss"] == r["loss"] for r in records),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

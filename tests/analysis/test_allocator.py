@@ -73,8 +73,9 @@ def test_program_output_is_the_same_with_and_without():
     for choice in ("mimalloc", "system"):
         env = {**os.environ, allocator.OPT_OUT_VAR: choice, "PYTHONPATH": str(ROOT)}
         env.pop(allocator.REEXEC_VAR, None)
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                              cwd=ROOT)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
         assert done.returncode == 0, done.stderr
         outputs[choice] = done.stdout.splitlines()
     assert outputs["mimalloc"][0] == "True already re-executed once"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import dataclasses
 import json
+import os
 
-import pandas as pd
 import pytest
 
 from analysis import cli
@@ -45,9 +44,33 @@ def test_bad_input_exits_2_with_the_reason(argv, message, capsys, tmp_path, monk
 
 def test_probe_writes_parquet_and_config(tmp_path) -> None:
     out = tmp_path / "run.parquet"
-    argv = ["probe", "--arch", "decoder", "--placement", "post", "--layers", "2", "--d-model", "16", "--heads", "2",
-            "--d-ff", "32", "--vocab", "32", "--seeds", "2", "--seq-len", "6", "--batch-size", "2",
-            "--probes", "act_grad_norm,param_grad_norm", "--out", str(out)]  # fmt: skip
+    argv = [
+        "probe",
+        "--arch",
+        "decoder",
+        "--placement",
+        "post",
+        "--layers",
+        "2",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--vocab",
+        "32",
+        "--seeds",
+        "2",
+        "--seq-len",
+        "6",
+        "--batch-size",
+        "2",
+        "--probes",
+        "act_grad_norm,param_grad_norm",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     frame, meta = read_run(out)
     assert list(frame.columns) == list(COLUMNS)
@@ -93,8 +116,9 @@ def test_output_into_a_closed_pipe_is_not_an_error():
     import sys
 
     cmd = f"{sys.executable} -m analysis.cli list | true; exit ${{PIPESTATUS[0]}}"
-    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
-                          env={**os.environ, "LNSCOPE_ALLOCATOR": "system"})  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "-c", cmd], capture_output=True, text=True, env={**os.environ, "LNSCOPE_ALLOCATOR": "system"}
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -107,6 +131,8 @@ def test_ctrl_c_is_a_short_message_and_status_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: argparse.Namespace(func=interrupted))
+    monkeypatch.setattr(
+        argparse.ArgumentParser, "parse_args", lambda self, argv=None: argparse.Namespace(func=interrupted)
+    )
     assert cli.main(["list"]) == 130
     assert capsys.readouterr().err == "lnscope: interrupted\n"

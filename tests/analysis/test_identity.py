@@ -44,8 +44,14 @@ def test_a_content_id_is_16_hex_digits_and_the_same_in_another_process():
     here = content_id(PAYLOAD)
     assert len(here) == 16 and int(here, 16) >= 0
     code = f"from analysis.identity import content_id; print(content_id({PAYLOAD!r}))"
-    other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                           env={"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"})  # fmt: skip
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"},
+    )
     assert other.stdout.strip() == here
 
 
@@ -57,10 +63,17 @@ def test_key_order_does_not_matter_and_plain_json_keeps_its_old_key():
     assert canonical_json(PAYLOAD) == json.dumps(PAYLOAD, sort_keys=True)
 
 
-@pytest.mark.parametrize("changed", [
-    {**PAYLOAD, "c": "other"}, {**PAYLOAD, "b": [1, 2.5000000000000004, None]}, {**PAYLOAD, "b": [2, 1, None]},
-    {**PAYLOAD, "d": None}, {k: v for k, v in PAYLOAD.items() if k != "c"}, {**PAYLOAD, "a": {"y": 0.1, "x": 1}},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {**PAYLOAD, "c": "other"},
+        {**PAYLOAD, "b": [1, 2.5000000000000004, None]},
+        {**PAYLOAD, "b": [2, 1, None]},
+        {**PAYLOAD, "d": None},
+        {k: v for k, v in PAYLOAD.items() if k != "c"},
+        {**PAYLOAD, "a": {"y": 0.1, "x": 1}},
+    ],
+)
 def test_different_content_gets_a_different_id(changed):
     assert content_id(changed) != content_id(PAYLOAD)
 
@@ -87,8 +100,14 @@ def test_a_dataclass_nested_in_a_dict_is_its_fields():
     assert content_id({**value, "job": Outer(Inner(0.5, ("a", "b")), size=3)}) != content_id(value)
 
 
-@pytest.mark.parametrize("bad, where", [({1: "x"}, "value has non-string key"), ({"s": {1, 2}}, r"value\.s is a set"),
-                                        ([object()], r"value\[0\] is a object")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({1: "x"}, "value has non-string key"),
+        ({"s": {1, 2}}, r"value\.s is a set"),
+        ([object()], r"value\[0\] is a object"),
+    ],
+)
 def test_values_without_a_canonical_form_are_an_error_naming_where(bad, where):
     with pytest.raises(TypeError, match=where):
         content_id(bad)

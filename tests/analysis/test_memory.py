@@ -21,11 +21,14 @@ from models import ModelConfig, build_model
 SMALL = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(arch="decoder", **SMALL),
-    dict(arch="encdec", **SMALL),
-    dict(arch="encoder", **{**SMALL, "layers": 3, "d_ff": 24}, bias=True, pos="learned", tie_embeddings=True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(arch="decoder", **SMALL),
+        dict(arch="encdec", **SMALL),
+        dict(arch="encoder", **{**SMALL, "layers": 3, "d_ff": 24}, bias=True, pos="learned", tie_embeddings=True),
+    ],
+)
 def test_param_count_is_the_models(kw):
     cfg = ModelConfig(**kw)
     built = sum(x.size for x in jax.tree.leaves(nnx.state(build_model(cfg, 0), nnx.Param)))
@@ -55,15 +58,17 @@ def test_the_similarity_probes_memory_is_counted():
     cka = probe_estimate(cfg, 1, 8, 16, probes=("act_norm", "cka"), plan=ExecutionPlan(streams=1))
     assert cos.total - plain.total == 2 * 1000 * 8 * 16 * 16 * 4  # resid_pre and resid_post, float32
     assert cka.total - cos.total == 2 * 1000 * 1000 * 4  # CKA and its null
-    big = probe_estimate(ModelConfig(layers=100000, d_model=32), 4, 8, 32, probes=("cka",),
-                         plan=ExecutionPlan(streams=1))  # fmt: skip
+    big = probe_estimate(
+        ModelConfig(layers=100000, d_model=32), 4, 8, 32, probes=("cka",), plan=ExecutionPlan(streams=1)
+    )
     assert big.total > 8e10  # far above any machine's memory the suite runs on: refused everywhere
 
 
 def test_oversized_training_refused_before_the_store_is_touched(tmp_path):
     model = ModelConfig(arch="decoder", layers=2, d_model=65536, heads=4, d_ff=32, vocab=32, max_len=32)
-    cfg = TrainConfig(model=model, task=TaskConfig(name="markov", seq_len=16, batch_size=4), steps=2, seeds=(0,),
-                      probe_every=0)  # fmt: skip
+    cfg = TrainConfig(
+        model=model, task=TaskConfig(name="markov", seq_len=16, batch_size=4), steps=2, seeds=(0,), probe_every=0
+    )
     start = time.perf_counter()
     with pytest.raises(TooLarge, match=r"training needs at least .* GB .*optimizer moments"):
         train(cfg, tmp_path / "runs")

@@ -9,8 +9,15 @@ from typing import Literal
 import pytest
 
 from analysis.execution import default_plan
-from analysis.options import (HelpFormatter, add_dataclass_options, add_plan_options, dataclass_from_args, field_help,
-                              plan_from_args, short_help)
+from analysis.options import (
+    HelpFormatter,
+    add_dataclass_options,
+    add_plan_options,
+    dataclass_from_args,
+    field_help,
+    plan_from_args,
+    short_help,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,9 @@ def test_types_defaults_and_nested_fields():
     args = _parser().parse_args([])
     assert dataclass_from_args(Example, args, inner=Inner()) == Example()
     args = _parser().parse_args(["--name", "b", "--rate", "0.1", "--flag", "--limit", "3", "--names", "r, s,t"])
-    assert dataclass_from_args(Example, args, inner=Inner(2)) == Example("b", 0.1, 2.0, True, 3.0, ("r", "s", "t"), Inner(2))
+    assert dataclass_from_args(Example, args, inner=Inner(2)) == Example(
+        "b", 0.1, 2.0, True, 3.0, ("r", "s", "t"), Inner(2)
+    )
     assert "--inner" not in _parser().format_help()
 
 
@@ -136,9 +145,14 @@ def test_plan_options_override_the_default_plan_and_are_unset_by_default():
     parser = argparse.ArgumentParser(prog="t")
     add_plan_options(parser)
     assert plan_from_args(parser.parse_args([])) is None
-    plan = plan_from_args(parser.parse_args(["--compute-dtype", "bfloat16", "--no-remat", "--unroll-layers", "0",
-                                             "--seed-programs", "vmapped"]))  # fmt: skip
-    assert plan == default_plan().replace(compute_dtype="bfloat16", remat=False, unroll_layers=0, seed_programs="vmapped")
+    plan = plan_from_args(
+        parser.parse_args(
+            ["--compute-dtype", "bfloat16", "--no-remat", "--unroll-layers", "0", "--seed-programs", "vmapped"]
+        )
+    )
+    assert plan == default_plan().replace(
+        compute_dtype="bfloat16", remat=False, unroll_layers=0, seed_programs="vmapped"
+    )
     parser = argparse.ArgumentParser(prog="t")
     add_plan_options(parser, skip=("streams",))
     assert "--streams" not in parser.format_help()

@@ -84,7 +84,9 @@ def test_bad_stream_count_is_named(value: str, monkeypatch: pytest.MonkeyPatch) 
         runtime.default_streams()
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="workers are restricted to CPUs only when JAX runs on the CPU")
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="workers are restricted to CPUs only when JAX runs on the CPU"
+)
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
 def test_worker_cpus_split_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(runtime.PIN_VAR, raising=False)
@@ -107,9 +109,11 @@ def test_importing_the_job_pool_starts_no_jax_backend() -> None:
     import subprocess
     import sys
 
-    code = ("import analysis.experiments.runs\n"
-            "from jax._src import xla_bridge\n"
-            "assert not xla_bridge.backends_are_initialized(), 'a JAX backend started at import'\n")
+    code = (
+        "import analysis.experiments.runs\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'a JAX backend started at import'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -14,8 +14,13 @@ import pytest
 
 from benchmarks.suite import GOALS, main
 
-PEER_KEYS = {"torch_speedup_plain_d128", "torch_speedup_probed_d128", "seed_sweep_vs_torch", "sweep_speedup_plain_d128",
-             "sweep_speedup_probed_d128"}
+PEER_KEYS = {
+    "torch_speedup_plain_d128",
+    "torch_speedup_probed_d128",
+    "seed_sweep_vs_torch",
+    "sweep_speedup_plain_d128",
+    "sweep_speedup_probed_d128",
+}
 
 
 @pytest.mark.slow
@@ -24,11 +29,22 @@ def test_smoke_run_produces_every_key(tmp_path):
     returned = main(["--smoke", "--no-peer", "--json", str(out)])
 
     data = json.loads(out.read_text())
-    assert set(data["headline"]) == set(GOALS) == {
-        "torch_speedup_plain_d128", "torch_speedup_probed_d128", "probe_overhead", "flop_floor_ratio",
-        "seed_sweep_vs_torch", "compile_ratio_192_over_6", "deep1000_seconds", "peak_rss_ratio",
-        "sweep_speedup_plain_d128", "sweep_speedup_probed_d128",
-    }  # fmt: skip
+    assert (
+        set(data["headline"])
+        == set(GOALS)
+        == {
+            "torch_speedup_plain_d128",
+            "torch_speedup_probed_d128",
+            "probe_overhead",
+            "flop_floor_ratio",
+            "seed_sweep_vs_torch",
+            "compile_ratio_192_over_6",
+            "deep1000_seconds",
+            "peak_rss_ratio",
+            "sweep_speedup_plain_d128",
+            "sweep_speedup_probed_d128",
+        }
+    )
     for key, value in data["headline"].items():
         if key in PEER_KEYS:
             assert value is None and "--no-peer" in data["reasons"][key], (key, value)
@@ -56,7 +72,9 @@ def test_smoke_run_produces_every_key(tmp_path):
             row = data["core_scaling"][depth]
             assert row["cpus"] == [data["core_scaling"]["cpu"]]
             assert row["plain_one_core_ms"] > 0 and row["probed_one_core_ms"] > 0
-            assert math.isclose(row["plain_core_gain"], row["plain_one_core_ms"] / data["steps"][depth]["plain_ms"], rel_tol=1e-9)
+            assert math.isclose(
+                row["plain_core_gain"], row["plain_one_core_ms"] / data["steps"][depth]["plain_ms"], rel_tol=1e-9
+            )
             assert row["rounds"][0]["first_call_s"]["plain"] > 0  # each round's compile (or read-back) kept
     else:
         assert "no second core" in data["reasons"]["core_scaling"]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from benchmarks.suite import MATMUL_CPU_FLAGS, cpu_matmul_flags, machine_info
 
-XEON = "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+XEON = (
+    "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n\n"
+    "processor\t: 1\nflags\t\t: fpu\n"
+)
 EPYC = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma sha_ni\n"
 
 

@@ -5,7 +5,6 @@ stand-ins too: their real runs are test_benchmarks_smoke.py's."""
 
 from __future__ import annotations
 
-import json
 import math
 import stat
 import time
@@ -61,15 +60,25 @@ def test_copies_run_at_once(tmp_path):
 def test_step_times_reads_the_peer_medians(tmp_path):
     python = _fake_python(tmp_path, sleep=0.0)
     one = peer.train_steps(python, layers=6, d_model=128, batch=8, seq=64, steps=10, warmup=2)
-    assert one == {"plain_ms": 10.0, "probed_ms": 12.5, "runq_wait_ms": 0.0, "torch": "2.9.0+cpu",
-                   "timed_window_unix_s": [1000.0, 1010.0]}
+    assert one == {
+        "plain_ms": 10.0,
+        "probed_ms": 12.5,
+        "runq_wait_ms": 0.0,
+        "torch": "2.9.0+cpu",
+        "timed_window_unix_s": [1000.0, 1010.0],
+    }
     both = peer.train_steps_at_once(python, copies=2, layers=6, d_model=128, batch=8, seq=64, steps=10, warmup=2)
     assert both == [one, one]
 
 
-@pytest.mark.parametrize("mode, message", [("fail", "torch_probe_bench.py failed.*the peer broke"),
-                                           ("garbled", "printed no JSON result.*no json here"),
-                                           ("nosteps", "lacks its step times.*timing_off")])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("fail", "torch_probe_bench.py failed.*the peer broke"),
+        ("garbled", "printed no JSON result.*no json here"),
+        ("nosteps", "lacks its step times.*timing_off"),
+    ],
+)
 def test_a_failing_copy_is_named(tmp_path, monkeypatch, mode, message):
     monkeypatch.setenv("FAKE_PEER", mode)
     python = _fake_python(tmp_path, sleep=0.0)
@@ -134,9 +143,11 @@ def test_sweep_row_takes_the_peers_better_way_to_run_two():
 
     times = {"plain": [0.040, 0.050, 0.045], "probed": [0.050] * 3, "plain_one": [0.080] * 3, "probed_one": [0.090] * 3}
     # two one-thread processes at once: per model-step (mean of their medians) / 2 = 45 / 60 ms, median over rounds
-    rounds = [[{"plain_ms": 90.0, "probed_ms": 110.0}, {"plain_ms": 90.0, "probed_ms": 130.0}],
-              [{"plain_ms": 200.0, "probed_ms": 240.0}, {"plain_ms": 200.0, "probed_ms": 240.0}],
-              [{"plain_ms": 80.0, "probed_ms": 100.0}, {"plain_ms": 100.0, "probed_ms": 140.0}]]  # fmt: skip
+    rounds = [
+        [{"plain_ms": 90.0, "probed_ms": 110.0}, {"plain_ms": 90.0, "probed_ms": 130.0}],
+        [{"plain_ms": 200.0, "probed_ms": 240.0}, {"plain_ms": 200.0, "probed_ms": 240.0}],
+        [{"plain_ms": 80.0, "probed_ms": 100.0}, {"plain_ms": 100.0, "probed_ms": 140.0}],
+    ]
     windows = [[0.0, 10.0], [1.0, 11.0]]  # 9 s of 10 in common
     for runs in rounds:
         for run, window in zip(runs, windows):
@@ -145,22 +156,29 @@ def test_sweep_row_takes_the_peers_better_way_to_run_two():
     row = sweep_row(times, rounds, {"torch_plain_ms": 70.0, "torch_probed_ms": 55.0})
     assert row["torch_at_once_overlap"] == pytest.approx(0.5)
     assert row["plain_ms"] == pytest.approx(45.0) and row["plain_streams_gain"] == pytest.approx(80 / 45)
-    assert row["torch_plain_at_once_ms"] == pytest.approx(45.0) and row["torch_probed_at_once_ms"] == pytest.approx(60.0)
+    assert row["torch_plain_at_once_ms"] == pytest.approx(45.0) and row["torch_probed_at_once_ms"] == pytest.approx(
+        60.0
+    )
     # plain: two at once is the peer's better way (45 < 70); probed: one run on two threads (55 < 60)
     assert row["torch_plain_best_ms"] == pytest.approx(45.0) and row["torch_probed_best_ms"] == pytest.approx(55.0)
     assert row["sweep_speedup_plain"] == pytest.approx(1.0) and row["sweep_speedup_probed"] == pytest.approx(55 / 50)
     assert "sweep_speedup_plain" not in sweep_row(times, [], {"torch_plain_ms": 70.0})
     from benchmarks.suite import table
 
-    printed = table({"headline": {}, "reasons": {}, "sizes": {"d_model": 128}, "sweep_steps": {"streams": 2, "18": row}})
+    printed = table(
+        {"headline": {}, "reasons": {}, "sizes": {"d_model": 128}, "sweep_steps": {"streams": 2, "18": row}}
+    )
     assert "sweep 18L" in printed and "torch best 45.0 / 55.0 ms" in printed and "50% at once" in printed
 
 
 def test_headline_sweep_keys_take_the_smaller_depth():
     from benchmarks.suite import headline
 
-    rows = {"streams": 2, "6": {"sweep_speedup_plain": 1.3, "sweep_speedup_probed": 1.1},
-            "18": {"sweep_speedup_plain": 1.2, "sweep_speedup_probed": 1.4}}  # fmt: skip
+    rows = {
+        "streams": 2,
+        "6": {"sweep_speedup_plain": 1.3, "sweep_speedup_probed": 1.1},
+        "18": {"sweep_speedup_plain": 1.2, "sweep_speedup_probed": 1.4},
+    }
     keys = headline({"sweep_steps": rows})
     assert keys["sweep_speedup_plain_d128"] == 1.2 and keys["sweep_speedup_probed_d128"] == 1.1
     del rows["18"]["sweep_speedup_probed"]  # one depth without the peer: no key
@@ -201,7 +219,7 @@ class _StandInPair:
     def compile(self) -> None:
         pass
 
-    def twin(self) -> "_StandInPair":
+    def twin(self) -> _StandInPair:
         return _StandInPair()
 
     def time(self, name: str) -> float:
@@ -244,10 +262,16 @@ def test_a_pinned_peer_runs_on_the_given_cpu_only(tmp_path):
 def test_core_row_compares_one_core_with_every_core():
     from benchmarks.suite import core_row
 
-    one_core = [{"plain_ms": 150.0, "probed_ms": 170.0, "cpus": [0]}, {"plain_ms": 140.0, "probed_ms": 160.0, "cpus": [0]},
-                {"plain_ms": 145.0, "probed_ms": 180.0, "cpus": [0]}]
-    peer_rounds = [{"plain_ms": 160.0, "probed_ms": 190.0}, {"plain_ms": 155.0, "probed_ms": 185.0},
-                   {"plain_ms": 165.0, "probed_ms": 200.0}]
+    one_core = [
+        {"plain_ms": 150.0, "probed_ms": 170.0, "cpus": [0]},
+        {"plain_ms": 140.0, "probed_ms": 160.0, "cpus": [0]},
+        {"plain_ms": 145.0, "probed_ms": 180.0, "cpus": [0]},
+    ]
+    peer_rounds = [
+        {"plain_ms": 160.0, "probed_ms": 190.0},
+        {"plain_ms": 155.0, "probed_ms": 185.0},
+        {"plain_ms": 165.0, "probed_ms": 200.0},
+    ]
     step_row = {"plain_ms": 100.0, "probed_ms": 110.0, "torch_plain_ms": 104.0, "torch_probed_ms": 120.0}
     row = core_row(one_core, peer_rounds, step_row)
     assert row["plain_one_core_ms"] == 145.0 and row["probed_one_core_ms"] == 170.0  # medians

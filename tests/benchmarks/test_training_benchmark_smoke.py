@@ -18,9 +18,13 @@ def test_training_benchmark_smoke_writes_every_number(tmp_path):
     returned = main(["--smoke", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["smoke"] is True and data == json.loads(json.dumps(returned))
-    for key in ("probe_every_10_over_plain", "probe_every_10_no_cka_over_plain", "probe_every_step_over_plain",
-                "tokens_per_second_plain",
-                "tokens_per_second_probe_every_10"):  # fmt: skip
+    for key in (
+        "probe_every_10_over_plain",
+        "probe_every_10_no_cka_over_plain",
+        "probe_every_step_over_plain",
+        "tokens_per_second_plain",
+        "tokens_per_second_probe_every_10",
+    ):
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, key
     assert set(data["seconds_per_10_updates"]) == {"plain", "probed", "no_cka", "every"}
     assert isinstance(data["pass"], bool) and data["goal"] == 1.05

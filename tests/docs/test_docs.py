@@ -75,7 +75,9 @@ def test_nothing_points_outside_the_repository() -> None:
     hits = []
     for entry in READ_BY_USERS:
         base = ROOT / entry
-        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.suffix in (".py", ".md", ".ipynb", ".toml")]
+        files = (
+            [base] if base.is_file() else [p for p in base.rglob("*") if p.suffix in (".py", ".md", ".ipynb", ".toml")]
+        )
         for path in files:
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if OUTSIDE.search(line):

@@ -188,7 +188,9 @@ def test_model_stacks_follow_config():
     cfg = ModelConfig(arch="encdec", enc_layers=1, dec_layers=3, **{**TINY, "layers": 2})
     model = abstract_model(cfg)
     assert set(model.stacks) == {"encoder", "decoder"}
-    leading = {name: {a.shape[0] for a in jax.tree.leaves(nnx.state(model.stacks[name].layers))} for name in model.stacks}
+    leading = {
+        name: {a.shape[0] for a in jax.tree.leaves(nnx.state(model.stacks[name].layers))} for name in model.stacks
+    }
     assert leading == {"encoder": {1}, "decoder": {3}}
 
 

@@ -11,8 +11,8 @@ the jit, so the product test exercises build_model's steps without compiling `in
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.nnx as nnx
 import jax
@@ -191,10 +191,14 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement(arch):
         out = np.asarray(out)
         if arch != "encoder":
             for k in range(T - 1):
-                np.testing.assert_allclose(out[k + 1, : k + 1], out[0, : k + 1], **SAME_F32, err_msg=f"{label(cfg)}, t={k}")
+                np.testing.assert_allclose(
+                    out[k + 1, : k + 1], out[0, : k + 1], **SAME_F32, err_msg=f"{label(cfg)}, t={k}"
+                )
             assert np.max(np.abs(out[T, -1] - out[0, -1])) > VISIBLE, f"{label(cfg)}: decoder ignores its past"
         if arch != "decoder":
-            assert np.max(np.abs(out[-1, 0] - out[0, 0])) > VISIBLE, f"{label(cfg)}: position 0 ignores a later source token"
+            assert np.max(np.abs(out[-1, 0] - out[0, 0])) > VISIBLE, (
+                f"{label(cfg)}: position 0 ignores a later source token"
+            )
 
 
 # -- Post-LN statistics ----------------------------------------------------------------------
@@ -225,7 +229,9 @@ def test_pre_ln_with_zero_output_projections_is_identity(arch):
     cfg = cfg_of("pre", arch=arch)
     model = jitter(build_eager(cfg))
     for stack in model.stacks.values():
-        for proj in (stack.layers.attn.o, stack.layers.mlp.w2) + ((stack.layers.cross.o,) if stack.layers.cross else ()):
+        for proj in (stack.layers.attn.o, stack.layers.mlp.w2) + (
+            (stack.layers.cross.o,) if stack.layers.cross else ()
+        ):
             proj.weight[...] = jnp.zeros_like(proj.weight[...])
     (sites,) = jit_apply([model], lambda m, i, t: m.forward(*inputs_of(cfg, t)).sites, TOKENS)
     for name, stack in sites.items():
@@ -300,7 +306,10 @@ def test_scanned_stack_equals_layer_loop(placement, arch):
         for layer, sites in enumerate(layer_sites):
             for site, value in sites.items():
                 np.testing.assert_allclose(
-                    np.asarray(value), np.asarray(scan_sites[site][layer]), **SAME_F32, err_msg=f"{name} L{layer} {site}"
+                    np.asarray(value),
+                    np.asarray(scan_sites[site][layer]),
+                    **SAME_F32,
+                    err_msg=f"{name} L{layer} {site}",
                 )
 
 

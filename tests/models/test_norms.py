@@ -183,7 +183,9 @@ def test_layernorm_is_invariant_to_scale_and_shift_without_eps(a, b, x64):
     m = make("layernorm", D, dtype="float64", norm_eps=0.0)
     set_params(m, 2)
     x = rows(5, 10, D)
-    np.testing.assert_allclose(np.asarray(m(jnp.asarray(a * x + b))), np.asarray(m(jnp.asarray(x))), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(m(jnp.asarray(a * x + b))), np.asarray(m(jnp.asarray(x))), rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("a, b", SCALES_SHIFTS)
@@ -352,8 +354,12 @@ def test_nb_adanorm_detached_minus_undetached_gradient(x64):
     ada, simple, x, y, J = _adanorm_setup()
     g = upstream(15, (10, D), np.float64, mean=0.5)
     undetached = lambda v: C * (simple(v) - K * simple(v) ** 2)
-    np.testing.assert_allclose(np.asarray(undetached(jnp.asarray(x))), np.asarray(ada(jnp.asarray(x))), rtol=1e-12, atol=1e-12)
-    diff = np.asarray(vjp(undetached, jnp.asarray(x), jnp.asarray(g))) - np.asarray(vjp(ada, jnp.asarray(x), jnp.asarray(g)))
+    np.testing.assert_allclose(
+        np.asarray(undetached(jnp.asarray(x))), np.asarray(ada(jnp.asarray(x))), rtol=1e-12, atol=1e-12
+    )
+    diff = np.asarray(vjp(undetached, jnp.asarray(x), jnp.asarray(g))) - np.asarray(
+        vjp(ada, jnp.asarray(x), jnp.asarray(g))
+    )
     np.testing.assert_allclose(diff, -C * K * np.einsum("rij,rj->ri", J, y * g), rtol=1e-9, atol=1e-12)
     assert np.max(np.abs(diff)) > 1e-3  # the detaching is not a no-op
 

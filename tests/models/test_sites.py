@@ -39,7 +39,9 @@ def _program(cfg, unroll_layers: int):
     def one(state):
         zeros = zeros_like_sites(shapes)
         taps = {name: squared_norm_taps(s) for name, s in shapes.items()}
-        return jax.value_and_grad(loss, argnums=(0, 1))(state, zeros), jax.value_and_grad(loss, argnums=(0, 1))(state, taps)
+        return jax.value_and_grad(loss, argnums=(0, 1))(state, zeros), jax.value_and_grad(loss, argnums=(0, 1))(
+            state, taps
+        )
 
     other = jax.tree.map(lambda a: a * 0.9 + 0.01, state)  # a second parameter set for the vmap
     states = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, other)
@@ -59,7 +61,9 @@ def test_squared_norm_tap_gradient_is_the_squared_site_gradient_norm(arch: str, 
         if exact:
             np.testing.assert_array_equal(a, b, err_msg="taps changed the parameter gradients")
         else:
-            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.max(np.abs(b)), err_msg="taps changed the parameter gradients")
+            np.testing.assert_allclose(
+                a, b, rtol=1e-13, atol=1e-13 * np.max(np.abs(b)), err_msg="taps changed the parameter gradients"
+            )
     checked = 0
     for name, stack in g_sites.items():
         for level, lead in (("layers", 2), ("stack", 1)):  # + the vmapped axis
@@ -76,7 +80,10 @@ def test_squared_norm_tap_gradient_is_the_squared_site_gradient_norm(arch: str, 
 
 def test_squared_norm_taps_follow_the_sites_dtype() -> None:
     """A zero in the site's reduction dtype: float32 for bfloat16 and float32 sites."""
-    sites = {"layers": {"a": jax.ShapeDtypeStruct((3, 2, 4, 8), jnp.bfloat16)}, "stack": {"b": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32)}}
+    sites = {
+        "layers": {"a": jax.ShapeDtypeStruct((3, 2, 4, 8), jnp.bfloat16)},
+        "stack": {"b": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32)},
+    }
     taps = squared_norm_taps(sites)
     assert taps["layers"]["a"].zero.shape == (3,) and taps["layers"]["a"].zero.dtype == jnp.float32
     assert taps["stack"]["b"].zero.shape == () and taps["stack"]["b"].zero.dtype == jnp.float32

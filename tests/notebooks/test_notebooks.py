@@ -36,7 +36,8 @@ def test_notebook_is_paired_with_its_script(path: Path) -> None:
     assert script.exists(), f"{path.name} has no paired {script.name} (jupytext --sync notebooks/*.ipynb)"
     source = lambda nb: [(c.cell_type, c.source.strip()) for c in nb.cells]
     assert source(jupytext.read(script)) == source(nbformat.read(path, as_version=4)), (
-        f"{path.name} and {script.name} differ: run `jupytext --sync notebooks/{path.name}`")
+        f"{path.name} and {script.name} differ: run `jupytext --sync notebooks/{path.name}`"
+    )
 
 
 @pytest.mark.slow
@@ -53,8 +54,9 @@ def test_notebook_executes_in_a_kernel(path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     print(f"{path.name}: {time.perf_counter() - start:.1f} s")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

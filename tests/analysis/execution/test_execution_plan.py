@@ -30,13 +30,16 @@ def test_default_plan_per_backend():
         default_plan("cuda")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"unroll_layers": -1}, "unroll_layers must be an integer >= 0"),
-    ({"remat": "yes"}, "remat must be True or False, got 'yes'"),
-    ({"compute_dtype": "float16"}, "unknown compute_dtype 'float16'; valid choices: None, bfloat16"),
-    ({"seed_programs": "per-seed"}, "unknown seed_programs 'per-seed'; valid choices: vmapped, per_seed"),
-    ({"streams": 0}, "streams must be an integer >= 1 or None"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"unroll_layers": -1}, "unroll_layers must be an integer >= 0"),
+        ({"remat": "yes"}, "remat must be True or False, got 'yes'"),
+        ({"compute_dtype": "float16"}, "unknown compute_dtype 'float16'; valid choices: None, bfloat16"),
+        ({"seed_programs": "per-seed"}, "unknown seed_programs 'per-seed'; valid choices: vmapped, per_seed"),
+        ({"streams": 0}, "streams must be an integer >= 1 or None"),
+    ],
+)
 def test_bad_values_are_named_with_the_valid_ones(change, message):
     with pytest.raises(ValueError, match=message):
         ExecutionPlan().replace(**change)

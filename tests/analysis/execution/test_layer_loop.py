@@ -24,15 +24,20 @@ from models.sites import zeros_like_sites
 from tests.models.test_invariants import SAME_F32, TOKENS, cfg_of, count_eqns, inputs_of, jit_apply, jitter
 
 SCANNED = ModelOps()  # the model's own loop: the reference
-LOOPS = {"unrolled": ModelOps(layer_loop=PlannedLoop(unroll_layers=64)),
-         "recomputed": ModelOps(layer_loop=PlannedLoop(unroll_layers=0, remat=True))}  # fmt: skip
+LOOPS = {
+    "unrolled": ModelOps(layer_loop=PlannedLoop(unroll_layers=64)),
+    "recomputed": ModelOps(layer_loop=PlannedLoop(unroll_layers=0, remat=True)),
+}
 # The stack paths the loop can take, in the fast tier: segments (mix), a second stream (residual),
 # per-layer parameters, cross-attention memory and two stacks (admin encdec). The slow tier adds
 # every other placement (the layer input of b2t, per-head norm slots of hybrid, ...) and encdec
 # versions of mix and residual.
 CASES = [("mix", "decoder"), ("residual", "decoder"), ("admin", "encdec")]
-REST = ([(p, "decoder") for p in PLACEMENTS if p not in {"mix", "residual", "admin", "hybrid"}]
-        + [("hybrid", "encoder"), ("mix", "encdec"), ("residual", "encdec")])  # fmt: skip
+REST = [(p, "decoder") for p in PLACEMENTS if p not in {"mix", "residual", "admin", "hybrid"}] + [
+    ("hybrid", "encoder"),
+    ("mix", "encdec"),
+    ("residual", "encdec"),
+]
 
 
 def graphdef_with(cfg: ModelConfig, ops: ModelOps) -> nnx.GraphDef:
@@ -77,7 +82,9 @@ def assert_equal_to_rounding(case: tuple[str, str], first, second) -> None:
     leaves_2, tree_2 = jax.tree_util.tree_flatten_with_path(second)
     assert tree_1 == tree_2, case
     for (path, a), (_, b) in zip(leaves_1, leaves_2):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), **SAME_F32, err_msg=f"{case} {jax.tree_util.keystr(path)}")
+        np.testing.assert_allclose(
+            np.asarray(b), np.asarray(a), **SAME_F32, err_msg=f"{case} {jax.tree_util.keystr(path)}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +129,9 @@ def test_the_threshold_switches_between_loop_and_scan(placement):
     # per segment and the same at every depth (compile time flat for deep stacks).
     def size(layers, threshold):
         cfg = cfg_of(placement, layers=layers)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), ModelOps(PlannedLoop(threshold)))))
+        graphdef, state = nnx.split(
+            nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), ModelOps(PlannedLoop(threshold))))
+        )
         return count_eqns(jax.make_jaxpr(lambda s, *t: nnx.merge(graphdef, s)(*t))(state, *inputs_of(cfg)))
 
     assert size(3, 4) > size(2, 4)
@@ -157,7 +166,9 @@ def test_every_init_probe_is_unchanged_by_recomputation():
     # null, site-gradient taps (scanned stacks), LN Jacobian gains, in-layer summaries, cosines.
     frames = []
     with jax.enable_x64(True):
-        cfg = ModelConfig(placement="post", layers=3, d_model=16, heads=2, d_ff=32, vocab=32, max_len=16, dtype="float64")
+        cfg = ModelConfig(
+            placement="post", layers=3, d_model=16, heads=2, d_ff=32, vocab=32, max_len=16, dtype="float64"
+        )
         for remat in (False, True):
             plan = ExecutionPlan(unroll_layers=0, remat=remat)
             frames.append(probe_at_init(cfg, seeds=range(2), batch_size=2, seq_len=8, plan=plan))

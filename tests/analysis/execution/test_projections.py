@@ -30,8 +30,9 @@ from analysis.execution import ExecutionPlan, default_plan
 from analysis.execution.ops import MixedProjection, layout_projection, vmap_seeds
 from analysis.probe.loss import random_batch
 from analysis.probe.probes import ProbeConfig, probe_program_with_grads
-from models import ModelConfig, ModelOps, Transformer, init_state
+from models import ModelConfig, Transformer, init_state
 from models.layers import project
+
 
 def _inputs(dtype):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -63,7 +64,7 @@ def _derivatives(f, x, w, v):
 def test_derivatives_are_autodiffs(dtype: str, rtol: float, vmapped: bool) -> None:
     with jax.enable_x64(dtype == "float64"):
         x, w, v = _inputs(jnp.dtype(dtype))
-        fn = lambda f: (lambda x, w, v: _derivatives(f, x, w, v))
+        fn = lambda f: lambda x, w, v: _derivatives(f, x, w, v)
         if vmapped:  # two "seeds": the second's inputs scaled so the two differ
             fn = lambda f, fn=fn: jax.vmap(fn(f))
             x, w, v = (jnp.stack([a, 0.5 * a]) for a in (x, w, v))
@@ -78,8 +79,12 @@ def test_derivatives_are_autodiffs(dtype: str, rtol: float, vmapped: bool) -> No
 
 def test_only_cpu_programs_materialize_the_transposed_input() -> None:
     x, w, _ = _inputs(jnp.float32)
-    lowered = lambda f, platform: jax.jit(jax.grad(f, argnums=1)).trace(x, w).lower(lowering_platforms=(platform,)).as_text()
-    assert "optimization_barrier" in lowered(PROJECTION, "cpu"), "the CPU weight gradient lost its barrier: XLA folds xᵀ back"
+    lowered = lambda f, platform: (
+        jax.jit(jax.grad(f, argnums=1)).trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+    )
+    assert "optimization_barrier" in lowered(PROJECTION, "cpu"), (
+        "the CPU weight gradient lost its barrier: XLA folds xᵀ back"
+    )
     assert "optimization_barrier" not in lowered(PROJECTION, "cuda"), "other platforms take autodiff's form"
     assert "optimization_barrier" not in lowered(REFERENCE, "cpu")
 
@@ -131,7 +136,9 @@ def _run(cfg: ModelConfig, plan: ExecutionPlan):
     _, state = init_state(cfg, 0)  # the same float32 parameters
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
     batch = random_batch(cfg, jax.random.key(1), 4, 16)
-    fn = jax.jit(lambda s, b: probe_program_with_grads(graphdef, s, b, cfg, ProbeConfig(probes=PROBES), jax.random.key(2)))
+    fn = jax.jit(
+        lambda s, b: probe_program_with_grads(graphdef, s, b, cfg, ProbeConfig(probes=PROBES), jax.random.key(2))
+    )
     return fn(state, batch)
 
 
@@ -148,8 +155,13 @@ def test_bfloat16_compute_matches_float32(arch):
     assert 0 < rel < GRAD_RTOL, rel  # > 0: the bfloat16 path really ran
     for probe in PROBES:
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(r32[probe])[0], jax.tree.leaves(r16[probe])):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=PROBE_RTOL, atol=PROBE_ATOL,
-                                       err_msg=f"{probe} {jax.tree_util.keystr(path)}")  # fmt: skip
+            np.testing.assert_allclose(
+                np.asarray(b),
+                np.asarray(a),
+                rtol=PROBE_RTOL,
+                atol=PROBE_ATOL,
+                err_msg=f"{probe} {jax.tree_util.keystr(path)}",
+            )
 
 
 def _bf16_rounded64(a: jax.Array) -> np.ndarray:
@@ -170,7 +182,9 @@ def test_mixed_matmul_is_a_product_of_rounded_inputs():
     want = {"y": x64 @ w64, "dx": g64 @ w64.T, "dw": x64.T @ g64}
     got = {"y": y.reshape(-1, 48), "dx": dx.reshape(-1, 64), "dw": dw}
     for name, ref in want.items():
-        np.testing.assert_allclose(np.asarray(got[name], np.float64), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(got[name], np.float64), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name
+        )
     # the rounding is real: unrounded float64 products differ by far more than the tolerance above
     exact = np.asarray(x, np.float64).reshape(-1, 64).T @ np.asarray(cot, np.float64).reshape(-1, 48)
     assert np.abs(exact - want["dw"]).max() > 1e-3 * np.abs(exact).max()
@@ -179,7 +193,9 @@ def test_mixed_matmul_is_a_product_of_rounded_inputs():
     both = jax.vmap(pullback)(jnp.stack([x, -0.5 * x]), jnp.stack([w, 2 * w]), jnp.stack([cot, cot]))
     for seed, (xs, ws) in enumerate([(x, w), (-0.5 * x, 2 * w)]):
         for got_seed, alone in zip(both, pullback(xs, ws, cot)):
-            np.testing.assert_allclose(np.asarray(got_seed[seed]), np.asarray(alone), rtol=1e-5, atol=1e-5 * float(jnp.abs(alone).max()))
+            np.testing.assert_allclose(
+                np.asarray(got_seed[seed]), np.asarray(alone), rtol=1e-5, atol=1e-5 * float(jnp.abs(alone).max())
+            )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout is a CPU choice")
@@ -208,8 +224,11 @@ def test_vmap_seeds_equals_vmap_and_squeezes_one_seed(seeds: int) -> None:
     assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
     program = jax.jit(vmap_seeds(_seed_fn, in_axes=(0, 0, None))).trace(params, seed_array, 2.0).jaxpr
-    batched = any(len(eqn.params.get("dimension_numbers", ((), ((), ())))[1][0]) for eqn in program.eqns
-                  if eqn.primitive.name == "dot_general")  # fmt: skip
+    batched = any(
+        len(eqn.params.get("dimension_numbers", ((), ((), ())))[1][0])
+        for eqn in program.eqns
+        if eqn.primitive.name == "dot_general"
+    )
     assert batched == (seeds > 1), "one seed runs unbatched; several are vmapped"
 
 

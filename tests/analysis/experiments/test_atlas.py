@@ -35,8 +35,18 @@ def _frame(placement: str, profile: dict[str, np.ndarray]) -> pd.DataFrame:
         for (quantity, site), values in profile.items():
             for seed, per_layer in zip(SEEDS, values):
                 for layer, value in enumerate(per_layer):
-                    rows.append(dict(arch=arch, stack=stack, placement=placement, seed=seed, layer=layer,
-                                     quantity=quantity, site=site, value=float(value)))
+                    rows.append(
+                        dict(
+                            arch=arch,
+                            stack=stack,
+                            placement=placement,
+                            seed=seed,
+                            layer=layer,
+                            quantity=quantity,
+                            site=site,
+                            value=float(value),
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -47,8 +57,15 @@ def test_summary_table_orients_ratios_top_over_bottom() -> None:
     act_grad = np.array([[0.5, 1, 1, 2.0]] * 3)  # g_bottom/g_top = 0.25
     cos = np.array([[0.1, 0.2, 0.3, 0.9 + 0.01 * s] for s in range(3)])
     rms = np.array([[2.0, 3, 4, 8.0]] * 3)  # ‖x_L‖/‖x_1‖ = 4
-    df = _frame("post", {("param_grad_norm", "mlp.w2.weight"): grad, ("act_grad_norm", "resid_pre"): act_grad,
-                         ("cos_adjacent", "resid_pre"): cos, ("act_norm", "resid_pre"): rms})
+    df = _frame(
+        "post",
+        {
+            ("param_grad_norm", "mlp.w2.weight"): grad,
+            ("act_grad_norm", "resid_pre"): act_grad,
+            ("cos_adjacent", "resid_pre"): cos,
+            ("act_norm", "resid_pre"): rms,
+        },
+    )
     table = report.summary_table(df)
     assert list(table["placement"]) == ["post", "post"] and list(table["arch"]) == ["encdec", "decoder"]
     row = table.iloc[0]
@@ -61,8 +78,15 @@ def test_summary_table_orients_ratios_top_over_bottom() -> None:
 def test_summary_keeps_a_diverged_seed_and_names_nan_cells() -> None:
     grad = np.array([[1.0, 1, 1, 2], [1.0, 1, 1, np.nan], [1.0, 1, 1, 4]])
     ones = np.ones((3, LAYERS))
-    df = _frame("pre", {("param_grad_norm", "mlp.w2.weight"): grad, ("act_grad_norm", "resid_pre"): ones,
-                        ("cos_adjacent", "resid_pre"): ones, ("act_norm", "resid_pre"): ones})
+    df = _frame(
+        "pre",
+        {
+            ("param_grad_norm", "mlp.w2.weight"): grad,
+            ("act_grad_norm", "resid_pre"): ones,
+            ("cos_adjacent", "resid_pre"): ones,
+            ("act_norm", "resid_pre"): ones,
+        },
+    )
     table = report.summary_table(df)
     assert table.iloc[0]["G_top/G_bottom"].startswith("nan")  # not the median of the two finite seeds
     note = report.nan_note(table)
@@ -102,8 +126,9 @@ def test_the_atlas_is_an_experiment_the_report_renders_apart() -> None:
         assert {j.model.n_dec_layers for j in jobs} == {layers} and len(jobs) == 2 * len(report.PLACEMENTS)
     settings = report.AtlasSettings(layers=3, seeds=2, placements=("pre", "post"))
     jobs = report.atlas_experiment(settings).jobs("quick")
-    assert [(j.model.arch, j.variant, j.seeds) for j in jobs] == [(a, p, 2) for a in ("encdec", "decoder")
-                                                                  for p in ("post", "pre")]  # fmt: skip
+    assert [(j.model.arch, j.variant, j.seeds) for j in jobs] == [
+        (a, p, 2) for a in ("encdec", "decoder") for p in ("post", "pre")
+    ]
     assert "atlas" not in default_experiments() and set(default_experiments()) == set(EXPERIMENTS) - {"atlas"}
 
 
@@ -137,8 +162,19 @@ def test_report_pipeline_end_to_end(tmp_path) -> None:
     experiments: data, figures, pages; then --redraw from the data alone."""
     out = tmp_path / "report"
     placements = ["post", "pre", "rezero"]
-    argv = ["report", "--out", str(out), "--layers", "2", "--seeds", "2", "--placements", ",".join(placements),
-            "--experiments", "none"]  # fmt: skip
+    argv = [
+        "report",
+        "--out",
+        str(out),
+        "--layers",
+        "2",
+        "--seeds",
+        "2",
+        "--placements",
+        ",".join(placements),
+        "--experiments",
+        "none",
+    ]
     assert cli_main(argv) == 0
     df, meta = read_run(out / "data" / "init.parquet")
     assert meta["layers"] == 2 and meta["seeds"] == 2 and meta["placements"] == placements
@@ -146,8 +182,18 @@ def test_report_pipeline_end_to_end(tmp_path) -> None:
     assert set(df["placement"]) == set(placements) and set(df["arch"]) == {"encdec", "decoder"}
     assert set(df["seed"]) == {0, 1} and df["layer"].max() == 1
     pngs = sorted(p.name for p in (out / "figures" / "init").glob("*.png"))
-    assert pngs == sorted(["act_grad_norm.png", "param_grad_norm.png", "update_ratio.png", "act_norm.png",
-                           "ln_jacobian_gain.png", "cos_adjacent.png", "cka_encdec.png", "cka_decoder.png"])
+    assert pngs == sorted(
+        [
+            "act_grad_norm.png",
+            "param_grad_norm.png",
+            "update_ratio.png",
+            "act_norm.png",
+            "ln_jacobian_gain.png",
+            "cos_adjacent.png",
+            "cka_encdec.png",
+            "cka_decoder.png",
+        ]
+    )
     assert all((out / "figures" / "init" / p).stat().st_size > 10_000 for p in pngs)
     page = (out / "index.html").read_text()
     assert page.count("<tr><td>encdec</td>") == 3 and page.count("<tr><td>decoder</td>") == 3

@@ -21,18 +21,46 @@ LAYERS = 6
 REF_RTOL = 1e-9
 
 
-def rows(variant: str, per_seed: np.ndarray, *, quantity: str = "q", site: str = "s", layers: int = LAYERS,
-         seed_offset: int = 0) -> pd.DataFrame:  # fmt: skip
+def rows(
+    variant: str,
+    per_seed: np.ndarray,
+    *,
+    quantity: str = "q",
+    site: str = "s",
+    layers: int = LAYERS,
+    seed_offset: int = 0,
+) -> pd.DataFrame:
     """Tidy rows of one variant: per_seed is (n_seeds,) for a stack-level value or (n_seeds, L) per layer."""
     per_seed = np.asarray(per_seed, float)
     n = per_seed.shape[0]
     if per_seed.ndim == 1:
-        return pd.DataFrame({"seed": np.arange(n) + seed_offset, "variant": variant, "quantity": quantity, "site": site,
-                             "stack": "decoder", "layer": -1, "layers": layers, "part": "p", "value": per_seed})  # fmt: skip
+        return pd.DataFrame(
+            {
+                "seed": np.arange(n) + seed_offset,
+                "variant": variant,
+                "quantity": quantity,
+                "site": site,
+                "stack": "decoder",
+                "layer": -1,
+                "layers": layers,
+                "part": "p",
+                "value": per_seed,
+            }
+        )
     L = per_seed.shape[1]
-    return pd.DataFrame({"seed": np.repeat(np.arange(n) + seed_offset, L), "variant": variant, "quantity": quantity,
-                         "site": site, "stack": "decoder", "layer": np.tile(np.arange(L), n), "layers": L, "part": "p",
-                         "value": per_seed.reshape(-1)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "seed": np.repeat(np.arange(n) + seed_offset, L),
+            "variant": variant,
+            "quantity": quantity,
+            "site": site,
+            "stack": "decoder",
+            "layer": np.tile(np.arange(L), n),
+            "layers": L,
+            "part": "p",
+            "value": per_seed.reshape(-1),
+        }
+    )
 
 
 def feat(name: str, variant: str, layer=None, **where) -> C.Feature:
@@ -61,8 +89,12 @@ def _difference():
     stat = C.difference(feat("a", "a"), feat("b", "b"), "a - b")
 
     def make(target, rng, off=0):
-        return pd.concat([rows("a", 1 + target + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off),
-                          rows("b", np.ones(N_SEEDS) + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off)])  # fmt: skip
+        return pd.concat(
+            [
+                rows("a", 1 + target + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off),
+                rows("b", np.ones(N_SEEDS) + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off),
+            ]
+        )
 
     ref = lambda f: f[f.variant == "a"].value.mean() - f[f.variant == "b"].value.mean()
     return stat, 0.5, (1.0, 0.0), make, ref
@@ -109,8 +141,9 @@ def _depth_slope():
     stat = C.depth_slope(points, "log-log slope vs depth")
 
     def make(target, rng, off=0):
-        return pd.concat([rows("a", (d ** target) * np.ones((N_SEEDS, d)) * noise(rng, (N_SEEDS, 1)), seed_offset=off)
-                          for d in DEPTHS])  # fmt: skip
+        return pd.concat(
+            [rows("a", (d**target) * np.ones((N_SEEDS, d)) * noise(rng, (N_SEEDS, 1)), seed_offset=off) for d in DEPTHS]
+        )
 
     def ref(f):
         means = [f[(f.layers == d) & (f.layer == d - 1)].value.mean() for d in DEPTHS]
@@ -124,8 +157,9 @@ def _extreme_max():
     stat = C.extreme(fs, "max", "largest mean")
 
     def make(target, rng, off=0):
-        return pd.concat([rows(f"v{i}", (target - i * 0.5) + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off)
-                          for i in range(3)])  # fmt: skip
+        return pd.concat(
+            [rows(f"v{i}", (target - i * 0.5) + 0.01 * rng.standard_normal(N_SEEDS), seed_offset=off) for i in range(3)]
+        )
 
     ref = lambda f: f.groupby("variant").value.mean().max()
     return stat, 3.0, (4.0, 2.0), make, ref
@@ -186,15 +220,32 @@ def _piv(frame: pd.DataFrame, variant: str) -> pd.DataFrame:
 
 
 KINDS = {
-    "ratio": _ratio, "difference": _difference, "value": _value, "profile_slope": _profile_slope,
-    "profile_r2": _profile_r2, "depth_slope": _depth_slope, "max": _extreme_max, "min_ratio": _extreme_ratio_min,
-    "closer_to_one": _closer_to_one, "max_abs_difference": _max_abs_difference,
-}  # fmt: skip
+    "ratio": _ratio,
+    "difference": _difference,
+    "value": _value,
+    "profile_slope": _profile_slope,
+    "profile_r2": _profile_r2,
+    "depth_slope": _depth_slope,
+    "max": _extreme_max,
+    "min_ratio": _extreme_ratio_min,
+    "closer_to_one": _closer_to_one,
+    "max_abs_difference": _max_abs_difference,
+}
 
 
 def claim(stat: C.Statistic, threshold, direction: str) -> C.Claim:
-    return C.Claim(id="xu2019.synthetic", paper="xu2019", source="test", statement="test", method_form="test",
-                   experiment="xu2019", statistic=stat, threshold=threshold, direction=direction, threshold_note="test")  # fmt: skip
+    return C.Claim(
+        id="xu2019.synthetic",
+        paper="xu2019",
+        source="test",
+        statement="test",
+        method_form="test",
+        experiment="xu2019",
+        statistic=stat,
+        threshold=threshold,
+        direction=direction,
+        threshold_note="test",
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -212,7 +263,11 @@ def test_verdict_flips_with_the_data(kind: str) -> None:
         c = claim(stat, threshold, direction)
         results = [C.check(c, f) for f in (above, below, mixed)]
         got = [r.verdict for r in results]
-        assert got == [for_above, for_below, "inconclusive"], (kind, direction, [(r.statistic, r.ci_low, r.ci_high) for r in results])
+        assert got == [for_above, for_below, "inconclusive"], (
+            kind,
+            direction,
+            [(r.statistic, r.ci_low, r.ci_high) for r in results],
+        )
         for r in results:
             assert r.ci_low <= r.statistic <= r.ci_high or math.isclose(r.ci_low, r.ci_high)
             assert r.n_seeds == N_SEEDS
@@ -235,12 +290,19 @@ def test_interval_direction(kind: str) -> None:
 
 def test_verdict_rule_table() -> None:
     cases = [
-        ((1.0, 2.0), 0.5, ">=", "reproduced"), ((1.0, 2.0), 1.0, ">=", "reproduced"), ((0.1, 0.4), 0.5, ">=", "not reproduced"),
-        ((0.4, 0.6), 0.5, ">=", "inconclusive"), ((0.1, 0.4), 0.5, "<=", "reproduced"), ((0.6, 0.7), 0.5, "<=", "not reproduced"),
-        ((1.0, 2.0), (0.5, 3.0), "in", "reproduced"), ((4.0, 5.0), (0.5, 3.0), "in", "not reproduced"),
-        ((0.1, 0.2), (0.5, 3.0), "in", "not reproduced"), ((2.0, 4.0), (0.5, 3.0), "in", "inconclusive"),
-        ((math.inf, math.inf), 50.0, ">=", "reproduced"), ((math.nan, math.nan), 0.5, ">=", "inconclusive"),
-    ]  # fmt: skip
+        ((1.0, 2.0), 0.5, ">=", "reproduced"),
+        ((1.0, 2.0), 1.0, ">=", "reproduced"),
+        ((0.1, 0.4), 0.5, ">=", "not reproduced"),
+        ((0.4, 0.6), 0.5, ">=", "inconclusive"),
+        ((0.1, 0.4), 0.5, "<=", "reproduced"),
+        ((0.6, 0.7), 0.5, "<=", "not reproduced"),
+        ((1.0, 2.0), (0.5, 3.0), "in", "reproduced"),
+        ((4.0, 5.0), (0.5, 3.0), "in", "not reproduced"),
+        ((0.1, 0.2), (0.5, 3.0), "in", "not reproduced"),
+        ((2.0, 4.0), (0.5, 3.0), "in", "inconclusive"),
+        ((math.inf, math.inf), 50.0, ">=", "reproduced"),
+        ((math.nan, math.nan), 0.5, ">=", "inconclusive"),
+    ]
     for (lo, hi), threshold, direction, want in cases:
         assert C.verdict(lo, hi, threshold, direction) == want, (lo, hi, threshold, direction)
 
@@ -277,17 +339,34 @@ def test_feature_errors_name_the_problem() -> None:
 
 def test_claim_validation() -> None:
     stat = C.value(feat("a", "a"), "a")
-    good = dict(id="xu2019.x", paper="xu2019", source="s", statement="s", method_form="m", experiment="xu2019",
-                statistic=stat, threshold=1.0, direction=">=", threshold_note="n")  # fmt: skip
+    good = dict(
+        id="xu2019.x",
+        paper="xu2019",
+        source="s",
+        statement="s",
+        method_form="m",
+        experiment="xu2019",
+        statistic=stat,
+        threshold=1.0,
+        direction=">=",
+        threshold_note="n",
+    )
     C.Claim(**good)
-    for change, match in ((dict(paper="nobody2020"), "unknown paper"), (dict(id="x"), "must be 'xu2019.<name>'"),
-                          (dict(direction=">"), "unknown direction"), (dict(direction="in"), r"needs threshold \(low, high\)"),
-                          (dict(threshold=(1.0, 2.0)), "finite number"), (dict(threshold=math.nan), "finite number"),
-                          (dict(when="later"), "when must be")):  # fmt: skip
+    for change, match in (
+        (dict(paper="nobody2020"), "unknown paper"),
+        (dict(id="x"), "must be 'xu2019.<name>'"),
+        (dict(direction=">"), "unknown direction"),
+        (dict(direction="in"), r"needs threshold \(low, high\)"),
+        (dict(threshold=(1.0, 2.0)), "finite number"),
+        (dict(threshold=math.nan), "finite number"),
+        (dict(when="later"), "when must be"),
+    ):
         with pytest.raises(ValueError, match=match):
             C.Claim(**{**good, **change})
 
 
 def test_json_safe() -> None:
-    row = C.json_safe({"a": math.nan, "b": math.inf, "c": -math.inf, "d": (1.0, 2.0), "e": np.float32(0.5), "f": np.int64(3)})
+    row = C.json_safe(
+        {"a": math.nan, "b": math.inf, "c": -math.inf, "d": (1.0, 2.0), "e": np.float32(0.5), "f": np.int64(3)}
+    )
     assert row == {"a": None, "b": "inf", "c": "-inf", "d": [1.0, 2.0], "e": 0.5, "f": 3}

@@ -60,8 +60,22 @@ def test_stored_jobs_are_reused(table, store: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.slow
 def test_cli_writes_json_and_figures(table, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, figs = tmp_path / "checks.json", tmp_path / "figs"
-    rc = main(["check", "--claim", ",".join(INIT_CLAIMS), "--preset", "tiny", "--store", str(store), "--quiet",
-               "--out", str(out), "--figures", str(figs)])  # fmt: skip
+    rc = main(
+        [
+            "check",
+            "--claim",
+            ",".join(INIT_CLAIMS),
+            "--preset",
+            "tiny",
+            "--store",
+            str(store),
+            "--quiet",
+            "--out",
+            str(out),
+            "--figures",
+            str(figs),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert all(c in printed for c in INIT_CLAIMS) and "3 checks" in printed
@@ -104,8 +118,10 @@ def test_training_rows_derive_from_the_recorded_probes(table, store: Path) -> No
         f = pd.read_parquet(path)
         g = f[(f["quantity"] == "act_grad_norm") & (f["site"] == "resid_pre") & (f["layer"] >= 0)]
         top = g["layer"].max()
-        want = (g[g["layer"] == 0].set_index(["seed", "step"])["value"]
-                / g[g["layer"] == top].set_index(["seed", "step"])["value"])  # fmt: skip
+        want = (
+            g[g["layer"] == 0].set_index(["seed", "step"])["value"]
+            / g[g["layer"] == top].set_index(["seed", "step"])["value"]
+        )
         got = f[f["quantity"] == "act_grad_ratio"].set_index(["seed", "step"])["value"]
         assert len(got) == len(want) > 0
         np.testing.assert_allclose(got.sort_index().to_numpy(), want.sort_index().to_numpy(), rtol=1e-12)

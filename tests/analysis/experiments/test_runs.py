@@ -92,7 +92,9 @@ def test_a_worker_runs_on_its_share_of_the_cpus() -> None:
     environ = dict(os.environ)
     os.environ.pop(STREAMS_VAR, None)  # the worker's streams come from its share (spawned: it copies this environment)
     try:
-        with ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=("code", {}, 5, shares)) as pool:
+        with ProcessPoolExecutor(
+            1, mp_context=context, initializer=_start_worker, initargs=("code", {}, 5, shares)
+        ) as pool:
             assert pool.submit(os.sched_getaffinity, 0).result(timeout=120) == {cpu}
             assert pool.submit(os.getenv, STREAMS_VAR).result(timeout=120) == "1"
     finally:

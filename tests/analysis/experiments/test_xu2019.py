@@ -47,8 +47,10 @@ def test_backward_stats_match_a_numpy_restatement(backward: str) -> None:
     g_out[:, :, -1] = 0.0  # the last position of a causal LM: no gradient, left out
     sigma = np.sqrt(x.var(-1, keepdims=True) + EPS)
     g_in = _layernorm_vjp(x, g_out) if backward == "layernorm" else g_out / sigma  # DetachNorm: μ, σ constants
-    got = {k: np.asarray(v) for k, v in backward_stats(x.astype(np.float32), g_in.astype(np.float32),
-                                                         g_out.astype(np.float32), EPS).items()}  # fmt: skip
+    got = {
+        k: np.asarray(v)
+        for k, v in backward_stats(x.astype(np.float32), g_in.astype(np.float32), g_out.astype(np.float32), EPS).items()
+    }
     want = _numpy_stats(x, g_in, g_out)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=2e-6, err_msg=name)
@@ -68,8 +70,10 @@ def test_real_models_show_each_norms_backward_property() -> None:
     for norm in ("layernorm", "detachnorm"):
         job = BackwardJob(norm, tiny.model("decoder", "pre", 2, norm=norm), 2, tiny.batch_size, tiny.seq_len)
         frame = job.compute()
-        values[norm] = {q: frame[(frame["quantity"] == q) & (frame["layer"] >= 0)]["value"].to_numpy()
-                        for q in ("ln_grad_mean_cos", "ln_grad_y_cos", "ln_grad_var_ratio")}  # fmt: skip
+        values[norm] = {
+            q: frame[(frame["quantity"] == q) & (frame["layer"] >= 0)]["value"].to_numpy()
+            for q in ("ln_grad_mean_cos", "ln_grad_y_cos", "ln_grad_var_ratio")
+        }
         assert all(v.size >= 4 for v in values[norm].values()), (norm, {q: v.size for q, v in values[norm].items()})
     assert values["layernorm"]["ln_grad_mean_cos"].max() < 1e-4
     assert values["layernorm"]["ln_grad_y_cos"].max() < 1e-4

@@ -15,8 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import t_quantile
-
 from analysis.plot.figures import (
     figure_grid,
     plot_cka_heatmap,
@@ -24,6 +22,7 @@ from analysis.plot.figures import (
     plot_layer_profile,
     save_figure,
 )
+from analysis.stats import t_quantile
 
 # Plotted data are float64 copies of the frame's values: only rounding can differ.
 PLOT_ATOL = 1e-12
@@ -38,9 +37,18 @@ RATES = {"pre": -0.05, "post": -0.4, "peri": 0.0}
 
 
 def _row(placement: str, layers: int, seed: int, step: int, **kw) -> dict:
-    return {"run": f"{placement}-L{layers}-s{seed}", "arch": "encdec", "placement": placement,
-            "norm": "layer", "layers": layers, "d_model": 64, "seed": seed, "step": step,
-            "other_layer": -1, **kw}
+    return {
+        "run": f"{placement}-L{layers}-s{seed}",
+        "arch": "encdec",
+        "placement": placement,
+        "norm": "layer",
+        "layers": layers,
+        "d_model": 64,
+        "seed": seed,
+        "step": step,
+        "other_layer": -1,
+        **kw,
+    }
 
 
 def make_frame(depths=(18,), stack="decoder", seed_noise=0.3) -> pd.DataFrame:
@@ -56,10 +64,32 @@ def make_frame(depths=(18,), stack="decoder", seed_noise=0.3) -> pd.DataFrame:
                         base = 0.5 * np.exp(RATES[placement] * layer) * scale
                         for site in ("resid_pre", "resid_post"):
                             value = base * np.exp(seed_noise * rng.standard_normal())
-                            rows.append(_row(placement, layers, seed, step, stack=stack, layer=layer,
-                                             site=site, quantity="act_grad_norm", value=value))
-                    rows.append(_row(placement, layers, seed, step, stack=stack, layer=-1, site="embed",
-                                     quantity="param_grad_norm", value=1.0))
+                            rows.append(
+                                _row(
+                                    placement,
+                                    layers,
+                                    seed,
+                                    step,
+                                    stack=stack,
+                                    layer=layer,
+                                    site=site,
+                                    quantity="act_grad_norm",
+                                    value=value,
+                                )
+                            )
+                    rows.append(
+                        _row(
+                            placement,
+                            layers,
+                            seed,
+                            step,
+                            stack=stack,
+                            layer=-1,
+                            site="embed",
+                            quantity="param_grad_norm",
+                            value=1.0,
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -71,8 +101,20 @@ def make_cka_frame(layers=6) -> pd.DataFrame:
             for i in range(layers):
                 for j in range(layers):
                     value = 1.0 if i == j else rng.uniform(0.0, 1.0)
-                    rows.append(_row(placement, layers, seed, 0, stack="encoder", layer=i, other_layer=j,
-                                     site="resid_post", quantity="cka", value=value))
+                    rows.append(
+                        _row(
+                            placement,
+                            layers,
+                            seed,
+                            0,
+                            stack="encoder",
+                            layer=i,
+                            other_layer=j,
+                            site="resid_post",
+                            quantity="cka",
+                            value=value,
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -106,8 +148,9 @@ def test_profile_line_is_seed_median_at_final_step(frame, placement):
     _, ax = plt.subplots()
     plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
     sub = _final(frame)
-    expected = np.median(sub[sub.placement == placement].pivot(index="layer", columns="seed",
-                                                                  values="value").to_numpy(), axis=1)
+    expected = np.median(
+        sub[sub.placement == placement].pivot(index="layer", columns="seed", values="value").to_numpy(), axis=1
+    )
     line = _line(ax, placement)
     np.testing.assert_array_equal(line.get_xdata(), np.arange(18))
     np.testing.assert_allclose(line.get_ydata(), expected, rtol=0, atol=PLOT_ATOL)
@@ -148,17 +191,24 @@ def test_t_quantile_matches_table(dof, expected):
 
 def _profile_frame(values: np.ndarray) -> pd.DataFrame:
     """One placement, len(values) layers, 2 seeds with identical values."""
-    return pd.DataFrame([_row("pre", len(values), s, 0, stack="encoder", layer=i, site="resid_post",
-                              quantity="act_norm", value=v)
-                         for s in (0, 1) for i, v in enumerate(values)])
+    return pd.DataFrame(
+        [
+            _row("pre", len(values), s, 0, stack="encoder", layer=i, site="resid_post", quantity="act_norm", value=v)
+            for s in (0, 1)
+            for i, v in enumerate(values)
+        ]
+    )
 
 
-@pytest.mark.parametrize(("values", "expect_log"), [
-    (np.geomspace(1e-3, 1.0, 12), True),
-    (np.linspace(0.5, 0.9, 12), False),
-    (np.linspace(-1e-3, 1.0, 12), False),  # spans decades in |value| but crosses zero
-    (np.r_[0.0, np.geomspace(1e-3, 1.0, 11)], False),
-])
+@pytest.mark.parametrize(
+    ("values", "expect_log"),
+    [
+        (np.geomspace(1e-3, 1.0, 12), True),
+        (np.linspace(0.5, 0.9, 12), False),
+        (np.linspace(-1e-3, 1.0, 12), False),  # spans decades in |value| but crosses zero
+        (np.r_[0.0, np.geomspace(1e-3, 1.0, 11)], False),
+    ],
+)
 def test_profile_auto_log_scale(values, expect_log):
     _, ax = plt.subplots()
     plot_layer_profile(_profile_frame(values), ax, quantity="act_norm", site="resid_post", stack="encoder")
@@ -167,8 +217,9 @@ def test_profile_auto_log_scale(values, expect_log):
 
 def test_profile_explicit_logy_overrides_rule():
     _, ax = plt.subplots()
-    plot_layer_profile(_profile_frame(np.linspace(0.5, 0.9, 5)), ax, quantity="act_norm",
-                       site="resid_post", stack="encoder", logy=True)
+    plot_layer_profile(
+        _profile_frame(np.linspace(0.5, 0.9, 5)), ax, quantity="act_norm", site="resid_post", stack="encoder", logy=True
+    )
     assert ax.get_yscale() == "log"
 
 
@@ -185,8 +236,9 @@ def test_colors_follow_frame_order_across_panels(frame):
     """A placement keeps its color in every panel drawn from one frame, whatever each panel selects."""
     _, (a, b) = plt.subplots(1, 2)
     plot_layer_profile(frame, a, quantity="act_grad_norm", site="resid_pre", stack="decoder")
-    plot_layer_profile(frame, b, quantity="act_grad_norm", site="resid_post", stack="decoder",
-                       where={"placement": ["peri", "post"]})
+    plot_layer_profile(
+        frame, b, quantity="act_grad_norm", site="resid_post", stack="decoder", where={"placement": ["peri", "post"]}
+    )
     for p in ("post", "peri"):
         assert _line(a, p).get_color() == _line(b, p).get_color()
     assert len({_line(a, p).get_color() for p in PLACEMENTS}) == len(PLACEMENTS)
@@ -195,19 +247,24 @@ def test_colors_follow_frame_order_across_panels(frame):
 def test_missing_columns_are_named(frame):
     _, ax = plt.subplots()
     with pytest.raises(ValueError, match=r"plot_layer_profile needs columns \['site', 'seed'\]"):
-        plot_layer_profile(frame.drop(columns=["site", "seed"]), ax, quantity="act_grad_norm",
-                           site="resid_pre", stack="decoder")
+        plot_layer_profile(
+            frame.drop(columns=["site", "seed"]), ax, quantity="act_grad_norm", site="resid_pre", stack="decoder"
+        )
     with pytest.raises(ValueError, match=r"\['other_layer'\]"):
         plot_cka_heatmap(frame.drop(columns=["other_layer"]), ax, stack="decoder", placement="pre")
     with pytest.raises(ValueError, match=r"\['layers'\]"):
-        plot_depth_scaling(frame.drop(columns=["layers"]), ax, quantity="act_grad_norm",
-                           site="resid_pre", stack="decoder")
+        plot_depth_scaling(
+            frame.drop(columns=["layers"]), ax, quantity="act_grad_norm", site="resid_pre", stack="decoder"
+        )
 
 
 def test_empty_selection_names_filter_and_alternatives(frame):
     _, ax = plt.subplots()
-    with pytest.raises(ValueError, match=r"no rows with quantity='act_grad_norm', stack='decoder', site='mlp_out'"
-                                         r".*available site values: \['resid_post', 'resid_pre'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"no rows with quantity='act_grad_norm', stack='decoder', site='mlp_out'"
+        r".*available site values: \['resid_post', 'resid_pre'\]",
+    ):
         plot_layer_profile(frame, ax, quantity="act_grad_norm", site="mlp_out", stack="decoder")
     with pytest.raises(ValueError, match=r"available stack values: \['decoder'\]"):
         plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="encoder")
@@ -224,8 +281,7 @@ def test_mixed_configurations_are_refused():
     _, ax = plt.subplots()
     with pytest.raises(ValueError, match=r"differ in \['run', 'layers'\]"):
         plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
-    plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder",
-                       where={"layers": 12})
+    plot_layer_profile(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", where={"layers": 12})
     assert len(_line(ax, "pre").get_xdata()) == 12
 
 
@@ -243,8 +299,9 @@ def test_heatmap_image_is_seed_mean_matrix():
     _, ax = plt.subplots()
     plot_cka_heatmap(df, ax, stack="encoder", placement="post")
     sub = df[df.placement == "post"]
-    per_seed = [sub[sub.seed == s].pivot(index="layer", columns="other_layer", values="value").to_numpy()
-                for s in SEEDS]
+    per_seed = [
+        sub[sub.seed == s].pivot(index="layer", columns="other_layer", values="value").to_numpy() for s in SEEDS
+    ]
     expected = np.mean(per_seed, axis=0)
     (im,) = ax.images
     np.testing.assert_allclose(np.asarray(im.get_array()), expected, atol=PLOT_ATOL)
@@ -264,8 +321,9 @@ def test_depth_scaling_takes_last_layer_median():
     (container,) = [c for c in ax.containers if c.get_label() == "post"]
     line = container.lines[0]
     sub = _final(df)
-    expected = [sub[(sub.placement == "post") & (sub.layers == d) & (sub.layer == d - 1)].value.median()
-                for d in depths]
+    expected = [
+        sub[(sub.placement == "post") & (sub.layers == d) & (sub.layer == d - 1)].value.median() for d in depths
+    ]
     np.testing.assert_array_equal(line.get_xdata(), depths)
     np.testing.assert_allclose(line.get_ydata(), expected, atol=PLOT_ATOL)
     assert ax.get_xlabel() == "model depth (layers)"
@@ -321,8 +379,14 @@ def test_non_finite_seed_leaves_a_gap_and_a_note(frame, bad):
     """A diverged seed must not vanish into the median of the others: its layer is a gap in the
     line and band, and the axes say how many values were left out and from which seed."""
     df = frame.copy()
-    hit = (df.quantity == "act_grad_norm") & (df.site == "resid_pre") & (df.step == STEPS[-1]) \
-        & (df.placement == "post") & (df.seed == 2) & (df.layer == 5)
+    hit = (
+        (df.quantity == "act_grad_norm")
+        & (df.site == "resid_pre")
+        & (df.step == STEPS[-1])
+        & (df.placement == "post")
+        & (df.seed == 2)
+        & (df.layer == 5)
+    )
     assert hit.sum() == 1
     df.loc[hit, "value"] = bad
     _, ax = plt.subplots()
@@ -363,8 +427,16 @@ def test_variant_hue_takes_its_placements_color_and_forms_differ_by_line_style()
     for variant, placement in (("post", "post"), ("b2t", "b2t"), ("b2t + rescale", "b2t")):
         for seed in SEEDS:
             for x in range(3):
-                rows.append({"variant": variant, "placement": placement, "stack": "decoder", "seed": seed, "x": x,
-                             "value": 1.0 + x + seed})
+                rows.append(
+                    {
+                        "variant": variant,
+                        "placement": placement,
+                        "stack": "decoder",
+                        "seed": seed,
+                        "x": x,
+                        "value": 1.0 + x + seed,
+                    }
+                )
     frame = pd.DataFrame(rows)
     fig, ax = plt.subplots()
     plot_lines(frame, ax, x="x")
@@ -387,8 +459,13 @@ def test_plot_lines_means_and_log_interval():
     from analysis.plot.figures import plot_lines
 
     values = {0: [1.0, 2.0, 4.0], 1: [10.0, 20.0, 40.0]}
-    frame = pd.DataFrame([{"variant": "pre", "placement": "pre", "seed": s, "x": x, "value": v}
-                          for x, vs in values.items() for s, v in enumerate(vs)])
+    frame = pd.DataFrame(
+        [
+            {"variant": "pre", "placement": "pre", "seed": s, "x": x, "value": v}
+            for x, vs in values.items()
+            for s, v in enumerate(vs)
+        ]
+    )
     for band, center in (("ci", np.mean), ("logci", lambda v: np.exp(np.mean(np.log(v))))):
         fig, ax = plt.subplots()
         plot_lines(frame, ax, x="x", band=band)

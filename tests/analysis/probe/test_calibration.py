@@ -11,7 +11,8 @@ the calibration for 14 (e.g. Pre-LN 0.48 vs sinusoidal 0.53, calibration 0.45; d
 vs 0.34, calibration 0.26), sinusoidal only for the Post-LN enc-dec row (G ratio 432 vs 692 and g ratio 0.0040 vs
 0.0029, calibration 247 and 0.010; slope 0.33 vs 0.37, calibration 0.31). Measured with this file's code.
 
-Encoders of the enc-dec rows follow the calibration (docs/calibration.md, deviations): only the decoder implements B2T / ResiDual / DeepNorm
+Encoders of the enc-dec rows follow the calibration (docs/calibration.md, deviations): only the decoder
+implements B2T / ResiDual / DeepNorm
 (Post-LN encoder); the Pre-LN row is Pre-LN throughout.
 
 G_l = ‖∂ℒ/∂W2_l‖ (param_grad_norm at "mlp.w2.weight"), g_l = ‖∂ℒ/∂x_l‖ (act_grad_norm at "resid_pre"),
@@ -69,7 +70,9 @@ class Calibration:
             cfg = ModelConfig(**HARNESS, **CASES[name])
             df = probe_at_init(cfg, seeds=SEEDS, batch_size=BATCH, seq_len=LENGTH, probes=PROBES)
             dec = df[df["stack"] == "decoder"]
-            profile = lambda q, site: dec[(dec["quantity"] == q) & (dec["site"] == site)].groupby("layer")["value"].mean()
+            profile = lambda q, site: (
+                dec[(dec["quantity"] == q) & (dec["site"] == site)].groupby("layer")["value"].mean()
+            )
             G = profile("param_grad_norm", "mlp.w2.weight").to_numpy()
             g = profile("act_grad_norm", "resid_pre").to_numpy()
             assert len(G) == len(g) == HARNESS["layers"] and np.isfinite(G).all() and np.isfinite(g).all()
@@ -82,7 +85,8 @@ class Calibration:
         m, ref = self(name), CALIBRATION[name]
         slope_ref = "" if ref[1] is None else f" (calibration {ref[1]})"
         line = (
-            f"{name}: G_top/G_bottom {m['ratio']:.4g} (calibration {ref[0]}), slope of ln G {m['slope']:+.3f}{slope_ref}, "
+            f"{name}: G_top/G_bottom {m['ratio']:.4g} (calibration {ref[0]}), "
+            f"slope of ln G {m['slope']:+.3f}{slope_ref}, "
             f"g_bottom/g_top {m['g_ratio']:.3g} (calibration {ref[2]}); G_l {np.array2string(m['G'], precision=4)}"
         )
         print(line)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import flax.nnx as nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,9 +58,11 @@ def test_no_pairwise_token_by_token_intermediate(method):
     # anything with two token axes beyond one n×n Gram per layer.
     layers, n = 5, 40
     h, key = _stack(1, layers, n), jax.random.key(0)
-    for fn in (lambda h: similarity.stack_cka(h, True, method),
-               lambda h: similarity.stack_cka_null(h, key, True, method),
-               lambda h: similarity.stack_cka_null(h, key, True, method, half=True)):  # fmt: skip
+    for fn in (
+        lambda h: similarity.stack_cka(h, True, method),
+        lambda h: similarity.stack_cka_null(h, key, True, method),
+        lambda h: similarity.stack_cka_null(h, key, True, method, half=True),
+    ):
         for shape in _intermediate_shapes(fn, h):
             assert shape.count(n) < 2 or int(np.prod(shape)) <= layers * n * n, (method, shape)
 
@@ -70,8 +71,9 @@ def _run(pcfg: ProbeConfig):
     graphdef, state = init_state(CFG, 0)
     batch = random_batch(CFG, jax.random.key(1), B, T)
     key = jax.random.key(2)
-    fn = jax.jit(lambda s, b: (probe_program(graphdef, s, b, CFG, pcfg, key),
-                               nnx.merge(graphdef, s).forward(b["tokens"]).sites))  # fmt: skip
+    fn = jax.jit(
+        lambda s, b: (probe_program(graphdef, s, b, CFG, pcfg, key), nnx.merge(graphdef, s).forward(b["tokens"]).sites)
+    )
     result, sites = fn(state, batch)
     return result, sites["decoder"]["layers"]["resid_post"], jax.random.fold_in(key, 1)
 
@@ -85,10 +87,14 @@ def test_token_subsample_and_half_null_are_recorded_in_the_rows():
     flat = h.reshape(CFG.layers, B * T, CFG.d_model)
     idx = jax.random.choice(jax.random.fold_in(cka_key, 1), B * T, (16,), replace=False)
     assert len(set(np.asarray(idx).tolist())) == 16
-    np.testing.assert_allclose(result["cka"]["decoder"]["layers"][site], similarity.stack_cka(flat[:, idx]),
-                               atol=SAME_F32_ATOL)  # fmt: skip
-    np.testing.assert_allclose(result["cka_null"]["decoder"]["layers"][null_site],
-                               similarity.stack_cka_null(flat[:, idx], cka_key, half=True), atol=SAME_F32_ATOL)  # fmt: skip
+    np.testing.assert_allclose(
+        result["cka"]["decoder"]["layers"][site], similarity.stack_cka(flat[:, idx]), atol=SAME_F32_ATOL
+    )
+    np.testing.assert_allclose(
+        result["cka_null"]["decoder"]["layers"][null_site],
+        similarity.stack_cka_null(flat[:, idx], cka_key, half=True),
+        atol=SAME_F32_ATOL,
+    )
     df = to_frame(jax.tree.map(lambda a: np.asarray(a)[None], result), CFG, [0])
     assert set(df.loc[df["quantity"] == "cka", "site"]) == {site}
     assert set(df.loc[df["quantity"] == "cka_null", "site"]) == {null_site}

@@ -21,7 +21,7 @@ import pytest
 from analysis.cli import main as lnscope
 from analysis.probe import PROBES, Needs, Probe, ProbeConfig, ProbeContext, probe_at_init, register_probe
 from analysis.probe.loss import model_inputs, random_batch
-from analysis.probe.probes import CHEAP_PROBES, CKAOptions, STEP_PROBES, cheap_probes, probe_program
+from analysis.probe.probes import CHEAP_PROBES, STEP_PROBES, CKAOptions, cheap_probes, probe_program
 from analysis.probe.tidy import pairwise_quantities
 from models import PLACEMENTS, ModelConfig, Transformer, build_model
 from models.placements import Placement, Stream, Sub, register_placement
@@ -89,12 +89,15 @@ def spy():
     del PROBES["spy"]
 
 
-@pytest.mark.parametrize("others, param_grads, site_grads, summary", [
-    ((), False, False, False),
-    (("act_norm",), False, False, True),
-    (("param_grad_norm",), True, False, False),
-    (("act_grad_norm",), True, True, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "others, param_grads, site_grads, summary",
+    [
+        ((), False, False, False),
+        (("act_norm",), False, False, True),
+        (("param_grad_norm",), True, False, False),
+        (("act_grad_norm",), True, True, False),
+    ],
+)
 def test_the_program_runs_only_what_the_selected_probes_need(spy, others, param_grads, site_grads, summary) -> None:
     cfg = ModelConfig(**SMALL)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
@@ -116,11 +119,15 @@ class ToyOptions:
 
 def toy_mean(ctx: ProbeContext, options: ToyOptions) -> dict:
     """scale · mean over batch, tokens and features of resid_post, per layer (a toy, not a measure)."""
-    return {"toy_mean": {
-        name: {"layers": {"resid_post": options.scale * jnp.mean(s["layers"]["resid_post"], axis=(1, 2, 3))},
-               "stack": {}}
-        for name, s in ctx.sites.items()
-    }}  # fmt: skip
+    return {
+        "toy_mean": {
+            name: {
+                "layers": {"resid_post": options.scale * jnp.mean(s["layers"]["resid_post"], axis=(1, 2, 3))},
+                "stack": {},
+            }
+            for name, s in ctx.sites.items()
+        }
+    }
 
 
 def half_post(s: Sub, st: Stream) -> Stream:
@@ -131,8 +138,9 @@ def half_post(s: Sub, st: Stream) -> Stream:
 
 @pytest.fixture
 def toys():
-    probe = register_probe(Probe("toy_mean", "scale · mean of resid_post per layer (test toy)", toy_mean,
-                                 options=ToyOptions))  # fmt: skip
+    probe = register_probe(
+        Probe("toy_mean", "scale · mean of resid_post per layer (test toy)", toy_mean, options=ToyOptions)
+    )
     kinds = ("attn", "cross", "mlp")
     placement = register_placement(
         Placement("toy_half", {k: half_post for k in kinds}, {k: ("ln",) for k in kinds}, "registry test toy")

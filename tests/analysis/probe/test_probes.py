@@ -37,8 +37,8 @@ from analysis.probe import similarity
 from analysis.probe.api import _seed_groups, probe_at_init, probe_model
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
-from models.block import sublayer_input_site
 from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
+from models.block import sublayer_input_site
 
 # Tiny shared sizes (every distinct shape compiles fresh).
 SMALL = dict(d_model=16, heads=2, d_ff=32, vocab=32)
@@ -136,7 +136,9 @@ def _fd_program(cfg: ModelConfig, triples):
         shapes = jax.eval_shape(lambda: nnx.merge(graphdef, state).forward(*inputs).sites)
         zeros = {}
         for stack, site, _ in triples:  # one backward pass for all perturbed sites
-            zeros.setdefault(stack, {"layers": {}})["layers"][site] = jnp.zeros(shapes[stack]["layers"][site].shape, jnp.float64)
+            zeros.setdefault(stack, {"layers": {}})["layers"][site] = jnp.zeros(
+                shapes[stack]["layers"][site].shape, jnp.float64
+            )
         grads = jax.grad(loss)(zeros)
         results = []
         for i, (stack, site, layer) in enumerate(triples):
@@ -174,7 +176,9 @@ def test_act_grad_norm_matches_finite_differences(arch: str, placement: str) -> 
         cfg = _cfg(arch=arch, placement=placement, dtype="float64", **OPTIONS)
         batch = random_batch(cfg, jax.random.key(1), BATCH, LENGTH)
         triples = FD_SITES[arch]
-        results, probed, probed_scanned = jax.device_get(_fd_program(cfg, triples)(jnp.uint32(0), batch, jax.random.key(2)))
+        results, probed, probed_scanned = jax.device_get(
+            _fd_program(cfg, triples)(jnp.uint32(0), batch, jax.random.key(2))
+        )
     assert not jax.config.jax_enable_x64, "x64 mode leaked out of the test"
     for (stack, site, layer), r in zip(triples, results):
         what = f"{arch}/{placement} {stack}.{site}[layer {layer}]"
@@ -183,7 +187,9 @@ def test_act_grad_norm_matches_finite_differences(arch: str, placement: str) -> 
         for form, norms in (("unrolled", probed), ("scanned", probed_scanned)):
             reported = norms[stack]["layers"][site]
             assert reported.dtype == np.float64, f"{what}: probe computed in {reported.dtype} ({form})"
-            np.testing.assert_allclose(reported[layer], r["norm"], rtol=F64_RTOL, err_msg=f"{what}: probe norm ({form})")
+            np.testing.assert_allclose(
+                reported[layer], r["norm"], rtol=F64_RTOL, err_msg=f"{what}: probe norm ({form})"
+            )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
@@ -220,7 +226,9 @@ def test_every_probe_traces_for_non_float32_models(dtype: str) -> None:
         out = jax.eval_shape(lambda s, b: probe_program(graphdef, s, b, cfg, pcfg), state, batch)
     assert set(PROBES) <= set(out)
     assert out["hessian_top_eig"]["model"]["stack"]["loss"].dtype == jnp.dtype(dtype)
-    assert out["act_grad_norm"]["decoder"]["layers"]["resid_pre"].dtype == jnp.dtype("float64" if dtype == "float64" else "float32")
+    assert out["act_grad_norm"]["decoder"]["layers"]["resid_pre"].dtype == jnp.dtype(
+        "float64" if dtype == "float64" else "float32"
+    )
 
 
 # ================================================================================================
@@ -279,7 +287,9 @@ def encdec():
 # 2. param_grad_norm = norms of a direct jax.grad
 # ================================================================================================
 def _squares_per_layer(tree) -> np.ndarray:
-    return sum(np.sum(np.square(np.asarray(a, np.float64)), axis=tuple(range(1, a.ndim))) for a in jax.tree.leaves(tree))
+    return sum(
+        np.sum(np.square(np.asarray(a, np.float64)), axis=tuple(range(1, a.ndim))) for a in jax.tree.leaves(tree)
+    )
 
 
 def _global(tree) -> float:
@@ -443,8 +453,16 @@ def test_similarity_probes_match_analysis_similarity(encdec) -> None:
         layers = sites[stack]["layers"]
         for site in ("resid_pre", "resid_post"):
             h = jnp.asarray(layers[site])
-            _close(_profile(df, "cos_adjacent", stack, site), similarity.stack_cosine_adjacent(h), f"cos_adjacent {stack}/{site}")
-            _close(_profile(df, "cos_to_last", stack, site), similarity.stack_cosine_to_last(h), f"cos_to_last {stack}/{site}")
+            _close(
+                _profile(df, "cos_adjacent", stack, site),
+                similarity.stack_cosine_adjacent(h),
+                f"cos_adjacent {stack}/{site}",
+            )
+            _close(
+                _profile(df, "cos_to_last", stack, site),
+                similarity.stack_cosine_to_last(h),
+                f"cos_to_last {stack}/{site}",
+            )
         assert len(_profile(df, "cos_adjacent", stack, "resid_pre")) == LAYERS - 1
         expected = np.asarray(similarity.stack_cka(jnp.asarray(layers["resid_post"]), debiased=True))
         rows = _rows(df, "cka", stack, "resid_post")
@@ -470,9 +488,16 @@ def test_act_norm_is_mean_token_rms(encdec) -> None:
     assert n > 20
 
 
-@pytest.mark.parametrize("placement, dtype, rtol", [("pre", "float64", F64_RTOL), ("post", "float64", F64_RTOL),
-                                                     ("normformer", "float64", F64_RTOL), ("pre", "bfloat16", 1e-6),
-                                                     ("residual", "bfloat16", 1e-6)])  # fmt: skip
+@pytest.mark.parametrize(
+    "placement, dtype, rtol",
+    [
+        ("pre", "float64", F64_RTOL),
+        ("post", "float64", F64_RTOL),
+        ("normformer", "float64", F64_RTOL),
+        ("pre", "bfloat16", 1e-6),
+        ("residual", "bfloat16", 1e-6),
+    ],
+)
 def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str, dtype: str, rtol: float) -> None:
     """act_norm, update_ratio and ln_gain_estimate are reduced inside each layer (Stack's `summarize`):
     in a scanned encoder and an unrolled decoder of one model they equal numpy's reductions of the
@@ -487,17 +512,25 @@ def test_in_layer_summaries_equal_reductions_of_the_stacked_sites(placement: str
         got = jax.jit(lambda st: probe_program(graphdef, st, batch, cfg, ProbeConfig(probes=probes)))(state)
         out = jax.jit(lambda st: nnx.merge(graphdef, st).forward(*model_inputs(cfg, batch)))(state)
     assert all("summary" not in st["layers"] for st in out.stats.values())
-    _close = lambda a, b, what: np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=rtol, atol=0, err_msg=what)
+    _close = lambda a, b, what: np.testing.assert_allclose(
+        np.asarray(a, np.float64), b, rtol=rtol, atol=0, err_msg=what
+    )
     checked = 0
     for stack, s in out.sites.items():
         layers = {k: np.asarray(v).astype(np.float64) for k, v in s["layers"].items()}
         token_mean = lambda per_token: per_token.reshape(per_token.shape[0], -1).mean(axis=1)
         for site, a in layers.items():
-            _close(got["act_norm"][stack]["layers"][site], token_mean(np.sqrt(np.mean(a**2, axis=-1))), f"act_norm {stack}/{site}")
+            _close(
+                got["act_norm"][stack]["layers"][site],
+                token_mean(np.sqrt(np.mean(a**2, axis=-1))),
+                f"act_norm {stack}/{site}",
+            )
             checked += 1
         for pair, estimate in got["ln_gain_estimate"][stack]["layers"].items():
             x = layers[f"{pair}_norm_in"]
-            _close(estimate, token_mean(1 / np.sqrt(np.var(x, axis=-1) + cfg.norm_eps)), f"ln_gain_estimate {stack}/{pair}")
+            _close(
+                estimate, token_mean(1 / np.sqrt(np.var(x, axis=-1) + cfg.norm_eps)), f"ln_gain_estimate {stack}/{pair}"
+            )
             checked += 1
         kinds = tuple(k for k in ("attn", "cross", "mlp") if f"{k}_out" in layers)
         assert set(got["update_ratio"][stack]["layers"]) == set(kinds)
@@ -549,7 +582,11 @@ def test_attn_entropy_uniform_attention(encdec) -> None:
     }
     for (stack, kind), value in expected.items():
         for head in range(cfg.heads):
-            _close(_profile(df, "attn_entropy", stack, f"{kind}.head{head}"), np.full(LAYERS, value), f"{stack}/{kind}.head{head}")
+            _close(
+                _profile(df, "attn_entropy", stack, f"{kind}.head{head}"),
+                np.full(LAYERS, value),
+                f"{stack}/{kind}.head{head}",
+            )
     sites = set(df[df.quantity == "attn_entropy"]["site"])
     assert sites == {f"{k}.head{h}" for k in ("attn", "cross") for h in range(cfg.heads)}
     # with random q/k (the fixture) the entropies lie strictly between 0 and the uniform maximum
@@ -627,10 +664,17 @@ def test_hessian_top_eig_matches_dense_hessian() -> None:
     top, second = eigs[order[0]], eigs[order[1]]
 
     pcfg = ProbeConfig(probes=("hessian_top_eig",), hessian_iters=HESSIAN_ITERS)
-    got = float(jax.jit(lambda s: probe_program(graphdef, s, batch, cfg, pcfg))(state)["hessian_top_eig"]["model"]["stack"]["loss"])
+    got = float(
+        jax.jit(lambda s: probe_program(graphdef, s, batch, cfg, pcfg))(state)["hessian_top_eig"]["model"]["stack"][
+            "loss"
+        ]
+    )
     ratio = abs(second / top)
     tol = max(1e-4, 10 * ratio ** (2 * (HESSIAN_ITERS - 1)))
-    msg = f"n={flat.size} params; dense top |λ| eigenvalue {top:.6g}, next {second:.6g} (|λ2/λ1|={ratio:.3f}); probe {got:.6g}"
+    msg = (
+        f"n={flat.size} params; dense top |λ| eigenvalue {top:.6g}, next {second:.6g} (|λ2/λ1|={ratio:.3f}); "
+        f"probe {got:.6g}"
+    )
     print(msg)
     np.testing.assert_allclose(got, top, rtol=tol, err_msg=msg)
 
@@ -778,7 +822,9 @@ def test_probe_at_init_rejects_bad_input() -> None:
     _raises(lambda: probe_at_init(cfg, streams=True, **ok), "streams", "True")
     tokens = np.zeros((BATCH, LENGTH), np.int32)
     _raises(lambda: probe_at_init(cfg, batch={"src": tokens}, **ok), "'tokens'", "missing")
-    _raises(lambda: probe_at_init(cfg, batch={"tokens": tokens + cfg.vocab}, **ok), str(cfg.vocab), f"0..{cfg.vocab - 1}")
+    _raises(
+        lambda: probe_at_init(cfg, batch={"tokens": tokens + cfg.vocab}, **ok), str(cfg.vocab), f"0..{cfg.vocab - 1}"
+    )
     _raises(lambda: probe_at_init(cfg, batch={"tokens": np.zeros((BATCH, 9), np.int32)}, **ok), "9", "max_len=8")
     enc = dataclasses.replace(cfg, arch="encoder")
     _raises(lambda: probe_at_init(enc, batch={"tokens": tokens}, **ok), "'targets'", "missing")
@@ -804,12 +850,16 @@ def test_loss_mask_weights_the_token_losses():
     logits = jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32)
     tokens = jnp.asarray(rng.integers(0, 8, (2, 5)), jnp.int32)
     mask = jnp.asarray([[0, 0, 1, 1, 0], [0, 1, 0, 0, 1]], jnp.float32)
-    logp = np.asarray(jax.nn.log_softmax(logits[:, :-1].astype(jnp.float64) if jax.config.jax_enable_x64 else logits[:, :-1]))
+    logp = np.asarray(
+        jax.nn.log_softmax(logits[:, :-1].astype(jnp.float64) if jax.config.jax_enable_x64 else logits[:, :-1])
+    )
     labels = np.asarray(tokens[:, 1:])
     nll = -np.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
     want = (nll * np.asarray(mask[:, 1:])).sum() / np.asarray(mask[:, 1:]).sum()
     got = loss_from_logits(cfg, logits, {"tokens": tokens, "loss_mask": mask})
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
     # Without a mask the loss is exactly the plain mean (existing users unchanged).
-    assert float(loss_from_logits(cfg, logits, {"tokens": tokens})) == float(cross_entropy(logits[:, :-1], tokens[:, 1:]))
+    assert float(loss_from_logits(cfg, logits, {"tokens": tokens})) == float(
+        cross_entropy(logits[:, :-1], tokens[:, 1:])
+    )
     assert float(cross_entropy(logits, tokens, jnp.zeros((2, 5), jnp.float32))) == 0.0  # no NaN on an empty mask

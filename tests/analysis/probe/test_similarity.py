@@ -62,6 +62,7 @@ def _orthogonal(seed: int, d: int) -> np.ndarray:
 
 # --- float64 brute-force references (n x n Gram matrices, textbook formulas) ---
 
+
 def _ref_grams(x, y):
     x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
     y = np.asarray(y, np.float64).reshape(-1, np.shape(y)[-1])
@@ -94,14 +95,14 @@ def _ref_cka(x, y, debiased):
 
 # --- CKA identities and invariances ---
 
+
 @pytest.mark.parametrize("debiased", ESTIMATORS)
 @PROPERTY
 @given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
 def test_cka_self_is_one_and_symmetric(debiased, shape, seed):
     x, y = _related(seed, *shape)
     np.testing.assert_allclose(linear_cka(x, x, debiased), 1.0, atol=SAME_F32_ATOL)
-    np.testing.assert_allclose(
-        linear_cka(x, y, debiased), linear_cka(y, x, debiased), atol=SAME_F32_ATOL)
+    np.testing.assert_allclose(linear_cka(x, y, debiased), linear_cka(y, x, debiased), atol=SAME_F32_ATOL)
 
 
 @pytest.mark.parametrize("debiased", ESTIMATORS)
@@ -128,8 +129,7 @@ def test_cka_not_invariant_to_anisotropic_scaling(debiased):
 
 # (x shape, y shape): feature-space path, the n x n path (n^2 < Dx*Dy), 3-D
 # token input, and Dx != Dy.
-REF_CASES = [((64, 8), (64, 8)), ((6, 8), (6, 8)), ((2, 5, 16), (2, 5, 16)),
-             ((96, 16), (96, 12)), ((48, 4), (48, 24))]
+REF_CASES = [((64, 8), (64, 8)), ((6, 8), (6, 8)), ((2, 5, 16), (2, 5, 16)), ((96, 16), (96, 12)), ((48, 4), (48, 24))]
 
 
 @pytest.mark.parametrize("debiased", ESTIMATORS)
@@ -164,6 +164,7 @@ def test_cka_rejects_bad_shapes():
 
 # --- shuffled null ---
 
+
 @pytest.mark.parametrize("debiased", ESTIMATORS)
 def test_shuffled_null_much_lower_than_cka(debiased):
     n, d = 256, 16
@@ -191,6 +192,7 @@ def test_stack_cka_null_uses_one_permutation(debiased, method):
 
 
 # --- cosine ---
+
 
 def _np_token_cosine(x, y):
     x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
@@ -236,6 +238,7 @@ def test_stack_cosines_match_loops():
 
 # --- stack CKA ---
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("debiased", ESTIMATORS)
 def test_stack_cka_matches_double_loop(debiased, method):
@@ -249,6 +252,7 @@ def test_stack_cka_matches_double_loop(debiased, method):
 
 
 # --- jit / vmap ---
+
 
 @pytest.mark.parametrize("debiased", ESTIMATORS)
 def test_jit_and_vmap_match_loop(debiased):
@@ -270,20 +274,23 @@ def test_jit_and_vmap_match_loop(debiased):
     np.testing.assert_allclose(stacked, [stack_cka(h, debiased) for h in hs], atol=SAME_F32_ATOL)
     null_stacked = jax.jit(jax.vmap(lambda h, k: stack_cka_null(h, k, debiased)))(hs, keys)
     np.testing.assert_allclose(
-        null_stacked, [stack_cka_null(h, k, debiased) for h, k in zip(hs, keys)],
-        atol=SAME_F32_ATOL)
+        null_stacked, [stack_cka_null(h, k, debiased) for h, k in zip(hs, keys)], atol=SAME_F32_ATOL
+    )
 
     cos = jax.jit(jax.vmap(stack_cosine_adjacent))(hs)
     np.testing.assert_allclose(cos, [stack_cosine_adjacent(h) for h in hs], atol=COS_ATOL)
 
 
-@pytest.mark.parametrize("layers, shape, expected", [
-    (12, (8, 64, 64), "features"),  # the report / benchmark shape: n = 512 tokens > D = 64
-    (4, (3, 16, 8), "features"),
-    (18, (64, 64, 64), "features"), # n = 4096: Grams would be L·n² = 300M floats
-    (12, (4, 64, 256), "gram"),     # n = D = 256: the Gram path was ~16× faster on CPU
-    (12, (2, 32, 512), "gram"),     # wide features, few tokens
-])
+@pytest.mark.parametrize(
+    "layers, shape, expected",
+    [
+        (12, (8, 64, 64), "features"),  # the report / benchmark shape: n = 512 tokens > D = 64
+        (4, (3, 16, 8), "features"),
+        (18, (64, 64, 64), "features"),  # n = 4096: Grams would be L·n² = 300M floats
+        (12, (4, 64, 256), "gram"),  # n = D = 256: the Gram path was ~16× faster on CPU
+        (12, (2, 32, 512), "gram"),  # wide features, few tokens
+    ],
+)
 def test_stack_cka_auto_picks_the_cheaper_path(layers, shape, expected):
     from analysis.probe.similarity import _use_gram
 

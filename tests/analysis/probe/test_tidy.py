@@ -25,9 +25,16 @@ KEY = ["seed", "stack", "layer", "site", "quantity", "other_layer"]
 # Encoder 3 layers (Post-LN), decoder 2 layers (Pre-LN): every per-stack column is distinguishable.
 N_ENC, N_DEC, HEADS = 3, 2, 2
 CFG = ModelConfig(
-    arch="encdec", placement="pre", enc_placement="post", enc_layers=N_ENC, dec_layers=N_DEC,
-    d_model=16, heads=HEADS, d_ff=32, vocab=32,
-)  # fmt: skip
+    arch="encdec",
+    placement="pre",
+    enc_placement="post",
+    enc_layers=N_ENC,
+    dec_layers=N_DEC,
+    d_model=16,
+    heads=HEADS,
+    d_ff=32,
+    vocab=32,
+)
 SEEDS = [5, 9]  # non-contiguous: seed labels must follow the leading axis, not be its index
 
 
@@ -48,7 +55,9 @@ def _synthetic(n: int = len(SEEDS)) -> dict:
             "model": {"layers": {}, "stack": {"embed": r(), "head": r()}},
         },
         "cka": {"encoder": {"layers": {"resid_post": r(N_ENC, N_ENC)}, "stack": {}}},
-        "attn_entropy": {"decoder": {"layers": {"attn_entropy": r(N_DEC, HEADS), "cross_entropy": r(N_DEC, HEADS)}, "stack": {}}},
+        "attn_entropy": {
+            "decoder": {"layers": {"attn_entropy": r(N_DEC, HEADS), "cross_entropy": r(N_DEC, HEADS)}, "stack": {}}
+        },
     }
 
 
@@ -103,8 +112,9 @@ def test_synthetic_result_rows_and_values() -> None:
             for other in range(N_ENC):
                 got = _value(df, seed=seed, quantity="cka", stack="encoder", layer=layer, other_layer=other)
                 assert got == result["cka"]["encoder"]["layers"]["resid_post"][i, layer, other]
-        assert _value(df, seed=seed, quantity="act_grad_norm", stack="encoder", site="embed") == (
-            result["act_grad_norm"]["encoder"]["stack"]["embed"][i]
+        assert (
+            _value(df, seed=seed, quantity="act_grad_norm", stack="encoder", site="embed")
+            == (result["act_grad_norm"]["encoder"]["stack"]["embed"][i])
         )
         for kind in ("attn", "cross"):
             for layer in range(N_DEC):
@@ -118,9 +128,14 @@ def test_synthetic_result_rows_and_values() -> None:
 
 def test_stack_level_rows_have_layer_minus_one() -> None:
     df = to_frame(_synthetic(), CFG, SEEDS)
-    stack_sites = {("act_grad_norm", "encoder", "embed"), ("act_grad_norm", "decoder", "stack_out"),
-                   ("param_grad_norm", "decoder", "final_norm"), ("param_grad_norm", "model", "embed"),
-                   ("param_grad_norm", "model", "head"), ("loss", "model", "loss")}  # fmt: skip
+    stack_sites = {
+        ("act_grad_norm", "encoder", "embed"),
+        ("act_grad_norm", "decoder", "stack_out"),
+        ("param_grad_norm", "decoder", "final_norm"),
+        ("param_grad_norm", "model", "embed"),
+        ("param_grad_norm", "model", "head"),
+        ("loss", "model", "loss"),
+    }
     is_stack = df.apply(lambda r: (r["quantity"], r["stack"], r["site"]) in stack_sites, axis=1)
     assert (df.loc[is_stack, "layer"] == -1).all() and (df.loc[is_stack, "other_layer"] == -1).all()
     assert (df.loc[~is_stack, "layer"] >= 0).all()
@@ -155,7 +170,9 @@ def test_bad_shapes_are_rejected_and_empty_results_keep_the_columns() -> None:
     with pytest.raises(ValueError, match=r"loss: leading \(seed\) axis of shape \(2,\) does not match 3 seed"):
         to_frame(result, CFG, SEEDS + [11])
     with pytest.raises(ValueError, match=r"act_norm/decoder/resid_pre: .*shape \(2, \d+\) does not match 3 seed"):
-        to_frame({"act_norm": {"decoder": {"layers": {"resid_pre": np.zeros((2, N_DEC))}, "stack": {}}}}, CFG, SEEDS + [11])
+        to_frame(
+            {"act_norm": {"decoder": {"layers": {"resid_pre": np.zeros((2, N_DEC))}, "stack": {}}}}, CFG, SEEDS + [11]
+        )
     with pytest.raises(ValueError, match=r"act_norm/decoder/stack_out: .*one per seed"):
         to_frame({"act_norm": {"decoder": {"layers": {}, "stack": {"stack_out": np.zeros((2, 4))}}}}, CFG, SEEDS)
     bad = {"act_norm": {"decoder": {"layers": {"resid_pre": np.zeros((2, 2, 2, 2))}, "stack": {}}}}
@@ -211,7 +228,9 @@ def test_real_frame_layout(real: pd.DataFrame) -> None:
     # attention entropy: one site per sublayer kind and head
     ent = real[real["quantity"] == "attn_entropy"]
     assert set(ent[ent["stack"] == "encoder"]["site"]) == {f"attn.head{h}" for h in range(HEADS)}
-    assert set(ent[ent["stack"] == "decoder"]["site"]) == {f"{k}.head{h}" for k in ("attn", "cross") for h in range(HEADS)}
+    assert set(ent[ent["stack"] == "decoder"]["site"]) == {
+        f"{k}.head{h}" for k in ("attn", "cross") for h in range(HEADS)
+    }
     # stack-level rows (layer -1): the stack ends, the decoder's final norm, the model-level parameters
     top = real[real["layer"] == -1]
     assert {"embed", "stack_out"} <= set(top[(top["stack"] == "encoder") & (top["quantity"] == "act_norm")]["site"])

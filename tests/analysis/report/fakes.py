@@ -14,24 +14,45 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.io import write_run
-from analysis.probe.tidy import COLUMNS, DTYPES
 from analysis.experiments import atlas
 from analysis.experiments.claims import Claim, Feature, ratio
+from analysis.io import write_run
 from analysis.plot.figures import plot_layer_profile
+from analysis.probe.tidy import COLUMNS, DTYPES
 
 ATLAS = atlas.AtlasSettings(layers=3, seeds=2, placements=("post", "pre"))
 
 
-def _rows(run: str, arch: str, placement: str, layers: int, seed: int, quantity: str, site: str,
-          values: np.ndarray, other: np.ndarray | None = None) -> pd.DataFrame:
+def _rows(
+    run: str,
+    arch: str,
+    placement: str,
+    layers: int,
+    seed: int,
+    quantity: str,
+    site: str,
+    values: np.ndarray,
+    other: np.ndarray | None = None,
+) -> pd.DataFrame:
     n = len(values)
-    return pd.DataFrame({
-        "run": run, "arch": arch, "placement": placement, "norm": "layernorm", "layers": layers, "d_model": 64,
-        "seed": seed, "step": 0, "stack": "decoder", "layer": np.arange(n) if other is None else other[0],
-        "site": site, "quantity": quantity, "value": values.astype(float),
-        "other_layer": np.full(n, -1) if other is None else other[1],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run": run,
+            "arch": arch,
+            "placement": placement,
+            "norm": "layernorm",
+            "layers": layers,
+            "d_model": 64,
+            "seed": seed,
+            "step": 0,
+            "stack": "decoder",
+            "layer": np.arange(n) if other is None else other[0],
+            "site": site,
+            "quantity": quantity,
+            "value": values.astype(float),
+            "other_layer": np.full(n, -1) if other is None else other[1],
+        }
+    )
 
 
 def atlas_frame(settings: atlas.AtlasSettings = ATLAS) -> pd.DataFrame:
@@ -55,15 +76,19 @@ def atlas_frame(settings: atlas.AtlasSettings = ATLAS) -> pd.DataFrame:
                     parts.append(_rows(run, arch, placement, L, seed, quantity, site, values))
                 rows, cols = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
                 cka = np.exp(-np.abs(rows - cols).ravel() / 2)
-                parts.append(_rows(run, arch, placement, L, seed, "cka", "resid_post", cka,
-                                   (rows.ravel(), cols.ravel())))  # fmt: skip
+                parts.append(
+                    _rows(run, arch, placement, L, seed, "cka", "resid_post", cka, (rows.ravel(), cols.ravel()))
+                )
     return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype(DTYPES)
 
 
 def store_atlas(out: Path, settings: atlas.AtlasSettings = ATLAS) -> None:
     """Write a synthetic atlas study where `build_report` will find and reuse it."""
-    write_run(atlas_frame(settings), {**settings.meta(), "key": settings.key(), "seconds": 0.0},
-              Path(out) / "data" / "init.parquet")  # fmt: skip
+    write_run(
+        atlas_frame(settings),
+        {**settings.meta(), "key": settings.key(), "seconds": 0.0},
+        Path(out) / "data" / "init.parquet",
+    )
 
 
 @dataclass
@@ -113,13 +138,36 @@ def fake_claims(experiment: str) -> tuple:
     (≈ e² ≈ 7.4, with a seed spread) against thresholds it clears, misses, and straddles."""
     where = {"placement": "post", "quantity": "g", "site": "resid_pre"}
     stat = ratio(Feature("top", where, layer=-1), Feature("bottom", where, layer=0), "g_top/g_bottom of post")
-    common = dict(paper="xiong2020", source="Fig. 1 (fake)", experiment=experiment, statistic=stat,
-                  threshold_note="made up for the test")  # fmt: skip
+    common = dict(
+        paper="xiong2020",
+        source="Fig. 1 (fake)",
+        experiment=experiment,
+        statistic=stat,
+        threshold_note="made up for the test",
+    )
     return (
-        Claim(id=f"xiong2020.{experiment}_big", statement="post's top/bottom ratio is at least 5", method_form="paper form",
-              threshold=5.0, direction=">=", **common),
-        Claim(id=f"xiong2020.{experiment}_small", statement="post's ratio is at most 2", method_form="code form",
-              threshold=2.0, direction="<=", **common),
-        Claim(id=f"xiong2020.{experiment}_noisy", statement="post's ratio lies in [7.3, 9]", method_form="paper form",
-              threshold=(7.3, 9.0), direction="in", **common),
-    )  # fmt: skip
+        Claim(
+            id=f"xiong2020.{experiment}_big",
+            statement="post's top/bottom ratio is at least 5",
+            method_form="paper form",
+            threshold=5.0,
+            direction=">=",
+            **common,
+        ),
+        Claim(
+            id=f"xiong2020.{experiment}_small",
+            statement="post's ratio is at most 2",
+            method_form="code form",
+            threshold=2.0,
+            direction="<=",
+            **common,
+        ),
+        Claim(
+            id=f"xiong2020.{experiment}_noisy",
+            statement="post's ratio lies in [7.3, 9]",
+            method_form="paper form",
+            threshold=(7.3, 9.0),
+            direction="in",
+            **common,
+        ),
+    )

@@ -73,8 +73,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltR
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
         patch.setattr(atlas, "collect", refuse)
         patch.setattr(InitJob, "compute", refuse)  # nor probed ahead of the parts (build._compute_ahead)
-        built = _build(out, experiments={"fake2024": experiment, "broken2024": FakeExperiment(name="broken2024", fail=True),
-                                         "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True)})
+        built = _build(
+            out,
+            experiments={
+                "fake2024": experiment,
+                "broken2024": FakeExperiment(name="broken2024", fail=True),
+                "drawless2024": FakeExperiment(name="drawless2024", figures_fail=True),
+            },
+        )
     return out, built, experiment
 
 
@@ -104,20 +110,31 @@ def test_every_link_resolves_and_the_check_table_has_a_row_per_claim(report) -> 
     for verdict in ("reproduced", "not reproduced", "inconclusive"):
         assert f'class="verdict v-{verdict.replace(" ", "-")}"' in text
     # the order of the page: checks, then the paper's section, then the atlas, then the environment
-    positions = [text.index(f'id="{i}"') for i in ("checks", "fake2024", "broken2024", "drawless2024", "init",
-                                                      "environment")]
+    positions = [
+        text.index(f'id="{i}"') for i in ("checks", "fake2024", "broken2024", "drawless2024", "init", "environment")
+    ]
     assert positions == sorted(positions)
     assert "in [7.3, 9]" in text and "≥ 5" in text and "≤ 2" in text
 
 
 def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
     out, built, experiment = report
-    assert {p.name for p in (out / "data").iterdir()} >= {"init.parquet", "init.json", "fake2024.parquet",
-                                                           "fake2024.json", "checks.parquet", "checks.json"}
+    assert {p.name for p in (out / "data").iterdir()} >= {
+        "init.parquet",
+        "init.json",
+        "fake2024.parquet",
+        "fake2024.json",
+        "checks.parquet",
+        "checks.json",
+    }
     checks = pd.read_parquet(out / "data" / "checks.parquet")
-    assert list(checks["id"]) == [f"xiong2020.{e}_{c}" for e in ("fake2024", "drawless2024") for c in ("big", "small", "noisy")]
+    assert list(checks["id"]) == [
+        f"xiong2020.{e}_{c}" for e in ("fake2024", "drawless2024") for c in ("big", "small", "noisy")
+    ]
     assert list(checks["verdict"]) == ["reproduced", "not reproduced", "inconclusive"] * 2
-    assert checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.3, 9.0]] * 2
+    assert (
+        checks.loc[checks["direction"] == "in", ["threshold_low", "threshold_high"]].values.tolist() == [[7.3, 9.0]] * 2
+    )
     records = json.loads((out / "data" / "checks.json").read_text())
     assert [r["threshold"] for r in records] == [5.0, 2.0, [7.3, 9.0]] * 2
     pngs = sorted((out / "figures").rglob("*.png"))
@@ -136,7 +153,7 @@ def test_data_figures_and_markdown_twin_beside_the_html(report) -> None:
 def test_environment_is_recorded(report) -> None:
     _, built, _ = report
     text = built.index.read_text()
-    environment = text[text.index('id="environment"'):]
+    environment = text[text.index('id="environment"') :]
     for key in ("jax", "flax", "devices", "git_commit", "wall_time_s", "preset"):
         assert f"<th>{key}</th>" in environment
 
@@ -145,10 +162,10 @@ def test_a_failing_experiment_is_reported_and_the_rest_still_written(report) -> 
     out, built, experiment = report
     assert built.failed == ("broken2024", "drawless2024") and experiment.runs == [("quick", out / "store")]
     text = built.index.read_text()
-    broken = text[text.index('id="broken2024"'):text.index('id="drawless2024"')]
+    broken = text[text.index('id="broken2024"') : text.index('id="drawless2024"')]
     assert "fake experiment blew up" in broken and "<img" not in broken
     assert not (out / "data" / "broken2024.parquet").exists()
-    drawless = text[text.index('id="drawless2024"'):text.index('id="init"')]
+    drawless = text[text.index('id="drawless2024"') : text.index('id="init"')]
     assert "drawing its figures failed: ValueError" in drawless and "<img" not in drawless
     assert 'id="claim-xiong2020-drawless2024_big"' in drawless  # its claims are still checked and listed
     assert (out / "data" / "drawless2024.parquet").exists()  # its data and checks are kept
@@ -184,7 +201,9 @@ def test_bad_arguments_fail_before_any_computation(tmp_path, kwargs, needle) -> 
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("var, value", [("LNSCOPE_PIN_WORKERS", "yes"), ("LNSCOPE_WORKERS", "two"), ("LNSCOPE_STREAMS", "0")])
+@pytest.mark.parametrize(
+    "var, value", [("LNSCOPE_PIN_WORKERS", "yes"), ("LNSCOPE_WORKERS", "two"), ("LNSCOPE_STREAMS", "0")]
+)
 def test_a_bad_environment_setting_fails_before_any_computation(tmp_path, monkeypatch, var, value) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=f"{var}={value!r}"):
@@ -221,8 +240,16 @@ PROBE_SCRIPT = """<script>window.addEventListener("load", () => {
 
 def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # --no-sandbox: CI runs as root, where chromium refuses its sandbox
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={cwd / 'profile'}", "--virtual-time-budget=10000", *args]  # fmt: skip
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={cwd / 'profile'}",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
 
 
@@ -254,8 +281,11 @@ def test_report_opens_in_a_browser_with_every_image_loaded(report, tmp_path) -> 
 )
 def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> None:
     seen = {}
-    monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
-                        or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
+    monkeypatch.setattr(
+        build,
+        "build_report",
+        lambda path, **kw: seen.update(out=str(path), **kw) or build.BuiltReport(Path(path) / "index.html", (), 0.0),
+    )
     assert cli.main(["report", "--experiments", "none", *argv]) == 0
     assert (seen["preset"], seen["atlas"].layers, seen["out"]) == (preset, layers, out)
     assert seen["experiments"] == {} and seen["redraw"] is False
@@ -267,8 +297,11 @@ def test_python_m_analysis_report_is_lnscope_report(monkeypatch, capsys) -> None
     """`python -m analysis.report` runs the report room's own command (analysis.report.cli.main), not
     the whole `lnscope` command: the same options, the same bad-input status."""
     seen = {}
-    monkeypatch.setattr(build, "build_report", lambda path, **kw: seen.update(out=str(path), **kw)
-                        or build.BuiltReport(Path(path) / "index.html", (), 0.0))  # fmt: skip
+    monkeypatch.setattr(
+        build,
+        "build_report",
+        lambda path, **kw: seen.update(out=str(path), **kw) or build.BuiltReport(Path(path) / "index.html", (), 0.0),
+    )
     assert report_cli.main(["--quick", "--experiments", "none"]) == 0
     assert (seen["preset"], seen["atlas"].layers, seen["out"]) == ("tiny", 6, "reports/tiny")
     with pytest.raises(SystemExit) as exit_:
@@ -282,11 +315,15 @@ def test_figures_are_redrawn_only_when_their_data_or_the_code_changed(report, tm
     shutil.copytree(out, copy)
     drawn = []
     real_render = build.render_figure
-    monkeypatch.setattr(build, "render_figure", lambda fig, name, caption: drawn.append(name) or real_render(fig, name, caption))
+    monkeypatch.setattr(
+        build, "render_figure", lambda fig, name, caption: drawn.append(name) or real_render(fig, name, caption)
+    )
     _build(copy, experiments={"fake2024": FakeExperiment()})
     assert drawn == []  # same data, same code: every figure from the previous report
     changed = FakeExperiment()
-    changed.run = lambda preset, store=None: FakeExperiment.run(changed, preset, store).assign(value=lambda d: d["value"] * 2)
+    changed.run = lambda preset, store=None: FakeExperiment.run(changed, preset, store).assign(
+        value=lambda d: d["value"] * 2
+    )
     built = _build(copy, experiments={"fake2024": changed})
     assert drawn == ["profile", "profile_log"]  # only the section whose data changed
     assert Page(built.index.read_text()).check_rows == 4

@@ -105,10 +105,15 @@ def test_heartbeat_keeps_a_long_claim_alive(tmp_path, monkeypatch):
 
 
 BASE = {
-    "steps": 40, "seeds": 2, "probe_every": 0, "eval_every": 20, "eval_batches": 2, "checkpoint_every": 10,
+    "steps": 40,
+    "seeds": 2,
+    "probe_every": 0,
+    "eval_every": 20,
+    "eval_batches": 2,
+    "checkpoint_every": 10,
     "model": {"arch": "decoder", "layers": 2, "d_model": 16, "heads": 2, "d_ff": 32, "vocab": 32, "max_len": 32},
     "task": {"name": "markov", "seq_len": 16, "batch_size": 4},
-}  # fmt: skip
+}
 SWEEP = {"base": BASE, "grid": {"optim.lr": [1e-3, 2e-3, 3e-3, 4e-3]}}
 WORKER = """
 import json, sys
@@ -126,9 +131,14 @@ def _owner_pid(path: Path) -> int | None:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_NUMPY_DTYPE_PROMOTION": "strict",
-            "LNSCOPE_STREAMS": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+        "JAX_NUMPY_DTYPE_PROMOTION": "strict",
+        "LNSCOPE_STREAMS": "1",
+    }
 
 
 @pytest.mark.slow
@@ -136,9 +146,16 @@ def test_three_concurrent_sweeps_one_killed_compute_every_run_once(tmp_path):
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(SWEEP))
     out = tmp_path / "runs"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(out), str(tmp_path / f"table{i}.json")],
-                              cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for i in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(path), str(out), str(tmp_path / f"table{i}.json")],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
     deadline = time.monotonic() + 600
     try:  # SIGKILL the first sweep once a run it owns has a complete checkpoint
         while True:

@@ -21,9 +21,17 @@ TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(model=ModelConfig(arch="decoder", **TINY), task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-                steps=6, seeds=(0, 1), probe_every=3, probes=("act_grad_norm", "param_grad_norm"), eval_every=3,
-                eval_batches=2, checkpoint_every=2)  # fmt: skip
+    base = dict(
+        model=ModelConfig(arch="decoder", **TINY),
+        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
+        steps=6,
+        seeds=(0, 1),
+        probe_every=3,
+        probes=("act_grad_norm", "param_grad_norm"),
+        eval_every=3,
+        eval_batches=2,
+        checkpoint_every=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -58,8 +66,12 @@ def _value_changed(folder):
     return "curves.parquet does not match the sha256"
 
 
-DAMAGE = {"unterminated_run_json": _unterminated, "probes_deleted": _probes_deleted, "rows_dropped": _rows_dropped,
-          "value_changed": _value_changed}  # fmt: skip
+DAMAGE = {
+    "unterminated_run_json": _unterminated,
+    "probes_deleted": _probes_deleted,
+    "rows_dropped": _rows_dropped,
+    "value_changed": _value_changed,
+}
 
 
 def test_run_json_records_rows_and_checksums(stored):

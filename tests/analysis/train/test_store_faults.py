@@ -27,14 +27,24 @@ from models import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
-FLAGS = ("--no-progress --arch decoder --layers 2 --d-model 16 --heads 2 --d-ff 32 --vocab 32 --max-len 32 "
-         "--task markov --seq-len 16 --batch-size 4 --steps 6 --checkpoint-every 2 --probe-every 3 --eval-every 3 "
-         "--eval-batches 2 --seeds 2")  # fmt: skip
+FLAGS = (
+    "--no-progress --arch decoder --layers 2 --d-model 16 --heads 2 --d-ff 32 --vocab 32 --max-len 32 "
+    "--task markov --seq-len 16 --batch-size 4 --steps 6 --checkpoint-every 2 --probe-every 3 --eval-every 3 "
+    "--eval-batches 2 --seeds 2"
+)
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(model=ModelConfig(arch="decoder", **TINY), task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-                steps=6, seeds=(0, 1), probe_every=3, eval_every=3, eval_batches=2, checkpoint_every=2)  # fmt: skip
+    base = dict(
+        model=ModelConfig(arch="decoder", **TINY),
+        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
+        steps=6,
+        seeds=(0, 1),
+        probe_every=3,
+        eval_every=3,
+        eval_batches=2,
+        checkpoint_every=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -51,8 +61,12 @@ needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs `unshare -m` an
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    }
 
 
 READ_ONLY = """
@@ -79,10 +93,16 @@ def test_read_only_store_is_read_and_refused_cleanly(tmp_path):
         "{py}" -c '{READ_ONLY}' "{out}" '{json.dumps(store_config(done))}' || exit 92
         "{py}" -m analysis.cli train {FLAGS} --steps 8 --out "{out}" 2>"{tmp_path}/new.err"
         echo "new=$?"
-    """)  # fmt: skip
-    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, cwd=ROOT, env=_env(), capture_output=True,
-                         text=True,
-                         timeout=300)  # fmt: skip
+    """)
+    ran = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        check=False,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     read, status = ran.stdout.strip().splitlines()[-2:]
     read = json.loads(read)
@@ -114,10 +134,16 @@ def test_full_disk_is_one_line_and_the_rerun_resumes_bit_equal(tmp_path):
         mount -o remount,size=4m "{mnt}" || exit 91
         "{py}" -m analysis.cli train {FLAGS} --out "{mnt}/runs" 2>"{tmp_path}/again.err" || exit 92
         cp -r "{mnt}/runs" "{keep}"
-    """)  # fmt: skip
-    ran = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, cwd=ROOT, env=_env(), capture_output=True,
-                         text=True,
-                         timeout=400)  # fmt: skip
+    """)
+    ran = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        check=False,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:] + (tmp_path / "again.err").read_text()[-3000:]
     assert ran.stdout.strip().splitlines()[0] == "full=1"
     err = (tmp_path / "full.err").read_text()
@@ -157,8 +183,10 @@ def test_probe_into_a_read_only_folder_is_refused_before_compute(tmp_path, monke
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     assert main(["probe", "--layers", "2", "--d-model", "16", "--out", str(tmp_path / "x.parquet")]) == 1
     err = capsys.readouterr().err
-    assert err == f"lnscope: error: Read-only file system: {tmp_path}; the file system is read-only: finished runs " \
-                  "there can be read, new ones need a writable --out\n"
+    assert (
+        err == f"lnscope: error: Read-only file system: {tmp_path}; the file system is read-only: finished runs "
+        "there can be read, new ones need a writable --out\n"
+    )
 
 
 def test_remove_scaffolding_touches_nothing_on_a_read_only_store(tmp_path, monkeypatch):
@@ -185,8 +213,9 @@ def test_orbax_disk_full_becomes_an_os_error_and_no_temporary_folder(tmp_path, m
 
     def fill(self, step, *args, **kwargs):
         (Path(self.directory) / f"{step}.orbax-checkpoint-tmp").mkdir(parents=True)
-        raise ValueError("RESOURCE_EXHAUSTED: Failed to write 552 bytes to file 17: No space left on device "
-                         "[os_error_code='28']")  # fmt: skip
+        raise ValueError(
+            "RESOURCE_EXHAUSTED: Failed to write 552 bytes to file 17: No space left on device [os_error_code='28']"
+        )
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", fill)
     with pytest.raises(OSError) as err:

@@ -14,9 +14,37 @@ from analysis.train import OptimConfig, TaskConfig, TrainConfig, load_runs
 from analysis.train.cli import config_from_args
 from models import ModelConfig
 
-TINY = ["--layers", "2", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--vocab", "32", "--max-len", "32",
-        "--task", "markov", "--seq-len", "16", "--batch-size", "4", "--seeds", "2", "--probe-every", "3",
-        "--probes", "act_grad_norm,param_grad_norm", "--eval-every", "3", "--eval-batches", "2", "--no-progress"]  # fmt: skip
+TINY = [
+    "--layers",
+    "2",
+    "--d-model",
+    "16",
+    "--heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--vocab",
+    "32",
+    "--max-len",
+    "32",
+    "--task",
+    "markov",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--seeds",
+    "2",
+    "--probe-every",
+    "3",
+    "--probes",
+    "act_grad_norm,param_grad_norm",
+    "--eval-every",
+    "3",
+    "--eval-batches",
+    "2",
+    "--no-progress",
+]
 # "Well below" the unigram entropy: at least 15% under it (a model that only knew character
 # frequencies would sit at 1.0x; this run reaches ~0.8x in 200 steps).
 WELL_BELOW = 0.85
@@ -30,9 +58,32 @@ def _run(argv: list[str], capsys) -> tuple[int, Path]:
 
 @pytest.mark.slow
 def test_issue_charlm_run_learns_below_the_unigram_entropy(tmp_path, capsys):
-    argv = ["train", "--arch", "decoder", "--placement", "pre", "--layers", "2", "--task", "charlm", "--steps", "200",
-            "--lr", "1e-3", "--schedule", "constant", "--warmup-steps", "0", "--probe-every", "25", "--seeds", "2",
-            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    argv = [
+        "train",
+        "--arch",
+        "decoder",
+        "--placement",
+        "pre",
+        "--layers",
+        "2",
+        "--task",
+        "charlm",
+        "--steps",
+        "200",
+        "--lr",
+        "1e-3",
+        "--schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+        "--probe-every",
+        "25",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     code, folder = _run(argv, capsys)
     assert code == 0 and folder.parent == tmp_path and (folder / "run.json").is_file()
     meta = json.loads((folder / "run.json").read_text())
@@ -65,8 +116,24 @@ def test_seed_options_parse():
 
 
 def test_train_options_match_the_config_fields(capsys):
-    args = cli.build_parser().parse_args(["train", *TINY, "--steps", "3", "--lr", "2e-3", "--schedule", "cosine",
-                                          "--warmup-steps", "1", "--clip-norm", "1.0", "--seed-start", "5"])  # fmt: skip
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            *TINY,
+            "--steps",
+            "3",
+            "--lr",
+            "2e-3",
+            "--schedule",
+            "cosine",
+            "--warmup-steps",
+            "1",
+            "--clip-norm",
+            "1.0",
+            "--seed-start",
+            "5",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.optim == OptimConfig(lr=2e-3, schedule="cosine", warmup_steps=1, clip_norm=1.0)
     assert cfg.seeds == (5, 6) and cfg.probes == ("act_grad_norm", "param_grad_norm") and cfg.steps == 3

@@ -26,8 +26,16 @@ REORDER_RTOL = 1e-4
 
 
 def _cfg(arch="decoder", **kw) -> TrainConfig:
-    base = dict(model=ModelConfig(arch=arch, **TINY), task=TASK, steps=6, seeds=(0, 1), probe_every=3,
-                probes=("act_grad_norm", "param_grad_norm"), eval_every=3, eval_batches=2)  # fmt: skip
+    base = dict(
+        model=ModelConfig(arch=arch, **TINY),
+        task=TASK,
+        steps=6,
+        seeds=(0, 1),
+        probe_every=3,
+        probes=("act_grad_norm", "param_grad_norm"),
+        eval_every=3,
+        eval_batches=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -79,7 +87,7 @@ def test_one_seed_diverges_and_the_other_goes_on():
     assert r.curves[(r.curves.seed == good) & (r.curves.quantity == "loss")]["step"].max() == 5
     assert r.curves[r.curves.seed == bad]["step"].max() == first_bad
     kept = r.curves[(r.curves.seed == bad) & (r.curves.quantity == "loss")].set_index("step")["value"]
-    np.testing.assert_array_equal(kept.to_numpy(), loss[bad].loc[: first_bad].to_numpy())
+    np.testing.assert_array_equal(kept.to_numpy(), loss[bad].loc[:first_bad].to_numpy())
 
 
 def test_same_config_and_seed_is_bitwise_identical():
@@ -115,8 +123,11 @@ def test_per_seed_programs_are_each_seed_trained_alone_bit_for_bit():
         alone = train(_cfg(seeds=(seed,)))
         assert alone.info["seed_programs"] == "vmapped"  # one seed: the same program either way
         for kind, keys in (("curves", CURVE_KEYS), ("probes", PROBE_KEYS)):
-            pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
-                                          _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
+            pd.testing.assert_frame_equal(
+                _seed_rows(getattr(run, kind), seed, keys),
+                _seed_rows(getattr(alone, kind), seed, keys),
+                check_exact=True,
+            )
 
 
 def test_a_diverged_seed_is_no_longer_computed_and_changes_no_number(monkeypatch):
@@ -133,7 +144,9 @@ def test_a_diverged_seed_is_no_longer_computed_and_changes_no_number(monkeypatch
     cfg = _cfg(seeds=(good, bad), loss_ceiling=float(loss[good].max()) * (1 + 1e-6), **long)
     calls: list[int] = []
     real = seeds_module.run_on_threads
-    monkeypatch.setattr(seeds_module, "run_on_threads", lambda fn, c, n, post=None: calls.append(len(c)) or real(fn, c, n, post))
+    monkeypatch.setattr(
+        seeds_module, "run_on_threads", lambda fn, c, n, post=None: calls.append(len(c)) or real(fn, c, n, post)
+    )
     run = train(cfg)
     assert run.status == {good: "finished", bad: "diverged"} and run.diverged_step[bad] == 0
     assert 1 in calls[1:], f"the diverged seed was still computed: seeds per call {calls}"
@@ -141,8 +154,11 @@ def test_a_diverged_seed_is_no_longer_computed_and_changes_no_number(monkeypatch
     for seed in (good, bad):
         alone = train(cfg.replace(seeds=(seed,)))
         for kind, keys in (("curves", CURVE_KEYS), ("probes", PROBE_KEYS)):
-            pd.testing.assert_frame_equal(_seed_rows(getattr(run, kind), seed, keys),
-                                          _seed_rows(getattr(alone, kind), seed, keys), check_exact=True)  # fmt: skip
+            pd.testing.assert_frame_equal(
+                _seed_rows(getattr(run, kind), seed, keys),
+                _seed_rows(getattr(alone, kind), seed, keys),
+                check_exact=True,
+            )
 
 
 def test_streams_change_no_number():
@@ -167,12 +183,26 @@ def test_configs_that_differ_only_in_runtime_fields_share_one_compiled_program()
     data = prepare(base.task, base.model)
     plan = default_plan()
     prog = train_step.program(base, data, plan)
-    for change in ({"optim.lr": 3e-4}, {"optim.warmup_steps": 2}, {"seeds": (5, 6, 7)}, {"steps": 9},
-                   {"probe_every": 2, "probes": ("act_grad_norm",)}, {"eval_every": 2, "eval_batches": 3},
-                   {"loss_ceiling": 5.0}, {"checkpoint_every": 2}):  # fmt: skip
+    for change in (
+        {"optim.lr": 3e-4},
+        {"optim.warmup_steps": 2},
+        {"seeds": (5, 6, 7)},
+        {"steps": 9},
+        {"probe_every": 2, "probes": ("act_grad_norm",)},
+        {"eval_every": 2, "eval_batches": 3},
+        {"loss_ceiling": 5.0},
+        {"checkpoint_every": 2},
+    ):
         assert train_step.program(base.replace(**change), data, plan) is prog, change
-    for change in ({"model.d_model": 32, "model.d_ff": 64}, {"model.layers": 3}, {"task.seq_len": 8},
-                   {"task.batch_size": 2}, {"optim.b1": 0.8}, {"optim.schedule": "cosine"}, {"cka_tokens": 8}):  # fmt: skip
+    for change in (
+        {"model.d_model": 32, "model.d_ff": 64},
+        {"model.layers": 3},
+        {"task.seq_len": 8},
+        {"task.batch_size": 2},
+        {"optim.b1": 0.8},
+        {"optim.schedule": "cosine"},
+        {"cka_tokens": 8},
+    ):
         other = base.replace(**change)
         assert train_step.program(other, prepare(other.task, other.model), plan) is not prog, change
     # the plan's seed programs and streams are the host loop's; its layer loop is the program's
@@ -226,7 +256,9 @@ def test_probing_does_not_change_training():
 
 
 def test_expensive_probes_run_at_their_own_cadence():
-    plan = Plan.of(_cfg(steps=9, probe_every=2, expensive_probes=("cka",), expensive_probe_every=4), with_checkpoints=False)
+    plan = Plan.of(
+        _cfg(steps=9, probe_every=2, expensive_probes=("cka",), expensive_probe_every=4), with_checkpoints=False
+    )
     cheap = ("act_grad_norm", "param_grad_norm")
     assert plan.probes == {0: (*cheap, "cka"), 2: cheap, 4: (*cheap, "cka"), 6: cheap, 8: (*cheap, "cka"), 9: cheap}
     assert plan.evals == {0, 3, 6, 9} and plan.boundaries == (0, 2, 3, 4, 6, 8, 9)
@@ -262,11 +294,17 @@ def test_probes_recorded_in_the_step_equal_the_probe_program_on_the_same_state(t
         result = jax.tree.map(lambda a: np.asarray(a)[None], jax.device_get(alone(params, batch, key)))
         expected = to_frame(result, cfg.model, [seed]).sort_values(keys).reset_index(drop=True)
         recorded = r.probes[(r.probes.seed == seed) & (r.probes.step == step)].sort_values(keys).reset_index(drop=True)
-        assert len(expected) > 100 and set(expected.quantity) >= {"cka", "cka_null", "act_grad_norm", "ln_jacobian_gain"}
+        assert len(expected) > 100 and set(expected.quantity) >= {
+            "cka",
+            "cka_null",
+            "act_grad_norm",
+            "ln_jacobian_gain",
+        }
         pd.testing.assert_frame_equal(recorded[keys], expected[keys])
         # two programs (vmapped over seeds and fused with the update, or alone): float32 rounding only
-        np.testing.assert_allclose(recorded["value"], expected["value"], rtol=1e-5, atol=1e-6,
-                                   err_msg=f"seed {seed}, step {step}")
+        np.testing.assert_allclose(
+            recorded["value"], expected["value"], rtol=1e-5, atol=1e-6, err_msg=f"seed {seed}, step {step}"
+        )
 
 
 def test_rerun_removes_scaffolding_a_kill_left_in_a_finished_run(tmp_path):

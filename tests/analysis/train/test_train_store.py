@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.probe import COLUMNS, probe_model
-from analysis.probe.loss import loss_from_logits, model_inputs
-from analysis.train import OptimConfig, TaskConfig, TrainConfig, load_model, load_runs, train
 from analysis.execution import ExecutionPlan, default_plan
 from analysis.identity import content_id
-from analysis.train import checkpoint, store
+from analysis.probe import COLUMNS, probe_model
+from analysis.probe.loss import loss_from_logits, model_inputs
+from analysis.train import OptimConfig, TaskConfig, TrainConfig, checkpoint, load_model, load_runs, store, train
 from analysis.train.config import to_dict
 from analysis.train.step import val_key
 from analysis.train.tasks import prepare
@@ -28,9 +27,17 @@ RELOAD_RTOL = 1e-5
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(model=ModelConfig(arch="decoder", **TINY), task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-                steps=6, seeds=(0, 1), probe_every=3, probes=("act_grad_norm", "param_grad_norm"), eval_every=3,
-                eval_batches=2, checkpoint_every=2)  # fmt: skip
+    base = dict(
+        model=ModelConfig(arch="decoder", **TINY),
+        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
+        steps=6,
+        seeds=(0, 1),
+        probe_every=3,
+        probes=("act_grad_norm", "param_grad_norm"),
+        eval_every=3,
+        eval_batches=2,
+        checkpoint_every=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -89,8 +96,12 @@ def test_how_a_run_is_computed_is_not_in_its_id_but_numerics_are():
     cfg = _plain()
     base = store.config_hash(cfg)
     # execution plans that move numbers by float rounding only share the id
-    for plan in (default_plan("cpu"), default_plan("gpu"), ExecutionPlan(unroll_layers=0, remat=True),
-                 ExecutionPlan(seed_programs="per_seed", streams=2)):  # fmt: skip
+    for plan in (
+        default_plan("cpu"),
+        default_plan("gpu"),
+        ExecutionPlan(unroll_layers=0, remat=True),
+        ExecutionPlan(seed_programs="per_seed", streams=2),
+    ):
         assert store.config_hash(cfg, numerics=plan.numerics_key()) == base, plan
     # bfloat16 compute moves them beyond float rounding: its own id, through `numerics`
     bf16 = ExecutionPlan(compute_dtype="bfloat16").numerics_key()
@@ -100,9 +111,13 @@ def test_how_a_run_is_computed_is_not_in_its_id_but_numerics_are():
 
 def test_hash_changes_with_any_field():
     base = store.config_hash(_cfg())
-    for changed in (_cfg(steps=7), _cfg(seeds=(0, 2)), _cfg(optim=OptimConfig(lr=3e-4)),
-                    _cfg(task=TaskConfig(name="markov", seq_len=16, batch_size=4, data_seed=1)),
-                    _cfg(probes=("act_grad_norm",))):  # fmt: skip
+    for changed in (
+        _cfg(steps=7),
+        _cfg(seeds=(0, 2)),
+        _cfg(optim=OptimConfig(lr=3e-4)),
+        _cfg(task=TaskConfig(name="markov", seq_len=16, batch_size=4, data_seed=1)),
+        _cfg(probes=("act_grad_norm",)),
+    ):
         assert store.config_hash(changed) != base
     assert store.config_hash(_cfg()) == base
 
@@ -125,8 +140,9 @@ def _killed_at_step_2(out, r, tmp_path):
         shutil.rmtree(killed / "checkpoints" / step)
     store.write_partial(killed, r.curves, r.probes, 2)
     (killed / ".curves.parquet.abc123.tmp").write_bytes(b"half a parquet")
-    store.write_started(killed, {"run_id": r.run_id, "config": to_dict(r.config),
-                                 "seed_programs": r.info["seed_programs"]})  # fmt: skip
+    store.write_started(
+        killed, {"run_id": r.run_id, "config": to_dict(r.config), "seed_programs": r.info["seed_programs"]}
+    )
     return killed
 
 
@@ -195,8 +211,10 @@ def test_load_model_gives_the_trained_model(finished):
     data = prepare(cfg.task, cfg.model)
     for seed in cfg.seeds:
         model = load_model(folder, seed=seed)  # the latest checkpoint: the final model
-        losses = [float(loss_from_logits(cfg.model, model(*model_inputs(cfg.model, b)), b))
-                  for b in (data.batch(data.arrays, val_key(cfg.task.data_seed, i), "val") for i in range(cfg.eval_batches))]  # fmt: skip
+        losses = [
+            float(loss_from_logits(cfg.model, model(*model_inputs(cfg.model, b)), b))
+            for b in (data.batch(data.arrays, val_key(cfg.task.data_seed, i), "val") for i in range(cfg.eval_batches))
+        ]
         recorded = r.curves.query("quantity == 'val_loss' and step == 6 and seed == @seed")["value"].item()
         assert np.mean(losses) == pytest.approx(recorded, rel=RELOAD_RTOL)
         rows = probe_model(model, data.batch(data.arrays, jax.random.key(0)), ("act_grad_norm",), seed=seed)

@@ -22,22 +22,31 @@ from analysis.train.sweep import load_sweep, run_sweep, sweep_from_dict
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = {
-    "steps": 6, "seeds": 2, "probe_every": 0, "eval_every": 3, "eval_batches": 2,
+    "steps": 6,
+    "seeds": 2,
+    "probe_every": 0,
+    "eval_every": 3,
+    "eval_batches": 2,
     "model": {"arch": "decoder", "layers": 2, "d_model": 16, "heads": 2, "d_ff": 32, "vocab": 32, "max_len": 32},
     "task": {"name": "markov", "seq_len": 16, "batch_size": 4},
-}  # fmt: skip
+}
 # Sharded vs unsharded: XLA compiles the per-device program for 1 seed instead of 4 (float32 reordering).
 SHARD_RTOL = 1e-4
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_NUMPY_DTYPE_PROMOTION": "strict"}  # fmt: skip
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+        "JAX_NUMPY_DTYPE_PROMOTION": "strict",
+    }
 
 
 def test_sweep_file_round_trip(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [base]
         steps = 6
         seeds = 3
@@ -47,10 +56,16 @@ def test_sweep_file_round_trip(tmp_path):
         [grid]
         model.placement = ["post", "pre"]
         "optim.lr" = [3e-4, 1e-3]
-    """))
+    """)
+    )
     sweep = load_sweep(path)
     configs = sweep.configs()
-    assert [(c.model.placement, c.optim.lr) for c in configs] == [("post", 3e-4), ("post", 1e-3), ("pre", 3e-4), ("pre", 1e-3)]
+    assert [(c.model.placement, c.optim.lr) for c in configs] == [
+        ("post", 3e-4),
+        ("post", 1e-3),
+        ("pre", 3e-4),
+        ("pre", 1e-3),
+    ]
     assert all(c.seeds == (0, 1, 2) and c.task.name == "copy" and c.model.layers == 2 for c in configs)
     json_path = tmp_path / "s.json"
     json_path.write_text(json.dumps({"base": {"steps": 6}, "grid": {"model.layers": [1, 2]}}))
@@ -60,7 +75,10 @@ def test_sweep_file_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "data, match",
     [
-        ({"base": {}, "grid": {"optim.lr": [1e-3]}, "runs": 3}, r"unknown sweep key\(s\) \['runs'\]; valid keys: base, grid"),
+        (
+            {"base": {}, "grid": {"optim.lr": [1e-3]}, "runs": 3},
+            r"unknown sweep key\(s\) \['runs'\]; valid keys: base, grid",
+        ),
         ({"base": {"optim": {"rate": 1}}, "grid": {"optim.lr": [1e-3]}}, r"unknown config field 'optim.rate'"),
         ({"base": {"epochs": 3}, "grid": {"optim.lr": [1e-3]}}, r"unknown config field 'epochs'"),
         ({"grid": {"model.depth": [1, 2]}}, r"unknown config field 'model.depth'; valid choices: model.arch"),
@@ -101,8 +119,11 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
     """A run folder's result files (not the scaffolding of an unfinished run: partial/, started.json,
     which a kill right after run.json can leave and the rerun removes)."""
     scaffolding = lambda rel: rel.parts[0] == "partial" or rel.name == "started.json"
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*")
-            if p.is_file() and not scaffolding(p.relative_to(folder))}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in folder.rglob("*")
+        if p.is_file() and not scaffolding(p.relative_to(folder))
+    }
 
 
 @pytest.mark.slow
@@ -157,11 +178,17 @@ def test_sharded_sweep_equals_unsharded(tmp_path):
     # the suite's code generation flags (make test's -O0) kept: both sides compile the same way either way
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = {**_env(), "XLA_FLAGS": flags}
-    done = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(sweep), str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SHARDED, json.dumps(sweep), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sharded, single = load_runs(tmp_path / "sharded", "runs"), load_runs(tmp_path / "single", "runs")
-    assert len(sharded) == 8
+    assert len(sharded) == len(single) == 8
     for f in sorted((tmp_path / "sharded").glob("*/run.json")):
         assert json.loads(f.read_text())["info"]["devices"] == 4
     for f in sorted((tmp_path / "single").glob("*/run.json")):

@@ -277,6 +277,8 @@ def test_report_opens_in_a_browser_with_every_image_loaded(report, tmp_path) -> 
         (["--quick"], "tiny", 6, "reports/tiny"),
         (["--quick", "--preset", "quick", "--out", "elsewhere"], "quick", 6, "elsewhere"),
         (["--preset", "paper", "--layers", "4", "--placements", "pre, post"], "paper", 4, "reports/paper"),
+        # an explicit depth wins over --quick's 6 layers (issue 25: --quick silently overrode --layers)
+        (["--quick", "--layers", "4"], "tiny", 4, "reports/tiny"),
     ],
 )
 def test_cli_options_reach_the_build(monkeypatch, argv, preset, layers, out) -> None:

@@ -28,7 +28,7 @@ from analysis.probe.probes import PROBES
 from analysis.train.config import OptimConfig, TaskConfig, TrainConfig
 from analysis.train.loop import train
 from analysis.train.optim import SCHEDULES
-from analysis.train.sweep import load_sweep, run_sweep
+from analysis.train.sweep import load_sweep, parse_shard, run_sweep
 from analysis.train.tasks import TASKS
 from models import ModelConfig
 
@@ -125,6 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    shard = parse_shard(args.shard) if args.shard is not None else None  # a bad i/N is refused first
     sweep = load_sweep(args.file)  # parsed and validated before any compute
     table = run_sweep(
         sweep,
@@ -133,6 +134,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         progress=args.progress,
         vmap_seeds=args.vmap_seeds,
         streams=args.streams,
+        shard=shard,
     )
     with_text = table.drop(columns=["folder"]).to_string(index=False)
     print(with_text, file=sys.stderr)
@@ -156,6 +158,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
     sweep.add_argument("--out", required=True, metavar="PATH", help="store folder of the runs")
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")
+    sweep.add_argument(
+        "--shard",
+        metavar="i/N",
+        default=None,
+        help="compute only shard i of N (grid points whose index is i modulo N), one task of a job array: "
+        "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; shards may share --out",
+    )
     _add_seed_options(sweep)
     add_plan_options(sweep, skip=("seed_programs", "streams"))
     sweep.set_defaults(func=_cmd_sweep)

@@ -23,6 +23,10 @@ that computes it (analysis.train.store.claim_run). A sweep first computes the ru
 claimed, then waits for the ones others compute and reads them back; a run whose owner died is
 taken over and resumed from its checkpoint. Every run is computed once.
 
+Several machines (a cluster job array): `lnscope sweep FILE --shard i/N` (`run_sweep(..., shard=(i, N))`)
+computes only shard i of N, the grid points whose index in the grid's own order is i modulo N
+(`shard_indices`). Each shard's table lists its own runs; `load_runs(out)` sees every shard's.
+
 Devices. On a CPU with one device each seed of a run trains in a program of its own, one per core
 at once (analysis.train.seeds). Elsewhere each run vmaps its seeds; `train` shards that seed axis
 over the local devices (jit + vmap over sharded inputs), so on a machine with several GPUs the same
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
 import time
 import tomllib
 from collections.abc import Mapping
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -53,6 +60,70 @@ from analysis.train.loop import train
 from analysis.train.store import RunClaimed
 
 FILE_KEYS = ("base", "grid")
+SHARD_FORMAT = re.compile(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"i/N"` -> (i, N), the CLI's `--shard` (`$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`);
+    a ValueError naming the value and what is valid unless i and N are integers with 0 <= i < N."""
+    match = SHARD_FORMAT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"--shard {text!r} is not i/N: give two integers with 0 <= i < N, e.g. 0/4")
+    return check_shard((int(match[1]), int(match[2])), name=f"--shard {text!r}")
+
+
+def check_shard(shard: tuple[int, int], *, name: str | None = None) -> tuple[int, int]:
+    """`shard` (i, N) itself when i and N are integers with 0 <= i < N; else a ValueError naming it."""
+    name = name or f"shard {shard!r}"
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not a pair (i, N) of integers with 0 <= i < N") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+        raise ValueError(f"{name} is not a pair (i, N) of integers with 0 <= i < N")
+    if count < 1:
+        raise ValueError(f"{name}: the number of shards N must be >= 1, got {count}")
+    if not 0 <= index < count:
+        raise ValueError(f"{name}: the shard index i must be in 0..{count - 1} (0 <= i < N = {count}), got {index}")
+    return index, count
+
+
+def shard_indices(runs: int, shard: tuple[int, int]) -> list[int]:
+    """The grid indices (into `Sweep.configs()`) that shard (i, N) computes: those equal to i modulo N.
+
+    Split by index, not by a hash of the run id: the grid's order is fixed by the sweep file alone
+    (the first field varies slowest), so every machine of a job array computes the same split with no
+    shared state, the shards' sizes differ by at most one, and neighbouring grid points (which often
+    differ only in the fastest-varying field, e.g. the learning rate) go to different shards, so no
+    shard gets all the slow settings of one slow-varying field. Every index is in exactly one shard.
+    """
+    index, count = check_shard(shard)
+    return list(range(index, runs, count))
+
+
+def progress_text(run_id: str, *, skipped: bool, diverged_seeds: list[int] | tuple[int, ...]) -> str:
+    """The sweep bar's postfix for a finished run: which run, and which of its seeds diverged (their
+    seed numbers, so "0" is never read as a count)."""
+    if skipped:
+        state = "read back from the store"
+    elif diverged_seeds:
+        state = f"diverged seeds: {', '.join(str(s) for s in diverged_seeds)}"
+    else:
+        state = "no seed diverged"
+    return f"run {run_id[:8]}, {state}"
+
+
+def final_val_loss(curves: pd.DataFrame) -> float:
+    """The mean over seeds of each seed's last val_loss (its value at the seed's largest evaluated
+    step) in a run's curves (columns seed, step, quantity, value). Seeds whose last value is NaN or
+    infinite (a diverged seed) are left out; NaN when no seed has a finite one (no evaluation ran)."""
+    val = curves[curves["quantity"] == "val_loss"]
+    if val.empty:
+        return math.nan
+    # tail, not groupby.last: last() skips NaN and would report a diverged seed's earlier evaluation
+    last = val.sort_values("step", kind="stable").groupby("seed").tail(1)["value"].to_numpy(dtype=float)
+    finite = last[np.isfinite(last)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 @dataclass(frozen=True)
@@ -145,24 +216,33 @@ def run_sweep(
     vmap_seeds: bool | None = None,
     streams: int | None = None,
     plan: ExecutionPlan | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Train every run of `sweep` into `out` (finished runs are read back, not recomputed);
     `devices`, `vmap_seeds`, `streams` and the execution `plan` go to each `train` call.
+    `shard=(i, N)` trains only shard i of N (`shard_indices`: the grid indices equal to i modulo N),
+    for one task of a job array; the N shards together are the whole grid.
 
-    Returns one row per run: run_id, folder, skipped, seconds, the number of diverged seeds, and
-    one column per grid field. Read the results with `analysis.train.load_runs(out)`.
+    Returns one row per run (of the shard): run_id, folder, skipped, seconds, the number of diverged
+    seeds, final_val_loss (`final_val_loss`: the mean over seeds of each seed's last val_loss; NaN
+    without evaluation), and one column per grid field. Read the results with
+    `analysis.train.load_runs(out)`, which sees the runs of every shard.
     """
+    if shard is not None:
+        check_shard(shard)  # before the file is read and before any compute
     if isinstance(sweep, (str, Path)):
         sweep = load_sweep(sweep)
     elif not isinstance(sweep, Sweep):
         sweep = sweep_from_dict(sweep)
     configs = sweep.configs()
     names = [n for n, _ in sweep.grid]
+    mine = shard_indices(len(configs), shard) if shard is not None else list(range(len(configs)))
     bar = None
     if progress:
-        bar = tqdm(total=len(configs), desc="sweep", unit="run")
+        desc = "sweep" if shard is None else f"sweep shard {shard[0]}/{shard[1]}"
+        bar = tqdm(total=len(mine), desc=desc, unit="run")
     # Runs another process holds come last (waited for, then read back), so concurrent sweeps split the grid.
-    order, deferred = list(range(len(configs))), []
+    order, deferred = list(mine), []
     rows_at: dict[int, dict[str, Any]] = {}
     for index in order:
         cfg = configs[index]
@@ -175,22 +255,23 @@ def run_sweep(
             deferred.append(index)
             order.append(index)
             continue
-        diverged = sum(s == "diverged" for s in result.status.values())
+        diverged = [seed for seed, status in result.status.items() if status == "diverged"]
         values = to_dict(cfg)
         row = {
             "run_id": result.run_id,
             "folder": str(result.folder),
             "skipped": result.skipped,
             "seconds": round(time.perf_counter() - start, 3),
-            "diverged_seeds": diverged,
+            "diverged_seeds": len(diverged),
             "seeds": len(cfg.seeds),
+            "final_val_loss": final_val_loss(result.curves),
         }
         for name in names:
             head, _, tail = name.partition(".")
             row[name] = values[head][tail] if tail else values[head]
         rows_at[index] = row
         if bar is not None:
-            bar.set_postfix_str(f"{result.run_id[:8]} {'read back' if result.skipped else f'{diverged} diverged'}")
+            bar.set_postfix_str(progress_text(result.run_id, skipped=result.skipped, diverged_seeds=diverged))
             bar.update(1)
     if bar is not None:
         bar.close()

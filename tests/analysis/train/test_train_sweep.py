@@ -1,6 +1,7 @@
 """Sweeps: file parsing and its errors, a grid run from Python, a sweep killed with SIGKILL and run
-again (finished runs intact and not recomputed, no partial file), and the seed axis sharded over 4
-CPU devices giving the unsharded numbers."""
+again (finished runs intact and not recomputed, no partial file), the seed axis sharded over 4
+CPU devices giving the unsharded numbers, a grid split into job-array shards (--shard i/N) giving the
+unsharded sweep's runs, and the summary's progress text and final validation loss."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import cli
 from analysis.train import load_runs, train
-from analysis.train.sweep import load_sweep, run_sweep, sweep_from_dict
+from analysis.train.sweep import (
+    final_val_loss,
+    load_sweep,
+    parse_shard,
+    progress_text,
+    run_sweep,
+    shard_indices,
+    sweep_from_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = {
@@ -197,3 +207,94 @@ def test_sharded_sweep_equals_unsharded(tmp_path):
     b = load_runs(tmp_path / "single").sort_values(["run", "seed", "quantity", "step"])
     assert list(a["run"]) == list(b["run"]) and len(a) > 0
     np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=SHARD_RTOL)
+
+
+@pytest.mark.parametrize("runs", [0, 1, 4, 7, 12, 30])
+def test_shards_are_disjoint_and_cover_the_grid(runs):
+    for count in range(1, 10):
+        shards = [shard_indices(runs, (i, count)) for i in range(count)]
+        flat = [index for part in shards for index in part]
+        assert sorted(flat) == list(range(runs)) and len(flat) == len(set(flat)), (runs, count)
+        assert all(index % count == i for i, part in enumerate(shards) for index in part)
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1, "balanced: sizes differ by at most one"
+        assert shards == [shard_indices(runs, (i, count)) for i in range(count)], "deterministic"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("4/4", r"--shard '4/4': the shard index i must be in 0\.\.3 \(0 <= i < N = 4\), got 4"),
+        ("-1/4", r"--shard '-1/4': the shard index i must be in 0\.\.3"),
+        ("0/0", r"--shard '0/0': the number of shards N must be >= 1, got 0"),
+        ("1.5/4", r"--shard '1\.5/4' is not i/N: give two integers with 0 <= i < N"),
+        ("2", r"--shard '2' is not i/N"),
+        ("a/b", r"--shard 'a/b' is not i/N"),
+        ("/4", r"--shard '/4' is not i/N"),
+    ],
+)
+def test_bad_shard_is_refused_before_compute(tmp_path, capsys, text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_shard(text)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"base": BASE, "grid": {"optim.lr": [1e-3, 3e-3]}}))
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", str(path), "--out", str(out), "--no-progress", f"--shard={text}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"--shard {text!r}" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists(), "refused before any compute"
+
+
+def test_bad_shard_from_python():
+    assert parse_shard("3/4") == (3, 4) and parse_shard(" 0 / 1 ") == (0, 1)
+    for shard, match in [((2, 2), r"shard \(2, 2\): the shard index i must be in 0\.\.1"), ((0, 1.0), r"integers")]:
+        with pytest.raises(ValueError, match=match):
+            run_sweep({"base": BASE, "grid": {"optim.lr": [1e-3]}}, "/nonexistent/never", shard=shard)
+
+
+def test_progress_text_names_the_run_and_the_diverged_seeds():
+    assert progress_text("c84ba490ffff", skipped=False, diverged_seeds=[0]) == "run c84ba490, diverged seeds: 0"
+    assert progress_text("c84ba490ffff", skipped=False, diverged_seeds=[0, 2]) == "run c84ba490, diverged seeds: 0, 2"
+    assert progress_text("c84ba490ffff", skipped=False, diverged_seeds=[]) == "run c84ba490, no seed diverged"
+    assert progress_text("c84ba490ffff", skipped=True, diverged_seeds=[]) == "run c84ba490, read back from the store"
+
+
+def test_final_val_loss_is_the_seed_mean_of_the_last_finite_evaluation():
+    rows = [
+        (0, 3, "val_loss", 4.0),
+        (0, 6, "val_loss", 2.0),  # seed 0's last
+        (1, 6, "val_loss", 3.0),  # seed 1's last
+        (1, 3, "val_loss", 5.0),
+        (2, 3, "val_loss", 1.0),
+        (2, 6, "val_loss", np.nan),  # seed 2 diverged: its last evaluation is NaN, left out
+        (0, 6, "loss", 100.0),  # not a validation loss
+    ]
+    curves = pd.DataFrame(rows, columns=["seed", "step", "quantity", "value"])
+    assert final_val_loss(curves) == 2.5
+    assert np.isnan(final_val_loss(curves[curves["seed"] == 2])), "no finite last evaluation"
+    assert np.isnan(final_val_loss(curves[curves["quantity"] == "loss"])), "no evaluation ran"
+
+
+def test_every_shard_into_one_store_equals_the_unsharded_sweep(tmp_path):
+    sweep = {"base": BASE, "grid": {"optim.lr": [1e-3, 3e-3], "optim.warmup_steps": [0, 2]}}  # 2x2, one program
+    whole = run_sweep(sweep, tmp_path / "whole", progress=False)
+    assert len(whole) == 4
+    parts = [run_sweep(sweep, tmp_path / "shared", progress=False, shard=(i, 3)) for i in range(3)]
+    for i, part in enumerate(parts):  # each shard's table lists its own runs: grid indices i, i + 3, ...
+        assert list(part["run_id"]) == list(whole["run_id"].iloc[i::3]) and not part["skipped"].any()
+    joined = pd.concat(parts).set_index("run_id").loc[whole["run_id"]].reset_index()
+    pd.testing.assert_frame_equal(
+        joined.drop(columns=["folder", "seconds"]), whole.drop(columns=["folder", "seconds"]), check_exact=True
+    )
+    key = ["run", "seed", "quantity", "step"]
+    a = load_runs(tmp_path / "shared").sort_values(key).reset_index(drop=True)
+    b = load_runs(tmp_path / "whole").sort_values(key).reset_index(drop=True)
+    assert set(a["run"]) == set(whole["run_id"]) and len(a) > 0
+    pd.testing.assert_frame_equal(a[[*key, "value"]], b[[*key, "value"]], check_exact=True)
+    # The summary's final validation loss: the seed mean of what load_runs calls each seed's final one.
+    per_seed = load_runs(tmp_path / "shared", "runs").groupby("run")["final_val_loss"].mean()
+    assert whole["final_val_loss"].notna().all()
+    np.testing.assert_array_equal(whole["final_val_loss"].to_numpy(), per_seed.loc[whole["run_id"]].to_numpy())
+    # A shard run again reads its runs back; the other shards' runs are left alone.
+    again = run_sweep(sweep, tmp_path / "shared", progress=False, shard=(1, 3))
+    assert again["skipped"].all() and list(again["run_id"]) == list(parts[1]["run_id"])

@@ -45,7 +45,7 @@ import math
 import re
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,14 +113,19 @@ def progress_text(run_id: str, *, skipped: bool, diverged_seeds: list[int] | tup
     return f"run {run_id[:8]}, {state}"
 
 
-def final_val_loss(curves: pd.DataFrame) -> float:
-    """The mean over seeds of each seed's last val_loss (its value at the seed's largest evaluated
-    step) in a run's curves (columns seed, step, quantity, value). Seeds whose last value is NaN or
-    infinite (a diverged seed) are left out; NaN when no seed has a finite one (no evaluation ran)."""
-    val = curves[curves["quantity"] == "val_loss"]
+def final_val_loss(curves: pd.DataFrame, diverged_seeds: Iterable[int] = ()) -> float:
+    """The mean over a run's seeds of each seed's last val_loss (its value at the seed's largest
+    evaluated step), from the run's curves (columns seed, step, quantity, value).
+
+    The seeds in `diverged_seeds` are left out: a diverged seed stops training, so its last
+    evaluation predates the divergence (often the initialization's) and is no final loss. So is a
+    seed whose last value is NaN or infinite. NaN when no seed is left (no evaluation ran, or every
+    seed diverged); the summary's diverged_seeds column says which case.
+    """
+    val = curves[(curves["quantity"] == "val_loss") & ~curves["seed"].isin(list(diverged_seeds))]
     if val.empty:
         return math.nan
-    # tail, not groupby.last: last() skips NaN and would report a diverged seed's earlier evaluation
+    # tail, not groupby.last: last() skips NaN and would report an earlier evaluation
     last = val.sort_values("step", kind="stable").groupby("seed").tail(1)["value"].to_numpy(dtype=float)
     finite = last[np.isfinite(last)]
     return float(finite.mean()) if finite.size else math.nan
@@ -224,9 +229,9 @@ def run_sweep(
     for one task of a job array; the N shards together are the whole grid.
 
     Returns one row per run (of the shard): run_id, folder, skipped, seconds, the number of diverged
-    seeds, final_val_loss (`final_val_loss`: the mean over seeds of each seed's last val_loss; NaN
-    without evaluation), and one column per grid field. Read the results with
-    `analysis.train.load_runs(out)`, which sees the runs of every shard.
+    seeds, final_val_loss (`final_val_loss`: the mean over the seeds that did not diverge of each one's
+    last val_loss; NaN without evaluation or when every seed diverged), and one column per grid field.
+    Read the results with `analysis.train.load_runs(out)`, which sees the runs of every shard.
     """
     if shard is not None:
         check_shard(shard)  # before the file is read and before any compute
@@ -264,7 +269,7 @@ def run_sweep(
             "seconds": round(time.perf_counter() - start, 3),
             "diverged_seeds": len(diverged),
             "seeds": len(cfg.seeds),
-            "final_val_loss": final_val_loss(result.curves),
+            "final_val_loss": final_val_loss(result.curves, diverged),
         }
         for name in names:
             head, _, tail = name.partition(".")

@@ -271,6 +271,8 @@ def test_final_val_loss_is_the_seed_mean_of_the_last_finite_evaluation():
     ]
     curves = pd.DataFrame(rows, columns=["seed", "step", "quantity", "value"])
     assert final_val_loss(curves) == 2.5
+    assert final_val_loss(curves, diverged_seeds=[1]) == 2.0, "a diverged seed's last evaluation is no final loss"
+    assert np.isnan(final_val_loss(curves, diverged_seeds=[0, 1, 2])), "every seed diverged"
     assert np.isnan(final_val_loss(curves[curves["seed"] == 2])), "no finite last evaluation"
     assert np.isnan(final_val_loss(curves[curves["quantity"] == "loss"])), "no evaluation ran"
 
@@ -298,3 +300,9 @@ def test_every_shard_into_one_store_equals_the_unsharded_sweep(tmp_path):
     # A shard run again reads its runs back; the other shards' runs are left alone.
     again = run_sweep(sweep, tmp_path / "shared", progress=False, shard=(1, 3))
     assert again["skipped"].all() and list(again["run_id"]) == list(parts[1]["run_id"])
+
+
+def test_summary_of_a_diverged_run_has_no_final_val_loss(tmp_path):
+    table = run_sweep({"base": BASE, "grid": {"optim.lr": [1e-3, 10.0]}}, tmp_path, progress=False)
+    assert list(table["diverged_seeds"]) == [0, 2]
+    assert np.isfinite(table["final_val_loss"].iloc[0]) and np.isnan(table["final_val_loss"].iloc[1])

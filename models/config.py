@@ -58,7 +58,7 @@ def literal_choices(hint: object) -> tuple[str, ...] | None:
 
 
 def unknown_choice(field: str, value: object, valid: Iterable[object]) -> str:
-    """The one-line message for a value not among `valid`, with the closest valid ones as a hint:
+    """The one-line message for a value not among `valid`, with the closest valid one as a hint:
     "unknown placement 'postln'; valid choices: post, pre, ... (did you mean 'post'?)"."""
     names = [str(v) for v in valid]
     close = difflib.get_close_matches(str(value), names, n=1)

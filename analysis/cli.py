@@ -24,7 +24,14 @@ from analysis.command import run_command
 from analysis.experiments.cli import add_commands as add_experiment_commands
 from analysis.io import check_writable, write_run
 from analysis.memory import check_fits, probe_estimate
-from analysis.options import HelpFormatter, add_model_options, add_plan_options, dataclass_from_args, plan_from_args
+from analysis.options import (
+    HelpFormatter,
+    Parser,
+    add_model_options,
+    add_plan_options,
+    dataclass_from_args,
+    plan_from_args,
+)
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES, PROBES
 from analysis.report.cli import add_commands as add_report_commands
@@ -90,7 +97,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(  # its subcommands' parsers are Parsers too: one-line errors everywhere
         prog="lnscope", description="Gradient dynamics of layer-norm placements.", formatter_class=HelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)

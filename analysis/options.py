@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shutil
 import types
 import typing
@@ -24,7 +25,7 @@ from typing import Any
 
 from analysis.execution import ExecutionPlan, default_plan
 from models import ModelConfig
-from models.config import field_choices
+from models.config import field_choices, unknown_choice
 
 HELP_WIDTH = 100  # `--help` lines at most this wide, whatever the terminal
 SHORT_CHOICES = 48  # longer choice lists show as NAME (the error message and `lnscope list` name them)
@@ -56,6 +57,28 @@ class HelpFormatter(argparse.HelpFormatter):
             shown = ",".join(map(str, default))
             return text if len(shown) > SHORT_CHOICES else f"{text} (default: {shown})"  # a long list: see the docs
         return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with errors as one line, "lnscope: error: ...", not the whole usage before it
+    (`--help` shows that): a bad choice names the valid ones and the closest ("did you mean"), as the
+    configs' own validation does (models.config.unknown_choice). Negative numbers in any notation
+    (`--lr -1e-3`) are values, so they reach the config's check instead of "expected one argument"."""
+
+    # argparse's own pattern knows -1 and -.5 but not -1e-3 or -inf, and takes those for options
+    NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            field = action.option_strings[-1].lstrip("-") if action.option_strings else action.dest  # as typed
+            raise argparse.ArgumentError(None, unknown_choice(field, value, action.choices))
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):

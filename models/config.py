@@ -13,9 +13,11 @@ Each name field's valid values are written once: a `Literal` type below or a reg
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,7 +43,7 @@ ADMIN_INITS: tuple[str, ...] = typing.get_args(AdminInit)
 # Name fields whose valid values are a registry's keys (the others are Literal types).
 REGISTRY_FIELDS: dict[str, dict] = {"placement": PLACEMENTS, "enc_placement": PLACEMENTS, "norm": NORMS}
 
-__all__ = ["ARCHS", "ModelConfig", "StackSpec", "field_choices", "literal_choices"]
+__all__ = ["ARCHS", "ModelConfig", "StackSpec", "field_choices", "literal_choices", "unknown_choice"]
 
 
 def literal_choices(hint: object) -> tuple[str, ...] | None:
@@ -55,9 +57,18 @@ def literal_choices(hint: object) -> tuple[str, ...] | None:
     return None
 
 
+def unknown_choice(field: str, value: object, valid: Iterable[object]) -> str:
+    """The one-line message for a value not among `valid`, with the closest valid one as a hint:
+    "unknown placement 'postln'; valid choices: post, pre, ... (did you mean 'post'?)"."""
+    names = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {field} {value!r}; valid choices: {', '.join(names)}{hint}"
+
+
 def _choice(field: str, value: object, valid: tuple[str, ...] | list[str]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {field} {value!r}; valid choices: {', '.join(map(str, valid))}")
+        raise ValueError(unknown_choice(field, value, valid))
 
 
 def _positive_int(field: str, value: object) -> None:
@@ -108,7 +119,7 @@ class ModelConfig:
         tie_embeddings: output head = token-embedding table transposed; else a separate head, N(0, 1/d).
         gpt2_scaled_init: GPT-2's 1/sqrt(N_res) on W_O and W2; N_res the residual sublayers of the
             stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.
-        dtype: dtype of the parameters and activations; "float64" needs jax's x64 mode.
+        dtype: dtype of the parameters and activations; "float64" needs jax's x64 mode (JAX_ENABLE_X64=1).
         norm_eps: epsilon of every norm, inside the square root.
 
     Placement and norm options (ignored by placements/norms that do not use them):
@@ -194,7 +205,11 @@ class ModelConfig:
             if getattr(self, name) is not None:
                 _finite(name, getattr(self, name), low=0.0, strict=True)
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
-            raise ValueError("dtype='float64' needs jax x64 mode: call jax.config.update('jax_enable_x64', True) first")
+            raise ValueError(
+                "dtype='float64' needs jax's x64 mode: set the environment variable JAX_ENABLE_X64=1 "
+                "(command line: JAX_ENABLE_X64=1 lnscope ...), or in Python call "
+                "jax.config.update('jax_enable_x64', True) first"
+            )
 
     # -- derived -------------------------------------------------------------------------------
     @property

@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from models.config import unknown_choice
+
 RUNTIME = "runtime"  # the metadata key of a runtime field
 
 
@@ -40,7 +42,7 @@ def program_key(config: Any) -> tuple:
 
 def check_choice(name: str, value: object, valid: tuple[str, ...] | Mapping[str, Any]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+        raise ValueError(unknown_choice(name, value, valid))  # with a "did you mean", as the model's fields
 
 
 def check_int(name: str, value: object, low: int = 1) -> None:

@@ -140,6 +140,17 @@ class _Recorder:
         return store.as_curves(frame)
 
 
+def restart_rate(bar: tqdm) -> None:
+    """Count `bar`'s rate and ETA from now on: called after the first piece, whose time is mostly
+    compilation, so the ETA is the steps' pace, not the compiler's (elapsed restarts with it)."""
+    if bar.disable:  # no output (e.g. not a terminal): nothing is timed
+        return
+    bar.initial = bar.last_print_n = bar.n
+    bar.start_t = bar.last_print_t = bar._time()
+    bar._ema_dn, bar._ema_dt = type(bar._ema_dn)(bar.smoothing), type(bar._ema_dt)(bar.smoothing)
+    bar.refresh()
+
+
 class _Pipeline:
     """Dispatched pieces whose results the host fetches one piece late, so the device never waits.
 
@@ -151,6 +162,7 @@ class _Pipeline:
         self.rec, self.pending, self.all_diverged = rec, [], False
         self.dead: frozenset[int] = frozenset()  # seed indices whose fetched alive flag is False
         self.bar = None
+        self.compiled = False  # whether a piece was fetched: the first one's time is mostly compilation
         if progress:
             self.bar = tqdm(total=steps, initial=start, desc=f"train {run_id[:8]}", unit="step", leave=False)
 
@@ -169,6 +181,9 @@ class _Pipeline:
             self.dead = frozenset(int(i) for i in np.flatnonzero(~alive))
             if self.bar is not None:
                 self.bar.update(n)
+                if not self.compiled:
+                    restart_rate(self.bar)
+                    self.compiled = True
 
     def dispatch(self, kind: str, step: int, n: int, outputs: Any) -> None:
         """Queue a piece ("plain" | "probe" | "eval") covering `n` steps from `step`."""

@@ -26,7 +26,7 @@ def test_help_lists_every_model_field(capsys: pytest.CaptureFixture[str]) -> Non
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["probe", "--placement", "bogus", "--out", "x.parquet"], "invalid choice: 'bogus'"),
+        (["probe", "--placement", "bogus", "--out", "x.parquet"], "unknown placement 'bogus'; valid choices: post"),
         (["probe", "--heads", "5", "--out", "x.parquet"], "not divisible by heads=5"),
         (["probe", "--skip-lambda", "nan", "--out", "x.parquet"], "skip_lambda must be a finite number"),
         (["probe", "--out", "x.csv"], "must end in .parquet"),
@@ -40,6 +40,70 @@ def test_bad_input_exits_2_with_the_reason(argv, message, capsys, tmp_path, monk
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "nothing may be written for bad input"
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["probe", "--placement", "postln", "--out", "x.parquet"],
+            "lnscope: error: unknown placement 'postln'; valid choices: post, pre, ",
+        ),
+        (["probe", "--norm", "rms", "--out", "x.parquet"], "lnscope: error: unknown norm 'rms'; valid choices: "),
+        (["prob", "--out", "x.parquet"], "lnscope: error: unknown command 'prob'; valid choices: probe, "),
+        (["probe", "--seeds", "0", "--out", "x.parquet"], "lnscope: error: "),  # a check after parsing
+    ],
+)
+def test_a_bad_choice_is_one_line_with_the_closest_valid_one(argv, line, capsys, tmp_path, monkeypatch) -> None:
+    """Issue 25, defect 4: no usage dump before the line that matters, and a "did you mean"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line) and "usage:" not in err, err
+    if "--seeds" not in argv:
+        closest = {"postln": "post", "rms": "rmsnorm", "prob": "probe"}[argv[argv.index("--out") - 1]]
+        assert err.endswith(f"(did you mean {closest!r}?)\n"), err
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-0.5", "-2", "-inf"])
+def test_a_negative_number_is_a_value_and_reaches_the_configs_check(value, capsys, tmp_path) -> None:
+    """Issue 25, defect 4: `--lr -1e-3` was "expected one argument"; the config names the bad value."""
+    out = tmp_path / "store"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--lr", value, "--steps", "1", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lnscope: error: lr must be") and err.count("\n") == 1, err
+    assert repr(float(value)) in err and not out.exists()
+
+
+def test_float64_without_x64_tells_the_command_line_user_the_environment_variable(capsys, tmp_path) -> None:
+    """Issue 25, defect 9: a CLI user cannot call jax.config.update; JAX_ENABLE_X64=1 is the way."""
+    import jax
+
+    with jax.enable_x64(False), pytest.raises(SystemExit) as exit_info:
+        cli.main(["probe", "--dtype", "float64", "--out", str(tmp_path / "x.parquet")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "JAX_ENABLE_X64=1" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unwritable_output_is_one_line_before_any_compute(capsys, monkeypatch) -> None:
+    """Issue 25, defect 3: `--out /proc/nope.parquet` was a traceback after computing."""
+    import analysis.cli as cli_module
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("computed before checking the output folder")
+
+    monkeypatch.setattr(cli_module, "probe_at_init", no_compute)
+    monkeypatch.setattr(cli_module, "check_fits", no_compute)
+    status = cli.main(["probe", "--layers", "2", "--seeds", "1", "--out", "/proc/nope.parquet"])
+    err = capsys.readouterr().err
+    assert status != 0 and err.startswith("lnscope: error: ") and err.count("\n") == 1, err
+    assert "/proc" in err and "Traceback" not in err
 
 
 def test_probe_writes_parquet_and_config(tmp_path) -> None:

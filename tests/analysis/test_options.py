@@ -11,6 +11,7 @@ import pytest
 from analysis.execution import default_plan
 from analysis.options import (
     HelpFormatter,
+    Parser,
     add_dataclass_options,
     add_plan_options,
     dataclass_from_args,
@@ -131,14 +132,50 @@ def test_help_shows_each_default_once_and_each_option_its_own_text(monkeypatch):
         for line in text.splitlines():
             assert line.count("(default:") <= 1, f"{name}: {line}"
         assert "TASK-VOCAB" not in text and "SEED_CHUNK" not in text, name
-    # one help per model option: no two options share a help text
-    option_helps = {}
-    for line in helps["probe"].splitlines():
-        parts = line.strip().split("  ", 1)
-        if parts[0].startswith("--") and len(parts) == 2:
-            option_helps.setdefault(parts[1].strip(), []).append(parts[0])
-    shared = {text: flags for text, flags in option_helps.items() if len(flags) > 1}
-    assert not shared, shared
+    # one help per option: no two options share a help text (issue 25: --d-ff, --vocab, --max-len did)
+    for name in ("probe", "train", "sweep"):
+        option_helps = {}
+        for line in helps[name].splitlines():
+            parts = line.strip().split("  ", 1)
+            if parts[0].startswith("--") and len(parts) == 2:
+                option_helps.setdefault(parts[1].strip(), []).append(parts[0])
+        shared = {text: flags for text, flags in option_helps.items() if len(flags) > 1}
+        assert not shared, (name, shared)
+
+
+def test_every_option_of_every_command_has_its_own_nonempty_help():
+    """The same check on the parsers' actions, so an option whose help wraps to the next line counts too."""
+    from analysis import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("probe", "train", "sweep"):
+        texts: dict[str, list[str]] = {}
+        for action in sub.choices[name]._actions:
+            if action.option_strings and action.help is not argparse.SUPPRESS:
+                texts.setdefault(action.help or "", []).append(action.option_strings[0])
+        assert "" not in texts, (name, texts.get(""))
+        assert not {t: f for t, f in texts.items() if len(f) > 1}, name
+
+
+def test_parser_errors_are_one_line_and_negative_numbers_are_values(capsys):
+    parser = Parser(prog="t")
+    add_dataclass_options(parser, Typed, title="typed")
+    add_dataclass_options(parser, Example, title="example", choices={"name": ("alpha", "beta")})
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--name", "bets"])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err == "t: error: unknown name 'bets'; valid choices: alpha, beta (did you mean 'beta'?)\n"
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "q"])
+    assert capsys.readouterr().err == "t: error: unknown kind 'q'; valid choices: x, y\n"  # nothing close: no hint
+    for text, value in [("-1e-3", -1e-3), ("-2.5E+2", -250.0), ("-.5", -0.5), ("-3", -3.0), ("-inf", float("-inf"))]:
+        assert parser.parse_args(["--rate", text]).rate == value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rate", "-x"])  # not a number: still an option-like string, still one line
+    err = capsys.readouterr().err
+    assert err.startswith("t: error: ") and err.count("\n") == 1, err
 
 
 def test_plan_options_override_the_default_plan_and_are_unset_by_default():

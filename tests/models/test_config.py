@@ -116,7 +116,7 @@ def test_other_numeric_fields(field, bad):
 
 
 def test_float64_needs_x64():
-    with jax.enable_x64(False), raises_naming("float64", "jax_enable_x64"):
+    with jax.enable_x64(False), raises_naming("float64", "jax_enable_x64", "JAX_ENABLE_X64=1"):
         ModelConfig(dtype="float64")
     with jax.enable_x64(True):
         assert ModelConfig(dtype="float64").dtype == "float64"
@@ -305,6 +305,23 @@ def test_choices_are_typed_once_and_read_by_validation():
             ModelConfig(**{field: "bogus", **({"arch": "encdec"} if field == "enc_placement" else {})})
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     assert not names & {"unroll_layers", "scan_remat", "compute_dtype"}
+
+
+@pytest.mark.parametrize(
+    "field, bad, closest",
+    [
+        ("placement", "postln", "post"),
+        ("norm", "rms_norm", "rmsnorm"),
+        ("arch", "decoders", "decoder"),
+        ("norm", "zzz", None),
+    ],
+)
+def test_an_unknown_choice_says_the_closest_valid_one(field, bad, closest):
+    hint = f" (did you mean {closest!r}?)" if closest else ""
+    with pytest.raises(ValueError) as info:
+        ModelConfig(**{field: bad})
+    assert str(info.value).startswith(f"unknown {field} {bad!r}; valid choices: ")
+    assert str(info.value).endswith(hint) and (closest or "did you mean" not in str(info.value))
 
 
 @pytest.mark.parametrize("module", ["models.config", "models.placements", "models.norms", "models.stack"])

@@ -154,8 +154,8 @@ def test_train_options_match_the_config_fields(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--schedule", "linear"], "invalid choice: 'linear'"),
-        (["--task", "translate"], "invalid choice: 'translate'"),
+        (["--schedule", "linear"], "unknown schedule 'linear'; valid choices: inverse_sqrt"),
+        (["--task", "translate"], "unknown task 'translate'; valid choices: copy"),
         (["--lr", "-1"], "lr must be > 0"),
         (["--lr", "nan"], "lr must be a finite number"),
         (["--warmup-steps", "50", "--steps", "10"], "warmup_steps=50 is longer than the run"),

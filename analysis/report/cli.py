@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.atlas import AtlasSettings
-from analysis.options import HelpFormatter
+from analysis.options import HelpFormatter, Parser
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -82,6 +82,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str], *, prepare: bool | None = None) -> int:
     """`lnscope report` with `argv` as its options (`python -m analysis.report`); `prepare` as in
     analysis.command.run_command."""
-    parser = argparse.ArgumentParser(prog="lnscope", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="lnscope", description=__doc__.split("\n\n")[0])
     add_commands(parser.add_subparsers(dest="command", required=True))
     return run_command(parser, ["report", *argv], prepare=prepare)

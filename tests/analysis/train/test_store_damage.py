@@ -12,27 +12,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from analysis.train import OptimConfig, TaskConfig, TrainConfig, load_runs, train
+from analysis.train import OptimConfig, load_runs, train
 from analysis.train.loop import read_result
 from analysis.train.store import DamagedRun, verify_run
-from models import ModelConfig
+from tests.analysis.train.configs import tiny_run
 
-TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(
-        model=ModelConfig(arch="decoder", **TINY),
-        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-        steps=6,
-        seeds=(0, 1),
-        probe_every=3,
-        probes=("act_grad_norm", "param_grad_norm"),
-        eval_every=3,
-        eval_batches=2,
-        checkpoint_every=2,
-    )
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_run  # the shared tiny run (tests/analysis/train/configs.py)
 
 
 @pytest.fixture(scope="module")

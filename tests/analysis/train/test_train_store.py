@@ -19,26 +19,13 @@ from analysis.train import OptimConfig, TaskConfig, TrainConfig, checkpoint, loa
 from analysis.train.config import to_dict
 from analysis.train.step import val_key
 from analysis.train.tasks import prepare
-from models import ModelConfig
+from tests.analysis.train.configs import tiny_run
 
-TINY = dict(layers=2, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
 # A loaded model evaluated outside the vmapped program: float32 reordering only.
 RELOAD_RTOL = 1e-5
 
 
-def _cfg(**kw) -> TrainConfig:
-    base = dict(
-        model=ModelConfig(arch="decoder", **TINY),
-        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
-        steps=6,
-        seeds=(0, 1),
-        probe_every=3,
-        probes=("act_grad_norm", "param_grad_norm"),
-        eval_every=3,
-        eval_batches=2,
-        checkpoint_every=2,
-    )
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_run  # the shared tiny run (tests/analysis/train/configs.py)
 
 
 @pytest.fixture(scope="module")

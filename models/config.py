@@ -1,7 +1,7 @@
 """Model configuration: one frozen, validated dataclass for every architecture and placement.
 
-Every default is visible here and is the harness of docs/placements.md ("The harness": fairseq-style
-Xavier-uniform projections, unit-variance token inputs, no biases, no dropout), so that
+Every default is visible here and is the harness of docs/placements.md ("The harness": Xavier-uniform
+projections (gain 1), unit-variance token inputs, no biases, no dropout), so that
 `ModelConfig(arch=..., placement=...)` is the model the papers analyse at initialization.
 
 A ModelConfig holds what changes the numbers a paper would report. How they are computed (the layer
@@ -28,8 +28,8 @@ from models.placements import PLACEMENTS
 from models.spec import StackSpec
 
 Arch = Literal["encoder", "decoder", "encdec"]
-Activation = Literal["relu", "gelu"]
-Init = Literal["xavier_uniform", "xavier_normal", "normal"]
+Activation = Literal["relu", "gelu", "gelu_tanh"]
+Init = Literal["xavier_uniform", "xavier_normal", "normal", "torch_default", "fairseq"]
 Positions = Literal["sinusoidal", "learned", "none"]
 Dtype = Literal["float32", "bfloat16", "float64"]
 AdminInit = Literal["profile", "constant"]
@@ -105,13 +105,17 @@ class ModelConfig:
         d_ff: hidden width of the feed-forward sublayer.
         vocab: token vocabulary size.
         max_len: longest input sequence; the learned positions' table length.
-        activation: feed-forward activation; "relu" in the papers.
+        activation: feed-forward activation; "relu" in the papers, "gelu" the exact erf form (PyTorch's
+            nn.GELU, fairseq's gelu), "gelu_tanh" its tanh approximation (GPT-2).
         dropout: rate on every sublayer output before its residual add; 0 = deterministic (fairseq).
-        bias: biases in the attention and feed-forward projections; zero at init, off in the harness.
+        bias: biases in the attention and feed-forward projections; off in the harness; zero at init
+            except nn.Linear's U(±1/sqrt(fan_in)) under init "torch_default" and "fairseq".
 
     Initialization:
-        init: projection init; "xavier_uniform" (fairseq, gain 1), "xavier_normal", or "normal"
-            (std 0.02, GPT-2).
+        init: projection init; "xavier_uniform" (gain 1, every projection), "xavier_normal", "normal"
+            (std 0.02, GPT-2), "torch_default" (PyTorch nn.Linear's U(±1/sqrt(fan_in)) everywhere:
+            torchscale), or "fairseq" (fairseq 0.12: q/k/v Xavier-uniform gain 1/√2, W_O gain 1, FFN as
+            torch_default); placement gains multiply each (models.layers.init_weight).
         embed_std: std of the token-embedding table (default: d_model**-0.5, fairseq).
         embed_scale: multiplier on token embeddings (default: sqrt(d_model), fairseq); the default
             token inputs have unit variance per feature.

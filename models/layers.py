@@ -7,6 +7,7 @@ q/k/v norms, NormFormer's head scales and mid-FFN norm) are passed in at call ti
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -31,29 +32,84 @@ def project(x: jax.Array, w: jax.Array, projection: Projection) -> jax.Array:
     return projection(x2, w).reshape(*x.shape[:-1], w.shape[-1])
 
 
-def init_weight(key: jax.Array, fan_in: int, fan_out: int, cfg: ModelConfig, gain: float = 1.0) -> jax.Array:
-    """A (fan_in, fan_out) projection drawn by `cfg.init`, times `gain`.
+# PyTorch's nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) has gain sqrt(2/(1+5)) and bound
+# gain·sqrt(3/fan_in) = 1/sqrt(fan_in); its bias is U(±1/sqrt(fan_in)) as well.
+def torch_linear_bound(fan_in: int) -> float:
+    """Half-width of nn.Linear's default uniform weight and bias init: 1/sqrt(fan_in)."""
+    return 1.0 / math.sqrt(fan_in)
 
-    xavier_uniform: U(±gain·sqrt(6/(fan_in+fan_out))) (Glorot & Bengio 2010; fairseq's default).
+
+# fairseq 0.12 MultiheadAttention.reset_parameters: q/k/v Xavier-uniform with gain 1/sqrt(2) (when q, k
+# and v have one width, as here), W_O Xavier-uniform with gain 1; the FFN's fc1/fc2 are plain nn.Linear.
+FAIRSEQ_XAVIER_GAINS: dict[str, float] = {"q": 2.0**-0.5, "k": 2.0**-0.5, "v": 2.0**-0.5, "o": 1.0}
+
+
+def init_weight(
+    key: jax.Array, fan_in: int, fan_out: int, cfg: ModelConfig, gain: float = 1.0, role: str | None = None
+) -> jax.Array:
+    """A (fan_in, fan_out) projection drawn by `cfg.init`, times `gain` (a placement's init gain).
+
+    xavier_uniform: U(±gain·sqrt(6/(fan_in+fan_out))) (Glorot & Bengio 2010, gain 1).
     xavier_normal: N(0, gain²·2/(fan_in+fan_out)) (DeepNorm's paper init when gain = β).
     normal: N(0, (0.02·gain)²) (GPT-2).
+    torch_default: U(±gain/sqrt(fan_in)), PyTorch's nn.Linear default (kaiming_uniform_, a=sqrt(5)).
+    fairseq: fairseq 0.12 by `role` (a key of ROLES): q, k, v U(±gain·(1/√2)·sqrt(6/(fan_in+fan_out))),
+        o U(±gain·sqrt(6/(fan_in+fan_out))), w1, w2 (and role None) as torch_default.
+    The placement gain multiplies the base draw in every case (std and bounds scale by `gain`).
     """
     dtype = jnp.dtype(cfg.dtype)
     shape = (fan_in, fan_out)
+    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)
     if cfg.init == "xavier_uniform":
-        limit = gain * math.sqrt(6.0 / (fan_in + fan_out))
-        return jax.random.uniform(key, shape, dtype, -limit, limit)
+        return uniform(gain * math.sqrt(6.0 / (fan_in + fan_out)))
     if cfg.init == "xavier_normal":
         return gain * math.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, dtype)
+    if cfg.init == "torch_default" or (cfg.init == "fairseq" and role not in FAIRSEQ_XAVIER_GAINS):
+        return uniform(gain * torch_linear_bound(fan_in))
+    if cfg.init == "fairseq":
+        return uniform(gain * FAIRSEQ_XAVIER_GAINS[role] * math.sqrt(6.0 / (fan_in + fan_out)))
     return 0.02 * gain * jax.random.normal(key, shape, dtype)
+
+
+# Inits whose nn.Linear biases are random (init_bias); the others' biases are zero.
+RANDOM_BIAS_INITS: tuple[str, ...] = ("torch_default", "fairseq")
+
+
+def init_bias(
+    key: jax.Array | None, fan_in: int, fan_out: int, cfg: ModelConfig, role: str | None = None
+) -> jax.Array:
+    """A (fan_out,) bias (with `cfg.bias`; `key` only for RANDOM_BIAS_INITS); placement gains leave it alone.
+
+    Zero, except where the code being followed keeps nn.Linear's U(±1/sqrt(fan_in)) bias:
+    torch_default everywhere, fairseq everywhere but W_O (fairseq zeroes out_proj's bias).
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    if key is not None and (cfg.init == "torch_default" or (cfg.init == "fairseq" and role != "o")):
+        limit = torch_linear_bound(fan_in)
+        return jax.random.uniform(key, (fan_out,), dtype, -limit, limit)
+    return jnp.zeros((fan_out,), dtype)
+
+
+# Feed-forward activations (ModelConfig.activation): a registry, so the Literal, the CLI and this agree.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    # x·Φ(x) with the erf form of Φ: PyTorch's nn.GELU() and fairseq's default "gelu".
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    # 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))): nn.GELU(approximate="tanh"), GPT-2's gelu.
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
 
 
 class Linear(nnx.Module):
     """y = x W (+ b), W of shape (fan_in, fan_out)."""
 
-    def __init__(self, fan_in: int, fan_out: int, cfg: ModelConfig, rngs: nnx.Rngs, gain: float = 1.0):
-        self.weight = nnx.Param(init_weight(rngs.params(), fan_in, fan_out, cfg, gain))
-        self.bias = nnx.Param(jnp.zeros((fan_out,), jnp.dtype(cfg.dtype))) if cfg.bias else None
+    def __init__(
+        self, fan_in: int, fan_out: int, cfg: ModelConfig, rngs: nnx.Rngs, gain: float = 1.0, role: str | None = None
+    ):
+        self.weight = nnx.Param(init_weight(rngs.params(), fan_in, fan_out, cfg, gain, role))
+        # Only inits whose bias is random draw a key for it, so the zero-bias inits' streams are unchanged.
+        bias_key = rngs.params() if cfg.bias and cfg.init in RANDOM_BIAS_INITS else None
+        self.bias = nnx.Param(init_bias(bias_key, fan_in, fan_out, cfg, role)) if cfg.bias else None
         self.projection: Projection = plain_projection  # static; Transformer.use_ops sets it
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,10 +142,10 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
         d = cfg.d_model
         self.heads = cfg.heads
-        self.q = Linear(d, d, cfg, rngs, gains.get("q", 1.0))
-        self.k = Linear(d, d, cfg, rngs, gains.get("k", 1.0))
-        self.v = Linear(d, d, cfg, rngs, gains.get("v", 1.0))
-        self.o = Linear(d, d, cfg, rngs, gains.get("o", 1.0))
+        self.q = Linear(d, d, cfg, rngs, gains.get("q", 1.0), "q")
+        self.k = Linear(d, d, cfg, rngs, gains.get("k", 1.0), "k")
+        self.v = Linear(d, d, cfg, rngs, gains.get("v", 1.0), "v")
+        self.o = Linear(d, d, cfg, rngs, gains.get("o", 1.0), "o")
 
     def __call__(
         self,
@@ -133,9 +189,9 @@ class FeedForward(nnx.Module):
     """FF(x) = W2 · act(W1 x + b1) + b2, with an optional norm on the hidden (NormFormer's LN_ffn)."""
 
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
-        self.w1 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w1", 1.0))
-        self.w2 = Linear(cfg.d_ff, cfg.d_model, cfg, rngs, gains.get("w2", 1.0))
-        self.act = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}[cfg.activation]
+        self.w1 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w1", 1.0), "w1")
+        self.w2 = Linear(cfg.d_ff, cfg.d_model, cfg, rngs, gains.get("w2", 1.0), "w2")
+        self.act = ACTIVATION_FUNCTIONS[cfg.activation]
 
     def __call__(self, x: jax.Array, mid_norm: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
         hidden = self.act(self.w1(x))

@@ -6,6 +6,7 @@
     lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
     lnscope check --list                            # the claim catalogue
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
+    lnscope check --robustness --figures reports    # init-time verdicts over a grid of harness choices
 
 Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts;
 2 on bad input; 1 when a computation or a figure failed (the checks that ran are still printed and
@@ -73,6 +74,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 0
     if args.out and not args.out.endswith(".json"):
         raise ValueError(f"--out must end in .json, got {args.out}")
+    if args.robustness:
+        from analysis.experiments.robustness import robustness_command  # lazy: the sweep's module
+
+        options = ("preset", "store", "out", "figures", "n_boot", "seed", "quiet")
+        return robustness_command(claims, **{k: getattr(args, k) for k in options})
     start = time.perf_counter()
     frames = collect(claims, preset=args.preset, store=args.store, progress=not args.quiet)
     rows = [
@@ -129,4 +135,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="print the claim catalogue (of the selection) and exit")
     p.add_argument("--catalogue", default="", help="write the claim catalogue as Markdown to this file and exit")
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="check each init-time claim over a grid of harness choices (pos, init, d_model) and say which flips it",
+    )
     p.set_defaults(func=_cmd_check)

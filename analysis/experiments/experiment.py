@@ -40,6 +40,9 @@ class Harness:
     unit-variance token inputs, no biases, no dropout, no positional encoding (pos="none" was the
     closer match to the calibration's numbers, tests/analysis/probe/test_calibration.py), and 8 seeds (the
     calibration averaged 3; more seeds only narrow the intervals).
+
+    `pos`, `init` and `activation` are the harness choices a claim's verdict may depend on; the
+    robustness sweep (analysis.experiments.robustness) varies them, and d_model, one grid point each.
     """
 
     d_model: int
@@ -50,6 +53,8 @@ class Harness:
     batch_size: int
     seeds: int
     pos: str = "none"
+    init: str = "xavier_uniform"
+    activation: str = "relu"
 
     def model(self, arch: str, placement: str, layers: int, **fields: Any) -> ModelConfig:
         """A ModelConfig of this harness (extra ModelConfig fields as keywords)."""
@@ -63,6 +68,8 @@ class Harness:
             vocab=self.vocab,
             max_len=self.seq_len,
             pos=self.pos,
+            init=self.init,
+            activation=self.activation,
             **fields,
         )
 

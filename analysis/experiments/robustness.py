@@ -144,7 +144,7 @@ def robustness(
     points = grid_points(grid)
     store = None if store is None else Path(store)
     plans = {}  # experiment -> [(label, choice, preset object)], the reference first
-    for name, group in by_experiment.items():
+    for name in by_experiment:
         base = (presets or {}).get(name) or EXPERIMENTS[name].preset(preset)
         if not hasattr(base, "harness"):
             raise ValueError(f"robustness: experiment {name!r}'s preset has no harness to vary")

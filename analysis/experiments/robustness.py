@@ -93,7 +93,7 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def point_label(choice: Mapping[str, Any]) -> str:
-    """"pos=none, init=fairseq, d_model=64"."""
+    """ "pos=none, init=fairseq, d_model=64"."""
     return ", ".join(f"{k}={v}" for k, v in choice.items())
 
 
@@ -282,7 +282,11 @@ def plot_verdict_grid(frame: pd.DataFrame, title: str = "Verdicts over harness c
     ax.set_xticks(range(len(labels)), [lab.replace(", ", "\n") for lab in labels], fontsize=7, rotation=90)
     ax.set_yticks(range(len(claims)), [f"{c}  ({summary.at[c, 'holds']}/{summary.at[c, 'n']})" for c in claims])
     ax.tick_params(axis="y", labelsize=7)
-    ax.axvline(0.5, color="black", linewidth=1.5)  # the reference column on the left
+    ax.set_xticks([i - 0.5 for i in range(1, len(labels))], minor=True)
+    ax.set_yticks([i - 0.5 for i in range(1, len(claims))], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.0)
+    ax.tick_params(which="minor", length=0)
+    ax.axvline(0.5, color="black", linewidth=1.5)  # the reference column (the preset's harness) on the left
     ax.set_title(title, fontsize=9)
     ax.legend(
         handles=[Patch(color=VERDICT_COLORS[v], label=v) for v in VERDICTS],

@@ -308,8 +308,10 @@ def robustness_command(
     n_boot: int,
     seed: int,
     quiet: bool,
+    grid: Mapping[str, Sequence[Any]] = DEFAULT_GRID,
+    presets: Mapping[str, Any] | None = None,
 ) -> int:
-    """`lnscope check --robustness`: sweep the selection's init-time claims over DEFAULT_GRID, print one
+    """`lnscope check --robustness`: sweep the selection's init-time claims over `grid`, print one
     line per claim, write the grid and the summary as JSON (`out`) and the verdict grid (`figures`)."""
     import json
 
@@ -320,10 +322,12 @@ def robustness_command(
     if not chosen:
         raise ValueError("--robustness sweeps initialization-time claims; the selection has none (try --when init)")
     skipped = len(claims) - len(chosen)
-    frame = robustness(chosen, preset=preset, store=store, n_boot=n_boot, seed=seed, progress=not quiet)
+    frame = robustness(
+        chosen, preset=preset, grid=grid, store=store, presets=presets, n_boot=n_boot, seed=seed, progress=not quiet
+    )
     summary = summarize(frame)
     width = max(len(c) for c in summary["claim"])
-    print(f"{'claim'.ljust(width)}  {'verdict'.ljust(14)}  robustness over {point_label(DEFAULT_GRID)}")
+    print(f"{'claim'.ljust(width)}  {'verdict'.ljust(14)}  robustness over {point_label(grid)}")
     for r in summary.to_dict("records"):
         print(f"{r['claim'].ljust(width)}  {r['reference_verdict'].ljust(14)}  {r['text']}")
     flipped = int((summary["holds"] < summary["n"]).sum())
@@ -333,7 +337,7 @@ def robustness_command(
     if out:
         payload = {
             "preset": preset,
-            "grid": {k: list(v) for k, v in DEFAULT_GRID.items()},
+            "grid": {k: list(v) for k, v in grid.items()},
             "points": [json_safe(r) for r in frame.to_dict("records")],
             "summary": robustness_by_claim(frame),
         }

@@ -4,6 +4,8 @@ flipped by the choice that flips it, and one that is not fragile holds at every 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import matplotlib
 
@@ -11,6 +13,7 @@ matplotlib.use("Agg")
 
 import pytest
 
+from analysis.cli import main
 from analysis.experiments import xiong2020
 from analysis.experiments.claims import Claim, value
 from analysis.experiments.common import feature
@@ -21,6 +24,7 @@ from analysis.experiments.robustness import (
     plot_verdict_grid,
     robustness,
     robustness_by_claim,
+    robustness_command,
     summarize,
 )
 
@@ -73,8 +77,14 @@ def test_training_claims_are_refused_before_compute() -> None:
         robustness([dataclasses.replace(FRAGILE, when="training")], grid=GRID, presets={"xiong2020": PRESET})
 
 
+def test_cli_robustness_bad_input_exits_2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as err:
+        main(["check", "--robustness", "--when", "training", "--paper", "xiong2020"])
+    assert err.value.code == 2 and "initialization-time claims" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_fragile_claim_is_flagged_with_the_choice_that_flips_it() -> None:
+def test_fragile_claim_is_flagged_with_the_choice_that_flips_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     frame = robustness([FRAGILE, STURDY], grid=GRID, presets={"xiong2020": PRESET}, n_boot=200)
     assert set(frame["point"]) == {"reference", *(f"pos={p}, init={i}" for p in GRID["pos"] for i in GRID["init"])}
     stat = frame[frame["claim"] == FRAGILE.id].set_index("point")["statistic"]
@@ -92,3 +102,11 @@ def test_fragile_claim_is_flagged_with_the_choice_that_flips_it() -> None:
     fig = plot_verdict_grid(frame)
     assert len(fig.axes[0].get_yticklabels()) == 2
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "reference"
+    # what `lnscope check --robustness` prints and writes (the jobs are in memory by now)
+    options = dict(preset="tiny", store=None, n_boot=200, seed=0, quiet=True, grid=GRID, presets={"xiong2020": PRESET})
+    assert robustness_command([FRAGILE, STURDY], out=str(tmp_path / "r.json"), figures=str(tmp_path), **options) == 0
+    printed = capsys.readouterr().out
+    assert "xiong2020.toy_input_rms_below    reproduced      holds 1/2; flipped by pos=sinusoidal" in printed
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["summary"][FRAGILE.id]["flipped_by"] == ["pos=sinusoidal"]
+    assert len(written["points"]) == 6 and (tmp_path / "robustness.png").stat().st_size > 0

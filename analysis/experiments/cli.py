@@ -6,7 +6,7 @@
     lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
     lnscope check --list                            # the claim catalogue
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
-    lnscope check --robustness --figures reports    # init-time verdicts over a grid of harness choices
+    lnscope check --robustness --figures reports    # init-time verdicts over harness choices
 
 Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts;
 2 on bad input; 1 when a computation or a figure failed (the checks that ran are still printed and

@@ -277,9 +277,22 @@ def plot_verdict_grid(frame: pd.DataFrame, title: str = "Verdicts over harness c
     codes = {v: i for i, v in enumerate(VERDICTS)}
     table = frame.pivot(index="claim", columns="point", values="verdict").loc[claims, labels]
     values = table.apply(lambda col: col.map(codes)).to_numpy(float)
-    fig, ax = plt.subplots(figsize=(2.0 + 0.55 * len(labels), 1.2 + 0.3 * len(claims)), constrained_layout=True)
-    ax.imshow(values, cmap=ListedColormap([VERDICT_COLORS[v] for v in VERDICTS]), vmin=0, vmax=len(VERDICTS) - 1)
-    ax.set_xticks(range(len(labels)), [lab.replace(", ", "\n") for lab in labels], fontsize=7, rotation=90)
+    axes = axes_of(frame)
+    first = frame.drop_duplicates("point").set_index("point")
+    # one column per point, labelled by its values top-down in the order of the x-axis label
+    ticks = [
+        ("reference\n" if lab == "reference" else "") + "\n".join(str(first.at[lab, a]) for a in axes) for lab in labels
+    ]
+    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(labels), 1.6 + 0.3 * len(claims)), constrained_layout=True)
+    ax.imshow(
+        values,
+        cmap=ListedColormap([VERDICT_COLORS[v] for v in VERDICTS]),
+        vmin=0,
+        vmax=len(VERDICTS) - 1,
+        aspect="auto",
+    )
+    ax.set_xticks(range(len(labels)), ticks, fontsize=6)
+    ax.set_xlabel(" / ".join(axes), fontsize=7)
     ax.set_yticks(range(len(claims)), [f"{c}  ({summary.at[c, 'holds']}/{summary.at[c, 'n']})" for c in claims])
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xticks([i - 0.5 for i in range(1, len(labels))], minor=True)
@@ -327,7 +340,8 @@ def robustness_command(
     )
     summary = summarize(frame)
     width = max(len(c) for c in summary["claim"])
-    print(f"{'claim'.ljust(width)}  {'verdict'.ljust(14)}  robustness over {point_label(grid)}")
+    axes = "; ".join(f"{axis} {'/'.join(map(str, values))}" for axis, values in grid.items())
+    print(f"{'claim'.ljust(width)}  {'verdict'.ljust(14)}  robustness over {axes}")
     for r in summary.to_dict("records"):
         print(f"{r['claim'].ljust(width)}  {r['reference_verdict'].ljust(14)}  {r['text']}")
     flipped = int((summary["holds"] < summary["n"]).sum())

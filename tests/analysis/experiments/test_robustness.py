@@ -101,7 +101,11 @@ def test_fragile_claim_is_flagged_with_the_choice_that_flips_it(tmp_path: Path, 
     assert by_claim[FRAGILE.id]["flipped_by"] == ["pos=sinusoidal"]
     fig = plot_verdict_grid(frame)
     assert len(fig.axes[0].get_yticklabels()) == 2
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "reference"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "reference\nnone\nxavier_uniform",
+        "none\nfairseq",
+        "sinusoidal\nfairseq",
+    ]
     # what `lnscope check --robustness` prints and writes (the jobs are in memory by now)
     options = dict(preset="tiny", store=None, n_boot=200, seed=0, quiet=True, grid=GRID, presets={"xiong2020": PRESET})
     assert robustness_command([FRAGILE, STURDY], out=str(tmp_path / "r.json"), figures=str(tmp_path), **options) == 0

@@ -261,6 +261,20 @@ def robustness_by_claim(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     }
 
 
+def read_summary(path: Path | str) -> dict[str, dict[str, Any]]:
+    """The `robustness_by_claim` summary of a `lnscope check --robustness --out FILE` JSON file: what a
+    claims table reads to show "holds k/n; flipped by ..." next to each verdict (a claim absent from it
+    was not swept)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "summary" not in data:
+        raise ValueError(
+            f"{path}: not a robustness file (no 'summary'); write one with lnscope check --robustness --out"
+        )
+    return data["summary"]
+
+
 VERDICT_COLORS = {"reproduced": "#4c9a5b", "not reproduced": "#c2504a", "inconclusive": "#b9b9b9"}
 
 

@@ -22,6 +22,7 @@ from analysis.experiments.robustness import (
     grid_points,
     harness_at,
     plot_verdict_grid,
+    read_summary,
     robustness,
     robustness_by_claim,
     robustness_command,
@@ -112,5 +113,6 @@ def test_fragile_claim_is_flagged_with_the_choice_that_flips_it(tmp_path: Path, 
     printed = capsys.readouterr().out
     assert "xiong2020.toy_input_rms_below    reproduced      holds 1/2; flipped by pos=sinusoidal" in printed
     written = json.loads((tmp_path / "r.json").read_text())
+    assert read_summary(tmp_path / "r.json") == by_claim
     assert written["summary"][FRAGILE.id]["flipped_by"] == ["pos=sinusoidal"]
     assert len(written["points"]) == 6 and (tmp_path / "robustness.png").stat().st_size > 0

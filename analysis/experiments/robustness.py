@@ -93,7 +93,7 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def point_label(choice: Mapping[str, Any]) -> str:
-    """ "pos=none, init=fairseq, d_model=64"."""
+    """A grid point's label: "pos=none, init=fairseq, d_model=64"."""
     return ", ".join(f"{k}={v}" for k, v in choice.items())
 
 

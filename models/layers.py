@@ -93,7 +93,7 @@ def init_bias(
 # Feed-forward activations (ModelConfig.activation): a registry, so the Literal, the CLI and this agree.
 ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
-    # x·Φ(x) with the erf form of Φ: PyTorch's nn.GELU() and fairseq's default "gelu".
+    # x·Φ(x) with the erf form of Φ: PyTorch's nn.GELU() and fairseq's `--activation-fn gelu`.
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     # 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))): nn.GELU(approximate="tanh"), GPT-2's gelu.
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),

@@ -65,10 +65,12 @@ def calibration_frame(
     *,
     first_seed: int,
     preset: str = "quick",
+    variants: set[str] | None = None,
     store: Path | str | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """The tidy frame of `parts` of `experiment` at `preset`, every job moved to seeds from `first_seed` on.
+    """The tidy frame of `parts` of `experiment` at `preset` (only the jobs of `variants`, default all),
+    every job moved to seeds from `first_seed` on.
 
     Raises ValueError for a part with training jobs (their seeds are the training plan's) or an unknown part.
     """
@@ -79,12 +81,16 @@ def calibration_frame(
         raise ValueError(f"experiment {experiment!r}: unknown or no parts {unknown or parts}; valid: {', '.join(plan)}")
     frames = []
     for part in parts:
-        jobs = plan[part]
+        jobs = [j for j in plan[part] if variants is None or j.variant in variants]
+        if not jobs:
+            continue
         if not all(isinstance(j, InitJob) for j in jobs):
             raise ValueError(f"{experiment}/{part}: only initialization parts can be calibrated here")
         moved = [SeededInitJob(j, first_seed) for j in jobs]
         frame = run_jobs(moved, None if store is None else Path(store), progress=progress, desc=f"{experiment}/{part}")
         frames.append(frame.assign(part=part))
+    if not frames:
+        raise ValueError(f"{experiment}: no jobs of the variants {sorted(variants or ())} in the parts {parts}")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -111,6 +117,23 @@ def calibrate(
     if not claim.needs:
         raise ValueError(f"claim {claim.id!r} names no parts (needs); calibrate reads only what a claim needs")
     frame = calibration_frame(
-        claim.experiment, claim.needs, first_seed=first_seed, preset=preset, store=store, progress=progress
+        claim.experiment,
+        claim.needs,
+        first_seed=first_seed,
+        preset=preset,
+        variants=_variants(claim),
+        store=store,
+        progress=progress,
     )
     return check(claim, frame, n_boot=n_boot)
+
+
+def _variants(claim: Claim) -> set[str] | None:
+    """The variants the claim's features select (None: some feature reads every variant)."""
+    out: set[str] = set()
+    for f in claim.statistic.features:
+        want = f.where.get("variant")
+        if want is None:
+            return None
+        out |= set(want) if isinstance(want, (list, tuple, set)) else {want}
+    return out

@@ -172,6 +172,12 @@ PAPER_DEEP = "18L-18L encoder-decoder, WMT En-De, d=512 (transformer_wmt_en_de),
 OUR_DEEP = "decoder of an 18L-18L encoder-decoder, d=64, random tokens, 8 seeds, at init"
 CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 ENC = "same placement in the encoder (the paper's model)"
+PAPER_RESCALE = "18L-18L encoder-decoder of the official code's WMT En-De recipe (rescaling_init), at init"
+PAPER_SIX = "6L-6L encoder-decoder, WMT En-De, d=512 (transformer_wmt_en_de), at the beginning of training"
+PAPER_TRAIN = "18L-18L encoder-decoder trained on WMT En-De (lr 1e-3, inverse-sqrt schedule, 4000 warm-up updates)"
+OUR_SIX = "decoder of a 6L-6L encoder-decoder, d=64, random tokens, 8 seeds, at init"
+OUR_CONTROL = "18-layer decoder-only Post-LN stack (no cross-attention), d=64, random tokens, 8 seeds, at init"
+OUR_TRAINING = "18-layer decoder-only LM, 32-symbol Markov chain, d=64, AdamW 3e-4, no warm-up, 120 updates, 3 seeds"
 CLAIMS = (
     Claim(
         f"{NAME}.post_decoder_vanishing",
@@ -186,6 +192,8 @@ CLAIMS = (
         ">=",
         CAL.format(247),
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.post_decoder_slope",
@@ -200,6 +208,8 @@ CLAIMS = (
         ">=",
         CAL.format(0.31),
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.cross_attention_control",
@@ -214,6 +224,7 @@ CLAIMS = (
         "in",
         CAL.format(0.92),
         needs=("deep",),
+        our_setting=OUR_CONTROL,
     ),
     Claim(
         f"{NAME}.pre_no_vanishing",
@@ -227,6 +238,8 @@ CLAIMS = (
         "<=",
         CAL.format(0.45),
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.b2t_mitigates",
@@ -240,6 +253,8 @@ CLAIMS = (
         "<=",
         CAL.format("5.4; 6.7 re-measured with a B2T encoder, §3.5"),
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.b2t_vs_post",
@@ -253,6 +268,8 @@ CLAIMS = (
         ">=",
         CAL.format("247/5.4 = 46"),
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.b2t_rescale_flat",
@@ -267,6 +284,8 @@ CLAIMS = (
         "in",
         CAL.format(0.98),
         needs=("deep",),
+        paper_setting=PAPER_RESCALE,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.ln_main_source",
@@ -280,6 +299,8 @@ CLAIMS = (
         ">=",
         "ours, set before measuring: 'main source' read as a majority share (0.5); the paper gives no number",
         needs=("deep",),
+        paper_setting=PAPER_DEEP,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.cross_sublayer_smallest",
@@ -314,6 +335,8 @@ CLAIMS = (
         ">=",
         CAL.format(3.2),
         needs=("six",),
+        paper_setting=PAPER_SIX,
+        our_setting=OUR_SIX,
     ),
     Claim(
         f"{NAME}.six_layer_b2t_top",
@@ -327,6 +350,8 @@ CLAIMS = (
         ">=",
         CAL.format(1.6),
         needs=("six",),
+        paper_setting=PAPER_SIX,
+        our_setting=OUR_SIX,
     ),
     Claim(
         f"{NAME}.deep_post_fails",
@@ -347,6 +372,8 @@ CLAIMS = (
         training.CALIBRATED.format("1.37 nats (3.25 vs 1.88)"),
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
     Claim(
         f"{NAME}.deep_post_gradient_collapse",
@@ -367,6 +394,8 @@ CLAIMS = (
         training.CALIBRATED.format("~1.0 vs 0.007-0.03, i.e. 30-140x"),
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
 )
 

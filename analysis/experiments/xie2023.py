@@ -121,6 +121,12 @@ PAPER_ENCDEC = (
 OUR_ENCDEC = "L-L encoder-decoders, L = 6/12/18, same placement in both stacks, d=64, random tokens, 8 seeds, at init"
 HELD_OUT = tuple(range(HARNESSES["quick"].seeds))  # the quick preset's seeds
 CALIBRATION_SEEDS = tuple(range(100, 100 + HARNESSES["quick"].seeds))
+PAPER_COLLAPSE = "Pre-LN's stream norm grows with depth while each layer adds O(1), so top layers change it less"
+PAPER_DEFINITION = "ResiDual's definition (the official code's resi_dual_layers.py)"
+PAPER_TRAIN = "ResiDual, Post-LN and Pre-LN MT models trained on IWSLT-14, WMT and OPUS-100 (E6D6 to E18D18)"
+OUR_DEEP = "decoder of an 18L-18L encoder-decoder, d=64, random tokens, 8 seeds, at init"
+OUR_DECODER = f"{DEPTH}-layer decoder-only stacks, d=64, random tokens, 8 seeds, at init"
+OUR_TRAINING = "18-layer decoder-only LM, 32-symbol Markov chain, d=64, AdamW 3e-4, no warm-up, 120 updates, 3 seeds"
 CLAIMS = (
     Claim(
         f"{NAME}.residual_bounded",
@@ -138,6 +144,8 @@ CLAIMS = (
         "<=",
         CAL.format("4.4, measured with a Post-LN encoder"),
         needs=("lower_bound",),
+        paper_setting=PAPER_ENCDEC,
+        our_setting=OUR_DEEP,
     ),
     Claim(
         f"{NAME}.residual_bottom_bounded_below",
@@ -175,6 +183,8 @@ CLAIMS = (
             "0.0028, imply about -3.7)"
         ),
         needs=("lower_bound",),
+        paper_setting=PAPER_ENCDEC,
+        our_setting=OUR_ENCDEC,
     ),
     Claim(
         f"{NAME}.pre_collapse",
@@ -188,6 +198,8 @@ CLAIMS = (
         ">=",
         CAL.format(0.97),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.pre_collapse_rises",
@@ -205,6 +217,8 @@ CLAIMS = (
         ">=",
         CAL.format("0.97 − 0.82 = 0.15"),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.post_no_collapse",
@@ -218,6 +232,8 @@ CLAIMS = (
         "<=",
         CAL.format(0.65),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.pre_norm_growth",
@@ -235,6 +251,8 @@ CLAIMS = (
         ">=",
         CAL.format(3.9),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.residual_stream_is_post",
@@ -253,6 +271,8 @@ CLAIMS = (
         "<=",
         CAL.format("identical to 4 d.p."),
         needs=("collapse",),
+        paper_setting=PAPER_DEFINITION,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.residual_trains_deep",
@@ -272,6 +292,8 @@ CLAIMS = (
         training.CALIBRATED.format("1.15 nats (3.25 vs 2.10)"),
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
     Claim(
         f"{NAME}.pre_collapse_after_training",
@@ -290,6 +312,8 @@ CLAIMS = (
         "unchanged; set before any training run",
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
     Claim(
         f"{NAME}.residual_less_collapsed_after_training",
@@ -309,6 +333,8 @@ CLAIMS = (
         "the paper's direction (threshold 0), set before any training run",
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
 )
 

@@ -126,6 +126,14 @@ PAPER_FIGURE = "6-6 encoder-decoder Transformer, IWSLT14 De-En (d=512), gradient
 OUR_ENCDEC = "decoder of a 6-6 encoder-decoder, same placement in both stacks, d=64, random tokens, 8 seeds, at init"
 
 
+PAPER_THEOREM = "Theorem 1: an L-layer Transformer at init under mean-field assumptions; its figure over depth"
+PAPER_LEMMA = "the lemma behind Theorem 1: E‖x_l‖² of Pre-LN at init, mean field"
+PAPER_WARMUP = "Post-LN and Pre-LN Transformers trained on IWSLT14 De-En (also WMT14 En-De, BERT), warm-up or none"
+OUR_DEPTHS = "decoder-only stacks of 3/6/12/24 layers, d=64, random tokens, 8 seeds, at init"
+OUR_GROWTH = "18-layer decoder-only stack, d=64, random tokens, 8 seeds, at init"
+OUR_WARMUP = "6-layer decoder-only LM, 32-symbol Markov chain, d=64, AdamW peak 2e-3, 40-update warm-up or none"
+
+
 def _growth_feature() -> Feature:
     return feature("x_sq", "growth", "pre", X_NORM, layer="all", transform="square")
 
@@ -157,6 +165,8 @@ def _training_claims() -> tuple[Claim, ...]:
             training.CALIBRATED.format("about 0.5 nats (2.8 vs 2.3)"),
             needs=("train",),
             when="training",
+            paper_setting=PAPER_WARMUP,
+            our_setting=OUR_WARMUP,
         ),
         Claim(
             f"{NAME}.pre_without_warmup",
@@ -176,6 +186,8 @@ def _training_claims() -> tuple[Claim, ...]:
             training.CALIBRATED.format("about -0.5 nats (1.8 vs 2.3)") + "; 0 is the paper's direction",
             needs=("train",),
             when="training",
+            paper_setting=PAPER_WARMUP,
+            our_setting=OUR_WARMUP,
         ),
     )
 
@@ -198,6 +210,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             "in",
             cal.format(-0.44),
             needs=("depth",),
+            paper_setting=PAPER_THEOREM,
+            our_setting=OUR_DEPTHS,
         ),
         Claim(
             f"{NAME}.post_depth_scaling",
@@ -211,6 +225,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             "in",
             cal.format("+0.17"),
             needs=("depth",),
+            paper_setting=PAPER_THEOREM,
+            our_setting=OUR_DEPTHS,
         ),
         Claim(
             f"{NAME}.post_over_pre_deep",
@@ -226,6 +242,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             ">=",
             cal.format("5.5 at L=24"),
             needs=("depth",),
+            paper_setting=PAPER_THEOREM,
+            our_setting=OUR_DEPTHS,
         ),
         Claim(
             f"{NAME}.post_over_pre_grows",
@@ -239,6 +257,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             ">=",
             "the calibration's direction (ratios 1.5, 2.2, 3.4, 5.5), threshold 0 set before measuring",
             needs=("depth",),
+            paper_setting=PAPER_THEOREM,
+            our_setting=OUR_DEPTHS,
         ),
         Claim(
             f"{NAME}.pre_growth_linear",
@@ -252,6 +272,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             ">=",
             cal.format("R² 0.993"),
             needs=("growth",),
+            paper_setting=PAPER_LEMMA,
+            our_setting=OUR_GROWTH,
         ),
         Claim(
             f"{NAME}.pre_growth_slope",
@@ -265,6 +287,8 @@ def claims(depths: tuple[int, ...] = PRESETS["quick"].depths) -> tuple[Claim, ..
             "in",
             cal.format(0.87),
             needs=("growth",),
+            paper_setting=PAPER_LEMMA,
+            our_setting=OUR_GROWTH,
         ),
         Claim(
             f"{NAME}.pre_layers_equal_encdec",

@@ -67,13 +67,17 @@ def check_footer(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Lines under `lnscope check`'s table: each checked claim's paper setting next to ours, and the
     superseded claims of the papers checked."""
     rows = list(rows)
+    groups: dict[tuple[str, str], list[str]] = {}  # claims sharing a setting pair are named together
+    for r in rows:
+        pair = (r.get("paper_setting") or "", r.get("our_setting") or "")
+        if any(pair):
+            groups.setdefault(pair, []).append(r["id"])
     lines = [
-        f"  {r['id']}: paper: {r.get('paper_setting') or '-'} | ours: {r.get('our_setting') or '-'}"
-        for r in rows
-        if r.get("paper_setting") or r.get("our_setting")
+        f"  {', '.join(ids)}\n      paper: {paper or '-'}\n      ours:  {ours or '-'}"
+        for (paper, ours), ids in groups.items()
     ]
     if lines:
-        lines.insert(0, "\nsettings (the paper's | ours):")
+        lines.insert(0, "\nsettings (the paper's, ours):")
     papers = {r["paper"] for r in rows}
     old = [s.id for s in SUPERSEDED.values() if s.paper in papers]
     if old:

@@ -415,7 +415,7 @@ class Calibration:
 
 
 def seed_span(seeds: tuple[int, ...]) -> str:
-    """"0-7" for a contiguous run, else the list."""
+    """Seeds as text: "0-7" for a contiguous run, else the list."""
     s = sorted(seeds)
     if s and s == list(range(s[0], s[-1] + 1)) and len(s) > 1:
         return f"{s[0]}-{s[-1]}"

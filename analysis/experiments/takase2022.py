@@ -321,7 +321,16 @@ CLAIMS = (
         needs=("deep",),
         paper_setting=PAPER_DEEP,
         our_setting=OUR_DEEP,
-        calibration=Calibration(CALIBRATION_SEEDS, HELD_OUT, "quick", -0.3394, (-0.3549, -0.3233), "fraction", 2.5),
+        calibration=Calibration(
+            seeds=CALIBRATION_SEEDS,
+            held_out_seeds=HELD_OUT,
+            preset="quick",
+            value=-0.3394,
+            interval=(-0.3549, -0.3233),
+            rule="fraction",
+            margin=2.5,
+            held_out_result="reproduced: -0.351 [-0.362, -0.330], checked after the threshold was committed",
+        ),
     ),
     Claim(
         f"{NAME}.six_layer_post_top",

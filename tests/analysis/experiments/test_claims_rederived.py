@@ -113,7 +113,7 @@ def test_settings_and_calibration_reach_the_json_and_the_footer() -> None:
     bare = json_safe(check(_claim(calibration=None, paper_setting="", our_setting=""), _frame(), n_boot=200).to_json())
     assert bare["calibration_value"] is None and bare["calibration_seeds"] == [] and bare["threshold_rule"] == ""
     footer = "\n".join(check_footer([row, bare]))
-    assert "xie2023.synthetic: paper: the paper's | ours: ours" in footer
+    assert "  xie2023.synthetic\n      paper: the paper's\n      ours:  ours" in footer
     assert footer.count("xie2023.synthetic") == 1 and "xie2023.residual_lower_bound_depth" in footer
 
 

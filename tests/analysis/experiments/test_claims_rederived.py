@@ -12,7 +12,7 @@ import pytest
 
 from analysis.cli import main
 from analysis.experiments import CLAIMS, SUPERSEDED, liu2021, select_claims, takase2022
-from analysis.experiments.calibration import SeededInitJob
+from analysis.experiments.calibration import SeededInitJob, _variants, calibrate, calibration_frame
 from analysis.experiments.catalogue import catalogue_markdown, check_footer
 from analysis.experiments.claims import THRESHOLD_RULES, Calibration, Claim, Feature, check, json_safe, ratio
 from analysis.experiments.experiment import HARNESSES
@@ -220,3 +220,46 @@ def test_seeded_job_is_the_same_computation_on_other_seeds() -> None:
     pd.testing.assert_frame_equal(
         here[here["seed"] == 1][cols].reset_index(drop=True), there[there["seed"] == 1][cols].reset_index(drop=True)
     )
+
+
+def test_calibration_reads_only_what_the_claim_needs() -> None:
+    claim = CLAIMS["liu2021.ln_removes_depth_distortion"]
+    assert _variants(claim) == {liu2021.with_ln(lam) for lam in liu2021.WITH_LN}
+    with pytest.raises(ValueError, match="only initialization parts"):
+        calibration_frame("xiong2020", ("train",), first_seed=100, preset="tiny")
+    with pytest.raises(ValueError, match="unknown or no parts"):
+        calibration_frame("xiong2020", ("nothing",), first_seed=100, preset="tiny")
+    with pytest.raises(ValueError, match="no jobs of the variants"):
+        calibration_frame("xiong2020", ("encdec",), first_seed=100, preset="tiny", variants={"b2t"})
+
+
+def test_calibrate_moves_the_claims_jobs_to_the_calibration_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plumbing, without computing (test_seeded_job_... computes a moved job): the claim's jobs of the
+    tiny preset, moved to seeds 100-102, feed its check."""
+    seen = []
+
+    def fake_run_jobs(jobs, store, *, progress, desc):
+        seen.extend(jobs)
+        rows = [
+            dict(
+                variant=j.variant,
+                stack="decoder",
+                quantity="param_grad_norm",
+                site="mlp.w2.weight",
+                seed=seed,
+                layer=layer,
+                layers=6,
+                value=1.0 + 2.0 * (layer == 5) + 0.001 * (seed - 100),
+            )
+            for j in jobs
+            for seed in range(j.first_seed, j.first_seed + j.base.seeds)
+            for layer in range(6)
+        ]
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr("analysis.experiments.calibration.run_jobs", fake_run_jobs)
+    result = calibrate(CLAIMS["xiong2020.post_layers_grow_encdec"], first_seed=100, preset="tiny", n_boot=200)
+    assert [(j.variant, j.first_seed, j.base.model.arch) for j in seen] == [("post", 100, "encdec")]
+    assert result.seeds == (100, 101, 102) and result.calibration_seeds == tuple(range(100, 108))
+    assert "reads calibration seeds [100, 101, 102]" in result.note
+    assert result.statistic == pytest.approx(3.001 / 1.001, rel=1e-12)  # top over bottom seed means

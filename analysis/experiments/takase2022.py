@@ -157,6 +157,19 @@ def _cross_sublayer_smallest() -> Statistic:
     )
 
 
+def sublayer_factors(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, seed, decoder layer, sublayer): the net backward factor ‖∂ℒ/∂x_in‖/‖∂ℒ/∂x_out‖ of the
+    sublayer (SUBLAYER_ENDS) as tidy rows (value; `site` names the sublayer), from the stream gradients."""
+    g = frame[(frame["quantity"] == "act_grad_norm") & (frame["stack"] == "decoder") & (frame["layer"] >= 0)]
+    by_site = g.set_index(["variant", "seed", "layer", "site"])["value"].unstack("site")
+    parts = [
+        (by_site[a] / by_site[b]).rename("value").reset_index().assign(site=name)
+        for name, (a, b) in SUBLAYER_ENDS.items()
+        if a in by_site and b in by_site
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
 def _top_ratio(variant: str) -> Statistic:
     return ratio(
         _G("six", variant, -1, f"{variant}_top"),
@@ -502,6 +515,21 @@ def figures(frame: pd.DataFrame) -> dict:
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
         fig.suptitle("Takase et al.: every LN of the 18L Post-LN decoder shrinks the backward signal (< 1)")
         out["takase2022_ln_gains"] = fig
+
+        fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.2, 3.8))
+        F.plot_lines(
+            sublayer_factors(d[(d["variant"] == "post") & (d["arch"] == "encdec")]),
+            axes[0],
+            x="layer",
+            hue="site",
+            logy=False,
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂x_in‖ / ‖∂ℒ/∂x_out‖",
+            title="net backward factor of each sublayer (LN, branch and skip), Post-LN decoder",
+            legend_title="sublayer",
+        )
+        axes[0].axhline(1.0, color="0.5", lw=0.8, ls=":")
+        out["takase2022_sublayer_factors"] = fig
     if "six" in parts:
         d = frame[frame["part"] == "six"]
         fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.0, 3.6))

@@ -435,6 +435,22 @@ def figures(frame: pd.DataFrame) -> dict:
             title="Xiong et al. lemma: Pre-LN's stream grows linearly in l; Post-LN's is normalized",
         )
         out["xiong2020_stream_growth"] = fig
+    if "encdec" in parts:
+        d = frame[frame["part"] == "encdec"]
+        depth = int(d["layers"].max())
+        fig, axes = F.figure_grid(1, ncols=1, panel_size=(5.2, 3.8))
+        F.plot_lines(
+            d,
+            axes[0],
+            x="layer",
+            where={"stack": "decoder", "quantity": W2[0], "site": W2[1]},
+            logy=True,
+            band="logci",
+            xlabel="decoder layer (0 = bottom)",
+            ylabel="‖∂ℒ/∂W2_l‖",
+            title=f"decoder of a {depth}-{depth} encoder-decoder at init (the paper's figure's model)",
+        )
+        out["xiong2020_encdec_profiles"] = fig
     if "train" in parts:
         out["xiong2020_warmup"] = training.curve_figure(
             frame[frame["part"] == "train"], "Xiong et al.: 6-layer decoders with and without learning-rate warm-up"

@@ -183,6 +183,12 @@ def test_takase_sublayer_factor_statistic() -> None:
     assert stat.value(frame) == pytest.approx(expected, rel=1e-9) and expected < -0.3
     frame, expected = _takase_frame({"self-attention": 0.6, "cross-attention": 0.7, "FFN": 1.0})
     assert stat.value(frame) == pytest.approx(expected, rel=1e-9) and expected > 0
+    # the figure's rows: the same factors per seed and layer (FFN's carries the frame's 5% jitter)
+    rows = takase2022.sublayer_factors(frame).groupby("site")["value"]
+    assert rows.size().to_dict() == {name: 4 * 3 for name in takase2022.SUBLAYER_ENDS}
+    np.testing.assert_allclose(rows.min()[["self-attention", "cross-attention"]], [0.6, 0.7], rtol=1e-12)
+    np.testing.assert_allclose(rows.max()[["self-attention", "cross-attention"]], [0.6, 0.7], rtol=1e-12)
+    assert 1.0 <= rows.min()["FFN"] <= rows.max()["FFN"] <= 1.05
 
 
 def test_liu_depth_statistic_is_the_largest_log_change() -> None:

@@ -130,8 +130,8 @@ def run_checks(
 __all__ = [
     "CLAIMS",
     "EXPERIMENTS",
-    "SUPERSEDED",
     "HARNESSES",
+    "SUPERSEDED",
     "CheckResult",
     "Claim",
     "Experiment",

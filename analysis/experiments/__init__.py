@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.experiments import atlas, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
-from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, check
+from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, Superseded, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
@@ -31,6 +31,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas)
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
+# Claims replaced by restatements (analysis.experiments.claims.Superseded): listed, never checked.
+SUPERSEDED: dict[str, Superseded] = {
+    s.id: s
+    for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin)
+    for s in getattr(m, "SUPERSEDED", ())
+}
 
 
 def select_claims(
@@ -44,6 +50,9 @@ def select_claims(
         if unknown:
             raise ValueError(f"unknown paper(s) {unknown}; valid choices: {', '.join(PAPERS)}")
     if claim_ids is not None:
+        replaced = [SUPERSEDED[c].line() for c in claim_ids if c in SUPERSEDED]
+        if replaced:
+            raise ValueError("; ".join(replaced))
         unknown = [c for c in claim_ids if c not in CLAIMS]
         if unknown:
             raise ValueError(f"unknown claim id(s) {unknown}; valid ids: {', '.join(CLAIMS)}")
@@ -122,6 +131,7 @@ __all__ = [
     "CLAIMS",
     "EXPERIMENTS",
     "HARNESSES",
+    "SUPERSEDED",
     "CheckResult",
     "Claim",
     "Experiment",

@@ -15,6 +15,13 @@ the interval:
 For direction "in" the claim's side is the closed interval [low, high] and the other side is
 everything disjoint from it. A claim that does not reproduce is a finding and is reported as such.
 
+A claim records the paper's setting next to ours (`paper_setting`, `our_setting`), and a claim whose
+threshold was set by a calibration run carries its `Calibration`: the calibration's seeds (disjoint
+from the held-out seeds the preset checks), the statistic measured there, and the rule
+(`THRESHOLD_RULES`) that turned it into the threshold; the claim's threshold must equal the rule's.
+A claim replaced by a restatement stays visible as a `Superseded` record (its id, statement, why,
+last verdict and statistic, and the ids that replace it).
+
     from analysis.experiments import EXPERIMENTS
     from analysis.experiments.claims import Claim, Feature, ratio, check
     frame = EXPERIMENTS["takase2022"].run("quick")
@@ -314,6 +321,152 @@ def custom(kind: str, description: str, features: tuple[Feature, ...], combine: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Pre-registration: calibration seeds, the statistic measured there, the rule that set the threshold.
+# ---------------------------------------------------------------------------------------------
+def _two_digits(x: float) -> float:
+    return float(f"{x:.2g}")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How a calibration value v and a margin m > 1 give a threshold (rounded to 2 significant digits).
+
+    Attributes:
+        name: registry key.
+        description: the rule in symbols.
+        apply: (v, m) -> threshold (a number, or (low, high) for direction "in").
+    """
+
+    name: str
+    description: str
+    apply: Callable[[float, float], float | tuple[float, float]] = field(repr=False, compare=False)
+
+
+def _log_band(v: float, m: float) -> tuple[float, float]:
+    half = m * abs(math.log(v))
+    return _two_digits(math.exp(-half)), _two_digits(math.exp(half))
+
+
+THRESHOLD_RULES: dict[str, ThresholdRule] = {
+    # ">=" on a positive value: a bound m times below what the calibration measured; "<=" on a
+    # negative value: m times closer to 0 (the claim's side keeps a margin of m).
+    "fraction": ThresholdRule("fraction", "v / m", lambda v, m: _two_digits(v / m)),
+    # "<=" on a positive value: a bound m times above what the calibration measured.
+    "multiple": ThresholdRule("multiple", "v × m", lambda v, m: _two_digits(v * m)),
+    # "in" around 1 for a ratio: the calibration's distance from 1 on a log scale, times m, both ways.
+    "log_band": ThresholdRule("log_band", "[exp(−m·|ln v|), exp(m·|ln v|)]", _log_band),
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where a claim's threshold came from: its statistic measured on calibration seeds, then a rule.
+
+    Attributes:
+        seeds: the calibration run's seeds.
+        held_out_seeds: the seeds the check reads at `preset` (disjoint from `seeds`).
+        preset: the preset whose sizes both runs use.
+        value: the statistic on the calibration seeds (seed means of all of them).
+        interval: its 95% bootstrap interval there (as `check` computes it).
+        rule: key of THRESHOLD_RULES.
+        margin: m of the rule (> 1).
+        held_out_result: the check's verdict and statistic on the held-out seeds, recorded after the
+            threshold was committed (empty until then).
+    """
+
+    seeds: tuple[int, ...]
+    held_out_seeds: tuple[int, ...]
+    preset: str
+    value: float
+    interval: tuple[float, float]
+    rule: str
+    margin: float
+    held_out_result: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "held_out_seeds", tuple(self.held_out_seeds))
+        if self.rule not in THRESHOLD_RULES:
+            raise ValueError(f"calibration: unknown rule {self.rule!r}; valid: {', '.join(THRESHOLD_RULES)}")
+        if not self.margin > 1:
+            raise ValueError(f"calibration: the margin must be > 1, got {self.margin!r}")
+        shared = sorted(set(self.seeds) & set(self.held_out_seeds))
+        if shared or not self.seeds:
+            raise ValueError(
+                f"calibration seeds {self.seeds} must be given and disjoint from the held-out seeds "
+                f"{self.held_out_seeds} (shared: {shared})"
+            )
+
+    def threshold(self) -> float | tuple[float, float]:
+        """The threshold the rule gives."""
+        return THRESHOLD_RULES[self.rule].apply(self.value, self.margin)
+
+    def seeds_text(self) -> str:
+        return seed_span(self.seeds)
+
+    def describe(self) -> str:
+        """One line: seeds, value, interval and rule."""
+        low, high = self.interval
+        return (
+            f"calibration seeds {seed_span(self.seeds)} ({self.preset} preset): v = {self.value:.3g} "
+            f"[{low:.3g}, {high:.3g}]; threshold = {THRESHOLD_RULES[self.rule].description} with m = "
+            f"{self.margin:g}, 2 significant digits; checked on held-out seeds {seed_span(self.held_out_seeds)}"
+        )
+
+
+def seed_span(seeds: tuple[int, ...]) -> str:
+    """Seeds as text: "0-7" for a contiguous run, else the list."""
+    s = sorted(seeds)
+    if s and s == list(range(s[0], s[-1] + 1)) and len(s) > 1:
+        return f"{s[0]}-{s[-1]}"
+    return ", ".join(map(str, s))
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A claim replaced by a restatement, kept visible so nothing changes silently.
+
+    Attributes:
+        id: the old claim id (no longer checked).
+        statement: its statement.
+        why: why it was replaced (what the paper states that the old check did not test).
+        old_verdict: its last verdict at the quick preset (one of VERDICTS).
+        old_statistic: its last statistic, interval and threshold, in words.
+        replaced_by: the ids of the claims that replace it.
+    """
+
+    id: str
+    statement: str
+    why: str
+    old_verdict: str
+    old_statistic: str
+    replaced_by: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "replaced_by", tuple(self.replaced_by))
+        if self.paper not in PAPERS:
+            raise ValueError(f"superseded claim {self.id!r}: unknown paper; valid: {', '.join(PAPERS)}")
+        if self.old_verdict not in VERDICTS:
+            raise ValueError(f"superseded claim {self.id!r}: verdict must be one of {VERDICTS}")
+        if not self.replaced_by:
+            raise ValueError(f"superseded claim {self.id!r}: name the claims that replace it")
+
+    @property
+    def paper(self) -> str:
+        return self.id.split(".", 1)[0]
+
+    def line(self) -> str:
+        """One line: superseded by which, why, and its last verdict."""
+        return (
+            f"{self.id} is superseded by {', '.join(self.replaced_by)}: {self.why} "
+            f"(its last verdict: {self.old_verdict}, {self.old_statistic})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Claims and checks.
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -334,6 +487,9 @@ class Claim:
         threshold_note: where the threshold comes from, and whether it changed after seeing our numbers.
         needs: the experiment's parts the statistic reads (empty: every part).
         when: "init" or "training".
+        paper_setting: the paper's model, data and moment the claim comes from (short).
+        our_setting: what the check measures instead (short; sizes of the quick preset).
+        calibration: where the threshold came from, when a calibration run set it (None: the note says).
     """
 
     id: str
@@ -348,6 +504,9 @@ class Claim:
     threshold_note: str
     needs: tuple[str, ...] = ()
     when: str = "init"
+    paper_setting: str = ""
+    our_setting: str = ""
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if self.paper not in PAPERS:
@@ -377,6 +536,15 @@ class Claim:
                 f"got {self.threshold!r}"
             )
         object.__setattr__(self, "needs", tuple(self.needs))
+        cal = self.calibration
+        if cal is not None:
+            if cal.threshold() != self.threshold:
+                raise ValueError(
+                    f"claim {self.id!r}: threshold {self.threshold!r} is not its calibration rule's "
+                    f"{cal.threshold()!r} ({cal.describe()})"
+                )
+            if verdict(cal.value, cal.value, self.threshold, self.direction) != "reproduced":
+                raise ValueError(f"claim {self.id!r}: the calibration value {cal.value:g} fails its own threshold")
 
     def threshold_text(self) -> str:
         if self.direction == "in":
@@ -404,6 +572,12 @@ class CheckResult:
     experiment: str = ""
     statistic_description: str = ""
     when: str = "init"
+    paper_setting: str = ""
+    our_setting: str = ""
+    seeds: tuple[int, ...] = ()  # the seeds the check read
+    calibration_seeds: tuple[int, ...] = ()  # empty: no calibration record
+    calibration_value: float = math.nan
+    threshold_rule: str = ""  # Calibration.describe(), or empty
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (see `json_safe`)."""
@@ -458,6 +632,10 @@ def check(claim: Claim, frame: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int 
         names = [name for name, s in layout.items() if bad[:, s].any()]
         bad_seeds = [seeds[i] for i in np.flatnonzero(bad.any(axis=1))]
         notes.append(f"non-finite per-seed values in {names} (seeds {bad_seeds})")
+    cal = claim.calibration
+    reused = sorted(set(seeds) & set(cal.seeds)) if cal is not None else []
+    if reused:
+        notes.append(f"reads calibration seeds {reused}: not a held-out check")
     if len(seeds) < 2:
         result = "inconclusive"
         notes.append(f"{len(seeds)} seed: no interval")
@@ -482,4 +660,10 @@ def check(claim: Claim, frame: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int 
         experiment=claim.experiment,
         statistic_description=stat.description,
         when=claim.when,
+        paper_setting=claim.paper_setting,
+        our_setting=claim.our_setting,
+        seeds=tuple(seeds),
+        calibration_seeds=() if cal is None else cal.seeds,
+        calibration_value=math.nan if cal is None else cal.value,
+        threshold_rule="" if cal is None else cal.describe(),
     )

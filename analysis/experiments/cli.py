@@ -5,6 +5,7 @@
     lnscope check --claim takase2022.b2t_mitigates --preset paper --store results
     lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
     lnscope check --list                            # the claim catalogue
+    lnscope check --superseded                      # claims replaced by restatements, and why
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
     lnscope check --robustness --figures reports    # init-time verdicts over harness choices
 
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from analysis.experiments import EXPERIMENTS, check, collect, select_claims
-from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
+from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown, check_footer, superseded_lines
 from analysis.experiments.claims import PAPERS, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
 from analysis.io import atomic_write
@@ -63,6 +64,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.superseded:
+        print("\n".join(superseded_lines(_names(args.paper))) or "no superseded claims")
+        return 0
     claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
     if args.list:
         print("\n".join(catalogue_lines(claims)))
@@ -93,6 +97,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"\n{len(rows)} checks ({args.preset} preset, {time.perf_counter() - start:.0f} s): "
         + ", ".join(f"{n} {v}" for v, n in counts.items())
     )
+    print("\n".join(check_footer(rows)))
     if args.out:
         atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
         print(f"wrote {args.out}")
@@ -140,4 +145,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="check each init-time claim over a grid of harness choices (pos, init, d_model) and say which flips it",
     )
+    p.add_argument("--superseded", action="store_true", help="list the superseded claims (of --paper), why, and exit")
     p.set_defaults(func=_cmd_check)

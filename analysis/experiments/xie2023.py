@@ -24,11 +24,14 @@ import pandas as pd
 
 from analysis.experiments import training
 from analysis.experiments.claims import (
+    Calibration,
     Claim,
     Feature,
     Statistic,
+    Superseded,
     depth_slope,
     difference,
+    extreme_ratio,
     max_abs_difference,
     ratio,
     value,
@@ -86,6 +89,23 @@ def _bottom_slope(variant: str) -> Statistic:
     )
 
 
+def _bottom_over_pre(variant: str) -> Statistic:
+    pairs = tuple(
+        (
+            feature(f"{variant}:G0@{d}", "lower_bound", variant, W2, layer=0, layers=d),
+            feature(f"pre:G0@{d}", "lower_bound", "pre", W2, layer=0, layers=d),
+        )
+        for d in ENC_DEPTHS
+    )
+    depths = "/".join(map(str, ENC_DEPTHS))
+    return extreme_ratio(
+        pairs,
+        "min",
+        f"the smallest over depths L = {depths} of G0({variant})/G0(Pre-LN): seed-mean ‖∂ℒ/∂W2_0‖ of the "
+        "bottom decoder layer of an L-L encoder-decoder over Pre-LN's at the same depth",
+    )
+
+
 CAL = "the calibration's pre-registered threshold (calibration value {}), unchanged"
 OURS = "ours, set before measuring: {}"
 TRAIN_FORM = (
@@ -94,6 +114,19 @@ TRAIN_FORM = (
 )
 ENC_FORM = "encoder-decoder with the same placement in the encoder (the paper's model); at initialization"
 DEC_FORM = f"{DEPTH}-layer decoder-only stack, random tokens; at initialization"
+PAPER_ENCDEC = (
+    "encoder-decoder MT models (IWSLT/WMT E6D6 and E12D12, OPUS E18D18, d=512 on WMT), gradient norms per "
+    "layer; Theorem 3.1 at init with a linear FFN and zero queries"
+)
+OUR_ENCDEC = "L-L encoder-decoders, L = 6/12/18, same placement in both stacks, d=64, random tokens, 8 seeds, at init"
+HELD_OUT = tuple(range(HARNESSES["quick"].seeds))  # the quick preset's seeds
+CALIBRATION_SEEDS = tuple(range(100, 100 + HARNESSES["quick"].seeds))
+PAPER_COLLAPSE = "Pre-LN's stream norm grows with depth while each layer adds O(1), so top layers change it less"
+PAPER_DEFINITION = "ResiDual's definition (the official code's resi_dual_layers.py)"
+PAPER_TRAIN = "ResiDual, Post-LN and Pre-LN MT models trained on IWSLT-14, WMT and OPUS-100 (E6D6 to E18D18)"
+OUR_DEEP = "decoder of an 18L-18L encoder-decoder, d=64, random tokens, 8 seeds, at init"
+OUR_DECODER = f"{DEPTH}-layer decoder-only stacks, d=64, random tokens, 8 seeds, at init"
+OUR_TRAINING = "18-layer decoder-only LM, 32-symbol Markov chain, d=64, AdamW 3e-4, no warm-up, 120 updates, 3 seeds"
 CLAIMS = (
     Claim(
         f"{NAME}.residual_bounded",
@@ -111,20 +144,38 @@ CLAIMS = (
         "<=",
         CAL.format("4.4, measured with a Post-LN encoder"),
         needs=("lower_bound",),
+        paper_setting=PAPER_ENCDEC,
+        our_setting=OUR_DEEP,
     ),
     Claim(
-        f"{NAME}.residual_lower_bound_depth",
+        f"{NAME}.residual_bottom_bounded_below",
         NAME,
-        "Xie et al. 2023, Theorem 3.1 (a lower bound independent of the number of LNs above the layer)",
-        "ResiDual's bottom-layer gradient does not vanish with depth: its log-log slope against depth is ≥ -0.5 "
-        "(no faster than Pre-LN's mean-field L^-1/2).",
-        f"ResiDual, {ENC_FORM}",
+        "Xie et al. 2023, Theorem 3.1 (ResiDual's gradient has a lower bound, through its Pre-LN-like dual "
+        "stream) and Fig. 2(a)",
+        "ResiDual's bottom-layer gradient is bounded below like Pre-LN's at every depth: G0(ResiDual)/G0(Pre-LN) "
+        "≥ 0.32 at L = 6, 12 and 18 (Post-LN's falls by orders of magnitude: "
+        "xie2023.post_bottom_vanishes_with_depth).",
+        f"ResiDual vs Pre-LN, {ENC_FORM}",
         NAME,
-        _bottom_slope("residual"),
-        -0.5,
+        _bottom_over_pre("residual"),
+        0.32,
         ">=",
-        OURS.format("the mean-field L^-1/2 of Pre-LN (Xiong et al.) as the bound"),
+        "set from the calibration run (record below) before the check read the held-out seeds; the statistic's "
+        "form (a lower bound relative to Pre-LN's, not a decay rate) was chosen after the audit of issue 24 had "
+        "read seeds 0-5 of the old statistic",
         needs=("lower_bound",),
+        paper_setting=PAPER_ENCDEC,
+        our_setting=OUR_ENCDEC,
+        calibration=Calibration(
+            seeds=CALIBRATION_SEEDS,
+            held_out_seeds=HELD_OUT,
+            preset="quick",
+            value=0.8115,
+            interval=(0.6541, 0.9990),
+            rule="fraction",
+            margin=2.5,
+            held_out_result="reproduced: 0.774 [0.648, 0.922], checked after the threshold was committed",
+        ),
     ),
     Claim(
         f"{NAME}.post_bottom_vanishes_with_depth",
@@ -141,6 +192,8 @@ CLAIMS = (
             "0.0028, imply about -3.7)"
         ),
         needs=("lower_bound",),
+        paper_setting=PAPER_ENCDEC,
+        our_setting=OUR_ENCDEC,
     ),
     Claim(
         f"{NAME}.pre_collapse",
@@ -154,6 +207,8 @@ CLAIMS = (
         ">=",
         CAL.format(0.97),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.pre_collapse_rises",
@@ -171,6 +226,8 @@ CLAIMS = (
         ">=",
         CAL.format("0.97 − 0.82 = 0.15"),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.post_no_collapse",
@@ -184,6 +241,8 @@ CLAIMS = (
         "<=",
         CAL.format(0.65),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.pre_norm_growth",
@@ -201,6 +260,8 @@ CLAIMS = (
         ">=",
         CAL.format(3.9),
         needs=("collapse",),
+        paper_setting=PAPER_COLLAPSE,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.residual_stream_is_post",
@@ -219,6 +280,8 @@ CLAIMS = (
         "<=",
         CAL.format("identical to 4 d.p."),
         needs=("collapse",),
+        paper_setting=PAPER_DEFINITION,
+        our_setting=OUR_DECODER,
     ),
     Claim(
         f"{NAME}.residual_trains_deep",
@@ -238,6 +301,8 @@ CLAIMS = (
         training.CALIBRATED.format("1.15 nats (3.25 vs 2.10)"),
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
     Claim(
         f"{NAME}.pre_collapse_after_training",
@@ -256,6 +321,8 @@ CLAIMS = (
         "unchanged; set before any training run",
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
     ),
     Claim(
         f"{NAME}.residual_less_collapsed_after_training",
@@ -275,6 +342,23 @@ CLAIMS = (
         "the paper's direction (threshold 0), set before any training run",
         needs=("train",),
         when="training",
+        paper_setting=PAPER_TRAIN,
+        our_setting=OUR_TRAINING,
+    ),
+)
+
+
+SUPERSEDED = (
+    Superseded(
+        f"{NAME}.residual_lower_bound_depth",
+        "ResiDual's bottom-layer gradient does not vanish with depth: its log-log slope against depth is ≥ -0.5 "
+        "(no faster than Pre-LN's mean-field L^-1/2).",
+        "the paper states a lower bound, not a decay rate: ResiDual's G0 stays near Pre-LN's from 12 layers on "
+        "(0.95, 0.76, 0.96 at L = 12/18/24), and the steep 6-18 slope is ResiDual's excess at L = 6 (1.60x "
+        "Pre-LN's), while -0.5 is the bounded term's own asymptotic rate",
+        "not reproduced",
+        "log-log slope -0.82 [-1.00, -0.66] against ≥ -0.5 (quick preset, seeds 0-7)",
+        (f"{NAME}.residual_bottom_bounded_below",),
     ),
 )
 

@@ -98,7 +98,7 @@ def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture) -> None:
 def test_figures_have_labelled_axes(table, store: Path) -> None:
     frame = EXPERIMENTS["takase2022"].run("tiny", store, parts=["deep"])
     figs = EXPERIMENTS["takase2022"].figures(frame)
-    assert set(figs) == {"takase2022_deep_profiles", "takase2022_ln_gains"}
+    assert set(figs) == {"takase2022_deep_profiles", "takase2022_ln_gains", "takase2022_sublayer_factors"}
     for fig in figs.values():
         for ax in fig.axes:
             assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()

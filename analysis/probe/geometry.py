@@ -64,7 +64,7 @@ def stack_angular_distance(h: jax.Array) -> jax.Array:
         h: (L, ..., D) stacked layer representations.
 
     Returns:
-        (L, L) symmetric matrix with a zero diagonal.
+        (L, L) symmetric matrix; its diagonal is 0 (unless a layer has a zero vector at some token).
     """
     h = upcast(jnp.asarray(h))
     h = h.reshape(h.shape[0], -1, h.shape[-1])  # (L, n, D)

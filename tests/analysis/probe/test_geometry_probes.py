@@ -117,8 +117,9 @@ def test_equal_singular_values_give_the_rank_exactly(n: int, d: int, rank: int) 
 def test_centring_removes_the_shared_direction_and_a_zero_matrix_has_rank_zero() -> None:
     rng = np.random.default_rng(1)
     identical_tokens = np.tile(rng.standard_normal(16), (6, 1))  # rank collapse: every token alike
-    raw, centred = singular_values(jnp.asarray(identical_tokens, jnp.float32)), singular_values(
-        jnp.asarray(identical_tokens, jnp.float32), centred=True
+    raw, centred = (
+        singular_values(jnp.asarray(identical_tokens, jnp.float32)),
+        singular_values(jnp.asarray(identical_tokens, jnp.float32), centred=True),
     )
     assert float(effective_rank_of(raw)) == pytest.approx(1.0, abs=1e-3)
     assert float(stable_rank_of(raw)) == pytest.approx(1.0, abs=1e-5)

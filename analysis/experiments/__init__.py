@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.experiments import atlas, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
+from analysis.experiments import atlas, coordcheck, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
 from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
 EXPERIMENTS: dict[str, Experiment] = {
-    m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas)
+    m.EXPERIMENT.name: m.EXPERIMENT
+    for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas, coordcheck)
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
 

@@ -110,7 +110,8 @@ class CoordSettings:
         for w in (*self.widths, self.width):
             if not isinstance(w, int) or w < self.head_dim or w % self.head_dim:
                 raise ValueError(f"width {w!r} must be a positive multiple of head_dim={self.head_dim}")
-        counts = [(n, getattr(self, n)) for n in ("depth", "steps", "seeds", "ff_mult", "vocab", "seq_len", "batch_size")]
+        names = ("depth", "steps", "seeds", "ff_mult", "vocab", "seq_len", "batch_size")
+        counts = [(n, getattr(self, n)) for n in names]
         for name, value in [*counts, *(("depths", d) for d in self.depths)]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must hold integers >= 1, got {value!r}")
@@ -341,7 +342,7 @@ def shown_steps(steps: Sequence[int]) -> list[int]:
 def coordcheck_figure(frame: pd.DataFrame, part: str) -> Figure:
     """One sweep's coordinate check: x = width (d_model) or depth (layers), log; y = the mean over
     seeds of RMS(h_t) (rows "activation") and RMS(h_t − h_0) (rows "update"), log; one line per step
-    t (darker = later). Columns: the stream after the first, middle and last layer (resid_post), and
+    t (darker = earlier). Columns: the stream after the first, middle and last layer (resid_post), and
     the logits; one pair of rows per placement."""
     from matplotlib import colormaps
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator

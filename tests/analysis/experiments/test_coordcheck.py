@@ -16,7 +16,6 @@ from analysis.experiments.coordcheck import (
     POSITIONS,
     PRESETS,
     QUANTITIES,
-    CoordSettings,
     _plan,
     coordcheck_figure,
     measure_steps,
@@ -75,7 +74,9 @@ def test_settings_are_validated_and_the_placement_is_a_parameter() -> None:
         dataclasses.replace(SETTINGS, widths=(), depths=())
     plan = _plan(dataclasses.replace(SETTINGS, placements=("pre", "post")))
     assert set(plan) == {"width", "depth"}
-    width = [(j.variant, j.config.model.placement, j.config.model.d_model, j.config.model.layers) for j in plan["width"]]
+    width = [
+        (j.variant, j.config.model.placement, j.config.model.d_model, j.config.model.layers) for j in plan["width"]
+    ]
     assert width == [("pre", "pre", 16, 2), ("pre", "pre", 32, 2), ("post", "post", 16, 2), ("post", "post", 32, 2)]
     assert [j.config.model.layers for j in plan["depth"]] == [2, 4, 2, 4]
     assert EXPERIMENTS["coordcheck"].preset("quick").placements == ("pre", "post")

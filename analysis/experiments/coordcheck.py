@@ -22,6 +22,8 @@ width after a few steps.
 The placement is data: `CoordSettings.placements` (any of models.PLACEMENTS, e.g. "completep" once it
 is registered, against "pre"). No claims are made here; the figure is the result.
 
+    lnscope report --experiments coordcheck                    # its section of the report
+
     frame = EXPERIMENTS["coordcheck"].run("quick")             # tidy rows (+ part "width" / "depth")
     figs = EXPERIMENTS["coordcheck"].figures(frame)            # {"coordcheck_width": Figure, ...}
     frame = coordinate_check("quick", placements=("pre", "post"))

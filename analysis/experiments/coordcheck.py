@@ -341,6 +341,23 @@ def shown_steps(steps: Sequence[int]) -> list[int]:
     return [steps[i] for i in picks]
 
 
+def _label_log_axis(axis: Any, low: float, high: float) -> None:
+    """Plain labels on a log axis, as many as fit: over two decades only the powers of ten; over
+    most of one, the minor ticks at 2 and 5 too; within a narrow range, every tick (3 digits)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    axis.set_major_formatter(plain)
+    decades = np.log10(high / low) if low > 0 and high > low else 0.0
+    if decades > 2:
+        axis.set_minor_formatter(NullFormatter())
+    elif decades > 0.8:
+        lead = lambda v: round(v / 10 ** np.floor(np.log10(v)))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if v > 0 and lead(v) in (2, 5) else ""))
+    else:
+        axis.set_minor_formatter(plain)
+
+
 def coordcheck_figure(frame: pd.DataFrame, part: str) -> Figure:
     """One sweep's coordinate check: x = width (d_model) or depth (layers), log; y = the mean over
     seeds of RMS(h_t) (rows "activation") and RMS(h_t − h_0) (rows "update"), log; one line per step
@@ -381,8 +398,7 @@ def coordcheck_figure(frame: pd.DataFrame, part: str) -> Figure:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+            _label_log_axis(ax.yaxis, *ax.get_ylim())
             ax.grid(True, which="both", alpha=0.3, lw=0.5)
             what = "RMS(h_t)" if quantity == "coord_rms" else "RMS(h_t − h_0)"
             ax.set_title(f"{placement}: {column}", fontsize="small")

@@ -11,7 +11,7 @@ A probe is data, like a placement (models.placements). Each entry of `PROBES` de
     quantities    its output quantities and, per quantity, its host half: how a per-layer array
                   becomes tidy rows (analysis.probe.tidy: `layer_rows`, `pairwise_rows`, `head_rows`)
     options       its own options dataclass (frozen, validated in `__post_init__`), or None
-    cost          "cheap" (part of every probe step) or "costly" (opt-in: more passes)
+    cost          "cheap" (part of every probe step) or "costly" (opt-in: more passes or work)
     memory        what it holds besides the shared pass (analysis.memory.ProbeMemory: parameter
                   gradients, the stream stacked over layers, (L, L) matrices), for the size check
                   before compute (analysis.memory.probe_estimate reads declarations, never names)

@@ -34,6 +34,7 @@ from analysis.options import (
 )
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES, PROBES
+from analysis.probe.registry import probe_memory
 from analysis.report.cli import add_commands as add_report_commands
 from analysis.train.cli import add_commands as add_train_commands
 from models import ARCHS, NORMS, PLACEMENTS, ModelConfig
@@ -54,7 +55,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     check_writable(out.parent)  # a read-only or full destination is named before compute, not after
     check_fits(
         probe_estimate(
-            cfg, args.seeds, args.batch_size, args.seq_len, probes=probes, plan=plan, seed_chunk=args.seed_chunk
+            cfg,
+            args.seeds,
+            args.batch_size,
+            args.seq_len,
+            probes=probe_memory(probes),
+            plan=plan,
+            seed_chunk=args.seed_chunk,
         ),
         "lnscope probe",
     )  # before compute: never a silent hang

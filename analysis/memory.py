@@ -21,6 +21,7 @@ space already mapped.
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,21 +103,43 @@ def activation_count(cfg: ModelConfig, batch_size: int, seq_len: int, plan: Exec
     return total + 2 * tokens * cfg.vocab  # logits and their gradient
 
 
-PARAM_GRAD_PROBES = ("param_grad_norm", "update_ratio")  # probes that hold every parameter's gradient
-STREAM_STACK_PROBES = ("cos_adjacent", "cos_to_last", "cka")  # probes that compare every layer's stream
+@dataclass(frozen=True)
+class ProbeMemory:
+    """What one probe holds besides the shared forward and backward pass: its memory declaration,
+    read by `probe_estimate` (each analysis.probe.registry.Probe carries one as `memory`).
+
+    Attributes:
+        param_grads: it reads ∂ℒ/∂θ, one gradient per parameter (a pass that only needs site
+            gradients leaves the parameter gradients unused, and XLA drops them).
+        stream_stack: it compares every layer's stream: resid_pre and resid_post stacked over the
+            layers, (L, B, T, d) each, held at once (probes that reduce inside each layer do not).
+        layer_pairs: (L, L) matrices it returns (CKA and its null: 2).
+    """
+
+    param_grads: bool = False
+    stream_stack: bool = False
+    layer_pairs: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer_pairs, int) or isinstance(self.layer_pairs, bool) or self.layer_pairs < 0:
+            raise ValueError(f"layer_pairs must be an integer >= 0, got {self.layer_pairs!r}")
 
 
-def probe_result_count(cfg: ModelConfig, batch_size: int, seq_len: int, probes: tuple[str, ...]) -> int:
+# The estimate's default probe set: one that reads the parameter gradients (the cheap probes do).
+PARAM_GRADS = (ProbeMemory(param_grads=True),)
+
+
+def probe_result_count(cfg: ModelConfig, batch_size: int, seq_len: int, probes: tuple[ProbeMemory, ...]) -> int:
     """Values the similarity probes hold besides the backward pass (lower bound): the stream at every
-    layer (resid_pre and resid_post, stacked (L, B, T, d)) that they compare, and CKA's (L, L) matrix
-    and its null's. CKA's L² grows fastest: a deep stack's probe program is bounded by it."""
+    layer (resid_pre and resid_post, stacked (L, B, T, d)) that they compare, and their (L, L)
+    matrices (CKA's and its null's). The L² grows fastest: a deep stack's probe program is bounded by it."""
     tokens = batch_size * seq_len
+    pairs = sum(p.layer_pairs for p in probes)
     total = 0
     for layers, _ in _stacks(cfg):
-        if set(probes) & set(STREAM_STACK_PROBES):
+        if any(p.stream_stack for p in probes):
             total += 2 * layers * tokens * cfg.d_model
-        if "cka" in probes:
-            total += 2 * layers * layers
+        total += pairs * layers * layers
     return total
 
 
@@ -126,14 +149,20 @@ def probe_estimate(
     batch_size: int,
     seq_len: int,
     *,
-    probes: tuple[str, ...] = PARAM_GRAD_PROBES,
+    probes: Iterable[ProbeMemory] = PARAM_GRADS,
     plan: ExecutionPlan | None = None,
     seed_chunk: int | None = None,
 ) -> Estimate:
     """`probe_at_init`'s memory under `plan` (default: this backend's): per seed computed at once, its
-    parameters, their gradients (when `probes` need them), its activations and what the similarity
+    parameters, their gradients (when a probe reads them), its activations and what the similarity
     probes hold (probe_result_count) (seeds at once: the plan's streams, each `seed_chunk` seeds, or
-    all of them when the plan vmaps seeds)."""
+    all of them when the plan vmaps seeds). `probes`: the selected probes' memory declarations
+    (analysis.probe.registry.probe_memory(names) reads them from the registry)."""
+    probes = tuple(probes)
+    if not all(isinstance(p, ProbeMemory) for p in probes):
+        raise TypeError(
+            f"probes must be ProbeMemory declarations (analysis.probe.registry.probe_memory), got {probes!r}"
+        )
     plan = (default_plan() if plan is None else plan).one_shot()
     chunk = seed_chunk or (seeds if plan.seed_programs == "vmapped" else 1)
     at_once = min(seeds, chunk * (plan.streams or default_streams()))
@@ -143,9 +172,9 @@ def probe_estimate(
         f"probing {at_once} of {seeds} seeds at once",
         (
             ("parameters", params * at_once),
-            ("gradients", params * at_once if set(probes) & set(PARAM_GRAD_PROBES) else 0),
+            ("gradients", params * at_once if any(p.param_grads for p in probes) else 0),
             ("activations", activation_count(cfg, batch_size, seq_len, plan) * size * at_once),
-            ("probe results", probe_result_count(cfg, batch_size, seq_len, tuple(probes)) * size * at_once),
+            ("probe results", probe_result_count(cfg, batch_size, seq_len, probes) * size * at_once),
         ),
     )
 

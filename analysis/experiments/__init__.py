@@ -7,7 +7,9 @@
 
 Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin (analysis/experiments/
 <name>.py, each with the command that runs it in its docstring), and the initialization atlas (atlas:
-every placement probed at init, no claims; `lnscope report` renders it in its own section). A claim
+every placement probed at init, no claims; `lnscope report` renders it in its own section) and the
+coordinate check (coordcheck: activation RMS and its change over the first training steps across
+widths and depths, µP's standard plot, no claims). A claim
 names its experiment, the parts of its frame it reads, a statistic, a threshold and a direction
 (analysis.experiments.claims); `check` turns it into a verdict with a bootstrap interval over seeds.
 Imports from the rooms below it only (models, probe, train, the plotting room analysis.plot: loaded
@@ -22,13 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.experiments import atlas, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
+from analysis.experiments import atlas, coordcheck, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
 from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, Superseded, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
 EXPERIMENTS: dict[str, Experiment] = {
-    m.EXPERIMENT.name: m.EXPERIMENT for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas)
+    m.EXPERIMENT.name: m.EXPERIMENT
+    for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas, coordcheck)
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
 # Claims replaced by restatements (analysis.experiments.claims.Superseded): listed, never checked.

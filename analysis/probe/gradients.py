@@ -12,6 +12,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from analysis.memory import ProbeMemory
 from analysis.probe.reductions import inv_sigma, norm_pairs
 from analysis.probe.registry import Needs, Probe, ProbeContext, register_probe
 from models.dtypes import upcast
@@ -88,6 +89,7 @@ register_probe(
         "‖∂ℒ/∂θ‖ per layer and per parameter group (attn, cross, mlp, norms, extra)",
         param_grad_norm,
         needs=Needs(param_grads=True),
+        memory=ProbeMemory(param_grads=True),
     )
 )
 register_probe(

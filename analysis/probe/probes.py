@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 # The probe families register themselves on import: this order is the order of PROBES and CHEAP_PROBES.
 # isort: off
-from analysis.probe import gradients, activations, representations, sensitivity  # noqa: F401
+from analysis.probe import gradients, activations, representations, sensitivity, geometry  # noqa: F401
 
 # isort: on
 from analysis.probe.loss import Batch, loss_from_logits, model_inputs

@@ -11,7 +11,10 @@ A probe is data, like a placement (models.placements). Each entry of `PROBES` de
     quantities    its output quantities and, per quantity, its host half: how a per-layer array
                   becomes tidy rows (analysis.probe.tidy: `layer_rows`, `pairwise_rows`, `head_rows`)
     options       its own options dataclass (frozen, validated in `__post_init__`), or None
-    cost          "cheap" (part of every probe step) or "costly" (opt-in: more passes)
+    cost          "cheap" (part of every probe step) or "costly" (opt-in: more passes or work)
+    memory        what it holds besides the shared pass (analysis.memory.ProbeMemory: parameter
+                  gradients, the stream stacked over layers, (L, L) matrices), for the size check
+                  before compute (analysis.memory.probe_estimate reads declarations, never names)
 
 The program (analysis.probe.probes) runs one forward pass, and one backward pass only when a
 selected probe needs gradients, then calls each selected probe's `compute` in registry order.
@@ -28,6 +31,8 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+
+from analysis.memory import ProbeMemory
 
 Cost = Literal["cheap", "costly"]
 COSTS: tuple[str, ...] = ("cheap", "costly")
@@ -106,6 +111,7 @@ class Probe:
         option_prefix: flat keyword prefix of the options in `ProbeConfig(<prefix>_<field>=...)`
             (e.g. `cka_tokens`); defaults to `name`. Probes sharing a prefix share flat keywords.
         cost: "cheap" or "costly".
+        memory: what it holds besides the shared pass (analysis.memory.ProbeMemory); default nothing.
     """
 
     name: str
@@ -116,6 +122,7 @@ class Probe:
     options: type | None = None
     option_prefix: str = ""
     cost: Cost = "cheap"
+    memory: ProbeMemory = ProbeMemory()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -128,6 +135,8 @@ class Probe:
             and self.options.__dataclass_params__.frozen  # hashed: ProbeConfig is a compile-cache key
         ):
             raise ValueError(f"probe {self.name!r}: options must be a frozen dataclass type, got {self.options!r}")
+        if not isinstance(self.memory, ProbeMemory):
+            raise ValueError(f"probe {self.name!r}: memory must be an analysis.memory.ProbeMemory, got {self.memory!r}")
         if not self.quantities:
             object.__setattr__(self, "quantities", {self.name: None})
         if not self.option_prefix:
@@ -171,3 +180,15 @@ def probe_of_quantity(quantity: str) -> Probe | None:
         if quantity in probe.quantities:
             return probe
     return None
+
+
+def probe_memory(names: Iterable[str]) -> tuple[ProbeMemory, ...]:
+    """The memory declarations of the probes `names` (for analysis.memory.probe_estimate); an unknown
+    name is a ValueError listing the registered ones, before any compute."""
+    if isinstance(names, str):
+        raise ValueError(f"probes must be a tuple of names, got the string {names!r}; valid: {', '.join(PROBES)}")
+    names = tuple(names)
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; valid choices: {', '.join(PROBES)}")
+    return tuple(PROBES[n].memory for n in names)

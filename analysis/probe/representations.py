@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 import jax
 
+from analysis.memory import ProbeMemory
 from analysis.probe import similarity
 from analysis.probe.reductions import no_stack_level
 from analysis.probe.registry import Probe, ProbeContext, register_probe
@@ -137,6 +138,7 @@ register_probe(
         cos_adjacent,
         options=CosineOptions,
         option_prefix="similarity",
+        memory=ProbeMemory(stream_stack=True),
     )
 )
 register_probe(
@@ -146,6 +148,7 @@ register_probe(
         cos_to_last,
         options=CosineOptions,
         option_prefix="similarity",
+        memory=ProbeMemory(stream_stack=True),
     )
 )
 register_probe(
@@ -155,6 +158,7 @@ register_probe(
         cka,
         quantities={"cka": pairwise_rows, "cka_null": pairwise_rows},
         options=CKAOptions,
+        memory=ProbeMemory(stream_stack=True, layer_pairs=2),
     )
 )
 register_probe(

@@ -15,6 +15,7 @@ from analysis import memory
 from analysis.cli import main
 from analysis.execution import ExecutionPlan
 from analysis.memory import Estimate, TooLarge, check_fits, param_count, probe_estimate, train_estimate
+from analysis.probe.registry import probe_memory
 from analysis.train import TaskConfig, TrainConfig, train
 from models import ModelConfig, build_model
 
@@ -53,13 +54,15 @@ def test_the_similarity_probes_memory_is_counted():
     """A deep stack's probe program is bounded by CKA's (L, L) matrices and the stacked streams the
     similarity probes compare, not by its parameters (the issue's 100000-layer d=32 probe)."""
     cfg = ModelConfig(layers=1000, d_model=16, heads=2, d_ff=32, vocab=32, max_len=32)
-    plain = probe_estimate(cfg, 1, 8, 16, probes=("act_norm",), plan=ExecutionPlan(streams=1))
-    cos = probe_estimate(cfg, 1, 8, 16, probes=("act_norm", "cos_adjacent"), plan=ExecutionPlan(streams=1))
-    cka = probe_estimate(cfg, 1, 8, 16, probes=("act_norm", "cka"), plan=ExecutionPlan(streams=1))
+    plain = probe_estimate(cfg, 1, 8, 16, probes=probe_memory(("act_norm",)), plan=ExecutionPlan(streams=1))
+    cos = probe_estimate(
+        cfg, 1, 8, 16, probes=probe_memory(("act_norm", "cos_adjacent")), plan=ExecutionPlan(streams=1)
+    )
+    cka = probe_estimate(cfg, 1, 8, 16, probes=probe_memory(("act_norm", "cka")), plan=ExecutionPlan(streams=1))
     assert cos.total - plain.total == 2 * 1000 * 8 * 16 * 16 * 4  # resid_pre and resid_post, float32
     assert cka.total - cos.total == 2 * 1000 * 1000 * 4  # CKA and its null
     big = probe_estimate(
-        ModelConfig(layers=100000, d_model=32), 4, 8, 32, probes=("cka",), plan=ExecutionPlan(streams=1)
+        ModelConfig(layers=100000, d_model=32), 4, 8, 32, probes=probe_memory(("cka",)), plan=ExecutionPlan(streams=1)
     )
     assert big.total > 8e10  # far above any machine's memory the suite runs on: refused everywhere
 
@@ -90,7 +93,9 @@ def test_estimates_grow_with_what_is_computed_at_once():
     one = probe_estimate(cfg, 4, 8, 16, seed_chunk=1, plan=ExecutionPlan(streams=1))
     two = probe_estimate(cfg, 4, 8, 16, seed_chunk=1, plan=ExecutionPlan(streams=2))
     assert two.total == 2 * one.total
-    no_grads = probe_estimate(cfg, 4, 8, 16, probes=("act_norm",), seed_chunk=1, plan=ExecutionPlan(streams=1))
+    no_grads = probe_estimate(
+        cfg, 4, 8, 16, probes=probe_memory(("act_norm",)), seed_chunk=1, plan=ExecutionPlan(streams=1)
+    )
     assert dict(no_grads.parts)["gradients"] == 0 < dict(one.parts)["gradients"]
     tcfg = TrainConfig(model=cfg, task=TaskConfig(name="markov", seq_len=16, batch_size=4), seeds=(0, 1, 2))
     parts = dict(train_estimate(tcfg, at_once=1).parts)

@@ -16,7 +16,7 @@ from analysis.probe.probes import CHEAP_PROBES
 from analysis.probe.tidy import COLUMNS, pairwise_quantities, to_frame
 from models import ModelConfig
 
-PAIRWISE = pairwise_quantities()  # the quantities whose probes declare pairwise rows (cka's)
+PAIRWISE = pairwise_quantities()  # the quantities whose probes declare pairwise rows (cka's, angular_distance)
 
 INT_COLUMNS = ("layers", "d_model", "seed", "step", "layer", "other_layer")
 STR_COLUMNS = ("run", "arch", "placement", "norm", "stack", "site", "quantity")
@@ -179,7 +179,7 @@ def test_bad_shapes_are_rejected_and_empty_results_keep_the_columns() -> None:
     with pytest.raises(ValueError, match="cannot tidy"):
         to_frame(bad, CFG, SEEDS)
     # a probe's declared host half checks its own layout: cka's rows are pairs of layers
-    assert PAIRWISE == {"cka", "cka_null"}
+    assert PAIRWISE == {"cka", "cka_null", "angular_distance"}
     not_square = {"cka": {"decoder": {"layers": {"resid_post": np.zeros((2, N_DEC, N_DEC + 1))}, "stack": {}}}}
     with pytest.raises(ValueError, match=r"cka/decoder/resid_post: cannot tidy .* pairwise"):
         to_frame(not_square, CFG, SEEDS)
@@ -219,8 +219,9 @@ def test_real_frame_layout(real: pd.DataFrame) -> None:
     meta = real.groupby("stack")[["placement", "layers"]].agg(lambda s: sorted(set(s)))
     assert meta.loc["encoder"].tolist() == [["post"], [N_ENC]]
     assert meta.loc["decoder"].tolist() == [["pre"], [N_DEC]]
-    # cka / cka_null: every (layer, other_layer) pair of each stack, per seed
-    for quantity in PAIRWISE:
+    # cka / cka_null (the pairwise quantities of the cheap probes): every (layer, other_layer) pair
+    assert PAIRWISE & set(real["quantity"]) == {"cka", "cka_null"}
+    for quantity in ("cka", "cka_null"):
         for stack, depth in (("encoder", N_ENC), ("decoder", N_DEC)):
             rows = real[(real["quantity"] == quantity) & (real["stack"] == stack) & (real["seed"] == SEEDS[0])]
             pairs = set(zip(rows["layer"], rows["other_layer"]))

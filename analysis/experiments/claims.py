@@ -334,6 +334,7 @@ class Claim:
         threshold_note: where the threshold comes from, and whether it changed after seeing our numbers.
         needs: the experiment's parts the statistic reads (empty: every part).
         when: "init" or "training".
+        citation: the citation of a paper outside PAPERS (a claims file's own paper); "" for PAPERS' keys.
     """
 
     id: str
@@ -348,9 +349,10 @@ class Claim:
     threshold_note: str
     needs: tuple[str, ...] = ()
     when: str = "init"
+    citation: str = ""
 
     def __post_init__(self) -> None:
-        if self.paper not in PAPERS:
+        if self.paper not in PAPERS and not self.citation:
             raise ValueError(f"claim {self.id!r}: unknown paper {self.paper!r}; valid: {', '.join(PAPERS)}")
         if not self.id.startswith(f"{self.paper}.") or len(self.id) <= len(self.paper) + 1:
             raise ValueError(f"claim id {self.id!r} must be '{self.paper}.<name>'")

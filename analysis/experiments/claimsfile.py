@@ -37,7 +37,7 @@ x value). Paths are relative to the working directory; "{store}" stands for the 
 (analysis.options.default_store, or --store).
 
 A claim on `runs` reads `runs_frame(folder)`: every finished run's probe rows, its curves (stack
-"model", layer -1, site = quantity: loss, lr, grad_norm, update_ratio, val_loss) and per seed
+"model", layer -1, site "curve"; quantity loss, lr, grad_norm, update_ratio or val_loss) and per seed
 "final_val_loss" (its last validation loss; +inf for a diverged seed, as the built-in training
 claims count a divergence against the run), each row with the run's config columns (placement, lr,
 ..., and every config field the runs differ in, dotted: "optim.lr") and `phase` ("init" at step 0,
@@ -379,7 +379,8 @@ def runs_frame(folder: Path | str) -> pd.DataFrame:
     if curves.empty:
         raise ValueError(f"no finished training run under {str(folder)!r}")
     probes = load_runs(folder, "probes")
-    rows = curves.assign(stack="model", layer=-1, site=curves["quantity"], other_layer=-1)
+    # site "curve": the probes record the loss of their own batch as stack "model", site "loss" too
+    rows = curves.assign(stack="model", layer=-1, site="curve", other_layer=-1)
     val = rows[rows["quantity"] == "val_loss"].sort_values("step", kind="stable")
     last = val.groupby(["run", "seed"]).tail(1)  # tail, not last(): a NaN last evaluation stays NaN
     final = last.assign(

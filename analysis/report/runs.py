@@ -101,7 +101,7 @@ def curves_figure(frame: pd.DataFrame) -> tuple[Figure, int]:
         raise ValueError(f"no loss curves among the quantities {sorted(set(frame['quantity']))}")
     fig, axes = figure_grid(len(quantities), ncols=2, panel_size=(5.6, 3.8))
     marked = 0
-    curves = frame[(frame["stack"] == "model") & (frame["layer"] == -1)]
+    curves = frame[frame["site"] == "curve"]
     for ax, quantity in zip(axes, quantities):
         plot_lines(
             curves,
@@ -185,7 +185,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: run id, seeds, diverged seeds (at which step), final validation and
     training loss (mean over the seeds that did not diverge)."""
     rows = []
-    curves = frame[(frame["stack"] == "model") & (frame["layer"] == -1)]
+    curves = frame[frame["site"] == "curve"]
     for (config, run), mine in curves.groupby([CONFIG, "run"], sort=False):
         per_seed = mine.drop_duplicates("seed").set_index("seed")
         diverged = per_seed[per_seed["status"] == "diverged"]

@@ -1,0 +1,86 @@
+"""`lnscope report --runs` over a two-config tiny sweep (curves, profiles over steps, the summary
+table with final losses) and `lnscope report --probes` over probe outputs, in the report's
+self-contained HTML page; the default store's runs/ and probes/ are where they look without paths."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import cli
+from analysis.io import write_run
+from analysis.options import STORE_VAR
+from analysis.train.store import load_runs
+from tests.analysis.experiments.tinystudy import LRS, tiny_sweep
+from tests.analysis.report.fakes import atlas_frame
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    tiny_sweep(store / "runs")
+    return store
+
+
+@pytest.mark.slow
+def test_report_of_a_two_config_sweep(store: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(STORE_VAR, str(store))
+    out = tmp_path / "report"
+    assert cli.main(["report", "--runs", "--out", str(out)]) == 0  # no DIR: the default store's runs/
+    page = (out / "index.html").read_text()
+    pngs = _pngs(page)
+    assert all(p.startswith(PNG_MAGIC) for p in pngs)
+    figures = sorted(p.name for p in (out / "figures" / "runs").glob("*.png"))
+    # loss curves, and a profile over steps per probed quantity of the tiny run (act_grad_norm, param_grad_norm)
+    assert figures == ["loss_curves.png", "profile_act_grad_norm_decoder.png", "profile_param_grad_norm_decoder.png"]
+    assert len(pngs) == len(figures)
+    assert "Your training runs" in page and "src=" not in page.replace('src="data:image/png', "")
+    for lr in LRS:  # one summary row per configuration, named by what differs
+        assert page.count(f"<tr><td>optim.lr={lr:g}</td>") == 1
+    # the summary's final validation loss is the mean over seeds of each seed's last val_loss
+    runs = load_runs(store / "runs", "runs")
+    for lr in LRS:
+        expected = runs.loc[np.isclose(runs["optim.lr"], lr), "final_val_loss"].mean()
+        assert f"{expected:.4g}" in page or f"{expected:.3g}" in page, expected
+    assert "none</td>" in page  # no seed diverged, said so
+
+
+def test_report_of_probe_outputs(tmp_path: Path, monkeypatch) -> None:
+    """Probe outputs (here two synthetic ones; reading needs no probing) drawn per layer, one line per file;
+    `--probes` without files reads the default store's probes/."""
+    frame = atlas_frame()
+    quantities = {"act_grad_norm", "update_ratio", "cka"}
+    frame = frame[(frame["arch"] == "decoder") & frame["quantity"].isin(quantities)]
+    monkeypatch.setenv(STORE_VAR, str(tmp_path / "store"))
+    for placement in ("post", "pre"):
+        mine = frame[frame["placement"] == placement].assign(run=f"my-{placement}")
+        write_run(mine, {"placement": placement}, tmp_path / "store" / "probes" / f"my-{placement}.parquet")
+    out = tmp_path / "report"
+    assert cli.main(["report", "--probes", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    figures = sorted(p.stem for p in (out / "figures" / "probes").glob("*.png"))
+    assert figures == ["act_grad_norm_decoder", "update_ratio_decoder"]  # CKA (pairwise) is no per-layer profile
+    assert len(_pngs(page)) == len(figures) and "my-post" in page and "my-pre" in page
+
+
+def test_bad_probes_and_empty_store_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv(STORE_VAR, str(tmp_path / "empty"))
+    for argv, message in (
+        (["--probes"], "--probes without files reads"),
+        (["--probes", str(tmp_path / "nope.parquet")], "not an existing .parquet file"),
+        (["--runs", str(tmp_path)], "no finished training run"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["report", *argv, "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err

@@ -188,7 +188,9 @@ class _Reader:
             self.problem(here, f"name must be a non-empty string, got {name!r}")
             ok = False
         if not isinstance(filters, Mapping) or not filters:
-            self.problem(here, f"where must be a table of column filters, e.g. {{ quantity = 'val_loss' }}, got {filters!r}")
+            self.problem(
+                here, f"where must be a table of column filters, e.g. {{ quantity = 'val_loss' }}, got {filters!r}"
+            )
             ok = False
         layer = data.get("layer")
         if not (layer is None or layer == "all" or (isinstance(layer, int) and not isinstance(layer, bool))):
@@ -257,7 +259,8 @@ class _Reader:
         if paper not in PAPERS and paper not in papers:
             known = [*PAPERS, *papers]
             self.problem(
-                where, unknown_choice("paper", paper, known) + f"; declare your own under [papers]: {paper} = 'citation'"
+                where,
+                unknown_choice("paper", paper, known) + f"; declare your own under [papers]: {paper} = 'citation'",
             )
         if isinstance(claim_id, str) and isinstance(paper, str) and not claim_id.startswith(f"{paper}."):
             self.problem(where, f"id {claim_id!r} must start with its paper, '{paper}.'")
@@ -448,7 +451,14 @@ def plot_check(result: CheckResult | Mapping[str, Any], ax: Axes, *, title: str 
         ax.set_xscale("log")
     if math.isfinite(low) and math.isfinite(high):
         ax.errorbar(
-            [point], [0], xerr=[[point - low], [high - point]], fmt="o", color=color, ms=7, capsize=5, lw=2,
+            [point],
+            [0],
+            xerr=[[point - low], [high - point]],
+            fmt="o",
+            color=color,
+            ms=7,
+            capsize=5,
+            lw=2,
             label=f"statistic, 95% interval over {get('n_seeds')} seeds",
         )
     elif math.isfinite(point):
@@ -459,8 +469,10 @@ def plot_check(result: CheckResult | Mapping[str, Any], ax: Axes, *, title: str 
             ax.axvline(b, color="#333333", ls="--", lw=1.2)
     else:
         ax.axvline(bounds[0], color="#333333", ls="--", lw=1.2, label=f"threshold ({direction} {bounds[0]:g})")
-        side = (bounds[0], ax.get_xlim()[1]) if direction == ">=" else (ax.get_xlim()[0], bounds[0])
+        ax.margins(x=0.12)  # the threshold off the frame's edge, so the claim's side shows
+        ax.autoscale_view()
         lim = ax.get_xlim()
+        side = (bounds[0], lim[1]) if direction == ">=" else (lim[0], bounds[0])
         ax.axvspan(*side, color="#2e7d32", alpha=0.08, lw=0, label="the claim's side")
         ax.set_xlim(lim)
     ax.set_yticks([])

@@ -70,8 +70,10 @@ def _label_configs(frame: pd.DataFrame) -> pd.DataFrame:
     per_run = frame.drop_duplicates("run").set_index("run")
     varying = [c for c in dotted if per_run[c].astype(str).nunique() > 1]
     if varying:
-        labels = {r: ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in varying)
-                  for r, row in per_run.iterrows()}
+        labels = {
+            r: ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in varying)
+            for r, row in per_run.iterrows()
+        }
     else:
         labels = {r: f"{row['placement']} ({str(r)[:8]})" for r, row in per_run.iterrows()}
     return frame.assign(**{CONFIG: frame["run"].map(labels)})
@@ -128,8 +130,15 @@ def _legend_outside(ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     title = legend.get_title().get_text()
     ax.legend(
-        handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-        fontsize="small", title_fontsize="small", alignment="left",
+        handles,
+        labels,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        title_fontsize="small",
+        alignment="left",
     )
 
 

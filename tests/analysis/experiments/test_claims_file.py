@@ -7,7 +7,6 @@ computes none (issue 25, defect 2)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest

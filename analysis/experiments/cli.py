@@ -6,7 +6,7 @@
     lnscope check --when init --figures reports/experiments   # PNG + SVG of the experiments run
     lnscope check --list                            # the claim catalogue
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
-    lnscope check --claims my_claims.toml           # your own claims (docs/experiments.md, "Claims files")
+    lnscope check --claims my_claims.toml           # your own claims: docs/experiments.md
 
 Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts;
 2 on bad input; 1 when a computation or a figure failed (the checks that ran are still printed and
@@ -141,7 +141,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--claims", default="", metavar="FILE", help="check the claims of this TOML file (docs/experiments.md)"
     )
-    p.add_argument("--figures", default="", help="draw the experiments' figures into this folder (PNG and SVG)")
+    p.add_argument(
+        "--figures", default="", help="draw the experiments' figures (PNG, SVG; --claims: checks.png) into this folder"
+    )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per check")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

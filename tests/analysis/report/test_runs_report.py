@@ -84,3 +84,21 @@ def test_bad_probes_and_empty_store_are_one_line(tmp_path: Path, monkeypatch, ca
             cli.main(["report", *argv, "--out", str(tmp_path / "r")])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_commands_default_to_the_shared_store(tmp_path: Path, monkeypatch) -> None:
+    """Without --out, train and sweep write into <store>/runs and probe into <store>/probes: where
+    `report --runs` / `--probes` and a claims file's "{store}" look (issue 25, one store)."""
+    from analysis.cli import _default_probe_out
+    from analysis.train.cli import _runs_folder
+
+    monkeypatch.setenv(STORE_VAR, str(tmp_path))
+    parser = cli.build_parser()
+    for argv in (["sweep", "s.toml"], ["train"]):
+        assert _runs_folder(parser.parse_args(argv)) == tmp_path / "runs"
+    assert _runs_folder(parser.parse_args(["sweep", "s.toml", "--out", "elsewhere"])) == Path("elsewhere")
+    args = parser.parse_args(["probe", "--arch", "decoder", "--placement", "pre", "--layers", "3"])
+    out = _default_probe_out(cli._config_from(args), args, ("act_grad_norm",))
+    assert out.parent == tmp_path / "probes" and out.name.startswith("decoder-pre-3L-") and out.suffix == ".parquet"
+    other = _default_probe_out(cli._config_from(args), args, ("act_norm",))
+    assert other != out  # another probe set never overwrites this one

@@ -101,7 +101,7 @@ def curves_figure(frame: pd.DataFrame) -> tuple[Figure, int]:
     quantities = [q for q in ("val_loss", "loss") if q in set(frame["quantity"])]
     if not quantities:
         raise ValueError(f"no loss curves among the quantities {sorted(set(frame['quantity']))}")
-    fig, axes = figure_grid(len(quantities), ncols=2, panel_size=(5.6, 3.8))
+    fig, axes = figure_grid(len(quantities), ncols=1, panel_size=(5.0, 2.9))  # narrow: readable at page width
     marked = 0
     curves = frame[frame["site"] == "curve"]
     for ax, quantity in zip(axes, quantities):
@@ -118,7 +118,11 @@ def curves_figure(frame: pd.DataFrame) -> tuple[Figure, int]:
             legend_title=CONFIG,
         )
         marked += _mark_divergences(ax, curves, quantity)
-        _legend_outside(ax)
+        if ax is axes[0]:
+            _legend_outside(ax)
+        else:  # the same configurations as above: one legend
+            ax.get_legend().remove()
+            ax.sharex(axes[0])
     return fig, marked
 
 
@@ -166,7 +170,9 @@ def profiles_over_steps_figure(frame: pd.DataFrame, quantity: str, site: str, st
     sel = frame[(frame["quantity"] == quantity) & (frame["site"] == site) & (frame["stack"] == stack)]
     sel = sel[sel["layer"] >= 0]
     configs = list(pd.unique(sel[CONFIG]))
-    fig, axes = figure_grid(len(configs), ncols=2, panel_size=(5.0, 3.6))
+    fig, axes = figure_grid(len(configs), ncols=2, panel_size=(3.6, 3.0))
+    for ax in axes[1:]:
+        ax.sharey(axes[0])  # one scale: the configurations compare at a glance
     steps = sorted(pd.unique(sel["step"]))
     cmap = plt.get_cmap("viridis")
     norm = plt.Normalize(min(steps), max(max(steps), min(steps) + 1))

@@ -7,6 +7,7 @@ computes none (issue 25, defect 2)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -196,3 +197,20 @@ def test_check_and_report_refuse_an_unwritable_out_before_compute(monkeypatch, c
     status = cli.main(["report", "--quick", "--experiments", "none", "--out", "/proc/nope"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("lnscope: error: ") and err.count("\n") == 1 and "/proc" in err
+
+
+def test_the_documented_example_files_are_valid(tmp_path) -> None:
+    """docs/examples/my_claims.toml (a built-in experiment and a sweep) and the sweep it reads parse."""
+    from analysis.train.sweep import load_sweep
+
+    examples = Path(__file__).resolve().parents[3] / "docs" / "examples"
+    (tmp_path / "runs" / "run0").mkdir(parents=True)
+    (tmp_path / "runs" / "run0" / "run.json").write_text("{}")  # a finished run is all validation looks for
+    claims = load_claims(examples / "my_claims.toml", store=tmp_path)
+    assert [(c.experiment, c.when, c.statistic.kind) for c in claims] == [
+        ("takase2022", "init", "ratio"),
+        (f"runs:{tmp_path / 'runs'}", "training", "difference"),
+    ]
+    assert claims[0].citation and claims[0].paper == "mine2026" and claims[0].threshold == (0.1, 10.0)
+    sweep = load_sweep(examples / "my_sweep.toml")
+    assert [c.model.placement for c in sweep.configs()] == ["post", "pre"]

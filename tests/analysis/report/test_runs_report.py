@@ -102,3 +102,31 @@ def test_commands_default_to_the_shared_store(tmp_path: Path, monkeypatch) -> No
     assert out.parent == tmp_path / "probes" and out.name.startswith("decoder-pre-3L-") and out.suffix == ".parquet"
     other = _default_probe_out(cli._config_from(args), args, ("act_norm",))
     assert other != out  # another probe set never overwrites this one
+
+
+def test_divergence_is_marked_and_left_out_of_the_final_losses() -> None:
+    """A diverged seed gets a × at its divergence step and is named in the summary, whose final losses
+    average the other seeds only (a synthetic frame: no training)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from analysis.report.runs import CONFIG, curves_figure, summary_table
+
+    rows = []
+    for seed, status in ((0, "finished"), (1, "finished"), (2, "diverged")):
+        for step in range(5):
+            loss = np.inf if (status == "diverged" and step >= 3) else 3.0 - 0.1 * step + 0.01 * seed
+            for quantity in ("loss", "val_loss"):
+                rows.append(
+                    {"run": "r1", "seed": seed, "step": step, "quantity": quantity, "value": loss, "site": "curve",
+                     "status": status, "diverged_step": 3 if status == "diverged" else -1, "steps": 4,
+                     CONFIG: "lr=1"}  # fmt: skip
+                )
+    frame = pd.DataFrame(rows)
+    fig, marked = curves_figure(frame)
+    crosses = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "x"]
+    assert marked == 2 and [list(ln.get_xdata()) for ln in crosses] == [[3]]  # one per panel, at step 3
+    plt.close(fig)
+    (row,) = summary_table(frame).to_dict("records")
+    assert row["diverged"] == "seed 2 at step 3" and row["seeds"] == 3
+    assert row["final validation loss"] == pytest.approx(np.mean([3.0 - 0.4, 3.0 - 0.4 + 0.01]))

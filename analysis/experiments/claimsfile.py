@@ -412,16 +412,28 @@ def claim_frames(
     progress: bool = False,
     workers: int | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """{claim.experiment: the frame it reads}: built-in experiments run once (`collect`, reusing the
-    store), training runs and probe files are read."""
+    """{claim.experiment: the frame it reads}: training runs and probe files are read first (and
+    every claim on them selected from its frame: ClaimsFileError names each filter that selects
+    nothing, with the values available), then the built-in experiments run once (`collect`, reusing
+    the store)."""
     claims = list(claims)
     builtin = [c for c in claims if not c.experiment.startswith(("runs:", "probes:"))]
-    frames = collect(builtin, preset=preset, store=store, progress=progress, workers=workers) if builtin else {}
+    frames: dict[str, pd.DataFrame] = {}
+    problems = []
     for c in claims:
-        if c.experiment in frames:
+        if c in builtin:
             continue
         kind, _, target = c.experiment.partition(":")
-        frames[c.experiment] = runs_frame(target) if kind == "runs" else probes_frame(target.split(","))
+        if c.experiment not in frames:
+            frames[c.experiment] = runs_frame(target) if kind == "runs" else probes_frame(target.split(","))
+        try:  # read, not computed: a filter that selects nothing is named before any experiment runs
+            c.statistic.table(frames[c.experiment])
+        except ValueError as err:
+            problems.append(f"claim {c.id}: {err}")
+    if problems:
+        raise ClaimsFileError(problems)
+    if builtin:
+        frames.update(collect(builtin, preset=preset, store=store, progress=progress, workers=workers))
     return frames
 
 

@@ -88,7 +88,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     frames = claim_frames(claims, preset=args.preset, store=store, progress=not args.quiet)
     rows = [
         json_safe(
-            {**check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(), "preset": args.preset}
+            {
+                **check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(),
+                "preset": args.preset,
+                **({"citation": c.citation} if c.citation else {}),  # a claims file's own paper
+            }
         )
         for c in claims
     ]

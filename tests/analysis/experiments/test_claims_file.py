@@ -157,7 +157,14 @@ def test_two_claims_checked_from_the_store_without_recomputing(study, capsys, mo
             expected["ci_high"],
         )
         assert got["paper"] == "mine2026" and got["experiment"] == claim.experiment
+        assert got["citation"] == "A. User 2026, my own hypotheses (a lab notebook)"
     assert rows["mine2026.faster_lr_lower_loss"]["experiment"] == f"runs:{store / 'runs'}"
+    # a filter on your runs that selects nothing is named (with what there is) before any experiment runs
+    monkeypatch.setattr(claimsfile, "collect", lambda *a, **k: pytest.fail("an experiment ran first"))
+    typo = (root / "my_claims.toml").read_text().replace('"optim.lr" = 0.001', '"optim.lr" = 0.003')
+    (root / "typo.toml").write_text(typo)
+    with pytest.raises(ClaimsFileError, match=r"mine2026.faster_lr_lower_loss: .*optim.lr=0.003.*available"):
+        claim_frames(load_claims(root / "typo.toml"), preset="tiny")
     assert (figures / "checks.png").stat().st_size > 5_000
 
 

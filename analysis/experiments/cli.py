@@ -25,7 +25,6 @@ from pathlib import Path
 from analysis.experiments import EXPERIMENTS, check, select_claims
 from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown
 from analysis.experiments.claims import PAPERS, json_safe
-from analysis.experiments.claimsfile import claim_frames, load_claims, plot_checks
 from analysis.experiments.experiment import PRESET_NAMES
 from analysis.io import atomic_write, check_writable
 from analysis.options import RawDescriptionHelpFormatter, add_store_option, store_from_args
@@ -64,6 +63,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from analysis.experiments.claimsfile import claim_frames, load_claims, plot_checks  # lazy: `--help` starts fast
+
     store = store_from_args(args)
     if args.claims:  # a claims file of your own: every bad field is named before anything runs
         if args.paper or args.claim or args.catalogue:

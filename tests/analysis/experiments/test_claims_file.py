@@ -194,9 +194,7 @@ def test_plot_check_draws_statistic_interval_and_threshold() -> None:
 
 def test_check_and_report_refuse_an_unwritable_out_before_compute(monkeypatch, capsys, tmp_path) -> None:
     """Issue 25: `--out` of check and report is checked before compute, as `lnscope probe` does."""
-    from analysis.experiments import cli as check_cli
-
-    monkeypatch.setattr(check_cli, "claim_frames", lambda *a, **k: pytest.fail("computed before checking --out"))
+    monkeypatch.setattr(claimsfile, "claim_frames", lambda *a, **k: pytest.fail("computed before checking --out"))
     status = cli.main(["check", "--claim", "takase2022.post_decoder_vanishing", "--out", "/proc/nope/c.json"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("lnscope: error: ") and err.count("\n") == 1 and "/proc" in err

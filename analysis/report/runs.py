@@ -56,11 +56,14 @@ QUANTITY_WORDS = {
     "val_loss": "validation loss (nats/token)",
     "loss": "training loss (nats/token)",
 }
+SITE_WORDS = {"mlp.w2.weight": "FFN output weight W2", "mlp.w1.weight": "FFN input weight W1", "mlp": "FFN sublayer"}
 CONFIG = "configuration"  # the hue column: what tells the runs apart
 
 
-def _words(quantity: str) -> str:
-    return QUANTITY_WORDS.get(quantity, quantity.replace("_", " "))
+def _words(quantity: str, site: str = "") -> str:
+    """The axis label of a quantity (at a parameter site, which parameter): words, not code names."""
+    words = QUANTITY_WORDS.get(quantity, quantity.replace("_", " "))
+    return f"‖∂ℒ/∂W‖, {SITE_WORDS.get(site, site)}" if quantity == "param_grad_norm" and site else words
 
 
 def _label_configs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -188,7 +191,8 @@ def profiles_over_steps_figure(frame: pd.DataFrame, quantity: str, site: str, st
             ax.set_yscale("log")
         ax.set_title(config, fontsize="medium")
         ax.set_xlabel("layer (0 = bottom)")
-        ax.set_ylabel(_words(quantity))
+        if ax is axes[0] or len(axes) > 2 and list(axes).index(ax) % 2 == 0:  # one label per row
+            ax.set_ylabel(_words(quantity, site))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(True, which="both", alpha=0.3, lw=0.5)
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
@@ -244,7 +248,7 @@ def runs_section(folder: Path | str, key: str = "runs") -> tuple[Section, pd.Dat
             render_figure(
                 profiles_over_steps_figure(frame, quantity, site, stack),
                 f"profile_{quantity}_{stack}".replace(".", "_"),
-                f"{_words(quantity)} (`{quantity}` at `{site}`, {stack} stack) per layer at each probed step: "
+                f"{_words(quantity, site)} (`{quantity}` at `{site}`, {stack} stack) per layer at each probed step: "
                 "the mean over seeds, darker is earlier.",
             )
         )
@@ -272,13 +276,13 @@ def probes_section(paths: Sequence[Path | str], key: str = "probes") -> tuple[Se
     for quantity, site, stack in profile_quantities(frame):
         fig, axes = figure_grid(1, ncols=1, panel_size=(6.4, 4.0))
         plot_layer_profile(frame, axes[0], quantity=quantity, site=site, stack=stack, hue="run")
-        axes[0].set_ylabel(_words(quantity))
+        axes[0].set_ylabel(_words(quantity, site))
         _legend_outside(axes[0])
         figures.append(
             render_figure(
                 fig,
                 f"{quantity}_{stack}".replace(".", "_"),
-                f"{_words(quantity)} (`{quantity}` at `{site}`, {stack} stack) per layer at initialization, one "
+                f"{_words(quantity, site)} (`{quantity}` at `{site}`, {stack} stack) per layer at initialization, one "
                 "line per probe file (its run name): median over seeds, min-max band.",
             )
         )

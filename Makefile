@@ -45,7 +45,8 @@ format: setup
 
 # The main job: the initialization atlas, every experiment's quick preset and its hypothesis checks
 # -> reports/$(PRESET)/index.html (one self-contained file; `make report PRESET=paper` on a GPU).
-# Stored results are reused, and JAX's persistent compilation cache skips most of the compiling.
+# Stored results are reused (the shared store, ./lnscope-store or $$LNSCOPE_STORE: `lnscope check` then
+# computes nothing again), and JAX's persistent compilation cache skips most of the compiling.
 report: setup
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.report --preset $(PRESET) --out reports/$(PRESET)
 
@@ -58,10 +59,11 @@ browser:
 	    else echo "no chromium and no root apt-get: the browser test will be skipped"; fi; }
 
 # The papers' hypothesis checks (quick preset): table, checks.json and figures -> reports/checks/.
-# The store keeps every job, so a rerun computes only what changed.
+# The store every lnscope command shares (./lnscope-store, or $$LNSCOPE_STORE) keeps every job, so a rerun,
+# or a check after `make report`, computes only what changed.
 check: setup
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m analysis.cli check --out reports/checks/checks.json \
-		--figures reports/checks --store reports/checks/store
+		--figures reports/checks
 
 # The speed benchmarks (benchmarks/README.md); sets up the PyTorch peer's venv on first use.
 benchmark: setup

@@ -2,7 +2,13 @@
 
     lnscope probe --arch encdec --placement post --layers 18 --d-model 64 --heads 4 --d-ff 256 \\
         --seeds 8 --out post18.parquet
+    lnscope probe --placement pre --layers 6      # -> <store>/probes/decoder-pre-6L-<id>.parquet
     lnscope report --out reports/init
+    lnscope report --probes                       # the probe outputs in the store
+
+One store is shared by every command (analysis.options.default_store: $LNSCOPE_STORE, else
+./lnscope-store, or --store): probe outputs in probes/, training runs in runs/, the experiments' jobs
+in jobs/, so `make report` then `lnscope check` computes nothing twice.
     lnscope list
 
 Options are generated from the config dataclasses (analysis.options: `lnscope probe` from
@@ -22,6 +28,7 @@ from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.cli import add_commands as add_experiment_commands
+from analysis.identity import content_id
 from analysis.io import check_writable, write_run
 from analysis.memory import check_fits, probe_estimate
 from analysis.options import (
@@ -29,8 +36,10 @@ from analysis.options import (
     Parser,
     add_model_options,
     add_plan_options,
+    add_store_option,
     dataclass_from_args,
     plan_from_args,
+    store_from_args,
 )
 from analysis.probe.api import probe_at_init
 from analysis.probe.probes import CHEAP_PROBES, PROBES
@@ -44,11 +53,25 @@ def _config_from(args: argparse.Namespace) -> ModelConfig:
     return dataclass_from_args(ModelConfig, args)
 
 
+def _default_probe_out(cfg: ModelConfig, args: argparse.Namespace, probes: tuple[str, ...]) -> Path:
+    """<store>/probes/<arch>-<placement>-<layers>L-<id>.parquet: the id names what is probed (model,
+    seeds, batch, probes), so a different probe never overwrites another, and `lnscope report --probes`
+    finds every output there."""
+    what = {
+        "model": dataclasses.asdict(cfg),
+        "seeds": [args.seed_start, args.seeds],
+        "batch": [args.batch_size, args.seq_len],
+        "probes": sorted(probes),
+    }
+    name = f"{cfg.arch}-{cfg.placement}-{cfg.layers}L-{content_id(what)[:8]}"
+    return store_from_args(args) / "probes" / f"{args.run or name}.parquet"
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
     probes = tuple(args.probes.split(",")) if args.probes else CHEAP_PROBES
     seeds = range(args.seed_start, args.seed_start + args.seeds)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else _default_probe_out(cfg, args, probes)
     if out.suffix != ".parquet":
         raise ValueError(f"--out must end in .parquet, got {out}")
     plan = plan_from_args(args)
@@ -130,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated probes, see lnscope list (default: the cheap ones)",
     )
     probe.add_argument(
-        "--out", required=True, metavar="PATH", help="output .parquet; its config goes next to it as .json"
+        "--out",
+        default="",
+        metavar="PATH",
+        help="output .parquet; its config goes next to it as .json (default: <store>/probes/<model>-<id>.parquet)",
     )
+    add_store_option(probe, "where the output goes without --out (its probes/ folder)")
     probe.add_argument("--run", default="", metavar="TEXT", help="run name in the table (default: the output's stem)")
     add_model_options(probe)
     add_plan_options(probe)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shutil
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from analysis.execution import ExecutionPlan, default_plan
@@ -265,3 +267,33 @@ def plan_from_args(args: argparse.Namespace) -> ExecutionPlan | None:
         if (value := getattr(args, f"plan.{name}", None)) is not None
     }
     return default_plan().replace(**given) if given else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store every command shares: computed once, read back by probe, train, sweep, check and report.
+# ---------------------------------------------------------------------------------------------
+STORE_VAR = "LNSCOPE_STORE"
+DEFAULT_STORE = "lnscope-store"  # relative to the working directory, like a build folder
+
+
+def default_store() -> Path:
+    """The folder `lnscope` keeps results in when no --store is given: $LNSCOPE_STORE if set (and not
+    empty), else ./lnscope-store. Inside it: jobs/ (the experiments' and the atlas' probe and
+    training jobs, by config hash), runs/ (`lnscope train` / `sweep` runs) and probes/ (`lnscope probe`
+    outputs), so a result computed by one command is read back by every other one."""
+    return Path(os.environ.get(STORE_VAR) or DEFAULT_STORE)
+
+
+def add_store_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--store PATH` (default: `default_store()`, read when the command runs)."""
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="PATH",
+        help=f"{what} (default: ${STORE_VAR}, else ./{DEFAULT_STORE}; shared by every lnscope command)",
+    )
+
+
+def store_from_args(args: argparse.Namespace) -> Path:
+    """The --store given, else `default_store()`."""
+    return Path(args.store) if getattr(args, "store", None) else default_store()

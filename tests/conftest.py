@@ -38,6 +38,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 CODEGEN_FLAG = "--xla_backend_optimization_level"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _store_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """lnscope's default store (analysis.options.default_store) in a temporary folder: a test that runs
+    a command without --store writes nothing into the checkout, nor into a user's $LNSCOPE_STORE."""
+    os.environ["LNSCOPE_STORE"] = str(tmp_path_factory.mktemp("lnscope-store"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _long_files_first(items)
     flags = os.environ.get("XLA_FLAGS", "")

@@ -490,6 +490,7 @@ class Claim:
         paper_setting: the paper's model, data and moment the claim comes from (short).
         our_setting: what the check measures instead (short; sizes of the quick preset).
         calibration: where the threshold came from, when a calibration run set it (None: the note says).
+        citation: the citation of a paper outside PAPERS (a claims file's own paper); "" for PAPERS' keys.
     """
 
     id: str
@@ -507,9 +508,10 @@ class Claim:
     paper_setting: str = ""
     our_setting: str = ""
     calibration: Calibration | None = None
+    citation: str = ""
 
     def __post_init__(self) -> None:
-        if self.paper not in PAPERS:
+        if self.paper not in PAPERS and not self.citation:
             raise ValueError(f"claim {self.id!r}: unknown paper {self.paper!r}; valid: {', '.join(PAPERS)}")
         if not self.id.startswith(f"{self.paper}.") or len(self.id) <= len(self.paper) + 1:
             raise ValueError(f"claim id {self.id!r} must be '{self.paper}.<name>'")

@@ -8,6 +8,7 @@
     lnscope check --superseded                      # claims replaced by restatements, and why
     lnscope check --catalogue docs/claims.md        # regenerate the catalogue file
     lnscope check --robustness --figures reports    # init-time verdicts over harness choices
+    lnscope check --claims my_claims.toml           # your own claims: docs/experiments.md
 
 Exit status 0 when every selected check ran (and its figures were drawn), whatever the verdicts;
 2 on bad input; 1 when a computation or a figure failed (the checks that ran are still printed and
@@ -23,12 +24,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from analysis.experiments import EXPERIMENTS, check, collect, select_claims
+from analysis.experiments import EXPERIMENTS, check, select_claims
 from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown, check_footer, superseded_lines
 from analysis.experiments.claims import PAPERS, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
-from analysis.io import atomic_write
-from analysis.options import RawDescriptionHelpFormatter
+from analysis.io import atomic_write, check_writable
+from analysis.options import RawDescriptionHelpFormatter, add_store_option, store_from_args
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -67,7 +68,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.superseded:
         print("\n".join(superseded_lines(_names(args.paper))) or "no superseded claims")
         return 0
-    claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
+    from analysis.experiments.claimsfile import claim_frames, load_claims, plot_checks  # lazy: `--help` starts fast
+
+    store = store_from_args(args)
+    if args.claims:  # a claims file of your own: every bad field is named before anything runs
+        if args.paper or args.claim or args.catalogue:
+            raise ValueError("--claims checks the file's claims: give it without --paper, --claim, --catalogue")
+        claims = load_claims(args.claims, store=store)
+        claims = [c for c in claims if not _names(args.when) or c.when in _names(args.when)]
+    else:
+        claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
     if args.list:
         print("\n".join(catalogue_lines(claims)))
         return 0
@@ -78,16 +88,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 0
     if args.out and not args.out.endswith(".json"):
         raise ValueError(f"--out must end in .json, got {args.out}")
+    for folder in [Path(args.out).parent] * bool(args.out) + [Path(args.figures)] * bool(args.figures):
+        check_writable(folder)  # a read-only or full destination is named before compute, not after
     if args.robustness:
         from analysis.experiments.robustness import robustness_command  # lazy: the sweep's module
 
-        options = ("preset", "store", "out", "figures", "n_boot", "seed", "quiet")
-        return robustness_command(claims, **{k: getattr(args, k) for k in options})
+        options = ("preset", "out", "figures", "n_boot", "seed", "quiet")
+        return robustness_command(claims, store=store, **{k: getattr(args, k) for k in options})
     start = time.perf_counter()
-    frames = collect(claims, preset=args.preset, store=args.store, progress=not args.quiet)
+    frames = claim_frames(claims, preset=args.preset, store=store, progress=not args.quiet)
     rows = [
         json_safe(
-            {**check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(), "preset": args.preset}
+            {
+                **check(c, frames[c.experiment], n_boot=args.n_boot, seed=args.seed).to_json(),
+                "preset": args.preset,
+                **({"citation": c.citation} if c.citation else {}),  # a claims file's own paper
+            }
         )
         for c in claims
     ]
@@ -104,7 +120,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     status = 0
     if args.figures:
         paths = []
-        for name, frame in frames.items():
+        if args.claims:
+            from analysis.plot.figures import save_figure  # lazy: matplotlib only to draw
+
+            paths.append(save_figure(plot_checks(rows), Path(args.figures) / "checks.png"))
+        for name, frame in ((n, f) for n, f in frames.items() if n in EXPERIMENTS):  # not a claims file's runs
             try:  # one experiment's broken figure must not cost the others (the checks are already written)
                 paths += EXPERIMENTS[name].save_figures(frame, Path(args.figures))
             except Exception as err:  # noqa: BLE001 - reported, and the exit status says so
@@ -133,8 +153,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="quick: 2-core CPU, minutes; paper: the papers' sizes (GPU); tiny: a smoke run",
     )
     p.add_argument("--out", default="", help="write the checks as JSON (a list of objects) to this .json file")
-    p.add_argument("--store", default=None, help="folder of stored jobs: reused by config hash, new ones added")
-    p.add_argument("--figures", default="", help="draw the experiments' figures into this folder (PNG and SVG)")
+    add_store_option(p, "folder of stored jobs: reused by config hash, new ones added")
+    p.add_argument(
+        "--claims", default="", metavar="FILE", help="check the claims of this TOML file (docs/experiments.md)"
+    )
+    p.add_argument(
+        "--figures", default="", help="draw the experiments' figures (PNG, SVG; --claims: checks.png) into this folder"
+    )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per check")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,5 +1,9 @@
 """`lnscope report`: run the atlas, the experiments and their checks; write one HTML report.
 
+    lnscope report --quick --out /tmp/smoke          # the papers' experiments (analysis.report.build)
+    lnscope report --runs lnscope-store/runs         # your training runs or sweep (analysis.report.runs)
+    lnscope report --probes post.parquet pre.parquet # your `lnscope probe` outputs
+
 Registered in analysis/cli.py by `add_commands`; `python -m analysis.report [options]` runs the same
 command on its own (`main`).
 """
@@ -11,10 +15,30 @@ from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.atlas import AtlasSettings
-from analysis.options import HelpFormatter, Parser
+from analysis.io import check_writable
+from analysis.options import HelpFormatter, Parser, add_store_option, store_from_args
+
+
+def _own_data(args: argparse.Namespace) -> int:
+    """`--runs` / `--probes`: the report of your own training runs and probe outputs (analysis.report.runs)."""
+    store = store_from_args(args)
+    runs = None if args.runs is None else Path(args.runs or store / "runs")
+    probes = args.probes or []
+    if args.probes == []:  # --probes alone: every probe output in the store
+        probes = sorted((store / "probes").glob("*.parquet"))
+        if not probes:
+            raise ValueError(f"--probes without files reads {store / 'probes'}/*.parquet, and there is none")
+    out = Path(args.out or "reports/own")
+    check_writable(out)  # a read-only or full destination is named before anything is read or drawn
+    from analysis.report.runs import build_runs_report  # lazy: matplotlib only to draw
+
+    build_runs_report(out, runs=runs, probes=probes)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.runs is not None or args.probes is not None:
+        return _own_data(args)
     # lazy: the report's build loads matplotlib, so `lnscope --help` starts fast
     from analysis.report.build import build_report, default_experiments, select_experiments
 
@@ -25,12 +49,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     experiments = {} if wanted == "none" else select_experiments(wanted, default_experiments())
     preset = args.preset or ("tiny" if args.quick else "quick")
     out = Path(args.out or f"reports/{preset}")
+    store = store_from_args(args)
+    if not args.redraw:
+        for folder in (out, store):
+            check_writable(folder)  # a read-only or full destination is named before compute, not after
     built = build_report(
         out,
         preset=preset,
         atlas=atlas,
         experiments=experiments,
-        store=Path(args.store) if args.store else None,
+        store=store,
         redraw=args.redraw,
         reuse=not args.recompute,
     )
@@ -45,7 +73,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     report.add_argument(
-        "--out", default="", metavar="PATH", help="output folder; index.html is the report (default: reports/<preset>)"
+        "--out",
+        default="",
+        metavar="PATH",
+        help="output folder; index.html is the report (default: reports/<preset>; reports/own with --runs, --probes)",
     )
     report.add_argument(
         "--preset",
@@ -56,8 +87,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--experiments", default="all", metavar="A,B,...", help="comma-separated experiment names, all, or none"
     )
+    add_store_option(report, "folder of reusable results, shared with lnscope check, probe, train and sweep")
     report.add_argument(
-        "--store", default="", metavar="PATH", help="folder of reusable experiment results (default: <out>/store)"
+        "--runs",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="report your training runs in DIR (a store or a sweep's --out; no DIR: <store>/runs), not the papers",
+    )
+    report.add_argument(
+        "--probes",
+        nargs="*",
+        default=None,
+        metavar="PATH",
+        help="report these lnscope probe outputs (.parquet; none given: <store>/probes/*.parquet)",
     )
     report.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per configuration of the atlas")
     report.add_argument(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from analysis.options import (
     HelpFormatter,
@@ -22,6 +23,7 @@ from analysis.options import (
     add_model_options,
     add_plan_options,
     dataclass_from_args,
+    default_store,
     plan_from_args,
 )
 from analysis.probe.probes import PROBES
@@ -31,6 +33,13 @@ from analysis.train.optim import SCHEDULES
 from analysis.train.sweep import load_sweep, parse_shard, run_sweep
 from analysis.train.tasks import TASKS
 from models import ModelConfig
+
+_STORE_DEFAULT = "(default: <store>/runs, the store every lnscope command shares: $LNSCOPE_STORE or ./lnscope-store)"
+
+
+def _runs_folder(args: argparse.Namespace) -> Path:
+    """--out, else the shared store's runs/ (analysis.options.default_store), where `lnscope report --runs` looks."""
+    return Path(args.out) if args.out else default_store() / "runs"
 
 
 def _choices() -> dict:
@@ -45,7 +54,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     choices = _choices()
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="number of seeds")
     parser.add_argument("--seed-start", type=int, default=0, metavar="N", help="first seed")
-    parser.add_argument("--out", default="runs", metavar="PATH", help="store folder; the run goes to PATH/<run id>/")
+    parser.add_argument(
+        "--out", default=None, metavar="PATH", help=f"store folder; the run goes to PATH/<run id>/ {_STORE_DEFAULT}"
+    )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     _add_seed_options(parser)
     add_dataclass_options(
@@ -106,7 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     result = train(
         cfg,
-        args.out,
+        _runs_folder(args),
         plan=plan_from_args(args),
         progress=args.progress,
         vmap_seeds=args.vmap_seeds,
@@ -129,7 +140,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file)  # parsed and validated before any compute
     table = run_sweep(
         sweep,
-        args.out,
+        _runs_folder(args),
         plan=plan_from_args(args),
         progress=args.progress,
         vmap_seeds=args.vmap_seeds,
@@ -138,7 +149,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     with_text = table.drop(columns=["folder"]).to_string(index=False)
     print(with_text, file=sys.stderr)
-    print(args.out)
+    print(_runs_folder(args))
     return 0
 
 
@@ -156,7 +167,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "sweep", help="train a grid of configs from a TOML/JSON file (resumable)", formatter_class=HelpFormatter
     )
     sweep.add_argument("file", help="sweep file (.toml or .json): [base] and [grid] tables")
-    sweep.add_argument("--out", required=True, metavar="PATH", help="store folder of the runs")
+    sweep.add_argument("--out", default=None, metavar="PATH", help=f"store folder of the runs {_STORE_DEFAULT}")
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar with ETA")
     sweep.add_argument(
         "--shard",

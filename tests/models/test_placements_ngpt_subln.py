@@ -10,6 +10,7 @@ every weight vector unit-norm after real updates, in every arch.
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from typing import Any
@@ -465,6 +466,31 @@ def test_ngpt_trains_and_stays_unit_norm_after_updates(arch: str):
     hook = after_update(model)
     off = jax.tree.map(lambda a: a * 1.5, end)
     assert _assert_unit_norm(_pure(hook(off)), f"{arch} hook", stacks) > 0
+
+
+def test_without_the_post_update_step_adamw_leaves_the_sphere():
+    # The check above could pass vacuously if AdamW's updates kept unit norms by themselves: the same
+    # update (one AdamW step on random gradients, the encdec program of the test above) with the
+    # program's post-update step removed leaves every nGPT weight vector off the sphere.
+    model = ModelConfig(arch="encdec", placement="ngpt", **TINY)
+    cfg = TrainConfig(model=model, task=TASK, steps=2, seeds=(0,), probe_every=0, eval_every=0)
+    prog = program(cfg, prepare(cfg.task, cfg.model), default_plan())
+    state = jax.tree.map(lambda a: a[0], prog.init(jnp.asarray(cfg.seeds, jnp.uint32)))
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape).astype(a.dtype)), state.params)
+    args = (state, jnp.ones((), jnp.float32), grads, jnp.int32(0), Runtime.of(cfg))
+    bare = copy.copy(prog)
+    bare.after_update = None
+    stacks = ("encoder", "decoder")
+    expand = lambda params: _pure(jax.tree.map(lambda a: a[None], params))
+    on = expand(jax.jit(prog._update)(*args)[0].params)
+    off = expand(jax.jit(bare._update)(*args)[0].params)
+    assert _assert_unit_norm(on, "with the step", stacks) > 0
+    for path, w in off.items():
+        axis = _embedding_axis(path)
+        if axis is not None:
+            drift = np.max(np.abs(np.linalg.norm(w.astype(np.float64), axis=axis) - 1))
+            assert drift > 100 * UNIT_TOL, f"{path}: AdamW alone kept unit norms (drift {drift:.2g})"
 
 
 # Sub-LN in every arch; the two QK-norm forms ride along (one compile per case, no extra ones).

@@ -42,13 +42,22 @@ def _slot_width(cfg: ModelConfig, slot: str) -> int:
 
 
 def _init_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    """{role: gain} for every sublayer, and {"kind.role": gain} for one sublayer kind only (Sub-LN
+    leaves the cross-attention's projections alone)."""
     gains = dict(PLACEMENTS[spec.placement].init_gains(cfg, spec))
     if cfg.gpt2_scaled_init:
         # GPT-2: residual-output projections × 1/sqrt(N_res), N_res = residual sublayers of the stack
         # (2L = nanoGPT's c_proj rule; 3M for an encdec decoder, whose cross-attention adds a branch).
-        for role in ("o", "w2"):
+        qualified = [key for key in gains if "." in key and key.split(".")[1] in ("o", "w2")]
+        for role in ("o", "w2", *qualified):
             gains[role] = gains.get(role, 1.0) / math.sqrt(residual_sublayers(spec))
     return gains
+
+
+def _kind_gains(gains: Mapping[str, float], kind: str) -> dict[str, float]:
+    """The gains of sublayer `kind`: its "kind.role" entries over the plain "role" ones."""
+    plain = {role: gain for role, gain in gains.items() if "." not in role}
+    return {**plain, **{key.split(".")[1]: gain for key, gain in gains.items() if key.split(".")[0] == kind}}
 
 
 class Block(nnx.Module):
@@ -58,9 +67,9 @@ class Block(nnx.Module):
         self.kinds = spec.sublayers
         self.causal = spec.causal
         self.dropout = cfg.dropout
-        self.attn = Attention(cfg, gains, rngs)
-        self.cross = Attention(cfg, gains, rngs) if spec.cross else None
-        self.mlp = FeedForward(cfg, gains, rngs)
+        self.attn = Attention(cfg, _kind_gains(gains, "attn"), rngs)
+        self.cross = Attention(cfg, _kind_gains(gains, "cross"), rngs) if spec.cross else None
+        self.mlp = FeedForward(cfg, _kind_gains(gains, "mlp"), rngs)
         self.norms = nnx.Dict(
             {
                 kind: nnx.Dict(
@@ -138,14 +147,22 @@ class _Sublayer:
     def const(self, name: str) -> Any:
         return self.consts[name]
 
-    def branch(self, h: jax.Array) -> jax.Array:
+    def branch(
+        self,
+        h: jax.Array,
+        *,
+        qk_scale: jax.Array | None = None,
+        score_scale: float | None = None,
+        hidden_scale: jax.Array | None = None,
+    ) -> jax.Array:
         block, kind = self.block, self.kind
         if kind == "mlp":
             mid = (lambda z: self.norm("mid", z)) if "mid" in self.slots else None
-            out = block.mlp(h, mid_norm=mid)
+            out = block.mlp(h, mid_norm=mid, hidden_scale=hidden_scale)
         else:
             attention = block.attn if kind == "attn" else block.cross
             qkv = (lambda slot, z: self.norm(slot, z)) if "q" in self.slots else None
+            inner = (lambda z: self.norm("inner", z)) if "inner" in self.slots else None
             extra = block.extra[kind] if kind in block.extra else {}
             head_scale = extra["head_scale"][...] if "head_scale" in extra else None
             out = attention(
@@ -156,6 +173,9 @@ class _Sublayer:
                 name=kind,
                 qkv_norm=qkv,
                 head_scale=head_scale,
+                qk_scale=qk_scale,
+                score_scale=score_scale,
+                pre_out_norm=inner,
             )
         if self.dropout_key is not None and block.dropout > 0:
             keep = jax.random.bernoulli(self.dropout_key, 1.0 - block.dropout, out.shape)

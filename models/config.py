@@ -33,6 +33,7 @@ Init = Literal["xavier_uniform", "xavier_normal", "normal", "torch_default", "fa
 Positions = Literal["sinusoidal", "learned", "none"]
 Dtype = Literal["float32", "bfloat16", "float64"]
 AdminInit = Literal["profile", "constant"]
+QKNorm = Literal["none", "l2_head", "rms_full"]
 
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
@@ -40,6 +41,7 @@ INITS: tuple[str, ...] = typing.get_args(Init)
 POSITIONS: tuple[str, ...] = typing.get_args(Positions)
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 ADMIN_INITS: tuple[str, ...] = typing.get_args(AdminInit)
+QK_NORMS: tuple[str, ...] = typing.get_args(QKNorm)
 # Name fields whose valid values are a registry's keys (the others are Literal types).
 REGISTRY_FIELDS: dict[str, dict] = {"placement": PLACEMENTS, "enc_placement": PLACEMENTS, "norm": NORMS}
 
@@ -140,6 +142,14 @@ class ModelConfig:
         adanorm_scale: AdaNorm's C in C·(1 - k·y)⊙y.
         adanorm_k: AdaNorm's k in C·(1 - k·y)⊙y.
         dyt_alpha0: DyT's initial a in γ⊙tanh(a·x) + β.
+
+    2024-26 options: attention:
+        qk_norm: QK-norm on every attention, with any placement; "l2_head": per-head L2 with a
+            learned (H, d_head) gain and the fixed logit scale `qk_norm_scale` (x-transformers),
+            "rms_full": RMSNorm over the whole q and k projections before the head split (OLMo 2).
+        qk_norm_scale: the fixed logit scale of qk_norm="l2_head" (x-transformers' default 10);
+            sqrt(d_head) makes it a per-head RMSNorm with ε = 0.
+        ngpt_alpha_init: nGPT's initial eigen learning rate α (both sublayers); 0.05 in the paper.
     """
 
     arch: Arch = "decoder"
@@ -175,6 +185,10 @@ class ModelConfig:
     adanorm_scale: float = 1.0
     adanorm_k: float = 0.1
     dyt_alpha0: float = 0.5
+    # 2024-26 options: attention
+    qk_norm: QKNorm = "none"
+    qk_norm_scale: float = 10.0
+    ngpt_alpha_init: float = 0.05
 
     def __post_init__(self) -> None:
         for name, valid in field_choices().items():
@@ -205,6 +219,15 @@ class ModelConfig:
         _finite("adanorm_scale", self.adanorm_scale, low=0.0, strict=True)
         _finite("adanorm_k", self.adanorm_k, low=0.0)
         _finite("dyt_alpha0", self.dyt_alpha0)
+        # 2024-26 options: attention
+        _finite("qk_norm_scale", self.qk_norm_scale, low=0.0, strict=True)
+        _finite("ngpt_alpha_init", self.ngpt_alpha_init)
+        own_qk = [p for p in {self.placement, self.enc_placement} - {None} if PLACEMENTS[p].normalizes_qk]
+        if self.qk_norm != "none" and own_qk:
+            raise ValueError(
+                f"placement {own_qk[0]!r} unit-normalizes q and k itself; qk_norm must be 'none' with it, "
+                f"got qk_norm={self.qk_norm!r}"
+            )
         for name in ("embed_std", "embed_scale"):
             if getattr(self, name) is not None:
                 _finite(name, getattr(self, name), low=0.0, strict=True)

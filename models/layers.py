@@ -2,7 +2,9 @@
 
 Sublayers know nothing of placements: a placement decides what goes into them and what happens to
 their output. The few placement-owned pieces that live *inside* a sublayer (HybridNorm's per-head
-q/k/v norms, NormFormer's head scales and mid-FFN norm) are passed in at call time by the block.
+q/k/v norms, NormFormer's head scales and mid-FFN norm, Sub-LN's norm before W_O, nGPT's unit-norm
+q/k with their scale s_qk and its FFN scale s_u) are passed in at call time by the block. QK-norm
+(`ModelConfig.qk_norm`) is an option of the attention itself, composable with every placement.
 """
 
 from __future__ import annotations
@@ -37,6 +39,28 @@ def project(x: jax.Array, w: jax.Array, projection: Projection) -> jax.Array:
 def torch_linear_bound(fan_in: int) -> float:
     """Half-width of nn.Linear's default uniform weight and bias init: 1/sqrt(fan_in)."""
     return 1.0 / math.sqrt(fan_in)
+
+
+def l2_normalize(z: jax.Array, axis: int = -1, floor: float = 0.0) -> jax.Array:
+    """z / max(‖z‖₂, floor) along `axis`, the norm in at least float32, cast back to z's dtype.
+
+    floor = 0 is nGPT's `justnorm` (no ε); x-transformers' QK-norm (`F.normalize`) uses 1e-12.
+    """
+    z32 = upcast(z)
+    length = jnp.sqrt(jnp.sum(jnp.square(z32), axis=axis, keepdims=True))
+    return (z32 / (jnp.maximum(length, floor) if floor else length)).astype(z.dtype)
+
+
+def rms_normalize(z: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
+    """g ⊙ z / sqrt(mean(z²) + ε) over the last axis (RMSNorm, as OLMo-2's q/k norm), in float32 at least."""
+    z32 = upcast(z)
+    ms = jnp.mean(jnp.square(z32), axis=-1, keepdims=True)
+    return (z32 * jax.lax.rsqrt(ms + eps) * gain.astype(z32.dtype)).astype(z.dtype)
+
+
+# x-transformers' l2norm clamp (`F.normalize(t, dim=-1)`, eps 1e-12 on the length).
+QK_L2_FLOOR = 1e-12
+
 
 
 # fairseq 0.12 MultiheadAttention.reset_parameters: q/k/v Xavier-uniform with gain 1/sqrt(2) (when q, k
@@ -137,6 +161,15 @@ class Attention(nnx.Module):
 
     q = W_Q x; k = W_K m, v = W_V m with m = x (self-attention) or the encoder memory (cross).
     The projections sharing an input run as one fused matmul (`fused_projections`).
+
+    QK-norm (`cfg.qk_norm`), before any placement-owned q/k operation:
+        "l2_head": per head q_h ← g_q,h ⊙ q_h/‖q_h‖₂, k_h likewise (length clamped at 1e-12), g of
+            shape (H, d_h), 1 at init; logits × `cfg.qk_norm_scale` (fixed) instead of 1/sqrt(d_h).
+            x-transformers `qk_norm=True` (its `qk_norm_dim_scale` gains); Dehghani et al. 2023
+            (ViT-22B), Wortsman et al. 2023 (arXiv 2309.14322).
+        "rms_full": q ← RMSNorm_q(W_Q x), k ← RMSNorm_k(W_K m) over the whole d_model projection
+            (all heads together), before the head split; gains of width d_model, ε = cfg.norm_eps;
+            logits × 1/sqrt(d_h). OLMo 2 (2025), `Olmo2Attention` in Hugging Face transformers.
     """
 
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
@@ -146,6 +179,15 @@ class Attention(nnx.Module):
         self.k = Linear(d, d, cfg, rngs, gains.get("k", 1.0), "k")
         self.v = Linear(d, d, cfg, rngs, gains.get("v", 1.0), "v")
         self.o = Linear(d, d, cfg, rngs, gains.get("o", 1.0), "o")
+        self.qk_norm = cfg.qk_norm
+        self.qk_norm_scale = cfg.qk_norm_scale
+        self.qk_eps = cfg.norm_eps
+        gain_shape = {"l2_head": (cfg.heads, cfg.head_dim), "rms_full": (d,)}.get(cfg.qk_norm)
+        if gain_shape is None:
+            self.qk_gain_q = self.qk_gain_k = None
+        else:
+            self.qk_gain_q = nnx.Param(jnp.ones(gain_shape, jnp.dtype(cfg.dtype)))
+            self.qk_gain_k = nnx.Param(jnp.ones(gain_shape, jnp.dtype(cfg.dtype)))
 
     def __call__(
         self,
@@ -157,6 +199,9 @@ class Attention(nnx.Module):
         name: str,
         qkv_norm: NormFn | None = None,
         head_scale: jax.Array | None = None,  # (H,)
+        qk_scale: jax.Array | None = None,  # (H, Dh): q_h, k_h unit-normed, then × qk_scale (nGPT)
+        score_scale: float | None = None,  # logits' multiplier, instead of 1/sqrt(Dh) (nGPT: sqrt(Dh))
+        pre_out_norm: Callable[[jax.Array], jax.Array] | None = None,  # on concat heads, before W_O (Sub-LN)
     ) -> jax.Array:
         source = x if memory is None else memory
         batch, t_len, d = x.shape
@@ -165,13 +210,27 @@ class Attention(nnx.Module):
             q, k, v = fused_projections((self.q, self.k, self.v), x)
         else:
             q, (k, v) = self.q(x), fused_projections((self.k, self.v), memory)
+        if self.qk_norm == "rms_full":  # OLMo-2: the whole projection, before the head split
+            q = rms_normalize(q, self.qk_gain_q[...], self.qk_eps)
+            k = rms_normalize(k, self.qk_gain_k[...], self.qk_eps)
         q, k, v = split(q), split(k), split(v)
+        scale = None  # the default 1/sqrt(Dh) divides (as it always has: the same bits)
+        if self.qk_norm == "l2_head":  # x-transformers: per head, learned gain, fixed logit scale
+            q = l2_normalize(q, floor=QK_L2_FLOOR) * self.qk_gain_q[...].astype(q.dtype)
+            k = l2_normalize(k, floor=QK_L2_FLOOR) * self.qk_gain_k[...].astype(k.dtype)
+            scale = self.qk_norm_scale
         if qkv_norm is not None:
             q, k, v = qkv_norm("q", q), qkv_norm("k", k), qkv_norm("v", v)
+        if qk_scale is not None:
+            q = l2_normalize(q) * qk_scale.astype(q.dtype)
+            k = l2_normalize(k) * qk_scale.astype(k.dtype)
+        if score_scale is not None:
+            scale = score_scale
         # The two attention einsums are not projections: a plan's projection op (e.g. a bfloat16
         # product) leaves them in the activation dtype, where XLA's CPU runtime runs every batched
         # transpose of theirs (bfloat16 x bfloat16 -> float32 ones it rejects: "DotThunk").
-        scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // self.heads)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k)
+        scores = scores / math.sqrt(d // self.heads) if scale is None else scores * scale
         if causal:
             mask = jnp.tril(jnp.ones((t_len, source.shape[1]), bool))
             scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
@@ -182,19 +241,31 @@ class Attention(nnx.Module):
         if head_scale is not None:
             # NormFormer's paper form: scale each head before W_O (fairseq scales after W_O).
             heads_out = heads_out * head_scale[:, None].astype(heads_out.dtype)
-        return self.o(heads_out.reshape(batch, t_len, d))
+        heads_out = heads_out.reshape(batch, t_len, d)
+        if pre_out_norm is not None:
+            heads_out = pre_out_norm(heads_out)
+        return self.o(heads_out)
 
 
 class FeedForward(nnx.Module):
-    """FF(x) = W2 · act(W1 x + b1) + b2, with an optional norm on the hidden (NormFormer's LN_ffn)."""
+    """FF(x) = W2 · act(W1 x + b1) + b2, with an optional norm on the hidden (NormFormer's LN_ffn,
+    Sub-LN's ffn_layernorm) and an optional scale on the pre-activation (nGPT's s_u)."""
 
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
         self.w1 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w1", 1.0), "w1")
         self.w2 = Linear(cfg.d_ff, cfg.d_model, cfg, rngs, gains.get("w2", 1.0), "w2")
         self.act = ACTIVATION_FUNCTIONS[cfg.activation]
 
-    def __call__(self, x: jax.Array, mid_norm: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-        hidden = self.act(self.w1(x))
+    def __call__(
+        self,
+        x: jax.Array,
+        mid_norm: Callable[[jax.Array], jax.Array] | None = None,
+        hidden_scale: jax.Array | None = None,  # (d_ff,)
+    ) -> jax.Array:
+        pre = self.w1(x)
+        if hidden_scale is not None:
+            pre = pre * hidden_scale.astype(pre.dtype)
+        hidden = self.act(pre)
         if mid_norm is not None:
             hidden = mid_norm(hidden)
         return self.w2(hidden)

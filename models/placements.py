@@ -9,7 +9,8 @@ parametrized over `PLACEMENTS` picks it up.
 
 A wiring function maps `(s: Sub, stream) -> stream`, where `stream` is a dict holding the residual
 stream `x` (and `dual` for ResiDual), and `s` gives the sublayer's operations:
-    s.branch(h)          S(h): the sublayer itself (tapped as `{kind}_out`)
+    s.branch(h)          S(h): the sublayer itself (tapped as `{kind}_out`); keywords reach inside
+                         it: qk_scale, score_scale (attention), hidden_scale (FFN), used by nGPT
     s.norm(slot, z)      the norm in `slot` applied to z (its input and output are tapped)
     s.param(name)        a per-layer placement parameter (Admin's ω, ReZero's α, ...)
     s.const(name)        a static constant of the stack (DeepNorm's α, λ, ...)
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from models.dtypes import upcast
 from models.spec import StackSpec
 
 if TYPE_CHECKING:  # for annotations only: models.config imports this registry
@@ -42,7 +44,14 @@ class Sub(Protocol):
     is_last: bool
     layer_input: jax.Array
 
-    def branch(self, h: jax.Array) -> jax.Array: ...
+    def branch(
+        self,
+        h: jax.Array,
+        *,
+        qk_scale: jax.Array | None = None,
+        score_scale: float | None = None,
+        hidden_scale: jax.Array | None = None,
+    ) -> jax.Array: ...
     def norm(self, slot: str, z: jax.Array, step: int = 1) -> jax.Array: ...
     def param(self, name: str) -> jax.Array: ...
     def const(self, name: str) -> Any: ...
@@ -281,6 +290,16 @@ class Placement:
     # Whether ModelConfig.admin_init="profile" applies (ω set from activation variances at init).
     profiled: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # -- 2024-26 hooks (QK-norm, Sub-LN, nGPT) --
+    # The placement unit-normalizes q and k itself (nGPT): ModelConfig.qk_norm must stay "none".
+    normalizes_qk: bool = False
+    # A learned per-token logit scale s_z (nGPT): cfg -> (stored initial value, multiplier); the
+    # logits are multiplied by stored·multiplier. Read from the stack that feeds the output head.
+    logit_scale: Callable[[ModelConfig], tuple[float, float]] | None = None
+    # A step after every optimizer update (and once at init): (cfg, params) -> params, where params
+    # is the model's nnx.State (nGPT: every weight vector back to unit norm). Applied by
+    # analysis.train.step inside the compiled step; models.transformer.after_update composes them.
+    after_update: Callable[[ModelConfig, Any], Any] | None = None
 
     def layer_segments(self, cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
         if self.segments is None:
@@ -439,3 +458,158 @@ def register_placement(placement: Placement) -> Placement:
         raise ValueError(f"placement {placement.name!r} is already registered; registered: {', '.join(PLACEMENTS)}")
     PLACEMENTS[placement.name] = placement
     return placement
+
+
+# --------------------------------------------------------------------------------------------
+# 2024-26 placements: Sub-LN (Magneto) and nGPT. Their attention/FFN internals (Sub-LN's norm
+# before W_O, nGPT's unit-norm q/k and s_u) are slots and `Sub.branch` keywords, not name branches.
+# --------------------------------------------------------------------------------------------
+NGPT = "ngpt"
+# nGPT weights unit-norm along the embedding axis: the fan-in axis (-2) of q, k, v, W1 ((d, ·)
+# matrices read the stream) and the fan-out axis (-1) of W_O, W2 (they write it); x @ W layout.
+NGPT_EMBEDDING_AXIS = {"q": -2, "k": -2, "v": -2, "w1": -2, "o": -1, "w2": -1}
+
+
+def unit_norm(z: jax.Array) -> jax.Array:
+    """Norm(z) = z / ‖z‖₂ over the last axis (nGPT's `justnorm`: no ε), in at least float32."""
+    z32 = upcast(z)
+    return (z32 / jnp.sqrt(jnp.sum(jnp.square(z32), axis=-1, keepdims=True))).astype(z.dtype)
+
+
+def _ngpt_step(s: Sub, st: Stream, out: jax.Array) -> Stream:
+    h = st["x"]
+    alpha = jnp.abs(s.param("alpha") * (s.const("ngpt_alpha_init") * s.const("ngpt_scale")))
+    a = unit_norm(h)  # the official code normalizes h again ("normally not needed"): layer 1's input
+    return _x(st, unit_norm(a + alpha * (unit_norm(out) - a)))
+
+
+def ngpt_attention(s: Sub, st: Stream) -> Stream:
+    """nGPT attention: h ← Norm(h + |α_A| ⊙ (Norm(SA(h)) − h)), Norm(z) = z/‖z‖₂; no LN.
+
+    Inside SA: q_h ← s_qk,h ⊙ Norm(q_h), k_h ← s_qk,h ⊙ Norm(k_h) (both scaled, per head and
+    dimension), logits × sqrt(d_h) instead of 1/sqrt(d_h). Effective α_A = α·(α_init·√d), s_qk =
+    stored·√d (stored at 1/√d: the paper's "init scaling" reparametrization). Loshchilov, Hsieh, Sun,
+    Ginsburg 2024, "nGPT", arXiv 2410.01131; NVIDIA/ngpt `model.py` (`Block.forward`).
+    """
+    h = st["x"]
+    out = s.branch(h, qk_scale=s.param("s_qk") * s.const("ngpt_scale"), score_scale=s.const("ngpt_score_scale"))
+    return _ngpt_step(s, st, out)
+
+
+def ngpt_ffn(s: Sub, st: Stream) -> Stream:
+    """nGPT FFN: h ← Norm(h + |α_M| ⊙ (Norm(W2·act(s_u·√d ⊙ W1 h)) − h)) (lnscope's FFN, see docs).
+
+    NVIDIA/ngpt gates: u ⊙ silu(v) with (s_u, s_v)·√d on both halves; lnscope keeps its one-matrix
+    FFN (cfg.activation, cfg.d_ff) so placements share sublayers, and scales its pre-activation.
+    """
+    h = st["x"]
+    return _ngpt_step(s, st, s.branch(h, hidden_scale=s.param("s_u") * s.const("ngpt_scale")))
+
+
+def subln(s: Sub, st: Stream) -> Stream:
+    """Sub-LN (Magneto): h ← h + S(LN(h)) with a second LN inside S, final LN after the stack.
+
+    SA(z) = W_O·LN_inner(concat_h head_h(z)) (self-attention only; cross-attention is plain Pre-LN);
+    FF(z) = W2·LN_mid(act(W1 z)). v_proj, out_proj, fc1, fc2 × `subln_gain` at init. Wang, Ma, Huang
+    et al. 2022, "Foundation Transformers", arXiv 2210.06423; microsoft/torchscale `subln=True`.
+    """
+    h = st["x"]
+    return _x(st, h + s.branch(s.norm("ln", h)))
+
+
+def subln_gain(arch: str, stack: str, enc_layers: int, dec_layers: int) -> float:
+    """Sub-LN's init multiplier γ of v_proj, out_proj, fc1, fc2 (torchscale `subln=True`).
+
+    encoder-only: sqrt(log 2N); decoder-only: sqrt(log 2M); encdec decoder: sqrt(log 3M) (its
+    cross-attention untouched); encdec encoder: sqrt(log(3M)·log(2N)/3).
+    """
+    n, m = enc_layers, dec_layers
+    if arch == "encdec":
+        if stack == "encoder":
+            return math.sqrt(math.log(3 * m) * math.log(2 * n) / 3)
+        return math.sqrt(math.log(3 * m))
+    return math.sqrt(math.log(2 * (n if stack == "encoder" else m)))
+
+
+def _subln_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    gain = subln_gain(spec.arch, spec.name, spec.enc_layers, spec.dec_layers)
+    gains = {"v": gain, "o": gain, "w1": gain, "w2": gain}
+    # torchscale's Decoder skips "encoder_attn" parameters: the cross-attention keeps gain 1.
+    return {**gains, "cross.v": 1.0, "cross.o": 1.0} if spec.cross else gains
+
+
+def _ngpt_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    return {
+        "ngpt_scale": math.sqrt(cfg.d_model),  # init_value / init_scaling with init_scaling = 1/√d
+        "ngpt_alpha_init": cfg.ngpt_alpha_init,
+        "ngpt_score_scale": math.sqrt(cfg.head_dim),
+    }
+
+
+def _ngpt_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    # Stored values of the official code: α and s_qk at their init scaling 1/√d (effective α_init
+    # and 1 after × α_init·√d and × √d), s_u at 1 (effective √d after × √d).
+    dtype, base = jnp.dtype(cfg.dtype), cfg.d_model**-0.5
+    attention = lambda: {
+        "alpha": jnp.full((cfg.d_model,), base, dtype),
+        "s_qk": jnp.full((cfg.heads, cfg.head_dim), base, dtype),
+    }
+    params = {kind: attention() for kind in spec.sublayers if kind != "mlp"}
+    params["mlp"] = {"alpha": jnp.full((cfg.d_model,), base, dtype), "s_u": jnp.ones((cfg.d_ff,), dtype)}
+    return params
+
+
+def _ngpt_logit_scale(cfg: ModelConfig) -> tuple[float, float]:
+    return cfg.d_model**-0.5, math.sqrt(cfg.d_model)  # s_z stored at 1/√d, effective 1
+
+
+def ngpt_renormalize(cfg: ModelConfig, params: Any) -> Any:
+    """nGPT's `normalize_matrices`: every weight vector back to unit norm along the embedding axis.
+
+    The token table (rows), the output head (columns; the table itself when tied) whenever a stack is
+    nGPT, and q, k, v, W_O, W1, W2 of every nGPT stack (`NGPT_EMBEDDING_AXIS`). `params` is the
+    model's nnx.State (or its pure dict); other leaves pass through unchanged.
+    """
+    stacks = {spec.name for spec in cfg.stacks() if spec.placement == NGPT}
+    output_is_ngpt = cfg.stacks()[-1].placement == NGPT
+
+    def axis_of(keys: list[str]) -> int | None:
+        if keys[:2] == ["embed", "table"]:
+            return -1
+        if keys[:1] == ["head"]:
+            return -2 if output_is_ngpt else None
+        if len(keys) >= 4 and keys[0] == "stacks" and keys[1] in stacks and keys[-1] == "weight":
+            return NGPT_EMBEDDING_AXIS.get(keys[-2])
+        return None
+
+    def fix(path: tuple, leaf: jax.Array) -> jax.Array:
+        axis = axis_of([k.key for k in path if isinstance(k, jax.tree_util.DictKey)]) if stacks else None
+        return leaf if axis is None else jnp.moveaxis(unit_norm(jnp.moveaxis(leaf, axis, -1)), -1, axis)
+
+    return jax.tree_util.tree_map_with_path(fix, params)
+
+
+for _placement in (
+    Placement(
+        "subln",
+        _all(subln),
+        {"attn": ("ln", "inner"), "cross": ("ln",), "mlp": ("ln", "mid")},
+        "Wang et al. 2022 (Sub-LN, Magneto)",
+        final_norm=True,
+        family="pre",
+        init_gains=_subln_gains,
+    ),
+    Placement(
+        NGPT,
+        {"attn": ngpt_attention, "cross": ngpt_attention, "mlp": ngpt_ffn},
+        _slots(),
+        "Loshchilov et al. 2024 (nGPT)",
+        family="post",  # the stream is re-normalized after every sublayer
+        constants=_ngpt_consts,
+        layer_params=_ngpt_params,
+        normalizes_qk=True,
+        logit_scale=_ngpt_logit_scale,
+        after_update=ngpt_renormalize,
+    ),
+):
+    register_placement(_placement)

@@ -20,6 +20,7 @@ from models.config import ModelConfig
 from models.dtypes import upcast
 from models.layers import Embedding, Linear, project
 from models.ops import ModelOps
+from models.placements import PLACEMENTS
 from models.stack import Stack
 
 
@@ -55,6 +56,26 @@ def validate_tokens(cfg: ModelConfig, *inputs: Any) -> None:
                 raise ValueError(f"{name} holds token id {bad}; valid ids are 0..{cfg.vocab - 1} (vocab={cfg.vocab})")
 
 
+def after_update(cfg: ModelConfig) -> Callable[[Any], Any] | None:
+    """params -> params: the post-update steps its stacks' placements declare (`Placement.after_update`,
+    e.g. nGPT's renormalization), each once, in stack order; None when none declares one. params is
+    the model's nnx.State (a training state's `params`). The model applies it once at construction."""
+    hooks = []
+    for spec in cfg.stacks():
+        hook = PLACEMENTS[spec.placement].after_update
+        if hook is not None and hook not in hooks:
+            hooks.append(hook)
+    if not hooks:
+        return None
+
+    def apply(params: Any) -> Any:
+        for hook in hooks:
+            params = hook(cfg, params)
+        return params
+
+    return apply
+
+
 class Transformer(nnx.Module):
     """Encoder, decoder-only or encoder-decoder Transformer of one placement (see ModelConfig)."""
 
@@ -69,7 +90,17 @@ class Transformer(nnx.Module):
             self.head = nnx.Param(
                 std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab), jnp.dtype(cfg.dtype))
             )
+        # A learned per-token logit scale (nGPT's s_z), declared by the placement feeding the head.
+        logit_scale = PLACEMENTS[cfg.stacks()[-1].placement].logit_scale
+        if logit_scale is None:
+            self.logit_scale, self.logit_multiplier = None, 1.0
+        else:
+            stored, self.logit_multiplier = logit_scale(cfg)
+            self.logit_scale = nnx.Param(jnp.full((cfg.vocab,), stored, jnp.dtype(cfg.dtype)))
         self.use_ops(ops)
+        hook = after_update(cfg)
+        if hook is not None:  # e.g. nGPT's weights start unit-norm, as after every update
+            nnx.update(self, hook(nnx.state(self)))
 
     def use_ops(self, ops: ModelOps) -> None:
         """Run every stack with `ops.layer_loop` and every projection (and the output head) with
@@ -125,4 +156,6 @@ class Transformer(nnx.Module):
             )
         head = self.embed.table[...].T if self.head is None else self.head[...]
         logits = project(out, head, self.ops.projection)
+        if self.logit_scale is not None:
+            logits = logits * (self.logit_scale[...] * self.logit_multiplier).astype(logits.dtype)
         return ForwardOutput(upcast(logits), sites, stats)

@@ -8,6 +8,9 @@ Per seed, one update at step s (0-based) is
     ℒ_s, g_s = value_and_grad(ℒ)(θ_s, batch_s)       or, on probe steps, probe_program_with_grads:
                                                      the probes and g_s from ONE forward/backward
     θ_{s+1} = θ_s + AdamW(clip(g_s))                 analysis.train.optim
+    θ_{s+1} ← P(θ_{s+1})                             only where a placement declares a post-update step
+                                                     P (models.transformer.after_update; nGPT's
+                                                     renormalization), inside the same compiled step
     recorded: ℒ_s, η_s, ‖g_s‖ (before clipping), ‖θ_{s+1} − θ_s‖/‖θ_s‖
 
 A seed diverges at the first step whose loss or gradient norm is NaN/Inf or whose loss exceeds the
@@ -41,6 +44,7 @@ from analysis.train.config import TrainConfig
 from analysis.train.optim import Hyper, adamw_updates, make_optimizer
 from analysis.train.tasks import TaskData
 from models import ModelOps, Transformer, init_state
+from models.transformer import after_update
 
 METRICS: tuple[str, ...] = ("loss", "lr", "grad_norm", "update_ratio")
 # Plain steps per dispatch at most. The chunk's metric buffers always have this size (the trip count
@@ -132,6 +136,7 @@ class Program:
         self.optimizer = make_optimizer(cfg.optim)
         self.ops = plan.model_ops()
         self.graphdef = graphdef_of(cfg, self.ops)
+        self.after_update = after_update(cfg.model)  # None for most placements: the plain update
         self.init = jax.jit(vmap_seeds(self._init_one))
         self.plain = jax.jit(vmap_seeds(self._plain_one, in_axes=(0, 0, None, None, None, None)))
         self.evaluate = jax.jit(vmap_seeds(self._eval_one, in_axes=(0, None, None)))
@@ -154,6 +159,10 @@ class Program:
             self.optimizer, self.cfg.optim.schedule, rt.hyper, step, grads, state.opt, state.params
         )
         params = optax.apply_updates(state.params, updates)
+        step_change = updates
+        if self.after_update is not None:
+            params = self.after_update(params)
+            step_change = jax.tree.map(jnp.subtract, params, state.params)  # θ_{s+1} − θ_s after P
         keep = state.alive & ~bad
         choose = lambda new, old: jnp.where(keep, new, old)
         new = TrainState(
@@ -166,7 +175,7 @@ class Program:
             "loss": loss.astype(jnp.float32),
             "lr": lr,
             "grad_norm": grad_norm,
-            "update_ratio": _global_norm(updates) / _global_norm(state.params),
+            "update_ratio": _global_norm(step_change) / _global_norm(state.params),
         }
         return new, metrics
 

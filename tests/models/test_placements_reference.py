@@ -36,6 +36,7 @@ from models import PLACEMENTS, ModelConfig, build_model
 from models.build import PROFILE_BATCH, profile_batch
 from models.placements import admin_constant_omega, deepnorm_constants
 from models.transformer import Transformer
+from tests.models.test_placements_ngpt_subln import LAYERS as NGPT_SUBLN_REFERENCES
 
 # Small sizes. The forward tests run op by op (fixture `eager`) and every distinct op shape
 # compiles once, so all cases share these; the Admin profiling batch is PROFILE_BATCH × max_len,
@@ -468,15 +469,19 @@ def eager():
         yield
 
 
+# Placements restated in their own file (their attention/FFN internals need a richer restatement).
+RESTATED_ELSEWHERE = frozenset(NGPT_SUBLN_REFERENCES) - {"pre"}
+
+
 def test_every_placement_has_a_reference():
-    assert set(REFERENCES) == set(PLACEMENTS), (
-        f"placements without a reference: {sorted(set(PLACEMENTS) - set(REFERENCES))}; "
+    assert set(REFERENCES) | RESTATED_ELSEWHERE == set(PLACEMENTS), (
+        f"placements without a reference: {sorted(set(PLACEMENTS) - set(REFERENCES) - RESTATED_ELSEWHERE)}; "
         f"references without a placement: {sorted(set(REFERENCES) - set(PLACEMENTS))}"
     )
 
 
 @pytest.mark.parametrize(("arch", "layers"), CASES, ids=[f"{a}-L{n}" for a, n in CASES])
-@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
+@pytest.mark.parametrize("placement", sorted(set(PLACEMENTS) - RESTATED_ELSEWHERE))
 def test_block_matches_reference(placement: str, arch: str, layers: int, eager):
     cfg = _config(placement, arch, layers)
     assert placement in REFERENCES, f"placement {placement!r} has no reference restatement"

@@ -599,7 +599,9 @@ PLACEMENTS.update(
                 family="pre",
                 layer_params=_layerscale_params,
             ),
-            Placement("tfixup", _all(plain), _slots(), "Huang et al. 2020 (T-Fixup)", family="none", init_gains=_tfixup_gains),
+            Placement(
+                "tfixup", _all(plain), _slots(), "Huang et al. 2020 (T-Fixup)", family="none", init_gains=_tfixup_gains
+            ),
         )
     }
 )

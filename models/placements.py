@@ -255,6 +255,10 @@ def _no_layer_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, tuple[float
     return {}
 
 
+def _no_optimizer_rules(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    return {}
+
+
 def _all(fn: Wire) -> dict[str, Wire]:
     return {kind: fn for kind in KINDS}
 
@@ -291,6 +295,10 @@ class Placement:
     layer_constants: Callable[[ModelConfig, StackSpec], dict[str, tuple[float, ...]]] = _no_layer_consts
     # Other names the same rule is published under (SkipInit for ReZero): listed, never a second entry.
     aliases: tuple[str, ...] = ()
+    # AdamW rules for every parameter of the stack's layers (weights, biases, norms, per-layer
+    # parameters), read by analysis.train.optim: {"lr": learning-rate multiplier, "eps": ε multiplier};
+    # empty = the optimizer as configured. Embeddings, head and stack-level norms keep the base rules.
+    optimizer_rules: Callable[[ModelConfig, StackSpec], dict[str, float]] = _no_optimizer_rules
 
     def layer_segments(self, cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
         if self.segments is None:
@@ -540,6 +548,18 @@ def _completep_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
     return {"completep_scale": completep_multiplier(spec.layers, cfg.completep_alpha, cfg.completep_base_layers)}
 
 
+def completep_optimizer_rules(layers: int, alpha: float, base_layers: int) -> dict[str, float]:
+    """CompleteP's depth rules for AdamW on the hidden (per-layer) parameters, m = layers/base_layers:
+    learning rate × m^(α−1), ε × m^(−α) (Dey et al. 2025; width multiplier 1). α = 1 keeps the learning
+    rate; α = ½ (depth-µP) lowers it as m^(−½)."""
+    m = layers / base_layers
+    return {"lr": m ** (alpha - 1.0), "eps": m**-alpha}
+
+
+def _completep_optimizer_rules(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    return completep_optimizer_rules(spec.layers, cfg.completep_alpha, cfg.completep_base_layers)
+
+
 def _deepscalelm_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
     lam, beta = deepscalelm_constants(residual_sublayers(spec), cfg.deepscalelm_beta2)
     return {"dslm_lambda": lam, "dslm_beta": beta}
@@ -577,6 +597,7 @@ PLACEMENTS.update(
                 final_norm=True,
                 family="pre",
                 constants=_completep_consts,
+                optimizer_rules=_completep_optimizer_rules,
             ),
             Placement(
                 "deepscalelm",

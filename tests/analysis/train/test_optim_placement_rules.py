@@ -25,10 +25,21 @@ def _adamw_first_step(g: np.ndarray, p: np.ndarray, o: OptimConfig, eps: float) 
     return -(g / (np.abs(g) + eps) + o.weight_decay * p)
 
 
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_completep_rules_scale_the_layers_only(alpha: float):
-    cfg = ModelConfig(arch="encdec", placement="completep", enc_layers=2, dec_layers=3, completep_alpha=alpha,
-                      completep_base_layers=1, **TINY)  # fmt: skip
+    cfg = ModelConfig(
+        arch="encdec",
+        placement="completep",
+        enc_layers=2,
+        dec_layers=3,
+        completep_alpha=alpha,
+        completep_base_layers=1,
+        **TINY,
+    )
     assert placement_rules(cfg) == {
         "encoder": pytest.approx({"lr": 2.0 ** (alpha - 1), "eps": 2.0**-alpha}),
         "decoder": pytest.approx({"lr": 3.0 ** (alpha - 1), "eps": 3.0**-alpha}),
@@ -47,8 +58,7 @@ def test_completep_rules_scale_the_layers_only(alpha: float):
     grads = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype), params)
     with jax.numpy_dtype_promotion("standard"):
         updates, _ = opt.update(grads, opt.init(params), params)
-    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    g, p, u = flat(grads), flat(params), flat(updates)
+    g, p, u = _flat(grads), _flat(params), _flat(updates)
     for path, group in paths.items():
         layers = {"encoder": 2, "decoder": 3}.get(group)
         lr, eps = (1.0, o.eps) if layers is None else (layers ** (alpha - 1), o.eps * layers**-alpha)
@@ -77,10 +87,25 @@ def test_completep_trains_two_steps_with_its_rules():
     # The training loop (vmapped seeds, grouped optimizer state) with CompleteP's rules at α = ½.
     from analysis.train import TaskConfig, TrainConfig, train
 
-    model = ModelConfig(arch="decoder", placement="completep", completep_alpha=0.5, layers=2, d_model=16, heads=2,
-                        d_ff=32, vocab=32, max_len=32)  # fmt: skip
-    cfg = TrainConfig(model=model, task=TaskConfig(name="markov", seq_len=16, batch_size=4), steps=2, seeds=(0, 1),
-                      probe_every=0, eval_every=0)  # fmt: skip
+    model = ModelConfig(
+        arch="decoder",
+        placement="completep",
+        completep_alpha=0.5,
+        layers=2,
+        d_model=16,
+        heads=2,
+        d_ff=32,
+        vocab=32,
+        max_len=32,
+    )
+    cfg = TrainConfig(
+        model=model,
+        task=TaskConfig(name="markov", seq_len=16, batch_size=4),
+        steps=2,
+        seeds=(0, 1),
+        probe_every=0,
+        eval_every=0,
+    )
     r = train(cfg)
     assert r.status == {0: "finished", 1: "finished"}
     loss = r.curves[r.curves.quantity == "loss"]["value"]

@@ -3,7 +3,8 @@
 A placement is data. Each entry of `PLACEMENTS` holds one small wiring function per sublayer kind
 (`attn`, `cross`, `mlp`) whose docstring is its equation and citation, the norm slots the block must
 build, and the stack-level properties (final norm, embedding norm, a second stream, depth-dependent
-constants, init rescaling, per-layer parameters, layer segments). The block never branches on a
+constants, per-layer constants, init rescaling, per-layer parameters, layer segments, optimizer rules,
+aliases). The block never branches on a
 placement's name. Adding a placement = one wiring function + one `Placement` entry; every test
 parametrized over `PLACEMENTS` picks it up.
 

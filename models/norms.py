@@ -136,8 +136,9 @@ class DyT(nnx.Module):
 class Derf(nnx.Module):
     """Dynamic erf: Derf(x) = γ ⊙ erf(α·x + s) + β, scalars α (init α₀) and s (init s₀), γ = 1, β = 0.
 
-    Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers", arXiv 2512.10938
-    (Eq. 10; α₀ = 0.5, s₀ = 0 the defaults `derf_alpha0`, `derf_shift0`). Element-wise, like DyT.
+    Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers", arXiv 2512.10938 (Eq. 10).
+    Element-wise, like DyT. α₀ = `derf_alpha0` (default 0.5, DyT's), s₀ = `derf_shift0` (default 0,
+    a zero-centred start); see docs/placements.md before reproducing the paper's runs.
     """
 
     def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):

@@ -117,7 +117,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     print("placements:")
     for name, p in PLACEMENTS.items():
-        print(f"  {name:12s} {p.reference}")
+        print(f"  {name:12s} {p.reference}" + (f" (also: {', '.join(p.aliases)})" if p.aliases else ""))
     print("norms:      " + ", ".join(NORMS))
     print("archs:      " + ", ".join(ARCHS))
     print("probes:")

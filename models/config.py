@@ -150,6 +150,18 @@ class ModelConfig:
         qk_norm_scale: the fixed logit scale of qk_norm="l2_head" (x-transformers' default 10);
             sqrt(d_head) makes it a per-head RMSNorm with ε = 0.
         ngpt_alpha_init: nGPT's initial eigen learning rate α (both sublayers); 0.05 in the paper.
+    2024-26 options (docs/placements.md, "2024-26 placements"; ignored by the others):
+        completep_alpha: completep's α in h + (L/L_base)^-α·F(LN(h)); 1 = CompleteP, 0.5 = depth-µP.
+        completep_base_layers: completep's L_base, the depth at which the multiplier is 1 (the
+            depth the hyperparameters were tuned at); 1 gives L^-α.
+        deepscalelm_beta2: deepscalelm's β² in λ·h + β·F(LN(h)), λ² = 1 - β²; default 1/n, n the
+            residual sublayers of the stack (the paper's β² ∝ 1/N); 0.005 is the official code's flag.
+        layerscale_init: layerscale's initial λ (every channel); default CaiT's depth rule: 0.1 up
+            to 18 layers, 1e-5 up to 24, 1e-6 deeper.
+        derf_alpha0: Derf's initial α in γ⊙erf(α·x + s) + β.
+        derf_shift0: Derf's initial shift s in γ⊙erf(α·x + s) + β.
+        dyisru_beta0: DyISRU's initial β in γ⊙sqrt(C)·x/sqrt(β + x²); default C - 1 (C the width:
+            RMSNorm's value on unit-RMS inputs).
     """
 
     arch: Arch = "decoder"
@@ -189,8 +201,20 @@ class ModelConfig:
     qk_norm: QKNorm = "none"
     qk_norm_scale: float = 10.0
     ngpt_alpha_init: float = 0.05
+    # 2024-26 options
+    completep_alpha: float = 1.0
+    completep_base_layers: int = 1
+    deepscalelm_beta2: float | None = None
+    layerscale_init: float | None = None
+    derf_alpha0: float = 0.5
+    derf_shift0: float = 0.0
+    dyisru_beta0: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("placement", "enc_placement"):  # an alias (SkipInit) is its placement's name
+            canonical = placement_aliases().get(getattr(self, name))
+            if canonical is not None:
+                object.__setattr__(self, name, canonical)
         for name, valid in field_choices().items():
             if name == "enc_placement" and self.enc_placement is None:
                 continue
@@ -231,6 +255,19 @@ class ModelConfig:
         for name in ("embed_std", "embed_scale"):
             if getattr(self, name) is not None:
                 _finite(name, getattr(self, name), low=0.0, strict=True)
+        # 2024-26 options
+        _finite("completep_alpha", self.completep_alpha, low=0.0)
+        _positive_int("completep_base_layers", self.completep_base_layers)
+        if self.deepscalelm_beta2 is not None:
+            _finite("deepscalelm_beta2", self.deepscalelm_beta2, low=0.0, strict=True)
+            if self.deepscalelm_beta2 >= 1.0:
+                raise ValueError(f"deepscalelm_beta2 must be in (0, 1) (λ² = 1 - β²), got {self.deepscalelm_beta2!r}")
+        if self.layerscale_init is not None:
+            _finite("layerscale_init", self.layerscale_init)
+        _finite("derf_alpha0", self.derf_alpha0)
+        _finite("derf_shift0", self.derf_shift0)
+        if self.dyisru_beta0 is not None:
+            _finite("dyisru_beta0", self.dyisru_beta0, low=0.0, strict=True)
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError(
                 "dtype='float64' needs jax's x64 mode: set the environment variable JAX_ENABLE_X64=1 "
@@ -285,6 +322,11 @@ class ModelConfig:
                 )
             )
         return tuple(specs)
+
+
+def placement_aliases() -> dict[str, str]:
+    """{alias: placement name} of every registered placement's `aliases` (SkipInit -> rezero)."""
+    return {alias: name for name, p in PLACEMENTS.items() for alias in p.aliases}
 
 
 def field_choices() -> dict[str, tuple[str, ...]]:

@@ -11,6 +11,7 @@ y = (x − μ)/sqrt(σ² + ε), and sg(·) is stop-gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -132,6 +133,47 @@ class DyT(nnx.Module):
         return jnp.tanh(self.alpha[...] * x) * self.gain[...] + self.bias[...]
 
 
+class Derf(nnx.Module):
+    """Dynamic erf: Derf(x) = γ ⊙ erf(α·x + s) + β, scalars α (init α₀) and s (init s₀), γ = 1, β = 0.
+
+    Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers", arXiv 2512.10938 (Eq. 10).
+    Element-wise, like DyT. α₀ = `derf_alpha0` (default 0.5, DyT's), s₀ = `derf_shift0` (default 0,
+    a zero-centred start); see docs/placements.md before reproducing the paper's runs.
+    """
+
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        self.alpha = nnx.Param(jnp.asarray(cfg.derf_alpha0, dtype))
+        self.shift = nnx.Param(jnp.asarray(cfg.derf_shift0, dtype))
+        self.gain = nnx.Param(jnp.ones((width,), dtype))
+        self.bias = nnx.Param(jnp.zeros((width,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.scipy.special.erf(self.alpha[...] * x + self.shift[...]) * self.gain[...] + self.bias[...]
+
+
+class DyISRU(nnx.Module):
+    """Dynamic inverse square root unit: γ ⊙ sqrt(C)·x / sqrt(β + x²), scalar β > 0, C the width.
+
+    Stollenwerk 2025, "On the Mathematical Relationship Between Layer Normalization and Dynamic
+    Activation Functions", arXiv 2503.21708: RMSNorm's x_i·sqrt(C)/sqrt(Σ_j x_j²) with Σ_{j≠i} x_j²
+    replaced by one learnable β. β₀ = `dyisru_beta0`, default C − 1 (that sum for unit-RMS inputs).
+    γ (init 1) is RMSNorm's gain, which the paper keeps apart from the activation.
+    """
+
+    def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        beta0 = cfg.dyisru_beta0 if cfg.dyisru_beta0 is not None else width - 1.0
+        self.scale = math.sqrt(width)
+        self.beta = nnx.Param(jnp.asarray(beta0, dtype))
+        self.gain = nnx.Param(jnp.ones((width,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(_stat_dtype(x))
+        y = self.scale * x32 * jax.lax.rsqrt(self.beta[...].astype(x32.dtype) + jnp.square(x32))
+        return (y * self.gain[...].astype(x32.dtype)).astype(x.dtype)
+
+
 class Identity(nnx.Module):
     """No normalization: the placement's residual wiring without any norm (e.g. λ-skip without LN)."""
 
@@ -161,6 +203,8 @@ NORMS: dict[str, NormFactory] = {
     "detach_var": _detach(mean=False, var=True),
     "dyt": DyT,
     "identity": Identity,
+    "derf": Derf,
+    "dyisru": DyISRU,
 }
 
 

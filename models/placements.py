@@ -3,7 +3,8 @@
 A placement is data. Each entry of `PLACEMENTS` holds one small wiring function per sublayer kind
 (`attn`, `cross`, `mlp`) whose docstring is its equation and citation, the norm slots the block must
 build, and the stack-level properties (final norm, embedding norm, a second stream, depth-dependent
-constants, init rescaling, per-layer parameters, layer segments). The block never branches on a
+constants, per-layer constants, init rescaling, per-layer parameters, layer segments, optimizer rules,
+aliases). The block never branches on a
 placement's name. Adding a placement = one wiring function + one `Placement` entry; every test
 parametrized over `PLACEMENTS` picks it up.
 
@@ -13,7 +14,8 @@ stream `x` (and `dual` for ResiDual), and `s` gives the sublayer's operations:
                          it: qk_scale, score_scale (attention), hidden_scale (FFN), used by nGPT
     s.norm(slot, z)      the norm in `slot` applied to z (its input and output are tapped)
     s.param(name)        a per-layer placement parameter (Admin's ω, ReZero's α, ...)
-    s.const(name)        a static constant of the stack (DeepNorm's α, λ, ...)
+    s.const(name)        a static constant of the stack (DeepNorm's α, λ, ...), or this layer's entry of a
+                         per-layer constant (LayerNorm Scaling's 1/sqrt(ℓ), `Placement.layer_constants`)
     s.site(name, v)      an extra named probe site (e.g. B2T's bottom-to-top path)
     s.layer_input        the stream entering the layer; s.is_last: last sublayer of the layer
 Equations, references and paper-vs-code differences of every entry: docs/placements.md.
@@ -259,6 +261,14 @@ def _no_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Arr
     return {}
 
 
+def _no_layer_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, tuple[float, ...]]:
+    return {}
+
+
+def _no_optimizer_rules(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    return {}
+
+
 def _all(fn: Wire) -> dict[str, Wire]:
     return {kind: fn for kind in KINDS}
 
@@ -300,6 +310,15 @@ class Placement:
     # is the model's nnx.State (nGPT: every weight vector back to unit norm). Applied by
     # analysis.train.step inside the compiled step; models.transformer.after_update composes them.
     after_update: Callable[[ModelConfig, Any], Any] | None = None
+    # {name: one value per layer, bottom first}: constants that differ between layers but are not
+    # learned (LayerNorm Scaling's 1/sqrt(ℓ)); the layer loop hands layer ℓ its entry as s.const(name).
+    layer_constants: Callable[[ModelConfig, StackSpec], dict[str, tuple[float, ...]]] = _no_layer_consts
+    # Other names the same rule is published under (SkipInit for ReZero): listed, never a second entry.
+    aliases: tuple[str, ...] = ()
+    # AdamW rules for every parameter of the stack's layers (weights, biases, norms, per-layer
+    # parameters), read by analysis.train.optim: {"lr": learning-rate multiplier, "eps": ε multiplier};
+    # empty = the optimizer as configured. Embeddings, head and stack-level norms keep the base rules.
+    optimizer_rules: Callable[[ModelConfig, StackSpec], dict[str, float]] = _no_optimizer_rules
 
     def layer_segments(self, cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
         if self.segments is None:
@@ -442,11 +461,191 @@ PLACEMENTS: dict[str, Placement] = {
             constants=_normformer_consts,
         ),
         Placement(
-            "rezero", _all(rezero), _slots(), "Bachlechner et al. 2020", layer_params=_rezero_params, family="none"
+            "rezero",
+            _all(rezero),
+            _slots(),
+            "Bachlechner et al. 2020",
+            layer_params=_rezero_params,
+            family="none",
+            aliases=("skipinit",),
         ),
         Placement("none", _all(plain), _slots(), "plain residual (control)", family="none"),
     )
 }
+
+
+# --------------------------------------------------------------------------------------------
+# The 2024-26 placements (docs/placements.md, "2024-26 placements"): wiring, constants, entries.
+# --------------------------------------------------------------------------------------------
+def lns(s: Sub, st: Stream) -> Stream:
+    """LayerNorm Scaling: h ← h + S(LN(h)/sqrt(ℓ)), ℓ the 1-based layer index; final LN after the stack.
+
+    Sun et al. 2025, "The Curse of Depth in Large Language Models", arXiv 2502.05795
+    (lmsdss/LayerNorm-Scaling `modeling_llama.py`, both sublayers of a layer scaled alike).
+    """
+    h = st["x"]
+    z = s.norm("ln", h)
+    return _x(st, h + s.branch(z * s.const("lns_scale").astype(z.dtype)))
+
+
+def completep(s: Sub, st: Stream) -> Stream:
+    """CompleteP / depth-µP: h ← h + m^(−α)·S(LN(h)), m = L/L_base; α = 1 CompleteP, α = ½ depth-µP.
+
+    Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers", arXiv
+    2505.01618 (EleutherAI/nanoGPT-mup, branch `completep`, `Block`); final LN after the stack.
+    """
+    h = st["x"]
+    return _x(st, h + s.const("completep_scale") * s.branch(s.norm("ln", h)))
+
+
+def deepscalelm(s: Sub, st: Stream) -> Stream:
+    """DeepScaleLM: h ← λ·h + β·S(LN(h)), λ² + β² = 1 (`deepscalelm_constants`); final LN.
+
+    Kedia et al. 2024, "Transformers Get Stable: An End-to-End Signal Propagation Theory for
+    Language Models", arXiv 2403.09635 (akhilkedia/TranformersGetStable, Megatron `transformer.py`).
+    """
+    h = st["x"]
+    return _x(st, s.const("dslm_lambda") * h + s.const("dslm_beta") * s.branch(s.norm("ln", h)))
+
+
+def olmo2(s: Sub, st: Stream) -> Stream:
+    """OLMo-2: h ← h + N_out(S(h)), a norm on the sublayer output only; final norm after the stack.
+
+    OLMo et al. 2025, "2 OLMo 2 Furious", arXiv 2501.00656 (Hugging Face transformers
+    `Olmo2DecoderLayer`: RMSNorm after attention and after the MLP, none on their inputs).
+    """
+    h = st["x"]
+    return _x(st, h + s.norm("ln_out", s.branch(h)))
+
+
+def layerscale(s: Sub, st: Stream) -> Stream:
+    """LayerScale: h ← h + diag(λ)·S(LN(h)), λ ∈ R^d learnable per sublayer, small at init; final LN.
+
+    Touvron et al. 2021, "Going deeper with Image Transformers" (CaiT), arXiv 2103.17239
+    (facebookresearch/deit `cait_models.py`, `gamma_1`, `gamma_2`).
+    """
+    h = st["x"]
+    return _x(st, h + s.param("layer_scale") * s.branch(s.norm("ln", h)))
+
+
+def lns_scales(layers: int) -> tuple[float, ...]:
+    """LayerNorm Scaling's 1/sqrt(ℓ) for ℓ = 1..layers (bottom layer first)."""
+    return tuple(1.0 / math.sqrt(layer) for layer in range(1, layers + 1))
+
+
+def completep_multiplier(layers: int, alpha: float, base_layers: int) -> float:
+    """m^(−α) with m = layers/base_layers: the residual-branch multiplier of CompleteP (α = 1) or
+    depth-µP (α = ½). base_layers = L_base, the depth whose tuned hyperparameters are transferred."""
+    return (layers / base_layers) ** -alpha
+
+
+def deepscalelm_constants(n_sublayers: int, beta2: float | None = None) -> tuple[float, float]:
+    """DeepScaleLM's (λ, β) with λ² + β² = 1: β² = beta2 if given (the code's flag default is 0.005),
+    else β² = 1/n, n = residual sublayers of the stack (the paper's β² ∝ 1/N; see docs/placements.md)."""
+    b2 = 1.0 / n_sublayers if beta2 is None else beta2
+    return math.sqrt(1.0 - b2), math.sqrt(b2)
+
+
+def cait_layerscale_init(layers: int) -> float:
+    """CaiT's LayerScale init ε by depth: 0.1 up to 18 layers, 1e-5 up to 24, 1e-6 deeper (Touvron et al. 2021)."""
+    return 0.1 if layers <= 18 else 1e-5 if layers <= 24 else 1e-6
+
+
+def tfixup_gain(stack: str, enc_layers: int, dec_layers: int) -> float:
+    """T-Fixup's init scale of W_V, W_O and the FFN weights: encoder 0.67·N^(−1/4), decoder (9M)^(−1/4).
+
+    Huang, Perez, Ba, Volkovs 2020, "Improving Transformer Optimization Through Better
+    Initialization" (ICML 2020), Algorithm 1; layer6ai-labs/T-Fixup. N, M: encoder, decoder layers.
+    """
+    return 0.67 * enc_layers**-0.25 if stack == "encoder" else (9 * dec_layers) ** -0.25
+
+
+def _lns_layer_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, tuple[float, ...]]:
+    return {"lns_scale": lns_scales(spec.layers)}
+
+
+def _completep_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    return {"completep_scale": completep_multiplier(spec.layers, cfg.completep_alpha, cfg.completep_base_layers)}
+
+
+def completep_optimizer_rules(layers: int, alpha: float, base_layers: int) -> dict[str, float]:
+    """CompleteP's depth rules for AdamW on the hidden (per-layer) parameters, m = layers/base_layers:
+    learning rate × m^(α−1), ε × m^(−α) (Dey et al. 2025; width multiplier 1). α = 1 keeps the learning
+    rate; α = ½ (depth-µP) lowers it as m^(−½)."""
+    m = layers / base_layers
+    return {"lr": m ** (alpha - 1.0), "eps": m**-alpha}
+
+
+def _completep_optimizer_rules(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    return completep_optimizer_rules(spec.layers, cfg.completep_alpha, cfg.completep_base_layers)
+
+
+def _deepscalelm_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, Any]:
+    lam, beta = deepscalelm_constants(residual_sublayers(spec), cfg.deepscalelm_beta2)
+    return {"dslm_lambda": lam, "dslm_beta": beta}
+
+
+def _layerscale_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str, jax.Array]]:
+    init = cfg.layerscale_init if cfg.layerscale_init is not None else cait_layerscale_init(spec.layers)
+    value = jnp.full((cfg.d_model,), init, jnp.dtype(cfg.dtype))
+    return {kind: {"layer_scale": value} for kind in spec.sublayers}
+
+
+def _tfixup_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
+    gain = tfixup_gain(spec.name, spec.enc_layers, spec.dec_layers)
+    return {"v": gain, "o": gain, "w1": gain, "w2": gain}
+
+
+PLACEMENTS.update(
+    {
+        p.name: p
+        for p in (
+            Placement(
+                "lns",
+                _all(lns),
+                _slots("ln"),
+                "Sun et al. 2025 (LayerNorm Scaling)",
+                final_norm=True,
+                family="pre",
+                layer_constants=_lns_layer_consts,
+            ),
+            Placement(
+                "completep",
+                _all(completep),
+                _slots("ln"),
+                "Dey et al. 2025 (CompleteP / depth-µP)",
+                final_norm=True,
+                family="pre",
+                constants=_completep_consts,
+                optimizer_rules=_completep_optimizer_rules,
+            ),
+            Placement(
+                "deepscalelm",
+                _all(deepscalelm),
+                _slots("ln"),
+                "Kedia et al. 2024 (DeepScaleLM)",
+                final_norm=True,
+                family="pre",
+                constants=_deepscalelm_consts,
+            ),
+            Placement(
+                "olmo2", _all(olmo2), _slots("ln_out"), "OLMo et al. 2025 (OLMo 2)", final_norm=True, family="pre"
+            ),
+            Placement(
+                "layerscale",
+                _all(layerscale),
+                _slots("ln"),
+                "Touvron et al. 2021 (CaiT LayerScale)",
+                final_norm=True,
+                family="pre",
+                layer_params=_layerscale_params,
+            ),
+            Placement(
+                "tfixup", _all(plain), _slots(), "Huang et al. 2020 (T-Fixup)", family="none", init_gains=_tfixup_gains
+            ),
+        )
+    }
+)
 
 
 def register_placement(placement: Placement) -> Placement:

@@ -33,6 +33,8 @@ class Stack(nnx.Module):
         self.spec = spec
         self.layer_loop: LayerLoop = ScanLoop()  # static, part of the graphdef; Transformer.use_ops sets it
         self.consts = dict(placement.constants(cfg, spec))
+        self.layer_consts = dict(placement.layer_constants(cfg, spec))  # {name: one float per layer}
+        self.dtype = cfg.dtype
         self.segments = tuple((wiring, n) for wiring, n in placement.layer_segments(cfg, spec))
 
         @nnx.split_rngs(splits=spec.layers)
@@ -71,21 +73,23 @@ class Stack(nnx.Module):
         graphdef, state = nnx.split(self.layers)
         layer_perturb = perturb.get("layers")
         keys = None if dropout_key is None else jax.random.split(dropout_key, self.spec.layers)
+        layer_consts = {k: jnp.asarray(v, jnp.dtype(self.dtype)) for k, v in self.layer_consts.items()}  # (L,)
         sites, stats, lo = [], [], 0
         for wiring, n in self.segments:
             window = lambda tree: None if tree is None else jax.tree.map(lambda a: a[lo : lo + n], tree)
 
             def body(carry, xs, wiring=wiring):
-                layer_state, layer_perturb_l, key = xs
+                layer_state, layer_perturb_l, key, consts_l = xs
                 taps = Taps(layer_perturb_l, record)
                 block = nnx.merge(graphdef, layer_state)
-                carry = block(carry, wiring=wiring, consts=self.consts, memory=memory, taps=taps, dropout_key=key)
+                consts = {**self.consts, **consts_l}
+                carry = block(carry, wiring=wiring, consts=consts, memory=memory, taps=taps, dropout_key=key)
                 layer_stats = taps.stats
                 if summarize is not None and record:
                     layer_stats = {**layer_stats, "summary": summarize(taps.sites)}
                 return carry, (taps.sites, layer_stats)
 
-            xs = (window(state), window(layer_perturb), window(keys))
+            xs = (window(state), window(layer_perturb), window(keys), window(layer_consts))
             stream, (seg_sites, seg_stats) = self.layer_loop(body, stream, xs, n, self.spec.layers)
             sites.append(seg_sites)
             stats.append(seg_stats)

@@ -21,7 +21,7 @@ _MARKERS = "osD^vP*Xh<>p"
 # module does not import models, and tests/analysis/plot/test_figures.py checks it covers them all).
 # tab20: the dark shades (= tab10) first, then the light ones.
 _TAB20 = plt.get_cmap("tab20").colors
-_PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+_PALETTE = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))] + list(plt.get_cmap("tab20b").colors[::2])
 _PLACEMENT_ORDER = (
     "post",
     "pre",
@@ -38,6 +38,12 @@ _PLACEMENT_ORDER = (
     "normformer",
     "rezero",
     "none",
+    "lns",
+    "completep",
+    "deepscalelm",
+    "olmo2",
+    "layerscale",
+    "tfixup",
 )
 PLACEMENT_COLORS: dict[str, tuple[float, float, float]] = {p: _PALETTE[i] for i, p in enumerate(_PLACEMENT_ORDER)}
 PLACEMENT_MARKERS: dict[str, str] = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(_PLACEMENT_ORDER)}

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from analysis.train.fields import check_choice, check_int, check_number, runtime_field
+from models import PLACEMENTS, ModelConfig
 
 Schedule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -115,15 +116,51 @@ def learning_rate(step: jax.Array | int, o: OptimConfig, total: int) -> jax.Arra
     return scheduled_lr(step, o.schedule, Hyper.of(o, total))
 
 
-def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
+def make_optimizer(o: OptimConfig, model: ModelConfig | None = None) -> optax.GradientTransformation:
     """optax AdamW(b1, b2, eps, weight_decay) at unit learning rate, after clip_by_global_norm if set.
 
     The schedule's η_s multiplies the result (`adamw_updates`): AdamW's update
     −η_s·(m̂/(sqrt(v̂)+ε) + λθ) is linear in η_s, so this is AdamW with learning rate η_s, with η
     and the warm-up kept out of the compiled program's constants.
+
+    `model`: where its placement declares optimizer rules (`Placement.optimizer_rules`, e.g.
+    CompleteP's depth rules), the parameters of each such stack's layers get their own AdamW with
+    ε × rules["eps"] and an update × rules["lr"] (so learning rate and decoupled decay both scale);
+    every other parameter gets the plain AdamW. Without rules the optimizer is the plain one.
     """
-    adamw = optax.adamw(learning_rate=1.0, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    return adamw if o.clip_norm is None else optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
+    adamw = lambda eps: optax.adamw(learning_rate=1.0, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay)
+    rules = placement_rules(model) if model is not None else {}
+    if rules:
+        groups = {
+            stack: optax.chain(adamw(o.eps * r.get("eps", 1.0)), optax.scale(r.get("lr", 1.0)))
+            for stack, r in rules.items()
+        }
+        opt = optax.multi_transform({**groups, OTHER_GROUP: adamw(o.eps)}, lambda params: param_groups(params, rules))
+    else:
+        opt = adamw(o.eps)
+    return opt if o.clip_norm is None else optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+
+
+OTHER_GROUP = "other"  # the label of parameters outside every stack with optimizer rules
+
+
+def placement_rules(model: ModelConfig) -> dict[str, dict[str, float]]:
+    """{stack name: its placement's optimizer rules} for the stacks of `model` that declare any."""
+    rules = {spec.name: dict(PLACEMENTS[spec.placement].optimizer_rules(model, spec)) for spec in model.stacks()}
+    return {stack: r for stack, r in rules.items() if r}
+
+
+def param_groups(params: Any, rules: dict[str, dict[str, float]]) -> Any:
+    """The optimizer group of every leaf of `params` (a model state): the stack name for parameters
+    under stacks/<stack>/layers of a stack with rules, else OTHER_GROUP."""
+
+    def label(path: tuple, _: Any) -> str:
+        keys = [getattr(k, "key", None) for k in path]
+        if len(keys) > 2 and keys[0] == "stacks" and keys[2] == "layers" and keys[1] in rules:
+            return keys[1]
+        return OTHER_GROUP
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def adamw_updates(

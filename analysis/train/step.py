@@ -90,7 +90,7 @@ def init_one(
 def abstract_states(cfg: TrainConfig, sharding: jax.sharding.Sharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef with models.ops' plain ops, the seed-stacked TrainState as ShapeDtypeStructs) of
     `cfg`, e.g. to restore a checkpoint."""
-    optimizer = make_optimizer(cfg.optim)
+    optimizer = make_optimizer(cfg.optim, cfg.model)
     seeds = jax.ShapeDtypeStruct((len(cfg.seeds),), jnp.uint32)
     abstract = jax.eval_shape(jax.vmap(lambda s: init_one(cfg, optimizer, s)), seeds)
     if sharding is not None:
@@ -133,7 +133,7 @@ class Program:
         plan.check_model(cfg.model.dtype)
         self.cfg, self.data, self.plan, self.chunk = cfg, data, plan, chunk
         self.model_cfg = cfg.model
-        self.optimizer = make_optimizer(cfg.optim)
+        self.optimizer = make_optimizer(cfg.optim, cfg.model)
         self.ops = plan.model_ops()
         self.graphdef = graphdef_of(cfg, self.ops)
         self.after_update = after_update(cfg.model)  # None for most placements: the plain update

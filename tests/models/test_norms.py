@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from models import NORMS, ModelConfig
+from tests.models.test_placements_2026 import NORM_REFERENCES_2026
 
 # float64 evaluation vs a float64 numpy reference: only rounding of O(1) numbers remains.
 F64_TOL = 1e-12
@@ -111,6 +112,7 @@ REFERENCES = {
     "detach_var": _ref_simple,
     "dyt": _ref_dyt,
     "identity": lambda x, m, cfg: x,
+    **NORM_REFERENCES_2026,  # derf, dyisru
 }
 
 

@@ -412,6 +412,7 @@ _VECTOR_LEAVES = {
     "alpha": (0.5, 0.3),  # ReZero ρ (0 at init: would hide the whole branch)
     "head_scale": (1.0, 0.3),  # NormFormer c_k
     "resid_scale": (1.0, 0.3),  # NormFormer λ_res
+    "layer_scale": (0.5, 0.3),  # LayerScale λ (test_placements_2026.py)
 }
 
 
@@ -474,14 +475,17 @@ RESTATED_ELSEWHERE = frozenset(NGPT_SUBLN_REFERENCES) - {"pre"}
 
 
 def test_every_placement_has_a_reference():
-    assert set(REFERENCES) | RESTATED_ELSEWHERE == set(PLACEMENTS), (
-        f"placements without a reference: {sorted(set(PLACEMENTS) - set(REFERENCES) - RESTATED_ELSEWHERE)}; "
-        f"references without a placement: {sorted(set(REFERENCES) - set(PLACEMENTS))}"
+    from tests.models.test_placements_2026 import REFERENCES_2026  # the 2024-26 entries, restated there
+
+    references = {**REFERENCES, **REFERENCES_2026}
+    assert set(references) | RESTATED_ELSEWHERE == set(PLACEMENTS), (
+        f"placements without a reference: {sorted(set(PLACEMENTS) - set(references) - RESTATED_ELSEWHERE)}; "
+        f"references without a placement: {sorted(set(references) - set(PLACEMENTS))}"
     )
 
 
 @pytest.mark.parametrize(("arch", "layers"), CASES, ids=[f"{a}-L{n}" for a, n in CASES])
-@pytest.mark.parametrize("placement", sorted(set(PLACEMENTS) - RESTATED_ELSEWHERE))
+@pytest.mark.parametrize("placement", sorted(REFERENCES))
 def test_block_matches_reference(placement: str, arch: str, layers: int, eager):
     cfg = _config(placement, arch, layers)
     assert placement in REFERENCES, f"placement {placement!r} has no reference restatement"

@@ -44,6 +44,8 @@ _PLACEMENT_ORDER = (
     "olmo2",
     "layerscale",
     "tfixup",
+    "subln",
+    "ngpt",
 )
 PLACEMENT_COLORS: dict[str, tuple[float, float, float]] = {p: _PALETTE[i] for i, p in enumerate(_PLACEMENT_ORDER)}
 PLACEMENT_MARKERS: dict[str, str] = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(_PLACEMENT_ORDER)}

@@ -18,7 +18,7 @@ seed mean with its 95% Student-t interval: ``band="auto"`` picks ``"logci"`` on 
       positive values drawn on a log axis, where a linear interval would cross zero).
 
 Readability at the report's page width: every text is at least ``FONT_MIN_PT`` points, and lines
-whose seed means coincide (within 1% at every x) say so in the legend (``sandwich (≡ peri)``)
+whose seed means coincide (within 1% of the axis' span at every x) say so in the legend (``sandwich (≡ peri)``)
 instead of hiding behind each other. Y labels are plain language (``quantity_label``); the code
 names (quantity, site) belong in the caption.
 
@@ -72,7 +72,7 @@ Band = Literal["auto", "minmax", "iqr", "ci", "logci"]
 DPI = 130
 FONT_MIN_PT = 9  # the smallest text on any figure; the report shows figures at their physical size
 _LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes
-_COINCIDE_RTOL = 0.01  # seed means this close at every x are one line to the eye: said in the legend
+_COINCIDE_FRACTION = 0.01  # seed means this close (of the axis' span) at every x are one line to the eye
 _BAND_TEXT = {
     "auto": "mean, 95% CI",
     "minmax": "median, min–max",
@@ -192,17 +192,29 @@ def quantity_label(quantity: str, site: str | None = None) -> str:
     return f"{name} ({_SITE_LABELS.get(site, site)})" if site else name
 
 
-def _coincident(curves: Mapping[Any, tuple[np.ndarray, np.ndarray]]) -> dict[Any, Any]:
-    """{hue: earlier hue} for every line whose seed means equal an earlier line's within
-    ``_COINCIDE_RTOL`` at every x (same x values; lines without a finite point are skipped)."""
+def _coincident(curves: Mapping[Any, tuple[np.ndarray, np.ndarray]], log: bool) -> dict[Any, Any]:
+    """{hue: earlier hue} for every line that the eye cannot tell from an earlier one: seed means
+    within ``_COINCIDE_FRACTION`` of the y axis' span (in log10 on a log axis) at every x, at the same
+    x values. Lines without a finite point are skipped."""
+
+    def scaled(y: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log10(np.where(y > 0, y, np.nan)) if log else y
+
+    ys = [scaled(y) for _, y in curves.values()]
+    finite_all = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+    if finite_all.size == 0:
+        return {}
+    tolerance = _COINCIDE_FRACTION * max(float(np.ptp(finite_all)), 1e-12)
     out: dict[Any, Any] = {}
     seen: list[Any] = []
     for h, (x, y) in curves.items():
+        y = scaled(y)
         finite = np.isfinite(y)
         for other in seen:
-            ox, oy = curves[other]
+            ox, oy = curves[other][0], scaled(curves[other][1])
             if finite.any() and len(ox) == len(x) and np.array_equal(ox, x) and np.array_equal(np.isfinite(oy), finite):
-                if np.allclose(y[finite], oy[finite], rtol=_COINCIDE_RTOL, atol=0.0):
+                if np.max(np.abs(y[finite] - oy[finite])) <= tolerance:
                     out[h] = other
                     break
         if h not in out:
@@ -351,7 +363,7 @@ def plot_layer_profile(
     present = [h for h in styles if h in set(stats[hue])]
     alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1  # many overlapping bands: lighter
     curves = {h: tuple(stats.loc[stats[hue] == h, ["layer", "center"]].to_numpy(float).T) for h in present}
-    same = _coincident({h: c for h, c in curves.items() if not (log and h in zero_hues)})
+    same = _coincident({h: c for h, c in curves.items() if not (log and h in zero_hues)}, log)
     for h in present:
         x, center, lo, hi = stats.loc[stats[hue] == h, ["layer", "center", "lo", "hi"]].to_numpy(float).T
         st = styles[h]
@@ -365,7 +377,7 @@ def plot_layer_profile(
     _note_nonfinite(ax, sel)
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # "auto": fit the axis length
     ax.set_xlabel("layer (0 = bottom)")
-    ax.set_ylabel(ylabel or quantity_label(quantity, site))
+    ax.set_ylabel(quantity_label(quantity, site) if ylabel is None else ylabel)
     ax.set_title(f"{quantity} at {site}: {stack}, {_step_text(sel)}", fontsize="medium")
     ax.grid(True, alpha=0.3, lw=0.5)
     _readable(ax)
@@ -588,7 +600,7 @@ def plot_lines(
     styles = _styles(df, hue)
     present = [h for h in styles if h in set(stats[hue])]
     alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1
-    same = _coincident({h: tuple(stats.loc[stats[hue] == h, [x, "center"]].to_numpy(float).T) for h in present})
+    same = _coincident({h: tuple(stats.loc[stats[hue] == h, [x, "center"]].to_numpy(float).T) for h in present}, log)
     for h in present:
         xs, center, lo, hi = stats.loc[stats[hue] == h, [x, "center", "lo", "hi"]].to_numpy(float).T
         st = styles[h]

@@ -229,7 +229,7 @@ def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, 
         citation="",
         summary=summary + "\n\n" + notes,
         figures=figures,
-        tables=(("Headline statistics per placement: median [min, max] over seeds", table),),
+        tables=(("Headline statistics per placement: seed mean [95% t interval] (geometric for ratios)", table),),
         settings=(("layers", str(layers)), ("seeds", str(seeds)), ("placements", ", ".join(meta["placements"]))),
     )
 

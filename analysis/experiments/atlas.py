@@ -393,7 +393,7 @@ def init_study(
 PROFILE_PANELS = (
     ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input"),
     ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W₂‖ of each layer's FFN output weight"),
-    ("update_ratio", "mlp", "‖F(x)‖/‖x‖: each layer's FFN output (before ReZero's α) over its input stream"),
+    ("update_ratio", "mlp", "‖F(x)‖/‖x‖: each layer's FFN output over its input stream"),
     ("act_norm", "resid_pre", "per-token RMS of each layer's input"),
     ("ln_jacobian_gain", "mlp_ln", "‖J_LNᵀ g‖/‖g‖ of the FFN sublayer's norm"),
     ("cos_adjacent", "resid_pre", "cosine between consecutive layers' inputs"),
@@ -415,15 +415,17 @@ def atlas_figures(df: pd.DataFrame, layers: int, seeds: int) -> list[tuple[str, 
     out = []
     for quantity, site, title in PROFILE_PANELS:
         fig = _profile_grid(
-            df, quantity, site, PROFILE_YLABELS[quantity], f"{title} at init, {layers} layers ({CONVENTION})"
+            df, quantity, site, PROFILE_YLABELS[quantity], f"{title} at init, {layers} layers\n{CONVENTION}"
         )
         caption = (
-            f"{title} at initialization, per layer (0 = bottom); probe `{quantity}` at site `{site}`. Top row: "
+            f"{title} at initialization, per layer (0 = bottom); probe `{quantity}` at site `{site}`"
+            + (" (the FFN output before ReZero's α)" if quantity == "update_ratio" else "")
+            + ". Top row: "
             f"the decoder of an {layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only "
             "model; one column per placement family present. Seed mean of "
             f"{seeds} seeds (the geometric mean on a log axis) with its 95% Student-t interval. A legend entry "
-            "'a (≡ b)' marks a line that coincides with b's (within 1% of the axis' span at every layer) (drawn under it); "
-            "'≡ 0' a line that is exactly zero (ReZero at init), which a log axis cannot show."
+            "'a (≡ b)' marks a line that coincides with b's (within 1% of the axis' span at every layer, "
+            "drawn under it); '≡ 0' a line that is exactly zero (ReZero at init), which a log axis cannot show."
         )
         out.append((quantity, caption, fig))
     for arch, stack, arch_title in ARCH_PANELS:

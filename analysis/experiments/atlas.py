@@ -94,9 +94,6 @@ def atlas_jobs(
     ]
 
 
-PAGE_WIDTH_IN = 11.5  # the report's column (1132 CSS px at 96 per inch), less a margin: figures fit it unscaled
-
-
 def _families(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
     """(family, its placements in the frame) for every family with a placement in the frame: a report
     of `--placements post,pre` has no panel for the families it did not ask for."""
@@ -112,7 +109,7 @@ def _legend_below(column: Sequence, title: str) -> None:
     """One legend for a column of panels (the same placements in each), under its bottom panel, off
     the data. A label a panel annotated ("sandwich (≡ peri)": coinciding lines, or ≡ 0) keeps its note,
     naming the row when not every row has it."""
-    from analysis.plot.figures import FONT_MIN_PT  # lazy: matplotlib only to draw
+    from analysis.plot.figures import legend_below  # lazy: matplotlib only to draw
 
     bottom = column[-1]
     notes: dict[str, list[str]] = {}
@@ -138,25 +135,14 @@ def _legend_below(column: Sequence, title: str) -> None:
             name = f"{name} ({'; '.join(parts)})"
         handles.append(line)
         labels.append(name)
-    bottom.legend(
-        handles,
-        labels,
-        title=title,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.3),
-        ncols=2 if len(labels) > 3 else 1,
-        fontsize=FONT_MIN_PT,
-        title_fontsize=FONT_MIN_PT,
-        frameon=False,
-    )
+    legend_below(bottom, title, handles, labels, ncols=2 if len(labels) > 3 else 1)
 
 
 def _profile_grid(df: pd.DataFrame, quantity: str, site: str, ylabel: str, title: str) -> Figure:
     from analysis.plot import figures  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     families = _families(df)
-    width = min(PAGE_WIDTH_IN / len(families), 4.6)
-    fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(width, 2.9))
+    fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(4.6, 2.9))
     for row, (arch, stack, arch_title) in enumerate(ARCH_PANELS):
         for col, (family, members) in enumerate(families):
             ax = axes[row * len(families) + col]
@@ -201,7 +187,7 @@ def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figur
 
     names = [p for p in PLACEMENTS if p in set(df["placement"])]
     ncols = min(5, len(names))
-    fig, axes = figures.figure_grid(len(names), ncols=ncols, panel_size=(min(2.1, PAGE_WIDTH_IN / ncols), 2.1))
+    fig, axes = figures.figure_grid(len(names), ncols=ncols, panel_size=(2.1, 2.1))
     for i, (ax, placement) in enumerate(zip(axes, names)):
         figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch}, colorbar=False)
         ax.set_title(placement, fontsize=figures.FONT_MIN_PT + 1)

@@ -50,6 +50,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.transforms import ScaledTranslation
 
 from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS
 from analysis.plot.styles import styles as _styles
@@ -65,13 +66,19 @@ __all__ = [
     "figure_grid",
     "save_figure",
     "quantity_label",
+    "legend_below",
     "FONT_MIN_PT",
+    "PAGE_WIDTH_IN",
 ]
 
 Band = Literal["auto", "minmax", "iqr", "ci", "logci"]
 DPI = 130
 FONT_MIN_PT = 9  # the smallest text on any figure; the report shows figures at their physical size
-_LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes
+_LEGEND_INSIDE_MAX = 5  # more lines than this draw their bands lighter
+_LEGEND_DROP_IN = 0.42  # legend's top below the axes: the tick labels and the x label (9-10 pt) above it
+_LEGEND_CHAR_IN, _LEGEND_HANDLE_IN = 0.075, 0.5  # a 9-pt character's width, and a handle with its padding
+_LEGEND_LINE_IN = 0.2  # one line of a 9-pt legend
+PAGE_WIDTH_IN = 11.5  # the report's column (1132 CSS px at 96 per inch) less a margin: no figure is wider
 _COINCIDE_FRACTION = 0.01  # seed means this close (of the axis' span) at every x are one line to the eye
 _BAND_TEXT = {
     "auto": "mean, 95% CI",
@@ -284,21 +291,54 @@ def _auto_log(values: pd.Series) -> bool:
     return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
 
 
+def legend_below(
+    ax: Axes,
+    title: str,
+    handles: Sequence | None = None,
+    labels: Sequence[str] | None = None,
+    ncols: int | None = None,
+) -> None:
+    """The axes' legend under it, off the data (a legend inside the axes covered lines in several
+    panels), in ``ncols`` columns (default: up to three, as many as fit the panel's width); placed a fixed distance in inches below the axes so it clears the
+    tick labels and the x label whatever the panel's height. Constrained layout makes room for it."""
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    below = ax.transAxes + ScaledTranslation(0.0, -_LEGEND_DROP_IN, ax.figure.dpi_scale_trans)
+    if ncols is None:  # as many columns (up to three) as fit the panel's width, so legends never overlap
+        width = ax.get_position().width * ax.figure.get_figwidth()
+        entry = _LEGEND_CHAR_IN * max((len(str(label)) for label in labels), default=1) + _LEGEND_HANDLE_IN
+        ncols = max(1, min(3, len(labels), int(width // entry)))
+    _grow_for_legend(ax, math.ceil(len(labels) / ncols) + title.count("\n") + 1)
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=below,
+        ncols=ncols,
+        fontsize=FONT_MIN_PT,
+        title_fontsize=FONT_MIN_PT,
+        handlelength=1.8,
+        columnspacing=1.0,
+        frameon=False,
+    )
+
+
+def _grow_for_legend(ax: Axes, lines: int) -> None:
+    """Make the figure taller by the legend's height under this row of panels (the tallest legend of
+    the row counts once), so the panels keep the height they were drawn for."""
+    spec = ax.get_subplotspec()
+    row = spec.rowspan.start if spec is not None else 0
+    grown = ax.figure.__dict__.setdefault("_lnscope_legend_in", {})
+    need = _LEGEND_DROP_IN + lines * _LEGEND_LINE_IN
+    if need > grown.get(row, 0.0):
+        ax.figure.set_figheight(ax.figure.get_figheight() + need - grown.get(row, 0.0))
+        grown[row] = need
+
+
 def _legend(ax: Axes, title: str, n: int) -> None:
-    if n > _LEGEND_INSIDE_MAX:  # outside, right of the axes; constrained layout makes room for it
-        ax.legend(
-            title=title,
-            fontsize=FONT_MIN_PT,
-            title_fontsize=FONT_MIN_PT,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-            handlelength=1.6,
-            ncols=1 if n <= 20 else 2,
-            alignment="left",
-        )
-    else:
-        ax.legend(title=title, fontsize=FONT_MIN_PT, title_fontsize=FONT_MIN_PT, alignment="left", loc="best")
+    legend_below(ax, title)
 
 
 def _step_text(sel: pd.DataFrame) -> str:
@@ -634,12 +674,14 @@ def plot_lines(
 def figure_grid(
     n_panels: int, ncols: int = 3, panel_size: tuple[float, float] = (4.5, 3.2)
 ) -> tuple[Figure, np.ndarray]:
-    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
+    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout), no wider
+    than ``PAGE_WIDTH_IN`` (the report shows figures at their physical size, so text stays at its
+    point size: a wider grid gets narrower panels instead).
 
     Args:
         n_panels: number of axes wanted (>= 1); grid cells beyond it are removed.
         ncols: columns of the grid (fewer when ``n_panels`` is smaller).
-        panel_size: (width, height) of one panel in inches.
+        panel_size: (width, height) of one panel in inches; the width shrinks to fit the page.
 
     Returns:
         ``(fig, axes)`` with ``axes`` a flat array of length ``n_panels``, row by row.
@@ -648,9 +690,8 @@ def figure_grid(
         raise ValueError(f"need n_panels >= 1 and ncols >= 1, got {n_panels}, {ncols}")
     ncols = min(ncols, n_panels)
     nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
-    )
+    width = min(panel_size[0], PAGE_WIDTH_IN / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained")
     flat = axes.ravel()
     for ax in flat[n_panels:]:
         fig.delaxes(ax)

@@ -21,7 +21,7 @@ import pytest
 from analysis import cli
 from analysis.experiments import atlas
 from analysis.experiments.runs import InitJob
-from analysis.plot.figures import DPI
+from analysis.plot.figures import DPI, PAGE_WIDTH_IN
 from analysis.report import build
 from analysis.report import cli as report_cli
 from analysis.report.content import CHECK_COLUMNS, ReportContent, Section, settings_rows
@@ -423,7 +423,7 @@ def test_atlas_figures_keep_only_the_requested_placements() -> None:
             assert not any("no norm" in ax.get_title() for ax in fig.axes)
             assert f"`{name}`" in caption  # the code name is in the caption, the y label is words
             assert all(name not in ax.get_ylabel() for ax in fig.axes)
-        assert fig.get_size_inches()[0] <= atlas.PAGE_WIDTH_IN
+        assert fig.get_size_inches()[0] <= PAGE_WIDTH_IN
         plt.close(fig)
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from analysis.plot.figures import (
     FONT_MIN_PT,
+    PAGE_WIDTH_IN,
     figure_grid,
     plot_cka_heatmap,
     plot_depth_scaling,
@@ -353,7 +354,8 @@ def test_depth_scaling_nonpositive_values_fall_back_to_linear():
 def test_figure_grid_shapes():
     fig, axes = figure_grid(5, ncols=3)
     assert len(axes) == 5 and len(fig.axes) == 5
-    assert tuple(fig.get_size_inches()) == pytest.approx((13.5, 6.4))
+    # three 4.5-inch panels would be wider than the report's page: the panels narrow, the height stays
+    assert tuple(fig.get_size_inches()) == pytest.approx((PAGE_WIDTH_IN, 6.4))
     fig, axes = figure_grid(2)
     assert tuple(fig.get_size_inches()) == pytest.approx((9.0, 3.2))
     with pytest.raises(ValueError):

@@ -106,7 +106,9 @@ def _ln_share() -> Statistic:
     return custom(
         "log_share",
         "share of the decoder's log gradient decay (ln ‖∂ℒ/∂x_0‖/‖∂ℒ/∂x_out‖) that its LN "
-        "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means",
+        "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means. "
+        "A share above 1 means the LNs alone shrink the gradient more than the decoder does end to end: "
+        "the rest of each layer (the residual path through the sublayers) gives part of it back",
         (*gains, g_in, g_out),
         combine,
     )

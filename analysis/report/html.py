@@ -188,6 +188,8 @@ def _claims(section: Section) -> str:
     items = []
     for _, row in section.claims.iterrows():
         note = f'<br><span class="meta">{_inline(str(row["note"]))}</span>' if str(row["note"]).strip() else ""
+        described = str(row.get("statistic_description") or "").strip()  # what the statistic measures
+        note += f'<br><span class="meta">statistic: {_inline(described)}</span>' if described else ""
         items.append(
             f'<li id="{claim_anchor(row["id"])}">{_verdict(row["verdict"])} {_inline(str(row["statement"]))}'
             f'<br><span class="meta">{escape(str(row["id"]))} · source: {_inline(str(row["source"]))} · '

@@ -90,6 +90,8 @@ def _section(section: Section) -> str:
         out += ["### Claims", ""]
         for _, row in section.claims.iterrows():
             note = f" {row['note']}" if str(row["note"]).strip() else ""
+            described = str(row.get("statistic_description") or "").strip()
+            note += f" Statistic: {described}." if described else ""
             out.append(
                 f"- **{row['verdict']}**: {row['statement']} (`{row['id']}`; source: {row['source']}; "
                 f"method form: {row['method_form']}; statistic {fmt_statistic(row)}, threshold "

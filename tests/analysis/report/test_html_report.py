@@ -462,3 +462,11 @@ def test_at_800_px_nothing_overflows_and_the_verdict_comes_first(report, tmp_pat
     layout = json.loads(match.group(1).replace("&quot;", '"'))
     assert layout["window"] == 800 and layout["page"] <= layout["window"], layout
     assert layout["first"] == "not reproduced" and 0 <= layout["left"] and layout["right"] < 200, layout
+
+
+def test_a_claims_entry_says_what_its_statistic_measures(report) -> None:
+    """Issue 25 (15): a share of 2.46 against >= 0.5 needs the statistic's description beside it."""
+    _, built, experiment = report
+    text = built.index.read_text()
+    described = build.check_claims(experiment, experiment.run("quick"))["statistic_description"].iloc[0]
+    assert described and f"statistic: {described}" in text

@@ -299,8 +299,9 @@ def legend_below(
     ncols: int | None = None,
 ) -> None:
     """The axes' legend under it, off the data (a legend inside the axes covered lines in several
-    panels), in ``ncols`` columns (default: up to three, as many as fit the panel's width); placed a fixed distance in inches below the axes so it clears the
-    tick labels and the x label whatever the panel's height. Constrained layout makes room for it."""
+    panels), in ``ncols`` columns (default: up to three, as many as fit the panel's width); placed a
+    fixed distance in inches below the axes so it clears the tick labels and the x label whatever the
+    panel's height. The figure grows by the legend's height (``_grow_for_legend``)."""
     if handles is None or labels is None:
         handles, labels = ax.get_legend_handles_labels()
     below = ax.transAxes + ScaledTranslation(0.0, -_LEGEND_DROP_IN, ax.figure.dpi_scale_trans)
@@ -691,7 +692,9 @@ def figure_grid(
     ncols = min(ncols, n_panels)
     nrows = math.ceil(n_panels / ncols)
     width = min(panel_size[0], PAGE_WIDTH_IN / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
+    )
     flat = axes.ravel()
     for ax in flat[n_panels:]:
         fig.delaxes(ax)

@@ -15,13 +15,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.text
 import pandas as pd
 import pytest
 
 from analysis import cli
 from analysis.experiments import atlas
 from analysis.experiments.runs import InitJob
-from analysis.plot.figures import DPI, PAGE_WIDTH_IN
+from analysis.plot.figures import DPI, FONT_MIN_PT, PAGE_WIDTH_IN
 from analysis.report import build
 from analysis.report import cli as report_cli
 from analysis.report.content import CHECK_COLUMNS, ReportContent, Section, settings_rows
@@ -424,6 +425,10 @@ def test_atlas_figures_keep_only_the_requested_placements() -> None:
             assert f"`{name}`" in caption  # the code name is in the caption, the y label is words
             assert all(name not in ax.get_ylabel() for ax in fig.axes)
         assert fig.get_size_inches()[0] <= PAGE_WIDTH_IN
+        if name in ("act_grad_norm", "cka_decoder"):  # text at page width: nothing below FONT_MIN_PT
+            fig.canvas.draw()
+            texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+            assert min(t.get_fontsize() for t in texts) >= FONT_MIN_PT, name
         plt.close(fig)
 
 

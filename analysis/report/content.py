@@ -275,6 +275,18 @@ def robustness_text(row: Mapping[str, Any]) -> str:
     return text + (f"; flipped by {flipped}" if flipped else "")
 
 
+def settings_groups(rows: tuple[tuple[str, str], ...]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`settings_rows` grouped for a compact table: one group per nested part (`harness`, `train`) with
+    its fields, the top-level fields together under "settings", and the command on its own."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, value in rows:
+        group, dot, field_name = name.partition(".")
+        if not dot:
+            group, field_name = ("command" if name == "command" else "settings"), name
+        groups.setdefault(group, []).append((field_name, value))
+    return list(groups.items())
+
+
 def settings_rows(preset: Any) -> tuple[tuple[str, str], ...]:
     """A preset's settings as (name, value) pairs: a dataclass's fields, nested dataclasses flattened
     to dotted names (`harness.d_model`), sequences joined with commas; a mapping's items; anything

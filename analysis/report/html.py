@@ -31,6 +31,7 @@ from analysis.report.content import (
     not_reproduced,
     robustness_text,
     setting_text,
+    settings_groups,
     verdict_counts,
 )
 
@@ -52,7 +53,7 @@ th, td { border: 1px solid #d8d8dc; padding: 4px 8px; text-align: left; vertical
 th { background: #f0f0f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 th, td { overflow-wrap: anywhere; } th { overflow-wrap: normal; } .scroll { overflow-x: auto; max-width: 100%; }
 table.checks { width: 100%; font-size: .86em; } table.checks td.aside { font-size: .92em; color: #333; }
-table.settings { font-size: .86em; } table.settings th { font-weight: normal; font-family: ui-monospace, monospace; }
+table.settings { font-size: .86em; } table.settings td { line-height: 1.7; }
 details.paper { margin: 6px 0; } details.paper > summary { cursor: pointer; padding: 4px 0; }
 ul.concerns { padding-left: 20px; } ul.concerns li { margin-bottom: 4px; }
 .verdict { font-weight: 600; padding: 1px 7px; border-radius: 10px; white-space: nowrap; font-size: .92em; }
@@ -209,7 +210,16 @@ def _section(section: Section) -> str:
     if isinstance(section.settings, str) and section.settings:
         parts.append(f"<pre>{escape(section.settings)}</pre>")
     elif section.settings:
-        rows = "".join(f"<tr><th>{escape(k)}</th><td>{_inline(v)}</td></tr>" for k, v in section.settings)
+        rows = "".join(
+            f"<tr><th>{escape(group)}</th><td>"
+            + (
+                _inline(fields[0][1])
+                if group == "command"
+                else " · ".join(f"<code>{escape(k)}</code> {_inline(v)}" for k, v in fields)
+            )
+            + "</td></tr>"
+            for group, fields in settings_groups(section.settings)
+        )
         parts.append(f'<table class="settings">{rows}</table>')
     parts.append(_claims(section))
     if section.figures:

@@ -19,6 +19,7 @@ from analysis.report.content import (
     not_reproduced,
     robustness_text,
     setting_text,
+    settings_groups,
     verdict_counts,
 )
 
@@ -85,7 +86,11 @@ def _section(section: Section) -> str:
     if isinstance(section.settings, str) and section.settings:
         out += ["```", section.settings, "```", ""]
     elif section.settings:
-        out += [markdown_table(pd.DataFrame(list(section.settings), columns=["setting", "value"])), ""]
+        table = [
+            (group, " · ".join(v if group == "command" else f"`{k}` {v}" for k, v in fields))
+            for group, fields in settings_groups(section.settings)
+        ]
+        out += [markdown_table(pd.DataFrame(table, columns=["settings", "values"])), ""]
     if not section.claims.empty:
         out += ["### Claims", ""]
         for _, row in section.claims.iterrows():

@@ -400,7 +400,8 @@ def test_preset_settings_are_a_key_value_table() -> None:
     rows = settings_rows(Preset())
     assert rows == (("harness.d_model", "64"), ("harness.depths", "3, 6"), ("deep", "18"))
     text = render_html(_content(pd.DataFrame(columns=list(CHECK_COLUMNS)), settings=rows))
-    assert '<table class="settings"><tr><th>harness.d_model</th><td>64</td></tr>' in text and "Preset(" not in text
+    row = "<tr><th>harness</th><td><code>d_model</code> 64 · <code>depths</code> 3, 6</td></tr>"
+    assert row in text and "<tr><th>settings</th><td><code>deep</code> 18</td></tr>" in text and "Preset(" not in text
 
 
 def test_a_caption_comes_from_the_titles_not_the_file_name() -> None:

@@ -168,8 +168,8 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, ylabel: str, title
                     stack=stack,
                     where={"arch": arch, "placement": members},
                     ylabel=ylabel if col == 0 else "",
+                    legend=False,  # one legend per column, under it (_legend_below)
                 )
-                ax.get_legend().remove()
             ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=figures.FONT_MIN_PT + 1)
     seeds = df["seed"].nunique()
     for col in range(len(families)):

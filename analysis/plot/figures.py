@@ -360,6 +360,7 @@ def plot_layer_profile(
     step: int | None = None,
     where: Mapping[str, Any] | None = None,
     ylabel: str | None = None,
+    legend: bool = True,
 ) -> Axes:
     """Per-layer profile of one quantity at one site: one line per ``hue`` value, seed spread shaded.
 
@@ -381,6 +382,8 @@ def plot_layer_profile(
         step: training step; None = each run's final recorded step.
         where: extra equality (scalar) or membership (list) filters, e.g. ``{"layers": 18}``.
         ylabel: y axis label; None = ``quantity_label(quantity, site)``.
+        legend: draw the legend (under the axes); a grid of panels with the same lines may draw one
+            legend for several panels instead (``legend_below``).
 
     Returns:
         ``ax``.
@@ -422,7 +425,8 @@ def plot_layer_profile(
     ax.set_title(f"{quantity} at {site}: {stack}, {_step_text(sel)}", fontsize="medium")
     ax.grid(True, alpha=0.3, lw=0.5)
     _readable(ax)
-    _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    if legend:
+        _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
     return ax
 
 

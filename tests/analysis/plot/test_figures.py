@@ -532,3 +532,17 @@ def test_every_text_is_at_least_the_minimum_size(frame):
     plot_depth_scaling(make_frame(depths=(6, 12)), axes[1], quantity="act_grad_norm", site="resid_pre", stack="decoder")
     plot_cka_heatmap(make_cka_frame(), axes[2], stack="encoder", placement="post")
     assert _smallest_text(fig) >= FONT_MIN_PT
+
+
+def test_legends_sit_under_their_panels_off_the_data(frame):
+    """Issue 25 (14): legends inside the axes covered lines; under the axes they cannot, and the
+    figure grows by their height instead of squeezing the panel."""
+    fig, axes = figure_grid(2, ncols=2, panel_size=(4.0, 3.0))
+    height = fig.get_figheight()
+    for ax in axes:
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    assert fig.get_figheight() > height
+    fig.canvas.draw()
+    for ax in axes:
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 <= box.y0 and box.x0 <= legend.x0 and legend.x1 <= box.x1 + 1

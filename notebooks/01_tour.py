@@ -74,8 +74,10 @@ jax.tree.map(lambda a: a.shape, out.sites)
 # %% [markdown]
 # ## Probe it
 #
-# `probe_at_init` builds one model per seed inside a single compiled call (`jax.vmap` over seeds) and
-# returns a tidy table: one row per (seed, stack, layer, site, quantity).
+# `probe_at_init` builds one model per seed inside the compiled program and returns a tidy table: one
+# row per (seed, stack, layer, site, quantity). How the seeds are computed follows the backend's
+# `analysis.execution.default_plan()`: on a CPU a program step per seed, spread over the cores; on a
+# GPU or TPU all seeds `jax.vmap`ped in one program. The numbers are the same either way.
 
 # %%
 df = probe_at_init(cfg, seeds=range(SEEDS), batch_size=8, seq_len=32, probes=CHEAP_PROBES, run="tour")
@@ -101,8 +103,9 @@ def per_layer(quantity: str, site: str):
 # %% [markdown]
 # ## Plot it
 #
-# Figures take the tidy frame and an `Axes`: the line is the median over seeds, the band the seed
-# min–max. Try another placement (`"post"`, `"b2t"`, `"residual"`, …), norm (`norm="rmsnorm"`) or
+# Figures take the tidy frame, an `Axes` and what to draw (`quantity`, `site`, `stack`; a CKA heatmap a
+# `stack` and a `placement`): the line is the seed mean (geometric on a log axis), the band its 95%
+# t interval. Try another placement (`"post"`, `"b2t"`, `"residual"`, …), norm (`norm="rmsnorm"`) or
 # architecture (`"encdec"`).
 
 # %%

@@ -30,6 +30,7 @@ from analysis.experiments.runs import InitJob, code_fingerprint, compute_jobs
 from analysis.identity import content_id
 from analysis.io import read_run, write_run
 from analysis.probe.probes import CHEAP_PROBES
+from analysis.stats import t_quantile
 from models import PLACEMENTS, ModelConfig
 
 if TYPE_CHECKING:
@@ -93,15 +94,58 @@ def atlas_jobs(
     ]
 
 
-def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Figure:
+def _families(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(family, its placements in the frame) for every family with a placement in the frame: a report
+    of `--placements post,pre` has no panel for the families it did not ask for."""
+    present = set(df["placement"])
+    families = [(f, [n for n, p in PLACEMENTS.items() if p.family == f and n in present]) for f in FAMILY_TITLES]
+    return [(f, members) for f, members in families if members]
+
+
+ROW_NAMES = ("enc-dec", "decoder-only")  # ARCH_PANELS' rows, short, for legend notes
+
+
+def _legend_below(column: Sequence, title: str) -> None:
+    """One legend for a column of panels (the same placements in each), under its bottom panel, off
+    the data. A label a panel annotated ("sandwich (≡ peri)": coinciding lines, or ≡ 0) keeps its note,
+    naming the row when not every row has it."""
+    from analysis.plot.figures import legend_below  # lazy: matplotlib only to draw
+
+    bottom = column[-1]
+    notes: dict[str, list[str]] = {}
+    for row, ax in enumerate(column):
+        for line in ax.get_lines():
+            gid, label = line.get_gid() or "", line.get_label()
+            name = gid[len("center:") :]
+            if gid.startswith("center:") and label != name:
+                notes.setdefault(name, []).append(f"{label[len(name) :].strip(' ()')}@{row}")
+    handles, labels = [], []
+    for line in bottom.get_lines():
+        gid = line.get_gid() or ""
+        if not gid.startswith("center:"):
+            continue
+        name = gid[len("center:") :]
+        said = notes.get(name, [])
+        if said:
+            texts = {}
+            for note in said:
+                text, row = note.rsplit("@", 1)
+                texts.setdefault(text, []).append(ROW_NAMES[int(row)] if int(row) < len(ROW_NAMES) else row)
+            parts = [t if len(rows) == len(column) else f"{t}, {' & '.join(rows)}" for t, rows in texts.items()]
+            name = f"{name} ({'; '.join(parts)})"
+        handles.append(line)
+        labels.append(name)
+    legend_below(bottom, title, handles, labels, ncols=2 if len(labels) > 3 else 1)
+
+
+def _profile_grid(df: pd.DataFrame, quantity: str, site: str, ylabel: str, title: str) -> Figure:
     from analysis.plot import figures  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
-    families = [f for f in FAMILY_TITLES if any(p.family == f for p in PLACEMENTS.values())]
-    fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(5.2, 3.6))
+    families = _families(df)
+    fig, axes = figures.figure_grid(len(ARCH_PANELS) * len(families), ncols=len(families), panel_size=(4.6, 2.9))
     for row, (arch, stack, arch_title) in enumerate(ARCH_PANELS):
-        for col, family in enumerate(families):
+        for col, (family, members) in enumerate(families):
             ax = axes[row * len(families) + col]
-            members = [name for name, p in PLACEMENTS.items() if p.family == family]
             has_rows = (df["quantity"] == quantity) & (df["site"] == site) & (df["arch"] == arch)
             if not (has_rows & df["placement"].isin(members)).any():  # e.g. LN gains of norm-free placements
                 ax.text(
@@ -111,37 +155,88 @@ def _profile_grid(df: pd.DataFrame, quantity: str, site: str, title: str) -> Fig
                     ha="center",
                     va="center",
                     transform=ax.transAxes,
-                    fontsize=9,
+                    fontsize=figures.FONT_MIN_PT,
                     color="0.4",
                 )
                 ax.set_axis_off()
             else:
                 figures.plot_layer_profile(
-                    df, ax, quantity=quantity, site=site, stack=stack, where={"arch": arch, "placement": members}
+                    df,
+                    ax,
+                    quantity=quantity,
+                    site=site,
+                    stack=stack,
+                    where={"arch": arch, "placement": members},
+                    ylabel=ylabel if col == 0 else "",
+                    legend=False,  # one legend per column, under it (_legend_below)
                 )
-            ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=9)
+            ax.set_title(f"{arch_title}\n{FAMILY_TITLES[family]}", fontsize=figures.FONT_MIN_PT + 1)
+    seeds = df["seed"].nunique()
+    for col in range(len(families)):
+        column = [axes[row * len(families) + col] for row in range(len(ARCH_PANELS))]
+        if column[-1].axison:
+            _legend_below(column, f"placement ({seeds} seeds)")
     fig.suptitle(title, fontsize=11)
     return fig
 
 
 def _cka_grid(df: pd.DataFrame, arch: str, stack: str, arch_title: str) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     from analysis.plot import figures  # lazy: matplotlib only to draw, so `lnscope --help` starts fast
 
     names = [p for p in PLACEMENTS if p in set(df["placement"])]
-    fig, axes = figures.figure_grid(len(names), ncols=5, panel_size=(3.2, 2.8))
-    for ax, placement in zip(axes, names):
-        figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch})
-        ax.set_title(placement, fontsize=9)
+    ncols = min(5, len(names))
+    fig, axes = figures.figure_grid(len(names), ncols=ncols, panel_size=(2.1, 2.1))
+    for i, (ax, placement) in enumerate(zip(axes, names)):
+        figures.plot_cka_heatmap(df, ax, stack=stack, placement=placement, where={"arch": arch}, colorbar=False)
+        ax.set_title(placement, fontsize=figures.FONT_MIN_PT + 1)
+        for axis in (ax.xaxis, ax.yaxis):  # few ticks: a narrow panel's labels must not run together
+            axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        ax.set_xlabel("other layer" if i >= len(names) - ncols else "")
+        ax.set_ylabel("layer" if i % ncols == 0 else "")
+    cbar = fig.colorbar(axes[0].images[0], ax=list(axes), shrink=0.8)  # one for all: every panel spans [0, 1]
+    cbar.set_label("CKA (seed mean)")
+    cbar.ax.tick_params(labelsize=figures.FONT_MIN_PT)
     seeds = df["seed"].nunique()
-    fig.suptitle(
-        f"debiased linear CKA between layers' resid_post at init, {arch_title} (mean of {seeds} seeds)", fontsize=11
-    )
+    fig.suptitle(f"CKA between layers' outputs at init, {arch_title} (mean of {seeds} seeds)", fontsize=11)
     return fig
 
 
+NOT_APPLICABLE = "n/a"  # a statistic with a 0/0 or a non-finite seed: measured, and said why (nan_note)
+NOT_MEASURED = "—"  # the frame has no rows for the statistic
+RATIO_COLUMNS = ("G_top/G_bottom", "g_bottom/g_top", "‖x_L‖/‖x_1‖")  # positive ratios: geometric mean
+
+
+def seed_mean_text(values: np.ndarray, geometric: bool) -> str:
+    """The project's statistics convention (as the figures' band="auto"): the seed mean with its 95%
+    Student-t interval, `0.91 [0.885, 0.935]`; for positive ratios (`geometric`) the interval of the
+    mean of ln(value), mapped back (the geometric mean). "n/a" when a seed's value is not finite (a
+    0/0 ratio or a diverged run), "—" when nothing was measured, "(1 seed)" where one seed leaves no
+    interval.
+
+    Args:
+        values: (seeds,) one value per seed.
+        geometric: use the geometric mean (values must all be > 0, else the arithmetic mean is used).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    if v.size == 0:
+        return NOT_MEASURED
+    if not np.isfinite(v).all():
+        return NOT_APPLICABLE
+    geometric = geometric and bool((v > 0).all())
+    w = np.log(v) if geometric else v
+    back = np.exp if geometric else (lambda x: x)
+    center = w.mean()
+    if v.size < 2:
+        return f"{back(center):.3g} (1 seed)"
+    half = t_quantile(0.975, v.size - 1) * w.std(ddof=1) / np.sqrt(v.size)
+    return f"{back(center):.3g} [{back(center - half):.3g}, {back(center + half):.3g}]"
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, placement): the calibration's headline statistics (docs/calibration.md), median over
-    seeds (seed min–max in brackets)."""
+    """Per (arch, placement): the calibration's headline statistics (docs/calibration.md), each as the
+    seed mean with its 95% t interval (geometric for the ratios; `seed_mean_text`)."""
     rows = []
     present = [p for p in PLACEMENTS if p in set(df["placement"])]
     for (arch, stack, _), placement in [(a, p) for a in ARCH_PANELS for p in present]:
@@ -151,7 +246,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             s = sel[(sel["quantity"] == quantity) & (sel["site"] == site) & (sel["layer"] >= 0)]
             values = s.pivot_table(index="seed", columns="layer", values="value", dropna=False).to_numpy()
             with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 is a result (ReZero), kept as NaN
-                return fn(values) if values.size else np.full(1, np.nan)
+                return fn(values) if values.size else np.array([])  # not measured: "—", not "n/a"
 
         stats = {
             "G_top/G_bottom": per_seed("param_grad_norm", "mlp.w2.weight", lambda v: v[:, -1] / v[:, 0]),
@@ -161,13 +256,14 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         }
         row = {"arch": arch, "placement": placement}
         for name, values in stats.items():
-            row[name] = f"{np.median(values):.3g} [{np.min(values):.3g}, {np.max(values):.3g}]"
+            row[name] = seed_mean_text(values, geometric=name in RATIO_COLUMNS)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 SUMMARY_NOTES = """\
-Columns (layer 1 = bottom, L = top; the encdec rows are its decoder):
+Each cell: the seed mean with its 95% Student-t interval over seeds, the geometric mean for the three
+ratios (the figures' convention). Columns (layer 1 = bottom, L = top; the encdec rows are its decoder):
 - G_top/G_bottom: ‖∂ℒ/∂W2‖ of the top layer's FFN output matrix over the bottom layer's (Xiong et al.'s
   gradient-norm comparison; ≫ 1 means the bottom layers' parameters get vanishing gradients).
 - g_bottom/g_top: ‖∂ℒ/∂x‖ at the bottom layer's input over the top layer's (Takase et al.'s figure).
@@ -183,13 +279,14 @@ def nan_note(table: pd.DataFrame) -> str:
         f"{row['arch']}/{row['placement']} {col}"
         for _, row in table.iterrows()
         for col in table.columns[2:]
-        if str(row[col]).startswith("nan")
+        if str(row[col]).startswith(NOT_APPLICABLE)
     ]
     if not cells:
         return ""
     return (
-        "\nNaN cells are measured, not missing: a 0/0 ratio (ReZero's α = 0 at init gives every sublayer "
-        "weight an exactly zero gradient) or a non-finite run. Here: " + "; ".join(cells) + ".\n"
+        "\nn/a cells are measured, not missing: the ratio is 0/0 (ReZero's α = 0 at init gives every sublayer "
+        "weight an exactly zero gradient, so a gradient ratio is not applicable) or a seed's run is not "
+        "finite. Here: " + "; ".join(cells) + ".\n"
     )
 
 
@@ -280,13 +377,23 @@ def init_study(
 
 
 PROFILE_PANELS = (
-    ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input (resid_pre)"),
-    ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W2_l‖, FFN output matrix of each layer"),
-    ("update_ratio", "mlp", "‖FF(x)‖/‖x‖ of each layer's FFN output (before ReZero's α) to its stream"),
-    ("act_norm", "resid_pre", "per-token RMS of each layer's input (resid_pre)"),
+    ("act_grad_norm", "resid_pre", "‖∂ℒ/∂x_l‖ at each layer's input"),
+    ("param_grad_norm", "mlp.w2.weight", "‖∂ℒ/∂W₂‖ of each layer's FFN output weight"),
+    ("update_ratio", "mlp", "‖F(x)‖/‖x‖: each layer's FFN output over its input stream"),
+    ("act_norm", "resid_pre", "per-token RMS of each layer's input"),
     ("ln_jacobian_gain", "mlp_ln", "‖J_LNᵀ g‖/‖g‖ of the FFN sublayer's norm"),
     ("cos_adjacent", "resid_pre", "cosine between consecutive layers' inputs"),
 )
+# The y label of each profile (plain language; the code names are in the caption).
+PROFILE_YLABELS = {
+    "act_grad_norm": "‖∂ℒ/∂x‖ (layer input)",
+    "param_grad_norm": "‖∂ℒ/∂W₂‖ (FFN output weight)",
+    "update_ratio": "‖F(x)‖/‖x‖ (FFN out / stream)",
+    "act_norm": "RMS of the layer input",
+    "ln_jacobian_gain": "‖J_LNᵀ g‖/‖g‖ (FFN's norm)",
+    "cos_adjacent": "cos(x_l, x_l+1)",
+}
+CONVENTION = "line: seed mean (geometric on a log axis); band: its 95% t interval"
 
 
 def atlas_figures(df: pd.DataFrame, layers: int, seeds: int) -> list[tuple[str, str, Figure]]:
@@ -294,18 +401,23 @@ def atlas_figures(df: pd.DataFrame, layers: int, seeds: int) -> list[tuple[str, 
     out = []
     for quantity, site, title in PROFILE_PANELS:
         fig = _profile_grid(
-            df, quantity, site, f"{title} at init, {layers} layers, {seeds} seeds (line: median; band: min-max)"
+            df, quantity, site, PROFILE_YLABELS[quantity], f"{title} at init, {layers} layers\n{CONVENTION}"
         )
         caption = (
-            f"{title} at initialization, per layer (0 = bottom). Top row: the decoder of an "
-            f"{layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only model; one "
-            "column per placement family. Median over seeds with the min-max band."
+            f"{title} at initialization, per layer (0 = bottom); probe `{quantity}` at site `{site}`"
+            + (" (the FFN output before ReZero's α)" if quantity == "update_ratio" else "")
+            + ". Top row: "
+            f"the decoder of an {layers}L-{layers}L encoder-decoder; bottom row: a {layers}-layer decoder-only "
+            "model; one column per placement family present. Seed mean of "
+            f"{seeds} seeds (the geometric mean on a log axis) with its 95% Student-t interval. A legend entry "
+            "'a (≡ b)' marks a line that coincides with b's (within 1% of the axis' span at every layer, "
+            "drawn under it); '≡ 0' a line that is exactly zero (ReZero at init), which a log axis cannot show."
         )
         out.append((quantity, caption, fig))
     for arch, stack, arch_title in ARCH_PANELS:
         caption = (
-            f"Debiased linear CKA between every pair of layers' outputs (resid_post), {arch_title}, "
-            f"mean of {seeds} seeds: one panel per placement."
+            f"Debiased linear CKA (probe `cka`) between every pair of layers' outputs (site `resid_post`), "
+            f"{arch_title}, mean of {seeds} seeds: one panel per placement, one color scale [0, 1] for all."
         )
         out.append((f"cka_{arch}", caption, _cka_grid(df, arch, stack, arch_title)))
     return out

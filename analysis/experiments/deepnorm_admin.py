@@ -149,9 +149,6 @@ def figures(frame: pd.DataFrame) -> dict:
         F.plot_depth_scaling(d, axes[1], quantity=W2[0], site=W2[1], stack="decoder", hue="variant", band="logci")
         axes[1].set_ylabel("‖∂ℒ/∂W2_L‖ of the last layer")
         axes[1].set_title("last-layer gradient vs depth", fontsize="medium")
-        for ax, headroom in zip(axes, (50, 20)):  # room above the data: "best" put the legends over lines
-            ax.set_ylim(top=ax.get_ylim()[1] * headroom)
-            ax.get_legend().set_loc("upper left")
         fig.suptitle(
             "Admin's amplification and Xiong's depth scaling, with DeepNorm and Admin rows (decoder-only, init)"
         )

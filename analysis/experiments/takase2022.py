@@ -117,7 +117,9 @@ def _ln_share() -> Statistic:
     return custom(
         "log_share",
         "share of the decoder's log gradient decay (ln ‖∂ℒ/∂x_0‖/‖∂ℒ/∂x_out‖) that its LN "
-        "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means",
+        "Jacobians account for: Σ_l Σ_LN ln gain_l / ln(g_bottom/g_out), gains = ‖J_LNᵀg‖/‖g‖, seed means. "
+        "A share above 1 means the LNs alone shrink the gradient more than the decoder does end to end: "
+        "the rest of each layer (the residual path through the sublayers) gives part of it back",
         (*gains, g_in, g_out),
         combine,
     )
@@ -481,7 +483,7 @@ def figures(frame: pd.DataFrame) -> dict:
             ylabel="‖∂ℒ/∂W2_l‖",
             title="Post-LN with vs without cross-attention",
         )
-        fig.suptitle("Takase et al.: per-layer gradient norms at initialization (line: seed mean, band: 95% CI)")
+        fig.suptitle("Takase et al.: per-layer gradient norms at init (line: geometric seed mean, band: 95% CI)")
         out["takase2022_deep_profiles"] = fig
 
         fig, axes = F.figure_grid(2, ncols=2, panel_size=(5.0, 3.6))
@@ -542,8 +544,9 @@ def figures(frame: pd.DataFrame) -> dict:
             band="logci",
             xlabel="decoder layer (0 = bottom)",
             ylabel="‖∂ℒ/∂W2_l‖",
-            title="6L-6L decoder at init: Post-LN's top layers get larger gradients",
+            title="6L-6L decoder: Post-LN's top layers get larger gradients",
         )
+        fig.suptitle("Takase et al.: per-layer ‖∂ℒ/∂W₂‖ of a 6L-6L encoder-decoder's decoder at init")
         out["takase2022_six_layer"] = fig
     if "train" in parts:
         out["takase2022_training"] = training.curve_figure(

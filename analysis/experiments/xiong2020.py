@@ -391,7 +391,7 @@ def figures(frame: pd.DataFrame) -> dict:
             if variant in means.index.get_level_values(0):
                 anchor = means[variant].iloc[0] * (span / depths.min()) ** exponent
                 ax.plot(span, anchor, color=F.PLACEMENT_COLORS[variant], ls=":", lw=1.2, label=text)
-        ax.legend(fontsize="small", title="variant (mean ± 95% CI)", title_fontsize="x-small")
+        F.legend_below(ax, "variant (geometric mean, 95% CI)")
         ax.set_ylabel("‖∂ℒ/∂W2_L‖ of the last layer")
         ax.set_title("Xiong et al.: last-layer FFN gradient vs depth at init (decoder-only)", fontsize="medium")
         out["xiong2020_depth_scaling"] = fig

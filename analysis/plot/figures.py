@@ -7,13 +7,20 @@ compute probes and never import ``models`` (cockpit's compute/draw split). Each 
 needs and raises ``ValueError`` naming the missing columns, or the empty selection together with the
 values that were available.
 
-The seed spread is always drawn. The line is the median over seeds and the band (or error bar) is
-    - ``"minmax"``: min..max over seeds;
-    - ``"iqr"``: 25th..75th percentile over seeds;
+The seed spread is always drawn. The project's one convention (atlas, experiments, report) is the
+seed mean with its 95% Student-t interval: ``band="auto"`` picks ``"logci"`` on a log axis and
+``"ci"`` on a linear one. The other bands stay for exploration:
+    - ``"minmax"``: the line is the median over seeds and the band min..max over seeds;
+    - ``"iqr"``: the median and the 25th..75th percentile over seeds;
     - ``"ci"``: the line is the mean and the band mean +- t_{0.975, n-1} s / sqrt(n), the two-sided
       95% Student-t interval (no band where n < 2);
     - ``"logci"``: the same on ln(value), mapped back: the geometric mean and its interval (for
       positive values drawn on a log axis, where a linear interval would cross zero).
+
+Readability at the report's page width: every text is at least ``FONT_MIN_PT`` points, and lines
+whose seed means coincide (within 1% of the axis' span at every x) say so in the legend (``sandwich (≡ peri)``)
+instead of hiding behind each other. Y labels are plain language (``quantity_label``); the code
+names (quantity, site) belong in the caption.
 
 Selection: ``step=None`` takes each run's final recorded step, and ``where={column: value or list}``
 narrows further (e.g. ``{"layers": 18}``). A selection that still holds several rows per plotted key
@@ -43,6 +50,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.transforms import ScaledTranslation
 
 from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS
 from analysis.plot.styles import styles as _styles
@@ -57,12 +65,23 @@ __all__ = [
     "plot_lines",
     "figure_grid",
     "save_figure",
+    "quantity_label",
+    "legend_below",
+    "FONT_MIN_PT",
+    "PAGE_WIDTH_IN",
 ]
 
-Band = Literal["minmax", "iqr", "ci", "logci"]
+Band = Literal["auto", "minmax", "iqr", "ci", "logci"]
 DPI = 130
-_LEGEND_INSIDE_MAX = 5  # more entries than this move outside the axes, in a smaller font
+FONT_MIN_PT = 9  # the smallest text on any figure; the report shows figures at their physical size
+_LEGEND_INSIDE_MAX = 5  # more lines than this draw their bands lighter
+_LEGEND_DROP_IN = 0.42  # legend's top below the axes: the tick labels and the x label (9-10 pt) above it
+_LEGEND_CHAR_IN, _LEGEND_HANDLE_IN = 0.075, 0.5  # a 9-pt character's width, and a handle with its padding
+_LEGEND_LINE_IN = 0.2  # one line of a 9-pt legend
+PAGE_WIDTH_IN = 11.5  # the report's column (1132 CSS px at 96 per inch) less a margin: no figure is wider
+_COINCIDE_FRACTION = 0.01  # seed means this close (of the axis' span) at every x are one line to the eye
 _BAND_TEXT = {
+    "auto": "mean, 95% CI",
     "minmax": "median, min–max",
     "iqr": "median, IQR",
     "ci": "mean ± 95% CI",
@@ -136,6 +155,89 @@ def _check_band(band: str) -> None:
         raise ValueError(f"band={band!r}; expected one of {list(_BAND_TEXT)}")
 
 
+def _resolve_band(band: Band, log: bool) -> Band:
+    """``"auto"``: the geometric mean's interval on a log axis, the mean's on a linear one."""
+    return ("logci" if log else "ci") if band == "auto" else band
+
+
+# Plain-language names of the probes' quantities, for axis labels (the code name goes in the caption).
+QUANTITY_LABELS = {
+    "act_grad_norm": "‖∂ℒ/∂x‖",
+    "param_grad_norm": "‖∂ℒ/∂W‖",
+    "act_norm": "RMS of x (per token)",
+    "ln_jacobian_gain": "‖J_LNᵀ g‖ / ‖g‖",
+    "cos_adjacent": "cos(x_l, x_l+1)",
+    "cka": "CKA",
+    "cka_null": "CKA (null)",
+    "loss": "training loss",
+    "val_loss": "validation loss",
+    "grad_norm": "‖∂ℒ/∂θ‖",
+}
+_SITE_LABELS = {
+    "resid_pre": "layer input",
+    "resid_post": "layer output",
+    "mlp.w2.weight": "FFN output weight W₂",
+    "mlp.w1.weight": "FFN input weight W₁",
+    "mlp": "FFN",
+    "attn": "attention",
+    "mlp_ln": "FFN's norm",
+    "attn_ln": "attention's norm",
+}
+
+
+def quantity_label(quantity: str, site: str | None = None) -> str:
+    """A plain-language axis label for a probe quantity at a site, e.g. ``"‖∂ℒ/∂W‖ (FFN output weight
+    W₂)"`` for ``("param_grad_norm", "mlp.w2.weight")``. ``update_ratio`` has two meanings, told apart
+    by the site: a sublayer's output over its input stream, ‖F(x)‖/‖x‖ (a probe), or the optimizer
+    step over the weights, ‖Δθ‖/‖θ‖ (a training curve, site "model" or none). Unknown names are
+    returned as they are."""
+    if quantity == "update_ratio":
+        if site in (None, "", "model"):
+            return "‖Δθ‖/‖θ‖ (optimizer step over weights)"
+        return f"‖F(x)‖/‖x‖ ({_SITE_LABELS.get(site, site)} output over its input)"
+    name = QUANTITY_LABELS.get(quantity, quantity)
+    return f"{name} ({_SITE_LABELS.get(site, site)})" if site else name
+
+
+def _coincident(curves: Mapping[Any, tuple[np.ndarray, np.ndarray]], log: bool) -> dict[Any, Any]:
+    """{hue: earlier hue} for every line that the eye cannot tell from an earlier one: seed means
+    within ``_COINCIDE_FRACTION`` of the y axis' span (in log10 on a log axis) at every x, at the same
+    x values. Lines without a finite point are skipped."""
+
+    def scaled(y: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log10(np.where(y > 0, y, np.nan)) if log else y
+
+    ys = [scaled(y) for _, y in curves.values()]
+    finite_all = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+    if finite_all.size == 0:
+        return {}
+    tolerance = _COINCIDE_FRACTION * max(float(np.ptp(finite_all)), 1e-12)
+    out: dict[Any, Any] = {}
+    seen: list[Any] = []
+    for h, (x, y) in curves.items():
+        y = scaled(y)
+        finite = np.isfinite(y)
+        for other in seen:
+            ox, oy = curves[other][0], scaled(curves[other][1])
+            if finite.any() and len(ox) == len(x) and np.array_equal(ox, x) and np.array_equal(np.isfinite(oy), finite):
+                if np.max(np.abs(y[finite] - oy[finite])) <= tolerance:
+                    out[h] = other
+                    break
+        if h not in out:
+            seen.append(h)
+    return out
+
+
+def _label(h: Any, same: Mapping[Any, Any]) -> str:
+    return f"{h} (≡ {same[h]})" if h in same else str(h)
+
+
+def _readable(ax: Axes) -> None:
+    """Tick labels at ``FONT_MIN_PT`` (matplotlib's default is smaller once a figure is scaled)."""
+    ax.tick_params(labelsize=FONT_MIN_PT)
+
+
 def _seed_stats(sel: pd.DataFrame, by: list[str], band: Band) -> pd.DataFrame:
     """Columns ``by + [center, lo, hi, n]``: the line and band over seeds for each group.
 
@@ -175,7 +277,7 @@ def _note_nonfinite(ax: Axes, sel: pd.DataFrame) -> None:
         0.01,
         f"{len(bad)} non-finite value(s), seed(s) {seeds}: not drawn (gaps)",
         transform=ax.transAxes,
-        fontsize="x-small",
+        fontsize=FONT_MIN_PT,
         color="crimson",
         va="bottom",
         ha="left",
@@ -189,21 +291,55 @@ def _auto_log(values: pd.Series) -> bool:
     return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
 
 
+def legend_below(
+    ax: Axes,
+    title: str,
+    handles: Sequence | None = None,
+    labels: Sequence[str] | None = None,
+    ncols: int | None = None,
+) -> None:
+    """The axes' legend under it, off the data (a legend inside the axes covered lines in several
+    panels), in ``ncols`` columns (default: up to three, as many as fit the panel's width); placed a
+    fixed distance in inches below the axes so it clears the tick labels and the x label whatever the
+    panel's height. The figure grows by the legend's height (``_grow_for_legend``)."""
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    below = ax.transAxes + ScaledTranslation(0.0, -_LEGEND_DROP_IN, ax.figure.dpi_scale_trans)
+    if ncols is None:  # as many columns (up to three) as fit the panel's width, so legends never overlap
+        width = ax.get_position().width * ax.figure.get_figwidth()
+        entry = _LEGEND_CHAR_IN * max((len(str(label)) for label in labels), default=1) + _LEGEND_HANDLE_IN
+        ncols = max(1, min(3, len(labels), int(width // entry)))
+    _grow_for_legend(ax, math.ceil(len(labels) / ncols) + title.count("\n") + 1)
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=below,
+        ncols=ncols,
+        fontsize=FONT_MIN_PT,
+        title_fontsize=FONT_MIN_PT,
+        handlelength=1.8,
+        columnspacing=1.0,
+        frameon=False,
+    )
+
+
+def _grow_for_legend(ax: Axes, lines: int) -> None:
+    """Make the figure taller by the legend's height under this row of panels (the tallest legend of
+    the row counts once), so the panels keep the height they were drawn for."""
+    spec = ax.get_subplotspec()
+    row = spec.rowspan.start if spec is not None else 0
+    grown = ax.figure.__dict__.setdefault("_lnscope_legend_in", {})
+    need = _LEGEND_DROP_IN + lines * _LEGEND_LINE_IN
+    if need > grown.get(row, 0.0):
+        ax.figure.set_figheight(ax.figure.get_figheight() + need - grown.get(row, 0.0))
+        grown[row] = need
+
+
 def _legend(ax: Axes, title: str, n: int) -> None:
-    if n > _LEGEND_INSIDE_MAX:  # outside, right of the axes; constrained layout makes room for it
-        ax.legend(
-            title=title,
-            fontsize="x-small",
-            title_fontsize="x-small",
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-            handlelength=1.6,
-            ncols=1 if n <= 20 else 2,
-            alignment="left",
-        )
-    else:
-        ax.legend(title=title, fontsize="small", title_fontsize="x-small", alignment="left")
+    legend_below(ax, title)
 
 
 def _step_text(sel: pd.DataFrame) -> str:
@@ -220,9 +356,11 @@ def plot_layer_profile(
     stack: str,
     hue: str = "placement",
     logy: bool | None = None,
-    band: Band = "minmax",
+    band: Band = "auto",
     step: int | None = None,
     where: Mapping[str, Any] | None = None,
+    ylabel: str | None = None,
+    legend: bool = True,
 ) -> Axes:
     """Per-layer profile of one quantity at one site: one line per ``hue`` value, seed spread shaded.
 
@@ -237,10 +375,15 @@ def plot_layer_profile(
         stack: ``"encoder"`` or ``"decoder"``.
         hue: column giving one line per value.
         logy: log y axis; None = automatic (log when the positive values span more than a decade,
-            never when any value is <= 0).
-        band: seed spread, ``"minmax"``, ``"iqr"`` or ``"ci"`` (see the module docstring).
+            never when any value is < 0). A line that is exactly 0 at every layer (ReZero's gradients at
+            init) cannot sit on a log axis: it is named in the legend as "≡ 0" instead of drawn.
+        band: seed spread, ``"auto"`` (the project's convention: mean and 95% t interval, geometric on a
+            log axis), ``"ci"``, ``"logci"``, ``"minmax"`` or ``"iqr"`` (see the module docstring).
         step: training step; None = each run's final recorded step.
         where: extra equality (scalar) or membership (list) filters, e.g. ``{"layers": 18}``.
+        ylabel: y axis label; None = ``quantity_label(quantity, site)``.
+        legend: draw the legend (under the axes); a grid of panels with the same lines may draw one
+            legend for several panels instead (``legend_below``).
 
     Returns:
         ``ax``.
@@ -254,24 +397,36 @@ def plot_layer_profile(
     filters = {"quantity": quantity, "stack": stack, "site": site, "layer": _AtLeast(0), **(where or {})}
     sel = _at_step(_select(df, filters), step)
     _check_unique(sel, (hue, "layer", "seed"), who)
+    zero = sel.groupby(hue, sort=False)["value"].agg(lambda v: bool((v == 0).all()))
+    zero_hues = set(zero[zero].index)
+    drawable = sel[~sel[hue].isin(zero_hues)]
+    log = bool(logy) or (logy is None and not drawable.empty and _auto_log(drawable["value"]))
+    band = _resolve_band(band, log)
     stats = _seed_stats(sel, [hue, "layer"], band)
     styles = _styles(df, hue)
     present = [h for h in styles if h in set(stats[hue])]
     alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1  # many overlapping bands: lighter
+    curves = {h: tuple(stats.loc[stats[hue] == h, ["layer", "center"]].to_numpy(float).T) for h in present}
+    same = _coincident({h: c for h, c in curves.items() if not (log and h in zero_hues)}, log)
     for h in present:
         x, center, lo, hi = stats.loc[stats[hue] == h, ["layer", "center", "lo", "hi"]].to_numpy(float).T
         st = styles[h]
-        ax.plot(x, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=3, **st)
+        if log and h in zero_hues:  # nothing to draw on a log axis: a legend entry says why
+            ax.plot([], [], label=f"{h} (≡ 0, not on a log axis)", gid=f"center:{h}", lw=1.4, ms=3, **st)
+            continue
+        ax.plot(x, center, label=_label(h, same), gid=f"center:{h}", lw=1.4, ms=3, **st)
         ax.fill_between(x, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
-    if logy or (logy is None and _auto_log(sel["value"])):
+    if log:
         ax.set_yscale("log")
     _note_nonfinite(ax, sel)
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # "auto": fit the axis length
     ax.set_xlabel("layer (0 = bottom)")
-    ax.set_ylabel(f"{quantity} ({site})")
+    ax.set_ylabel(quantity_label(quantity, site) if ylabel is None else ylabel)
     ax.set_title(f"{quantity} at {site}: {stack}, {_step_text(sel)}", fontsize="medium")
     ax.grid(True, alpha=0.3, lw=0.5)
-    _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
+    _readable(ax)
+    if legend:
+        _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
     return ax
 
 
@@ -286,6 +441,7 @@ def plot_cka_heatmap(
     step: int | None = None,
     where: Mapping[str, Any] | None = None,
     cmap: str = "viridis",
+    colorbar: bool = True,
 ) -> Axes:
     """Layer-by-layer similarity matrix, averaged over seeds, as an image with a colorbar.
 
@@ -304,6 +460,8 @@ def plot_cka_heatmap(
         step: training step; None = each run's final recorded step.
         where: extra filters, e.g. ``{"layers": 18}``.
         cmap: colormap name.
+        colorbar: draw this panel's colorbar; a grid of panels passes False and draws one colorbar for
+            all of them (every panel has the same [0, 1] range), from ``ax.images[0]``.
 
     Returns:
         ``ax``.
@@ -330,8 +488,11 @@ def plot_cka_heatmap(
     size = int(max(mean.index.max(), mean.columns.max())) + 1  # pixel i sits at layer i
     mat = mean.reindex(index=range(size), columns=range(size)).to_numpy(dtype=float)  # (layer, other)
     im = ax.imshow(np.ma.masked_invalid(mat), origin="lower", vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
-    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label(quantity)  # short: in a grid a long label runs into the next panel's y label
+    if colorbar:
+        cbar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cbar.set_label(quantity)  # short: in a grid a long label runs into the next panel's y label
+        cbar.ax.tick_params(labelsize=FONT_MIN_PT)
+    _readable(ax)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("other layer (0 = bottom)")
@@ -353,7 +514,7 @@ def plot_depth_scaling(
     stack: str,
     layer: Literal["last"] | int = "last",
     hue: str = "placement",
-    band: Band = "minmax",
+    band: Band = "auto",
     logy: bool | None = True,
     step: int | None = None,
     where: Mapping[str, Any] | None = None,
@@ -373,7 +534,8 @@ def plot_depth_scaling(
         layer: ``"last"`` (layer == layers - 1), a layer index >= 0, or a negative index counted from
             the top (-1 = last).
         hue: column giving one line per value.
-        band: seed spread, ``"minmax"``, ``"iqr"`` or ``"ci"``.
+        band: seed spread, ``"auto"`` (mean and 95% t interval, geometric on a log axis), ``"ci"``,
+            ``"logci"``, ``"minmax"`` or ``"iqr"``.
         logy: log y axis (default); None = automatic as in ``plot_layer_profile``. Values <= 0 fall
             back to a linear axis with a warning.
         step: training step; None = each run's final recorded step.
@@ -402,6 +564,9 @@ def plot_depth_scaling(
     if sel.empty:
         raise ValueError(f"no rows with {_fmt(filters)} at the {desc}")
     _check_unique(sel, (hue, "layers", "seed"), who)
+    finite = sel["value"].to_numpy(dtype=float)
+    positive = bool((finite[np.isfinite(finite)] > 0).all())
+    band = _resolve_band(band, bool((logy and positive) or (logy is None and _auto_log(sel["value"]))))
     stats = _seed_stats(sel, [hue, "layers"], band)
     styles = _styles(df, hue)
     present = [h for h in styles if h in set(stats[hue])]
@@ -410,8 +575,6 @@ def plot_depth_scaling(
         x = x * (1.0 + dodge) ** (i - (len(present) - 1) / 2)
         yerr = np.nan_to_num(np.stack([center - lo, hi - center]))  # no seed spread (n=1): no bar
         ax.errorbar(x, center, yerr=yerr, label=str(h), capsize=2.5, lw=1.2, ms=4, **styles[h])
-    finite = sel["value"].to_numpy(dtype=float)
-    positive = bool((finite[np.isfinite(finite)] > 0).all())
     if logy and not positive:
         warnings.warn(f"{who}: {quantity} has values <= 0; using a linear y axis", stacklevel=2)
     if (logy and positive) or (logy is None and _auto_log(sel["value"])):
@@ -423,9 +586,10 @@ def plot_depth_scaling(
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("model depth (layers)")
-    ax.set_ylabel(f"{quantity} ({site}, {desc})")
+    ax.set_ylabel(f"{quantity_label(quantity, site)}, {desc}")
     ax.set_title(f"{quantity} vs depth: {stack}, {_step_text(sel)}", fontsize="medium")
     ax.grid(True, which="both", alpha=0.3, lw=0.5)
+    _readable(ax)
     _legend(ax, f"{hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
     return ax
 
@@ -457,7 +621,7 @@ def plot_lines(
         x: column on the x axis (numeric).
         hue: column giving one line per value; colors follow the placement (module docstring).
         band: ``"ci"`` (mean ± 95% t interval), ``"logci"`` (geometric mean and its interval, for
-            log axes), ``"minmax"`` or ``"iqr"``.
+            log axes), ``"auto"`` (whichever of the two fits the axis), ``"minmax"`` or ``"iqr"``.
         where: equality (scalar) or membership (list) filters.
         logx: log x axis.
         logy: log y axis; None = automatic (log when positive values span more than a decade).
@@ -474,15 +638,20 @@ def plot_lines(
     _require(df, [x, hue, "seed", "value", *(where or {})], who)
     sel = _select(df, where or {})
     _check_unique(sel, (hue, x, "seed"), who)
+    values = sel["value"].to_numpy(dtype=float)
+    log = bool(logy and (values[np.isfinite(values)] > 0).any()) or (logy is None and _auto_log(sel["value"]))
+    band = _resolve_band(band, log)
     stats = _seed_stats(sel, [hue, x], band)
     styles = _styles(df, hue)
     present = [h for h in styles if h in set(stats[hue])]
     alpha = 0.2 if len(present) <= _LEGEND_INSIDE_MAX else 0.1
+    same = _coincident({h: tuple(stats.loc[stats[hue] == h, [x, "center"]].to_numpy(float).T) for h in present}, log)
     for h in present:
         xs, center, lo, hi = stats.loc[stats[hue] == h, [x, "center", "lo", "hi"]].to_numpy(float).T
         st = styles[h]
         ms = 3 if len(xs) > 12 else 4
-        ax.plot(xs, center, label=str(h), gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
+        label = _label(h, same)
+        ax.plot(xs, center, label=label, gid=f"center:{h}", lw=1.4, ms=ms, markevery=max(1, len(xs) // 12), **st)
         ax.fill_between(xs, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
     xs_all = np.asarray(sorted(pd.unique(sel[x])), dtype=float)
     if logx:  # ticks at the measured x values, plainly written (not 6×10⁰)
@@ -492,10 +661,9 @@ def plot_lines(
         ax.xaxis.set_minor_locator(NullLocator())
     elif np.all(xs_all == np.round(xs_all)):
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
-    values = sel["value"].to_numpy(dtype=float)
     if logy and not (values[np.isfinite(values)] > 0).any():
         warnings.warn(f"{who}: no positive finite values to draw on a log axis; using a linear one", stacklevel=2)
-    elif logy or (logy is None and _auto_log(sel["value"])):
+    elif log:
         ax.set_yscale("log")
     _note_nonfinite(ax, sel)
     ax.set_xlabel(xlabel or x)
@@ -503,6 +671,7 @@ def plot_lines(
     if title:
         ax.set_title(title, fontsize="medium")
     ax.grid(True, which="both", alpha=0.3, lw=0.5)
+    _readable(ax)
     _legend(ax, f"{legend_title or hue}\n{_BAND_TEXT[band]} of {sel['seed'].nunique()} seeds", len(present))
     return ax
 
@@ -510,12 +679,14 @@ def plot_lines(
 def figure_grid(
     n_panels: int, ncols: int = 3, panel_size: tuple[float, float] = (4.5, 3.2)
 ) -> tuple[Figure, np.ndarray]:
-    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout).
+    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns (constrained layout), no wider
+    than ``PAGE_WIDTH_IN`` (the report shows figures at their physical size, so text stays at its
+    point size: a wider grid gets narrower panels instead).
 
     Args:
         n_panels: number of axes wanted (>= 1); grid cells beyond it are removed.
         ncols: columns of the grid (fewer when ``n_panels`` is smaller).
-        panel_size: (width, height) of one panel in inches.
+        panel_size: (width, height) of one panel in inches; the width shrinks to fit the page.
 
     Returns:
         ``(fig, axes)`` with ``axes`` a flat array of length ``n_panels``, row by row.
@@ -524,8 +695,9 @@ def figure_grid(
         raise ValueError(f"need n_panels >= 1 and ncols >= 1, got {n_panels}, {ncols}")
     ncols = min(ncols, n_panels)
     nrows = math.ceil(n_panels / ncols)
+    width = min(panel_size[0], PAGE_WIDTH_IN / ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
+        nrows, ncols, figsize=(width * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
     )
     flat = axes.ravel()
     for ax in flat[n_panels:]:

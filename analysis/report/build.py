@@ -57,7 +57,14 @@ from analysis.experiments.claims import check
 from analysis.experiments.runs import compute_jobs
 from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
-from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
+from analysis.report.content import (
+    CHECK_COLUMNS,
+    RenderedFigure,
+    ReportContent,
+    Section,
+    render_figure,
+    settings_rows,
+)
 from analysis.report.html import render_html
 from analysis.report.markdown import figure_path, render_markdown
 from analysis.runtime import check_environment, release_compiled
@@ -123,12 +130,21 @@ def write_checks(checks: pd.DataFrame, data: Path) -> None:
     atomic_write(data / "checks.parquet", lambda tmp: table.to_parquet(tmp, index=False))
 
 
-def _settings_text(experiment: Any, preset: str) -> str:
+def _settings(experiment: Any, preset: str) -> tuple[tuple[str, str], ...]:
+    """The preset's settings as (name, value) rows (a small table in the report), then the command."""
     presets = getattr(experiment, "presets", {}) or {}
-    lines = [f"{preset} preset: {presets[preset]!r}"] if preset in presets else []
+    rows = (("preset", preset), *settings_rows(presets[preset])) if preset in presets else ()
     if getattr(experiment, "command", ""):
-        lines.append(f"command: {experiment.command}")
-    return "\n".join(lines)
+        rows += (("command", f"`{experiment.command}`"),)
+    return rows
+
+
+def figure_caption(fig: Any, name: str) -> str:
+    """A figure's caption from its titles: the suptitle, else its panels' titles, else its name."""
+    if fig.get_suptitle():
+        return fig.get_suptitle()
+    titles = list(dict.fromkeys(" ".join(ax.get_title().split()) for ax in fig.axes if ax.get_title()))
+    return "; ".join(titles) or name.replace("_", " ")
 
 
 def source_digest() -> str:
@@ -172,7 +188,7 @@ def _draw(experiment: Any, frame: pd.DataFrame) -> tuple[tuple[RenderedFigure, .
     figures: list[RenderedFigure] = []
     try:
         for name, fig in experiment.figures(frame).items():
-            figures.append(render_figure(fig, name, fig.get_suptitle() or name.replace("_", " ")))
+            figures.append(render_figure(fig, name, figure_caption(fig, name)))
     except Exception as err:
         traceback.print_exc()
         return tuple(figures), f"drawing its figures failed: {type(err).__name__}: {err}"
@@ -191,7 +207,7 @@ def _experiment_section(
         summary=experiment.summary,
         claims=checks,
         figures=figures,
-        settings=_settings_text(experiment, preset),
+        settings=_settings(experiment, preset),
         error=error,
     )
 
@@ -213,8 +229,8 @@ def _atlas_section(df: pd.DataFrame, meta: dict, figures: tuple[RenderedFigure, 
         citation="",
         summary=summary + "\n\n" + notes,
         figures=figures,
-        tables=(("Headline statistics per placement: median [min, max] over seeds", table),),
-        settings=f"{layers} layers, {seeds} seeds, placements: {', '.join(meta['placements'])}",
+        tables=(("Headline statistics per placement: seed mean [95% t interval] (geometric for ratios)", table),),
+        settings=(("layers", str(layers)), ("seeds", str(seeds)), ("placements", ", ".join(meta["placements"]))),
     )
 
 

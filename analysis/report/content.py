@@ -8,9 +8,11 @@ and `analysis.report.markdown` are pure functions of a `ReportContent`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,8 @@ CHECK_COLUMNS = (
     "note",
 )
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+# The check table leads with what did not reproduce: rows and papers sort by this order.
+CONCERN_ORDER = ("not reproduced", "inconclusive", "reproduced")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ class Section:
         claims: the check table's rows of this section (CHECK_COLUMNS), possibly empty.
         figures: rendered figures, in reading order.
         tables: (caption, table) pairs shown after the figures.
-        settings: the preset's settings, as text ("" if none).
+        settings: the preset's settings: (name, value) pairs shown as a small table (`settings_rows`),
+            or free text ("" if none).
         error: the error message if the section's experiment failed to run ("" if it ran).
     """
 
@@ -98,7 +103,7 @@ class Section:
     claims: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHECK_COLUMNS)))
     figures: tuple[RenderedFigure, ...] = ()
     tables: tuple[tuple[str, pd.DataFrame], ...] = ()
-    settings: str = ""
+    settings: str | tuple[tuple[str, str], ...] = ""
     error: str = ""
 
     def __post_init__(self) -> None:
@@ -208,3 +213,96 @@ def blocks(text: str) -> list[tuple[str, list[str]]]:
         else:
             out.append(("p", [para]))
     return out
+
+
+def _concern(verdict: Any) -> int:
+    return CONCERN_ORDER.index(verdict) if verdict in CONCERN_ORDER else len(CONCERN_ORDER)
+
+
+def checks_by_paper(checks: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The check rows grouped by paper, what did not reproduce first: papers with more "not
+    reproduced" (then more "inconclusive") rows lead, and within a paper the rows sort by verdict
+    (not reproduced, inconclusive, reproduced), otherwise in their original order."""
+    if checks.empty:
+        return []
+    ordered = checks.assign(_concern=checks["verdict"].map(_concern), _order=range(len(checks)))
+    groups = []
+    for paper, rows in ordered.groupby("paper", sort=False):
+        counts = tuple(-int((rows["verdict"] == v).sum()) for v in CONCERN_ORDER[:2])
+        rows = rows.sort_values(["_concern", "_order"], kind="stable").drop(columns=["_concern", "_order"])
+        groups.append((counts, int(rows.index.min()), str(paper), rows))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    return [(paper, rows) for _, _, paper, rows in groups]
+
+
+def not_reproduced(checks: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose verdict is "not reproduced" or "inconclusive", in that order."""
+    if checks.empty:
+        return checks
+    hit = checks[checks["verdict"].isin(CONCERN_ORDER[:2])]
+    return hit.iloc[sorted(range(len(hit)), key=lambda i: _concern(hit["verdict"].iloc[i]))]
+
+
+def _text(value: Any) -> str:
+    """A cell's text; missing (None, NaN, absent) is ""."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def setting_text(row: Mapping[str, Any]) -> str:
+    """"paper: …; ours: …" from a check row's `paper_setting` / `our_setting` (when the claims carry
+    them), else ""."""
+    paper, ours = _text(row.get("paper_setting")), _text(row.get("our_setting"))
+    parts = [f"paper: {paper}" if paper else "", f"ours: {ours}" if ours else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def robustness_text(row: Mapping[str, Any]) -> str:
+    """How robust the verdict is over the harness grid, from a check row's `robustness` (a dict with
+    `holds`, `n`, `flipped_by`, or text) or its `holds`/`n`/`flipped_by` columns; "" when absent."""
+    summary = row.get("robustness")
+    if isinstance(summary, Mapping):
+        source = summary
+    elif _text(summary):
+        return _text(summary)
+    else:
+        source = row
+    holds, n, flipped = source.get("holds"), source.get("n"), _text(source.get("flipped_by"))
+    if _text(holds) == "":
+        return ""
+    text = f"holds {holds}/{n}" if _text(n) else f"holds {holds}"
+    return text + (f"; flipped by {flipped}" if flipped else "")
+
+
+def settings_groups(rows: tuple[tuple[str, str], ...]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`settings_rows` grouped for a compact table: one group per nested part (`harness`, `train`) with
+    its fields, the top-level fields together under "settings", and the command on its own."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, value in rows:
+        group, dot, field_name = name.partition(".")
+        if not dot:
+            group, field_name = ("command" if name == "command" else "settings"), name
+        groups.setdefault(group, []).append((field_name, value))
+    return list(groups.items())
+
+
+def settings_rows(preset: Any) -> tuple[tuple[str, str], ...]:
+    """A preset's settings as (name, value) pairs: a dataclass's fields, nested dataclasses flattened
+    to dotted names (`harness.d_model`), sequences joined with commas; a mapping's items; anything
+    else as its text under "preset"."""
+    if dataclasses.is_dataclass(preset) and not isinstance(preset, type):
+        items = [(f.name, getattr(preset, f.name)) for f in dataclasses.fields(preset)]
+    elif isinstance(preset, Mapping):
+        items = list(preset.items())
+    else:
+        return (("preset", str(preset)),)
+    rows: list[tuple[str, str]] = []
+    for name, value in items:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            rows += [(f"{name}.{k}", v) for k, v in settings_rows(value)]
+        elif isinstance(value, (tuple, list)):
+            rows.append((str(name), ", ".join(str(v) for v in value) or "none"))
+        else:
+            rows.append((str(name), "none" if value is None else str(value)))
+    return tuple(rows)

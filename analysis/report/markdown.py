@@ -12,9 +12,14 @@ from analysis.report.content import (
     ReportContent,
     Section,
     blocks,
+    checks_by_paper,
     fmt_number,
     fmt_statistic,
     fmt_threshold,
+    not_reproduced,
+    robustness_text,
+    setting_text,
+    settings_groups,
     verdict_counts,
 )
 
@@ -37,24 +42,36 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _check_table(content: ReportContent) -> str:
+    """What did not reproduce, then one table per paper; verdict first (the HTML's order)."""
     if content.checks.empty:
         return "No hypothesis checks in this report."
-    rows = []
-    for _, row in content.checks.iterrows():
-        section = content.section_of(row["paper"])
-        paper = f"[{row['paper']}](#{section})" if section else str(row["paper"])
-        rows.append(
+    out = []
+    concerns = not_reproduced(content.checks)
+    if len(concerns):
+        out += [f"### Did not reproduce ({len(concerns)})", ""]
+        out += [f"- **{r['verdict']}**: {r['statement']} (`{r['id']}`)" for _, r in concerns.iterrows()]
+        out.append("")
+    extra = {
+        name: text
+        for name, text in (("paper vs ours", setting_text), ("robustness", robustness_text))
+        if any(text(row) for _, row in content.checks.iterrows())
+    }
+    for paper, rows in checks_by_paper(content.checks):
+        section = content.section_of(paper)
+        out += [f"### [{paper}](#{section})" if section else f"### {paper}", ""]
+        table = [
             {
-                "claim": f"{row['statement']} (`{row['id']}`)",
-                "paper": paper,
-                "method form": row["method_form"],
+                "verdict": f"**{row['verdict']}**",
+                "claim": f"{row['statement']} (`{row['id']}`; {row['method_form']})",
                 "statistic [95% CI]": fmt_statistic(row),
                 "threshold": fmt_threshold(row),
-                "verdict": f"**{row['verdict']}**",
                 "seeds": str(row["n_seeds"]),
+                **{name: text(row) for name, text in extra.items()},
             }
-        )
-    return markdown_table(pd.DataFrame(rows))
+            for _, row in rows.iterrows()
+        ]
+        out += [markdown_table(pd.DataFrame(table)), ""]
+    return "\n".join(out)
 
 
 def _section(section: Section) -> str:
@@ -66,12 +83,20 @@ def _section(section: Section) -> str:
     out += ["### What was run", ""]
     for kind, items in blocks(section.summary):
         out += ([f"- {i}" for i in items] if kind == "ul" else items) + [""]
-    if section.settings:
+    if isinstance(section.settings, str) and section.settings:
         out += ["```", section.settings, "```", ""]
+    elif section.settings:
+        table = [
+            (group, " · ".join(v if group == "command" else f"`{k}` {v}" for k, v in fields))
+            for group, fields in settings_groups(section.settings)
+        ]
+        out += [markdown_table(pd.DataFrame(table, columns=["settings", "values"])), ""]
     if not section.claims.empty:
         out += ["### Claims", ""]
         for _, row in section.claims.iterrows():
             note = f" {row['note']}" if str(row["note"]).strip() else ""
+            described = str(row.get("statistic_description") or "").strip()
+            note += f" Statistic: {described}." if described else ""
             out.append(
                 f"- **{row['verdict']}**: {row['statement']} (`{row['id']}`; source: {row['source']}; "
                 f"method form: {row['method_form']}; statistic {fmt_statistic(row)}, threshold "
@@ -96,8 +121,9 @@ def render_markdown(content: ReportContent) -> str:
     """The whole report as one markdown document, figures linked relative to the report folder."""
     counts = ", ".join(f"{n} {v}" for v, n in verdict_counts(content.checks).items())
     env = content.environment
+    has_checks = not content.checks.empty
     toc = [
-        "- [Hypothesis checks](#checks)",
+        *(["- [Hypothesis checks](#checks)"] if has_checks else []),
         *(f"- [{s.title}](#{s.key})" for s in content.sections),
         f"- [{content.atlas.title}](#{content.atlas.key})",
         "- [Environment](#environment)",
@@ -116,15 +142,21 @@ def render_markdown(content: ReportContent) -> str:
         "",
         *toc,
         "",
-        '<a id="checks"></a>',
-        "## Hypothesis checks",
-        "",
-        "Verdicts from a 95% percentile-bootstrap interval over seeds: **reproduced** when the whole interval "
-        "lies on the claim's side of the threshold, **not reproduced** when it lies on the other side, "
-        "**inconclusive** when it straddles the threshold.",
-        "",
-        _check_table(content),
-        "",
+        *(
+            [
+                '<a id="checks"></a>',
+                "## Hypothesis checks",
+                "",
+                "Verdicts from a 95% percentile-bootstrap interval over seeds: **reproduced** when the whole "
+                "interval lies on the claim's side of the threshold, **not reproduced** when it lies on the other "
+                "side, **inconclusive** when it straddles the threshold.",
+                "",
+                _check_table(content),
+                "",
+            ]
+            if has_checks
+            else []
+        ),
         *(_section(s) for s in content.sections),
         _section(content.atlas),
         '<a id="environment"></a>',

@@ -11,15 +11,19 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import matplotlib.text
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.plot.figures import (
+    FONT_MIN_PT,
+    PAGE_WIDTH_IN,
     figure_grid,
     plot_cka_heatmap,
     plot_depth_scaling,
     plot_layer_profile,
+    quantity_label,
     save_figure,
 )
 from analysis.stats import t_quantile
@@ -146,7 +150,7 @@ def frame() -> pd.DataFrame:
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_profile_line_is_seed_median_at_final_step(frame, placement):
     _, ax = plt.subplots()
-    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", band="minmax")
     sub = _final(frame)
     expected = np.median(
         sub[sub.placement == placement].pivot(index="layer", columns="seed", values="value").to_numpy(), axis=1
@@ -227,7 +231,7 @@ def test_profile_labels_and_legend(frame):
     _, ax = plt.subplots()
     plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
     assert ax.get_xlabel() == "layer (0 = bottom)"
-    assert "act_grad_norm" in ax.get_ylabel() and "resid_pre" in ax.get_ylabel()
+    assert ax.get_ylabel() == quantity_label("act_grad_norm", "resid_pre") == "‖∂ℒ/∂x‖ (layer input)"
     assert "decoder" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(PLACEMENTS)
 
@@ -316,7 +320,7 @@ def test_depth_scaling_takes_last_layer_median():
     depths = (6, 12, 24)
     df = make_frame(depths=depths)
     _, ax = plt.subplots()
-    plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", dodge=0.0)
+    plot_depth_scaling(df, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", dodge=0.0, band="minmax")
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     (container,) = [c for c in ax.containers if c.get_label() == "post"]
     line = container.lines[0]
@@ -350,7 +354,8 @@ def test_depth_scaling_nonpositive_values_fall_back_to_linear():
 def test_figure_grid_shapes():
     fig, axes = figure_grid(5, ncols=3)
     assert len(axes) == 5 and len(fig.axes) == 5
-    assert tuple(fig.get_size_inches()) == pytest.approx((13.5, 6.4))
+    # three 4.5-inch panels would be wider than the report's page: the panels narrow, the height stays
+    assert tuple(fig.get_size_inches()) == pytest.approx((PAGE_WIDTH_IN, 6.4))
     fig, axes = figure_grid(2)
     assert tuple(fig.get_size_inches()) == pytest.approx((9.0, 3.2))
     with pytest.raises(ValueError):
@@ -472,3 +477,72 @@ def test_plot_lines_means_and_log_interval():
         line = [l for l in ax.get_lines() if l.get_gid() == "center:pre"][0]
         np.testing.assert_allclose(line.get_ydata(), [center(values[0]), center(values[1])], atol=PLOT_ATOL)
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Readability (issue 25, defects 14-15): one statistics convention, coinciding lines said, zeros on a
+# log axis named, text never below FONT_MIN_PT.
+# ------------------------------------------------------------------------------------------------
+def test_default_band_is_the_seed_mean_with_its_t_interval(frame):
+    """The project's one convention: the (geometric, on a log axis) seed mean, said in the legend."""
+    sub = _final(frame)
+    post = sub[(sub.placement == "post") & (sub.site == "resid_pre")]
+    values = post.pivot(index="layer", columns="seed", values="value")
+    geometric = np.exp(np.log(values).mean(axis=1))
+    cases = ((False, values.mean(axis=1), "mean ± 95% CI"), (True, geometric, "geometric mean"))
+    for logy, expected, words in cases:
+        _, ax = plt.subplots()
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder", logy=logy)
+        np.testing.assert_allclose(_line(ax, "post").get_ydata(), expected.to_numpy(), rtol=1e-12)
+        assert words in ax.get_legend().get_title().get_text()
+
+
+def test_coinciding_lines_are_said_to_coincide(frame):
+    twin = frame[frame.placement == "pre"].assign(placement="sandwich", run=lambda d: d["run"] + "-twin")
+    _, ax = plt.subplots()
+    plot_layer_profile(pd.concat([frame, twin]), ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "sandwich (≡ pre)" in labels and "post" in labels and "pre" in labels
+
+
+def test_an_all_zero_line_is_named_not_drawn_on_a_log_axis(frame):
+    """ReZero's gradients at init are exactly 0: the other lines keep their log axis (no 1e11 offset)."""
+    zero = frame[frame.placement == "pre"].assign(placement="rezero", run="rezero", value=0.0)
+    _, ax = plt.subplots()
+    plot_layer_profile(pd.concat([frame, zero]), ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    assert ax.get_yscale() == "log"
+    assert "rezero (≡ 0, not on a log axis)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(_line(ax, "rezero").get_ydata()) == 0
+
+
+def test_update_ratio_labels_tell_its_two_meanings_apart():
+    assert quantity_label("update_ratio", "mlp").startswith("‖F(x)‖/‖x‖")
+    assert quantity_label("update_ratio", "model").startswith("‖Δθ‖/‖θ‖")
+    assert quantity_label("param_grad_norm", "mlp.w2.weight") == "‖∂ℒ/∂W‖ (FFN output weight W₂)"
+
+
+def _smallest_text(fig) -> float:
+    fig.canvas.draw()  # tick labels exist only once drawn
+    return min(t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text())
+
+
+def test_every_text_is_at_least_the_minimum_size(frame):
+    fig, axes = plt.subplots(1, 3)
+    plot_layer_profile(frame, axes[0], quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    plot_depth_scaling(make_frame(depths=(6, 12)), axes[1], quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    plot_cka_heatmap(make_cka_frame(), axes[2], stack="encoder", placement="post")
+    assert _smallest_text(fig) >= FONT_MIN_PT
+
+
+def test_legends_sit_under_their_panels_off_the_data(frame):
+    """Issue 25 (14): legends inside the axes covered lines; under the axes they cannot, and the
+    figure grows by their height instead of squeezing the panel."""
+    fig, axes = figure_grid(2, ncols=2, panel_size=(4.0, 3.0))
+    height = fig.get_figheight()
+    for ax in axes:
+        plot_layer_profile(frame, ax, quantity="act_grad_norm", site="resid_pre", stack="decoder")
+    assert fig.get_figheight() > height
+    fig.canvas.draw()
+    for ax in axes:
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 <= box.y0 and box.x0 <= legend.x0 and legend.x1 <= box.x1 + 1

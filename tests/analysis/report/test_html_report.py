@@ -6,6 +6,7 @@ failing experiment behave."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
@@ -14,16 +15,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.text
 import pandas as pd
 import pytest
 
 from analysis import cli
 from analysis.experiments import atlas
 from analysis.experiments.runs import InitJob
+from analysis.plot.figures import DPI, FONT_MIN_PT, PAGE_WIDTH_IN
 from analysis.report import build
 from analysis.report import cli as report_cli
-from analysis.report.content import CHECK_COLUMNS
-from tests.analysis.report.fakes import ATLAS, FakeExperiment, store_atlas
+from analysis.report.content import CHECK_COLUMNS, ReportContent, Section, settings_rows
+from analysis.report.html import CSS_PX_PER_INCH, png_width, render_html
+from tests.analysis.report.fakes import ATLAS, FakeExperiment, atlas_frame, store_atlas
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_ATLAS_FIGURES = len(atlas.PROFILE_PANELS) + len(atlas.ARCH_PANELS)
@@ -333,3 +337,142 @@ def test_figures_are_redrawn_only_when_their_data_or_the_code_changed(report, tm
     stored = json.loads((copy / "figures" / "init" / "figures.json").read_text())["key"]
     assert stored == build.figure_key(copy / "data" / "init.parquet", build.source_digest())
     assert stored != build.figure_key(copy / "data" / "init.parquet", "edited code")
+
+
+# ------------------------------------------------------------------------------------------------
+# The claims table and the report's layout (issue 25, defects 8, 12, 13, 14).
+# ------------------------------------------------------------------------------------------------
+def _checks_rows(text: str) -> list[list[str]]:
+    """The check tables' body rows, each as its cells' text (tags stripped)."""
+    rows = re.findall(r"<tr>(.*?)</tr>", "".join(re.findall(r'<table class="checks">(.*?)</table>', text, re.S)))
+    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)] for r in rows]
+
+
+def test_the_check_table_leads_with_what_did_not_reproduce(report) -> None:
+    _, built, _ = report
+    text = built.index.read_text()
+    checks = text[text.index('id="checks"') : text.index('id="fake2024"')]
+    lead = checks.index("Did not reproduce (4)")
+    assert lead < checks.index('<details class="paper" open>') < checks.index('<table class="checks">')
+    rows = _checks_rows(checks)
+    assert rows[0][:2] == ["verdict", "claim"] and "paper" not in rows[0]  # the details' summary names it
+    verdicts = [r[0] for r in rows[1:]]
+    assert verdicts == ["not reproduced"] * 2 + ["inconclusive"] * 2 + ["reproduced"] * 2
+    assert "<script" not in text
+
+
+def test_setting_and_robustness_columns_appear_when_the_rows_carry_them(report) -> None:
+    _, built, experiment = report
+    frame = build.check_claims(experiment, experiment.run("quick"))
+    plain = _content(frame)
+    assert "paper vs ours" not in render_html(plain) and "robustness" not in render_html(plain)
+    frame = frame.assign(paper_setting="6-6 enc-dec, WMT", our_setting="d=64, random tokens", robustness=None)
+    frame.at[0, "robustness"] = {"holds": 5, "n": 8, "flipped_by": "pos=sinusoidal"}
+    rows = _checks_rows(render_html(_content(frame)))
+    assert rows[0][-2:] == ["paper vs ours", "robustness"]
+    assert ["paper: 6-6 enc-dec, WMT; ours: d=64, random tokens"] == list({r[-2] for r in rows[1:]})
+    assert "holds 5/8; flipped by pos=sinusoidal" in [r[-1] for r in rows[1:]]
+
+
+def _content(checks: pd.DataFrame, settings=()) -> ReportContent:
+    atlas_section = Section(key="init", title="Initialization atlas", citation="", summary="s", settings=settings)
+    return ReportContent(
+        title="t", preset="quick", checks=checks, sections=(), atlas=atlas_section, environment={"git_commit": "x"}
+    )
+
+
+def test_a_report_without_experiments_has_no_check_section() -> None:
+    text = render_html(_content(pd.DataFrame(columns=list(CHECK_COLUMNS))))
+    assert 'id="checks"' not in text and "Hypothesis checks" not in text
+
+
+def test_preset_settings_are_a_key_value_table() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        d_model: int = 64
+        depths: tuple = (3, 6)
+
+    @dataclasses.dataclass(frozen=True)
+    class Preset:
+        harness: Inner = Inner()
+        deep: int = 18
+
+    rows = settings_rows(Preset())
+    assert rows == (("harness.d_model", "64"), ("harness.depths", "3, 6"), ("deep", "18"))
+    text = render_html(_content(pd.DataFrame(columns=list(CHECK_COLUMNS)), settings=rows))
+    row = "<tr><th>harness</th><td><code>d_model</code> 64 · <code>depths</code> 3, 6</td></tr>"
+    assert row in text and "<tr><th>settings</th><td><code>deep</code> 18</td></tr>" in text and "Preset(" not in text
+
+
+def test_a_caption_comes_from_the_titles_not_the_file_name() -> None:
+    fig, (a, b) = plt.subplots(1, 2)
+    a.set_title("Takase et al.: a six-layer model")
+    b.set_title("Takase et al.: a six-layer model")
+    assert build.figure_caption(fig, "takase2022_six_layer") == "Takase et al.: a six-layer model"
+    fig.suptitle("the whole figure")
+    assert build.figure_caption(fig, "takase2022_six_layer") == "the whole figure"
+    plt.close(fig)
+
+
+def test_atlas_figures_keep_only_the_requested_placements() -> None:
+    """`--placements post,pre`: two families, so 2 x 2 profile panels, none empty; one colorbar per CKA grid."""
+    frame = atlas_frame(ATLAS)
+    for name, caption, fig in atlas.atlas_figures(frame, ATLAS.layers, ATLAS.seeds):
+        if name.startswith("cka_"):
+            assert len(fig.axes) == len(ATLAS.placements) + 1, name  # the panels and one colorbar
+        else:
+            assert len(fig.axes) == 2 * 2 and all(ax.has_data() for ax in fig.axes), name
+            assert not any("no norm" in ax.get_title() for ax in fig.axes)
+            assert f"`{name}`" in caption  # the code name is in the caption, the y label is words
+            assert all(name not in ax.get_ylabel() for ax in fig.axes)
+        assert fig.get_size_inches()[0] <= PAGE_WIDTH_IN
+        if name in ("act_grad_norm", "cka_decoder"):  # text at page width: nothing below FONT_MIN_PT
+            fig.canvas.draw()
+            texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+            assert min(t.get_fontsize() for t in texts) >= FONT_MIN_PT, name
+        plt.close(fig)
+
+
+def test_figures_are_shown_at_their_physical_size(report) -> None:
+    """A point of text on a figure is a CSS point on the page (so FONT_MIN_PT holds as read): each
+    image's width is its PNG's at DPI, and no atlas figure is wider than the page's column."""
+    _, built, _ = report
+    page = Page(built.index.read_text())
+    for tag, attrs in page.tags:
+        if tag == "img":
+            png = base64.b64decode(attrs["src"].split(",", 1)[1])
+            assert int(attrs["width"]) == round(png_width(png) * CSS_PX_PER_INCH / DPI)
+            assert int(attrs["width"]) <= 1132  # the body's 1180 px less its padding
+
+
+# Appended to a copy of the report: the page's width against the window's, and where the first
+# check's verdict sits, for --dump-dom to read.
+LAYOUT_SCRIPT = """<script>window.addEventListener("load", () => {
+  const cell = document.querySelector("table.checks tbody tr td");
+  const r = cell.getBoundingClientRect();
+  const out = document.createElement("pre"); out.id = "layout-check";
+  out.textContent = JSON.stringify({page: document.documentElement.scrollWidth, window: window.innerWidth,
+    first: cell.textContent, left: r.left, right: r.right});
+  document.body.appendChild(out); });</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium; CI's .ci/run installs it)")
+def test_at_800_px_nothing_overflows_and_the_verdict_comes_first(report, tmp_path) -> None:
+    """Issue 25 (12): at 800 px the claims table ran off the page with the verdict off-screen."""
+    _, built, _ = report
+    page = tmp_path / "layout.html"
+    page.write_text(built.index.read_text().replace("</body>", LAYOUT_SCRIPT + "</body>"))
+    done = _chromium("--window-size=800,1200", "--dump-dom", page.as_uri(), cwd=tmp_path)
+    match = re.search(r'<pre id="layout-check">(.*?)</pre>', done.stdout, re.S)
+    assert match, f"no layout report in the dumped DOM; chromium said: {done.stderr[-2000:]}"
+    layout = json.loads(match.group(1).replace("&quot;", '"'))
+    assert layout["window"] == 800 and layout["page"] <= layout["window"], layout
+    assert layout["first"] == "not reproduced" and 0 <= layout["left"] and layout["right"] < 200, layout
+
+
+def test_a_claims_entry_says_what_its_statistic_measures(report) -> None:
+    """Issue 25 (15): a share of 2.46 against >= 0.5 needs the statistic's description beside it."""
+    _, built, experiment = report
+    text = built.index.read_text()
+    described = build.check_claims(experiment, experiment.run("quick"))["statistic_description"].iloc[0]
+    assert described and f"statistic: {described}" in text

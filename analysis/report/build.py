@@ -54,6 +54,7 @@ from analysis.experiments.atlas import (
 )
 from analysis.experiments.atlas import NAME as ATLAS
 from analysis.experiments.claims import check
+from analysis.experiments.robustness import read_summary
 from analysis.experiments.runs import compute_jobs
 from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
@@ -297,6 +298,7 @@ def build_report(
     checker: Checker = check_claims,
     title: str = "lnscope report: layer-normalization placements",
     progress: bool = True,
+    robustness: Path | None = None,
 ) -> BuiltReport:
     """Run (or, with `redraw`, reload) every part and write the report into `out`.
 
@@ -311,6 +313,8 @@ def build_report(
         checker: (experiment, frame) -> check rows; the default checks every claim of the experiment.
         title: the report's heading.
         progress: show a progress bar.
+        robustness: a `lnscope check --robustness --out FILE` result; its "holds k/n; flipped by ..."
+            becomes the claims table's robustness column (the sweep itself is too costly to run here).
     """
     start = time.perf_counter()
     atlas = atlas or AtlasSettings()
@@ -321,6 +325,7 @@ def build_report(
     lacking = [n for n, e in experiments.items() if preset not in (getattr(e, "presets", None) or {})]
     if lacking:
         raise ValueError(f"experiments {lacking} have no {preset!r} preset")
+    robust = read_summary(robustness) if robustness is not None else None  # a bad file fails before compute
     out = Path(out)
     data = out / "data"
     store = Path(store) if store is not None else out / "store"
@@ -392,6 +397,8 @@ def build_report(
         if any(len(c) for c in all_checks)
         else pd.DataFrame(columns=list(CHECK_COLUMNS))
     )
+    if robust is not None:  # a plain string per row: it survives the parquet write (a claim not swept: "")
+        checks["robustness"] = [robust.get(i, {}).get("text", "") for i in checks["id"]]
     write_checks(checks, data)
     keys["init"] = figure_key(data / "init.parquet", source)
     atlas_figures = None if redraw else _cached_figures(out, keys["init"], "init")

@@ -61,6 +61,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         store=store,
         redraw=args.redraw,
         reuse=not args.recompute,
+        robustness=Path(args.robustness) if args.robustness else None,
     )
     return 1 if built.failed else 0
 
@@ -117,6 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="",
         metavar="A,B,...",
         help="atlas placements, comma-separated; see lnscope list (default: all)",
+    )
+    report.add_argument(
+        "--robustness",
+        default="",
+        metavar="FILE",
+        help="a lnscope check --robustness --out FILE result: its verdict robustness joins the claims table",
     )
     report.add_argument("--redraw", action="store_true", help="figures, checks and pages again from <out>/data")
     report.add_argument("--recompute", action="store_true", help="recompute a stored atlas with the same settings")

@@ -95,6 +95,36 @@ def ensure_preloaded() -> str | None:
     return None  # not reached (execve replaces the process); kept for tests that stub it
 
 
+PROGRAM_NAMES = ("lnscope",)  # console scripts that are lnscope programs
+PROGRAM_MODULES = ("analysis.cli", "analysis.report")  # `python -m` modules that are lnscope programs
+
+
+def started_as_program(argv: list[str] | None = None) -> bool:
+    """Whether this process is one of lnscope's programs (`lnscope ...`, `python -m analysis.cli`,
+    `python -m analysis.report`), from the command line it was started with (default: sys.orig_argv)."""
+    argv = list(sys.orig_argv if argv is None else argv)[1:]  # the interpreter's options, then the program
+    while argv and argv[0].startswith("-") and argv[0] not in ("-m", "-c"):
+        argv = argv[2:] if argv[0] in ("-X", "-W") else argv[1:]
+    if argv[:1] == ["-c"]:  # python -c CODE: a snippet, not a program
+        return False
+    if argv[:1] == ["-m"]:
+        return argv[1:2] != [] and argv[1] in PROGRAM_MODULES
+    return bool(argv) and Path(argv[0]).name in PROGRAM_NAMES  # .venv/bin/lnscope (its #! runs python)
+
+
+def preload_before_imports() -> str | None:
+    """`ensure_preloaded()` in one of lnscope's programs, called as the program starts importing, before
+    JAX and the rest: the re-executed process then imports them once, not twice. Elsewhere (a test, a
+    notebook, a user's script importing lnscope) nothing happens; returns why it did not re-execute.
+    A bad LNSCOPE_ALLOCATOR is left for the program's own setup, which reports it as one line."""
+    if not started_as_program():
+        return "not an lnscope program"
+    try:
+        return ensure_preloaded()
+    except ValueError as err:
+        return str(err)
+
+
 if __name__ == "__main__":
     # `LD_PRELOAD=$(python -m analysis.allocator) python my_script.py`
     path = library_path()

@@ -81,3 +81,34 @@ def test_program_output_is_the_same_with_and_without():
     assert outputs["mimalloc"][0] == "True already re-executed once"
     assert outputs["system"][0] == "False opted out"
     assert outputs["mimalloc"][1:] == outputs["system"][1:] and len(outputs["system"]) > 10
+
+
+@pytest.mark.parametrize(
+    "argv, program",
+    [
+        (["python", "/venv/bin/lnscope", "probe"], True),
+        (["python", "-m", "analysis.cli", "--help"], True),
+        (["python", "-X", "importtime", "-m", "analysis.report"], True),
+        (["python", "-m", "pytest", "tests"], False),
+        (["python", "my_study.py"], False),
+        (["python", "-c", "import analysis"], False),
+        (["python"], False),
+    ],
+)
+def test_lnscope_programs_are_told_from_other_processes(argv, program):
+    assert allocator.started_as_program(argv) is program
+
+
+def test_a_program_re_executes_before_importing_jax():
+    """What `lnscope` imports before its early re-exec (analysis.command) imports no JAX, so the
+    re-executed process is the only one that pays for it; the package's re-exports still work."""
+    script = (
+        "import sys, analysis.command\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'pandas')], 'imported early'\n"
+        "from analysis import CHEAP_PROBES\n"
+        "assert 'jax' in sys.modules and CHEAP_PROBES\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", script]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr

@@ -112,3 +112,29 @@ def test_a_program_re_executes_before_importing_jax():
     argv = [sys.executable, "-c", script]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+@needs_wheel
+def test_the_installed_kernel_runs_with_mimalloc(tmp_path, monkeypatch):
+    """A notebook's kernel cannot re-execute itself: the kernel lnscope installs preloads mimalloc
+    through its environment, and code run in it finds mimalloc loaded."""
+    client_lib = pytest.importorskip("jupyter_client.manager")
+    folder = allocator.install_kernel(prefix=str(tmp_path))
+    assert folder == tmp_path / "share" / "jupyter" / "kernels" / allocator.KERNEL_NAME
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))  # found before this environment's
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for var in (allocator.OPT_OUT_VAR, allocator.REEXEC_VAR, "LD_PRELOAD"):
+        monkeypatch.delenv(var, raising=False)
+    manager, client = client_lib.start_new_kernel(kernel_name=allocator.KERNEL_NAME)
+    try:
+        seen = []
+        reply = client.execute_interactive(
+            "from analysis.allocator import active; print(active())",
+            timeout=120,
+            output_hook=lambda msg: seen.append(msg["content"].get("text", "")),
+        )
+        assert reply["content"]["status"] == "ok"
+        assert "".join(seen).strip() == "True"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format report browser check benchmark clean
+.PHONY: setup test test-fast lint format report browser check benchmark kernel clean
 PRESET ?= quick
 
 setup: $(STAMP)
@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m analysis.allocator kernel
 	@touch $(STAMP)
+
+# The Jupyter kernel "Python (lnscope, mimalloc)" of this environment (`make setup` installs it): a
+# running kernel cannot re-execute itself to preload mimalloc, so the kernel's environment does.
+kernel: setup
+	$(PY) -m analysis.allocator kernel
 
 # The whole suite, slow tests included (CI runs exactly this). Compiling is most of the suite's time,
 # so its first pass compiles with LLVM at -O0 (XLA's HLO passes, hence the programs, are unchanged):

@@ -12,21 +12,38 @@ Each room imports only from the rooms before it (tests/test_import_graph.py). Th
 notebooks need are re-exported here.
 """
 
-from analysis.probe import (
-    CHEAP_PROBES,
-    COLUMNS,
-    PROBES,
-    ProbeConfig,
-    probe_at_init,
-    probe_model,
-    probe_program,
-    to_frame,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analysis.probe import (
+        CHEAP_PROBES,
+        COLUMNS,
+        PROBES,
+        STEP_PROBES,
+        ProbeConfig,
+        probe_at_init,
+        probe_model,
+        probe_program,
+        to_frame,
+    )
+
+
+def __getattr__(name: str):
+    """The re-exported names, imported on first use: importing a light module of this package (the
+    allocator, the runtime settings) must not import JAX, so `lnscope` re-executes itself and rejects
+    a bad setting before that cost."""
+    if name in __all__:
+        import analysis.probe
+
+        return getattr(analysis.probe, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
 
 __all__ = [
     "CHEAP_PROBES",
     "COLUMNS",
     "PROBES",
+    "STEP_PROBES",
     "ProbeConfig",
     "probe_at_init",
     "probe_model",

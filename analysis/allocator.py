@@ -18,6 +18,11 @@ the script once, so do it before any work), or start it with the library preload
 
     LD_PRELOAD=$(python -m analysis.allocator) python my_script.py
 
+A notebook: a running Jupyter kernel cannot re-execute itself, so lnscope installs a kernel whose
+environment preloads mimalloc ("Python (lnscope, mimalloc)"; `make setup` does it, or `make kernel`):
+
+    python -m analysis.allocator kernel            # into this environment (sys.prefix), name "lnscope"
+
 Linux only (elsewhere, and without the wheel, everything runs as before on the system allocator).
 """
 
@@ -95,8 +100,77 @@ def ensure_preloaded() -> str | None:
     return None  # not reached (execve replaces the process); kept for tests that stub it
 
 
+PROGRAM_NAMES = ("lnscope",)  # console scripts that are lnscope programs
+PROGRAM_MODULES = ("analysis.cli", "analysis.report")  # `python -m` modules that are lnscope programs
+
+
+def started_as_program(argv: list[str] | None = None) -> bool:
+    """Whether this process is one of lnscope's programs (`lnscope ...`, `python -m analysis.cli`,
+    `python -m analysis.report`), from the command line it was started with (default: sys.orig_argv)."""
+    argv = list(sys.orig_argv if argv is None else argv)[1:]  # the interpreter's options, then the program
+    while argv and argv[0].startswith("-") and argv[0] not in ("-m", "-c"):
+        argv = argv[2:] if argv[0] in ("-X", "-W") else argv[1:]
+    if argv[:1] == ["-c"]:  # python -c CODE: a snippet, not a program
+        return False
+    if argv[:1] == ["-m"]:
+        return argv[1:2] != [] and argv[1] in PROGRAM_MODULES
+    return bool(argv) and Path(argv[0]).name in PROGRAM_NAMES  # .venv/bin/lnscope (its #! runs python)
+
+
+def preload_before_imports() -> str | None:
+    """`ensure_preloaded()` in one of lnscope's programs, called as the program starts importing, before
+    JAX and the rest: the re-executed process then imports them once, not twice. Elsewhere (a test, a
+    notebook, a user's script importing lnscope) nothing happens; returns why it did not re-execute.
+    A bad LNSCOPE_ALLOCATOR is left for the program's own setup, which reports it as one line."""
+    if not started_as_program():
+        return "not an lnscope program"
+    try:
+        return ensure_preloaded()
+    except ValueError as err:
+        return str(err)
+
+
+KERNEL_NAME = "lnscope"
+KERNEL_DISPLAY_NAME = "Python (lnscope, mimalloc)"
+
+
+def kernel_spec(library: Path | None = None) -> dict:
+    """The Jupyter kernel.json of this environment's Python with mimalloc preloaded (`library`,
+    default: the wheel's), or a plain one where there is none (not Linux, the wheel missing)."""
+    library = library_path() if library is None and sys.platform.startswith("linux") else library
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": KERNEL_DISPLAY_NAME,
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+    if library is not None:
+        # LNSCOPE_REEXEC: the kernel's process is already what a re-exec would make
+        spec["env"] = {"LD_PRELOAD": str(library), REEXEC_VAR: "1"}
+    return spec
+
+
+def install_kernel(prefix: str | None = None, name: str = KERNEL_NAME) -> Path:
+    """Install `kernel_spec()` as Jupyter kernel `name` under `prefix` (default: this environment,
+    sys.prefix), replacing an older one of that name; returns its folder. Needs jupyter_client."""
+    import json
+    import tempfile
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1) + "\n")
+        where = KernelSpecManager().install_kernel_spec(folder, name, prefix=prefix or sys.prefix, replace=True)
+    return Path(where)
+
+
 if __name__ == "__main__":
-    # `LD_PRELOAD=$(python -m analysis.allocator) python my_script.py`
+    # `LD_PRELOAD=$(python -m analysis.allocator) python my_script.py`; `python -m analysis.allocator kernel`
+    if sys.argv[1:] == ["kernel"]:
+        print(install_kernel())
+        sys.exit(0)
+    if sys.argv[1:]:
+        sys.exit(f"unknown argument {' '.join(sys.argv[1:])!r}; valid: none (print the library's path), kernel")
     path = library_path()
     if path is None:
         sys.exit(f"{DISTRIBUTION} is not installed (pip install {DISTRIBUTION})")

@@ -11,9 +11,12 @@ import logging
 import os
 import sys
 
-from analysis.allocator import ensure_preloaded
-from analysis.io import describe_os_error
+from analysis.allocator import ensure_preloaded, preload_before_imports
 from analysis.runtime import WORKERS_VAR, check_environment, configure_compilation_cache
+
+# lnscope's programs import this module before JAX (it is the CLI's first import): re-executing here,
+# with mimalloc preloaded, saves the re-executed program a second import of everything.
+preload_before_imports()
 
 
 def prepare_process() -> None:
@@ -42,6 +45,8 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, *, prep
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
     except OSError as err:  # disk full, read-only store, ...: what, where, what to do (analysis.io)
+        from analysis.io import describe_os_error  # imports JAX: not before it is needed
+
         print(f"{parser.prog}: error: {describe_os_error(err)}", file=sys.stderr, flush=True)
         if argv is None:  # a program ending: what a failed writer's threads report on the way out repeats this line
             logging.disable(logging.CRITICAL)

@@ -10,8 +10,12 @@ compiled programs in long runs.
 
 Why a persistent cache by default: lnscope's studies are compile-bound on a CPU (a probe program or a
 training step compiles for longer than it then runs), and a repeated compile read from the cache is
-cheap. It also makes `release_compiled` cheap. How a model runs (layer loop, compute dtype, seeds)
-is an execution plan's (analysis.execution).
+cheap. It also makes `release_compiled` cheap. Every program is cached, however quick its compile:
+a study compiles many small programs, and together they are most of its time. How a model runs
+(layer loop, compute dtype, seeds) is an execution plan's (analysis.execution).
+
+JAX is imported inside the functions that use it: `lnscope` imports this module before it
+re-executes itself (analysis.allocator), so a re-exec or a bad setting costs no JAX import.
 """
 
 from __future__ import annotations
@@ -27,9 +31,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import jax
-import jax.numpy as jnp
 
 CACHE_VAR = "LNSCOPE_COMPILATION_CACHE"  # "off" disables the persistent cache
 WORKERS_VAR = "LNSCOPE_WORKERS"  # processes that compute a study's jobs: a whole number, or "auto"
@@ -56,10 +57,13 @@ def configure_compilation_cache() -> Path | None:
         raise ValueError(f"{CACHE_VAR}={choice!r}; valid choices: on (default), off")
     if choice == "off":
         return None
+    import jax
+
     folder = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir())
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    # cache every program that took a noticeable time to compile (JAX's default skips those under 1 s)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # every program, however small (JAX's defaults skip quick compiles): small ones add up in a study
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
 
 
@@ -72,6 +76,8 @@ def release_compiled() -> None:
     over a hundred programs, and past the limit LLVM fails with "Cannot allocate memory" and the
     process crashes.
     """
+    import jax
+
     jax.clear_caches()
 
 
@@ -121,6 +127,8 @@ def _whole_number(var: str, text: str, valid: str) -> int:
 
 def _per_core_on_cpu(cap: int) -> int:
     """One per available core (at most `cap`) when JAX runs on the CPU, else 1."""
+    import jax
+
     return 1 if jax.default_backend() != "cpu" else max(1, min(available_cores(), cap))
 
 
@@ -155,6 +163,7 @@ def pin_workers() -> bool:
 def _on_cpu_if_known() -> bool:
     """False when this process already runs JAX on an accelerator; True otherwise. It does not start
     a backend to find out: on a GPU that would claim the device's memory before the workers start."""
+    import jax
     from jax._src import xla_bridge
 
     return not xla_bridge.backends_are_initialized() or jax.default_backend() == "cpu"
@@ -235,6 +244,9 @@ def run_on_threads(
     worker thread would not see the caller's. Every call runs the same executable whatever
     `streams` is, so the results do not depend on it, bit for bit.
     """
+    import jax
+    import jax.numpy as jnp
+
     post = post or (lambda out: out)
     # Python scalars become arrays here, under the caller's contexts (under jax.enable_x64 a Python
     # int is int64; converted on a worker thread it would be int32 and not fit the compiled program),

@@ -9,10 +9,12 @@ Keys (GOALS below), each a ratio taken in one run:
   (d=128, 4 heads, FFN 512, batch 8, seq 64; 6 and 18 layers) and at a larger one (d=512, FFN 2048,
   batch 32, seq 128, 18 layers): the smallest ratio over the three.
 - probe_overhead_gpu: lnscope's probed / plain step (STEP_PROBES), the largest over the three.
-- seed_sweep_vmap_over_loop: the 32-seed x 12-layer d=64 init study (every cheap probe) as
-  lnscope's own loop over seeds (`seed_chunk=1`) over its vmapped study (every seed in one vmap,
-  the accelerator default); seed_sweep_vs_torch_gpu: the peer's loop over seeds on the device over
-  the vmapped study.
+- seed_sweep_vs_torch_gpu: the vmapped seeds' goal (issue 26 restated it): seeds per second of the
+  32-seed x 12-layer d=64 init study (every cheap probe) as lnscope's vmapped study (every seed in
+  one vmap, the accelerator default) over the peer's loop over seeds on the device.
+  seed_sweep_vmap_over_loop (reported, no goal): lnscope's own loop over seeds (`seed_chunk=1`) over
+  its vmapped study; that loop is already one compiled program, so this ratio is no measure of
+  what vmapping gives a user.
 lnscope and the peer alternate: lnscope's rounds, then the peer's process, per config. Timings are
 medians of calls after a first (compile) and a second (warm-up) call, each blocked until ready.
 """
@@ -37,12 +39,12 @@ from benchmarks.steps import STEP_PROBES, StepPair, median_ms, timed
 from benchmarks.suite import decoder_config, machine_info
 from models import ModelConfig
 
-GOALS: dict[str, tuple[str, float]] = {
+GOALS: dict[str, tuple[str, float] | None] = {  # None: reported, no goal
     "torch_speedup_plain_gpu": (">=", 3.0),
     "torch_speedup_probed_gpu": (">=", 3.0),
     "probe_overhead_gpu": ("<=", 1.10),
-    "seed_sweep_vmap_over_loop": (">=", 5.0),
-    "seed_sweep_vs_torch_gpu": (">=", 1.5),
+    "seed_sweep_vmap_over_loop": None,
+    "seed_sweep_vs_torch_gpu": (">=", 5.0),
 }
 
 
@@ -130,6 +132,7 @@ def bench_seed_sweep(sizes: Sizes, python: str | None, device: str) -> dict[str,
         out[f"{name}_first_s"] = timed(run)
         out[f"{name}_s"] = statistics.median(timed(run) for _ in range(3))
     out["vmap_over_loop"] = out["loop_s"] / out["vmapped_s"]
+    out["seeds_per_s"] = sizes.seeds / out["vmapped_s"]
     if python is not None:
         try:
             theirs = [
@@ -148,7 +151,8 @@ def bench_seed_sweep(sizes: Sizes, python: str | None, device: str) -> dict[str,
             out["peer_reason"] = f"{type(error).__name__}: {error}"
             return out
         out["torch_s"] = statistics.median(theirs)
-        out["vs_torch"] = out["torch_s"] / out["vmapped_s"]
+        out["torch_seeds_per_s"] = sizes.seeds / out["torch_s"]
+        out["vs_torch"] = out["torch_s"] / out["vmapped_s"]  # = seeds_per_s / torch_seeds_per_s
     return out
 
 
@@ -167,6 +171,8 @@ def headline(steps: dict[str, dict[str, Any]], sweep: dict[str, Any]) -> dict[st
 def verdict(key: str, value: float | None) -> str:
     if value is None:
         return "not measured"
+    if GOALS[key] is None:
+        return "reported"
     op, goal = GOALS[key]
     return "MET" if (value >= goal if op == ">=" else value <= goal) else "MISSED"
 
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["verdicts"] = {k: verdict(k, v) for k, v in results["headline"].items()}
     for key, value in results["headline"].items():
         shown = "None" if value is None else f"{value:.3f}"
-        print(f"{key:28s} {shown:>8s}  {GOALS[key][0]} {GOALS[key][1]}  {results['verdicts'][key]}")
+        goal = "" if GOALS[key] is None else f"{GOALS[key][0]} {GOALS[key][1]}"
+        print(f"{key:28s} {shown:>8s}  {goal:8s}  {results['verdicts'][key]}")
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=2, default=str) + "\n"))
     return results
 

@@ -11,7 +11,11 @@ defaults),
 compile_ratio_192_over_6, deep1000_seconds (a 1000-layer init probe, end to end in a fresh process),
 peak_rss_ratio (peak resident memory of the probed step's process over the plain one's); reported
 beside them, sweep_speedup_plain_d128 / sweep_speedup_probed_d128 (a sweep's throughput: two runs at
-once, per model-step, against the peer's better way to run two; bench_sweep_steps). A diagnostic,
+once, per model-step, against the peer's better way to run two; bench_sweep_steps);
+first_probe_seconds_18L_encdec (the first probe_at_init of an 18-layer encoder-decoder in a fresh
+process, compile included, cold persistent cache; the warm cache's beside it; bench_first_probe),
+report_cold_seconds (a fresh clone's `make report`, setup included: benchmarks/report_cold.sh, run
+by hand, writes it to REPORT_COLD_JSON; read back here). A diagnostic,
 "core_scaling", times both sides' steps on one core (bench_core_scaling). A key is
 None when it could not be measured, with the reason under "reasons". Timings are medians after a
 first (compile) and a second (warm-up) call, both reported apart; lnscope and the peer alternate
@@ -65,7 +69,11 @@ GOALS: dict[str, tuple[str, float] | None] = {
     "peak_rss_ratio": None,
     "sweep_speedup_plain_d128": None,
     "sweep_speedup_probed_d128": None,
+    "first_probe_seconds_18L_encdec": ("<=", 3.0),
+    "report_cold_seconds": ("<=", 180.0),
 }
+# What benchmarks/report_cold.sh writes: {"seconds": ..., "setup_s": ..., "report_s": ..., "commit": ...}
+REPORT_COLD_JSON = ROOT / "benchmarks" / "results" / "report_cold.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +97,8 @@ class Sizes:
     deep_seq: int = 32
     extras: bool = True  # full-token CKA and bfloat16 steps beside the headline ones
     core_rounds: int = 3  # one-core diagnostic: fresh pinned processes per depth, alternating with the peer
+    first_probe_layers: int = 18  # the encoder-decoder of first_probe_seconds_18L_encdec (ModelConfig's defaults)
+    first_probe_d: int = 64
 
 
 FULL = Sizes()
@@ -112,6 +122,8 @@ SMOKE = Sizes(
     deep_seq=8,
     extras=False,
     core_rounds=1,
+    first_probe_layers=2,
+    first_probe_d=16,
 )
 
 # Runs at once in the sweep benchmark: one per core of this 2-core machine.
@@ -548,6 +560,59 @@ def bench_fresh_processes(sizes: Sizes) -> dict[str, Any]:
     return {"deep": deep, "rss": rss, "load": _load()}
 
 
+def _first_probe_code(sizes: Sizes, cache_dir: str) -> str:
+    # lnscope's programs keep every compiled program in the persistent cache (analysis.runtime); the
+    # code configures the same, in a cache folder of this benchmark's own.
+    return f"""
+import json, os, time
+t0 = time.perf_counter()
+import jax
+from analysis.runtime import configure_compilation_cache
+os.environ["JAX_COMPILATION_CACHE_DIR"] = {cache_dir!r}
+os.environ.pop("LNSCOPE_COMPILATION_CACHE", None)
+jax.config.update("jax_enable_compilation_cache", True)
+configure_compilation_cache()
+from analysis.probe.api import probe_at_init
+from models import ModelConfig
+cfg = ModelConfig(arch="encdec", layers={sizes.first_probe_layers}, d_model={sizes.first_probe_d},
+                  d_ff={4 * sizes.first_probe_d})
+t1, c1 = time.perf_counter(), time.process_time()
+df = probe_at_init(cfg)
+t2, c2 = time.perf_counter(), time.process_time()
+again = probe_at_init(cfg)
+t3 = time.perf_counter()
+print(json.dumps({{"import_s": t1 - t0, "first_probe_s": t2 - t1, "first_probe_cpu_s": c2 - c1,
+                  "second_probe_s": t3 - t2, "rows": len(df),
+                  "value_sum": float(df["value"].sum()), "same": bool(df.equals(again))}}))
+"""
+
+
+def bench_first_probe(sizes: Sizes) -> dict[str, Any]:
+    """Time to a first result: `probe_at_init` of an encoder-decoder (ModelConfig's defaults, 18
+    layers), its first call in a fresh process (compile included), with an empty persistent
+    compilation cache (cold) and then with the cache that run filled (warm); the second call in
+    the same process is the run alone. `first_probe_cpu_s`, the process' CPU time over the first
+    call, tells a loaded machine's waiting apart. Both processes must find the same numbers."""
+    with tempfile.TemporaryDirectory(prefix="lnscope-first-probe-") as cache_dir:
+        code = _first_probe_code(sizes, cache_dir)
+        (cold_wall, cold), (warm_wall, warm) = _children([code, code], timeout=1800, parallel=False)
+    if cold["value_sum"] != warm["value_sum"] or not (cold["same"] and warm["same"]):
+        raise RuntimeError("the cached programs gave other numbers than the compiled ones")
+    return {
+        "layers": sizes.first_probe_layers,
+        "cold": {**cold, "process_s": cold_wall},
+        "warm": {**warm, "process_s": warm_wall},
+        "load": _load(),
+    }
+
+
+def read_report_cold(path: Path = REPORT_COLD_JSON) -> dict[str, Any]:
+    """The last `benchmarks/report_cold.sh` result; a RuntimeError saying how to make it when absent."""
+    if not path.is_file():
+        raise RuntimeError(f"not measured by this run: run benchmarks/report_cold.sh (it writes {path.name})")
+    return json.loads(path.read_text())
+
+
 # ---------------------------------------------------------------------------------------------
 # One core against two: what each side gains from the second core (a diagnostic, no goal).
 # ---------------------------------------------------------------------------------------------
@@ -678,6 +743,10 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
         keys["deep1000_seconds"] = results["deep"]["seconds"]
     if results.get("rss"):
         keys["peak_rss_ratio"] = results["rss"]["ratio"]
+    if results.get("first_probe"):
+        keys["first_probe_seconds_18L_encdec"] = results["first_probe"]["cold"]["first_probe_s"]
+    if results.get("report_cold"):
+        keys["report_cold_seconds"] = float(results["report_cold"]["seconds"])
     return keys
 
 
@@ -693,6 +762,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "peak_rss_ratio": ("rss",),
     "sweep_speedup_plain_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
     "sweep_speedup_probed_d128": ("sweep_steps", "sweep_steps_peer", "peer", "steps"),
+    "first_probe_seconds_18L_encdec": ("first_probe",),
+    "report_cold_seconds": ("report_cold",),
 }
 
 
@@ -785,6 +856,13 @@ def table(results: dict[str, Any]) -> str:
             f"  one core {depth}L: lnscope plain {r['plain_one_core_ms']:.1f} / probed {r['probed_one_core_ms']:.1f} ms"
             f"{gains('')}{torch_part}"
         )
+    first = results.get("first_probe")
+    if first:
+        lines.append(
+            f"  first probe_at_init, {first['layers']}L encdec, fresh process: cold cache "
+            f"{first['cold']['first_probe_s']:.2f} s, warm cache {first['warm']['first_probe_s']:.2f} s, "
+            f"second call {first['cold']['second_probe_s']:.2f} s; imports {first['cold']['import_s']:.2f} s"
+        )
     sweep = results.get("seed_sweep")
     if sweep:
         lines.append(
@@ -852,6 +930,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["deep"], results["rss"] = fresh.get("deep"), fresh.get("rss")
         if not fresh:
             reasons["deep"] = reasons["rss"] = reasons["fresh_processes"]
+        results["first_probe"] = _attempt("first_probe", lambda: bench_first_probe(sizes), reasons)
+        results["report_cold"] = _attempt("report_cold", read_report_cold, reasons)
     finally:
         jax.config.update("jax_enable_compilation_cache", saved)
     results["wall_s"] = time.perf_counter() - start

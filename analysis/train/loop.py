@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from analysis.execution import ExecutionPlan, default_plan
@@ -39,7 +38,7 @@ from analysis.io import environment
 from analysis.memory import check_train_memory
 from analysis.probe.tidy import to_frame
 from analysis.runtime import default_streams
-from analysis.train import checkpoint, store
+from analysis.train import checkpoint, distributed, store
 from analysis.train.config import TrainConfig, from_dict, to_dict
 from analysis.train.seeds import PerSeed, Vmapped, choose_mode
 from analysis.train.step import MAX_CHUNK, METRICS, Runtime, abstract_states, program, seed_sharding
@@ -202,15 +201,14 @@ class _Pipeline:
 
 
 def _to_host(tree: Any) -> Any:
-    """Numpy copies of (possibly sharded) device arrays; across hosts, gathered from every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    """Numpy copies of (possibly sharded) device arrays; across hosts, gathered from every process
+    (a lost process: distributed.PeerLost)."""
+    return distributed.gather(tree)
 
 
 def _writer() -> bool:
     """Only one process writes the store's files (every process takes part in orbax checkpoints)."""
-    return jax.process_index() == 0
+    return distributed.writer()
 
 
 def _after_divergence(frame: pd.DataFrame, diverged: dict[int, int | None]) -> pd.DataFrame:

@@ -81,3 +81,60 @@ def test_program_output_is_the_same_with_and_without():
     assert outputs["mimalloc"][0] == "True already re-executed once"
     assert outputs["system"][0] == "False opted out"
     assert outputs["mimalloc"][1:] == outputs["system"][1:] and len(outputs["system"]) > 10
+
+
+@pytest.mark.parametrize(
+    "argv, program",
+    [
+        (["python", "/venv/bin/lnscope", "probe"], True),
+        (["python", "-m", "analysis.cli", "--help"], True),
+        (["python", "-X", "importtime", "-m", "analysis.report"], True),
+        (["python", "-m", "pytest", "tests"], False),
+        (["python", "my_study.py"], False),
+        (["python", "-c", "import analysis"], False),
+        (["python"], False),
+    ],
+)
+def test_lnscope_programs_are_told_from_other_processes(argv, program):
+    assert allocator.started_as_program(argv) is program
+
+
+def test_a_program_re_executes_before_importing_jax():
+    """What `lnscope` imports before its early re-exec (analysis.command) imports no JAX, so the
+    re-executed process is the only one that pays for it; the package's re-exports still work."""
+    script = (
+        "import sys, analysis.command\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'pandas')], 'imported early'\n"
+        "from analysis import CHEAP_PROBES\n"
+        "assert 'jax' in sys.modules and CHEAP_PROBES\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", script]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+@needs_wheel
+def test_the_installed_kernel_runs_with_mimalloc(tmp_path, monkeypatch):
+    """A notebook's kernel cannot re-execute itself: the kernel lnscope installs preloads mimalloc
+    through its environment, and code run in it finds mimalloc loaded."""
+    client_lib = pytest.importorskip("jupyter_client.manager")
+    folder = allocator.install_kernel(prefix=str(tmp_path))
+    assert folder == tmp_path / "share" / "jupyter" / "kernels" / allocator.KERNEL_NAME
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))  # found before this environment's
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for var in (allocator.OPT_OUT_VAR, allocator.REEXEC_VAR, "LD_PRELOAD"):
+        monkeypatch.delenv(var, raising=False)
+    manager, client = client_lib.start_new_kernel(kernel_name=allocator.KERNEL_NAME)
+    try:
+        seen = []
+        reply = client.execute_interactive(
+            "from analysis.allocator import active; print(active())",
+            timeout=120,
+            output_hook=lambda msg: seen.append(msg["content"].get("text", "")),
+        )
+        assert reply["content"]["status"] == "ok"
+        assert "".join(seen).strip() == "True"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

@@ -99,7 +99,7 @@ def test_worker_cpus_split_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -
     assert runtime.worker_cpus(2) is None
     monkeypatch.setenv(runtime.PIN_VAR, "on")
     assert runtime.worker_cpus(2) == [[2, 4], [7]]
-    monkeypatch.setattr(runtime.jax, "default_backend", lambda: "gpu")  # this process runs on an accelerator
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # this process runs on an accelerator
     assert runtime.worker_cpus(2) is None
 
 

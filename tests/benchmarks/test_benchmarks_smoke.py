@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from benchmarks.suite import GOALS, main
+from benchmarks.suite import GOALS, REPORT_COLD_JSON, main
 
 PEER_KEYS = {
     "torch_speedup_plain_d128",
@@ -43,15 +43,22 @@ def test_smoke_run_produces_every_key(tmp_path):
             "peak_rss_ratio",
             "sweep_speedup_plain_d128",
             "sweep_speedup_probed_d128",
+            "first_probe_seconds_18L_encdec",
+            "report_cold_seconds",
         }
     )
     for key, value in data["headline"].items():
         if key in PEER_KEYS:
             assert value is None and "--no-peer" in data["reasons"][key], (key, value)
+        elif key == "report_cold_seconds" and not REPORT_COLD_JSON.is_file():  # measured by hand
+            assert value is None and "benchmarks/report_cold.sh" in data["reasons"][key], (key, value)
         else:
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value, data["reasons"])
             assert data["verdicts"][key] in ("MET", "MISSED", "reported")
     assert data["smoke"] is True and data["deep"]["finite"] and data["deep"]["rows"] > 0
+    # time to a first result: the warm cache's process finds the cold one's numbers
+    first = data["first_probe"]
+    assert first["cold"]["value_sum"] == first["warm"]["value_sum"] and first["cold"]["rows"] > 0
     # the diagnostic beside the FLOP floor: the step's own product rate, and the floor ratio at it
     assert data["steps"]["step_matmul_gflops"] > 0
     for depth in (k for k in data["steps"] if k.isdigit()):

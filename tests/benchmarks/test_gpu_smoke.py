@@ -38,6 +38,9 @@ def test_verdicts_follow_the_goals_direction():
     assert verdict("torch_speedup_plain_gpu", 3.0) == "MET" and verdict("torch_speedup_plain_gpu", 2.9) == "MISSED"
     assert verdict("probe_overhead_gpu", 1.1) == "MET" and verdict("probe_overhead_gpu", 1.2) == "MISSED"
     assert verdict("seed_sweep_vmap_over_loop", None) == "not measured"
+    # the vmapped seeds' goal is against the peer's loop (issue 26); lnscope's own loop is reported
+    assert verdict("seed_sweep_vmap_over_loop", 2.0) == "reported"
+    assert verdict("seed_sweep_vs_torch_gpu", 5.0) == "MET" and verdict("seed_sweep_vs_torch_gpu", 4.9) == "MISSED"
 
 
 def test_a_failing_peer_leaves_its_keys_none_with_the_reason(tmp_path):

@@ -62,7 +62,6 @@ def rms_normalize(z: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
 QK_L2_FLOOR = 1e-12
 
 
-
 # fairseq 0.12 MultiheadAttention.reset_parameters: q/k/v Xavier-uniform with gain 1/sqrt(2) (when q, k
 # and v have one width, as here), W_O Xavier-uniform with gain 1; the FFN's fc1/fc2 are plain nn.Linear.
 FAIRSEQ_XAVIER_GAINS: dict[str, float] = {"q": 2.0**-0.5, "k": 2.0**-0.5, "v": 2.0**-0.5, "o": 1.0}
@@ -99,9 +98,7 @@ def init_weight(
 RANDOM_BIAS_INITS: tuple[str, ...] = ("torch_default", "fairseq")
 
 
-def init_bias(
-    key: jax.Array | None, fan_in: int, fan_out: int, cfg: ModelConfig, role: str | None = None
-) -> jax.Array:
+def init_bias(key: jax.Array | None, fan_in: int, fan_out: int, cfg: ModelConfig, role: str | None = None) -> jax.Array:
     """A (fan_out,) bias (with `cfg.bias`; `key` only for RANDOM_BIAS_INITS); placement gains leave it alone.
 
     Zero, except where the code being followed keeps nn.Linear's U(±1/sqrt(fan_in)) bias:

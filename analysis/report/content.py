@@ -251,7 +251,7 @@ def _text(value: Any) -> str:
 
 
 def setting_text(row: Mapping[str, Any]) -> str:
-    """"paper: …; ours: …" from a check row's `paper_setting` / `our_setting` (when the claims carry
+    """ "paper: …; ours: …" from a check row's `paper_setting` / `our_setting` (when the claims carry
     them), else ""."""
     paper, ours = _text(row.get("paper_setting")), _text(row.get("our_setting"))
     parts = [f"paper: {paper}" if paper else "", f"ours: {ours}" if ours else ""]

@@ -119,7 +119,7 @@ def _table(frame: pd.DataFrame) -> str:
             text = fmt_number(value) if numeric else _inline(str(value))
             cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _check_row(row: pd.Series, extra: list[str]) -> str:

@@ -118,9 +118,18 @@ def test_divergence_is_marked_and_left_out_of_the_final_losses() -> None:
             loss = np.inf if (status == "diverged" and step >= 3) else 3.0 - 0.1 * step + 0.01 * seed
             for quantity in ("loss", "val_loss"):
                 rows.append(
-                    {"run": "r1", "seed": seed, "step": step, "quantity": quantity, "value": loss, "site": "curve",
-                     "status": status, "diverged_step": 3 if status == "diverged" else -1, "steps": 4,
-                     CONFIG: "lr=1"}  # fmt: skip
+                    {
+                        "run": "r1",
+                        "seed": seed,
+                        "step": step,
+                        "quantity": quantity,
+                        "value": loss,
+                        "site": "curve",
+                        "status": status,
+                        "diverged_step": 3 if status == "diverged" else -1,
+                        "steps": 4,
+                        CONFIG: "lr=1",
+                    }  # fmt: skip
                 )
     frame = pd.DataFrame(rows)
     fig, marked = curves_figure(frame)

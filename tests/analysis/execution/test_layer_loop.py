@@ -33,7 +33,10 @@ LOOPS = {
 # every other placement (the layer input of b2t, per-head norm slots of hybrid, ...) and encdec
 # versions of mix and residual.
 CASES = [("mix", "decoder"), ("residual", "decoder"), ("admin", "encdec")]
-REST = [(p, "decoder") for p in PLACEMENTS if p not in {"mix", "residual", "admin", "hybrid"}] + [
+# Placements whose stack path is Pre-LN's (stack-level constants and init gains only, no per-layer
+# parameter, per-layer constant, segment or second stream) add nothing the loop could get wrong.
+SAME_PATH_AS_PRE = {"completep", "deepscalelm", "olmo2", "tfixup"}
+REST = [(p, "decoder") for p in PLACEMENTS if p not in {"mix", "residual", "admin", "hybrid", *SAME_PATH_AS_PRE}] + [
     ("hybrid", "encoder"),
     ("mix", "encdec"),
     ("residual", "encdec"),

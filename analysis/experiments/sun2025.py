@@ -160,8 +160,8 @@ def claims() -> tuple[Claim, ...]:
             1.0,
             ">=",
             "the paper's direction (LNS above Pre-LN), not calibrated: the calibration run (seeds 100-107) "
-            "measured 0.46 [0.456, 0.471], below it. At init LNS scales every deep branch down by 1/√ℓ, so its deep layers "
-            "change the stream less; the paper's curves are of trained models",
+            "measured 0.46 [0.456, 0.471], below it. At init LNS scales every deep branch down by 1/√ℓ, so "
+            "its deep layers change the stream less; the paper's curves are of trained models",
             needs=("deep",),
             paper_setting=PAPER_ANGLE,
             our_setting=OUR_DEEP,

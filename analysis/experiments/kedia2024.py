@@ -227,7 +227,7 @@ def figures(frame: pd.DataFrame) -> dict:
 
 EXPERIMENT = Experiment(
     name=NAME,
-    paper="Kedia, Zaidi, Khyalia, Jung, Goka, Lee 2024, 'Transformers Get Stable: An End-to-End Signal Propagation "
+    paper="Kedia et al. 2024, 'Transformers Get Stable: An End-to-End Signal Propagation "
     "Theory for Language Models', ICML 2024, arXiv 2403.09635",
     title="DeepScaleLM keeps the forward and backward signal at the same size through depth; Pre-LN does not",
     summary=__doc__.split("\n\n", 2)[2],

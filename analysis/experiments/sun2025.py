@@ -278,7 +278,7 @@ def figures(frame: pd.DataFrame) -> dict:
 
 EXPERIMENT = Experiment(
     name=NAME,
-    paper="Sun, Song, Li, Yin, Zheng, Liu 2025, 'The Curse of Depth in Large Language Models', arXiv 2502.05795",
+    paper="Sun et al. 2025, 'The Curse of Depth in Large Language Models', arXiv 2502.05795",
     title="Deep Pre-LN layers change the representation less; LayerNorm Scaling slows the stream's variance growth",
     summary=__doc__.split("\n\n", 2)[2],
     command="lnscope check --paper sun2025",

@@ -8,9 +8,9 @@
 Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin and the 2024-26 papers'
 sun2025, kedia2024, peri_olmo2, dey2025 (analysis/experiments/<name>.py, each with the command that runs
 it in its docstring; dey2025, CompleteP's claims, reads the coordinate check's jobs), and the
-initialization atlas (atlas: every placement probed at init, no claims; `lnscope report` renders it in its own section) and the
-coordinate check (coordcheck: activation RMS and its change over the first training steps across
-widths and depths, µP's standard plot, no claims). A claim
+initialization atlas (atlas: every placement probed at init, no claims; `lnscope report` renders it
+in its own section) and the coordinate check (coordcheck: activation RMS and its change over the
+first training steps across widths and depths, µP's standard plot, no claims). A claim
 names its experiment, the parts of its frame it reads, a statistic, a threshold and a direction
 (analysis.experiments.claims); `check` turns it into a verdict with a bootstrap interval over seeds.
 Imports from the rooms below it only (models, probe, train, the plotting room analysis.plot: loaded

@@ -89,3 +89,22 @@ def test_init_experiments_tiny_end_to_end() -> None:
         assert figs
         for fig in figs.values():
             plt.close(fig)
+
+
+def test_new_claims_calibrated_on_seeds_no_preset_checks() -> None:
+    """Every new claim with a calibration record: threshold = the rule's, held-out seeds = its
+    experiment's quick seeds, calibration seeds read by no preset; the rest say why not calibrated."""
+    from analysis.experiments import CLAIMS
+
+    new = [c for c in CLAIMS.values() if c.paper in NEW]
+    assert {c.paper for c in new} == set(NEW) and all(sum(c.paper == p for c in new) >= 2 for p in NEW)
+    for c in new:
+        cal = c.calibration
+        if cal is None:
+            assert "not calibrated" in c.threshold_note, c.id
+            continue
+        assert cal.threshold() == c.threshold and cal.preset == "quick" and cal.held_out_result, c.id
+        quick = EXPERIMENTS[c.experiment].jobs("quick", c.needs)
+        held_out = {s for j in quick for s in (range(j.seeds) if hasattr(j, "seeds") else j.config.seeds)}
+        assert set(cal.held_out_seeds) == held_out, c.id
+        assert not set(cal.seeds) & set(range(16)), c.id

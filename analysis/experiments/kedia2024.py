@@ -65,7 +65,7 @@ def _backward(variant: str) -> tuple[Feature, Feature]:
 
 HELD_OUT = tuple(range(HARNESSES["quick"].seeds))
 CALIBRATION_SEEDS = tuple(range(100, 100 + HARNESSES["quick"].seeds))
-PAPER_SETTING = "the paper's signal-propagation theory and its BERT/GPT models (up to hundreds of layers) at init"
+PAPER_SETTING = "the paper's signal-propagation theory and its deep encoder and decoder LMs, at init"
 OUR_SETTING = "24-layer decoder-only stacks, d=64, random tokens, Xavier init, 8 seeds, at init"
 FORM = "DeepScaleLM's residual scaling (λ² + β² = 1, β² = 1/(2L)) without its initialization; 24 layers; at init"
 
@@ -84,7 +84,7 @@ def _cal(value: float, interval: tuple[float, float], rule: str, margin: float, 
 
 
 def claims() -> tuple[Claim, ...]:
-    src = "Kedia et al. 2024, §3-4 (forward and backward variance preserved through depth)"
+    src = "Kedia et al. 2024, DeepScaleLM (forward and backward variance preserved through depth)"
     return (
         Claim(
             f"{NAME}.forward_preserved",

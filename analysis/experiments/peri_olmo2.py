@@ -10,7 +10,7 @@ per-layer max |x| / median |x| of the stream after each layer (the `massive_acti
 24-layer decoder-only Pre-LN, Peri-LN and OLMo-2 stacks, d_model 64 at quick, 8 seeds of random
 tokens, at initialization (Pre-LN's job is shared with analysis/experiments/sun2025.py).
 
-The papers measure trained models (Peri-LN: 400M-3.2B after pre-training; OLMo 2: 7B/13B during
+The papers measure trained models (Peri-LN after pre-training; OLMo 2 during
 pre-training): massive activations grow during training. At initialization every stack's stream is a
 sum of near-Gaussian branches, max/median is about 6 in all three, and the claims read as not
 reproduced at our scale; a short-training variant is not built yet (docs/experiments.md).
@@ -65,8 +65,8 @@ def peak_ratio(a: str, b: str) -> Statistic:
     )
 
 
-PAPER_PERI = "Peri-LN vs Pre-LN, 400M-3.2B parameter LMs during and after pre-training: hidden-state magnitudes"
-PAPER_OLMO = "OLMo 2 7B/13B pre-training: the output norm (with QK-norm) against growing activations"
+PAPER_PERI = "Peri-LN vs Pre-LN LMs (hundreds of millions to billions of parameters), pre-trained: hidden states"
+PAPER_OLMO = "OLMo 2 pre-training (7B and larger): the output norm (with QK-norm) against growing activations"
 OUR_SETTING = "24-layer decoder-only stacks, d=64, random tokens, 8 seeds, at init"
 NOTE = (
     "a factor 2 set before any run: massive activations are orders of magnitude above the median, so an "
@@ -81,7 +81,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.peri_bounds_massive",
             NAME,
-            "Kim et al. 2025, Peri-LN §4 (Pre-LN's massive activations; Peri-LN keeps hidden states bounded)",
+            "Kim et al. 2025, Peri-LN (Pre-LN's massive activations; Peri-LN keeps hidden states bounded)",
             "Pre-LN's stream holds massive activations that Peri-LN bounds: the largest per-layer max|x|/median|x| "
             "of Pre-LN is at least twice Peri-LN's.",
             "Pre-LN vs Peri-LN (input and output norm on every sublayer, normalized embedding); at initialization",
@@ -97,7 +97,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.olmo2_bounds_massive",
             NAME,
-            "OLMo et al. 2025, OLMo 2 §3 (the output norm for stability); Kim et al. 2025 for the mechanism",
+            "OLMo et al. 2025, OLMo 2 (the output norm for stability); Kim et al. 2025 for the mechanism",
             "Pre-LN's stream holds massive activations that OLMo 2's output norm bounds: the largest per-layer "
             "max|x|/median|x| of Pre-LN is at least twice OLMo 2's.",
             "Pre-LN vs OLMo 2's placement (output norm only, no QK-norm, the harness's FFN); at initialization",

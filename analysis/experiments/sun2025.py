@@ -9,7 +9,7 @@ layers' streams (the paper's Figure 1 metric, Gromov et al.'s d(l, l+1)), which 
 top when deep layers change the representation less, and the stream's variance ‖x_l‖²/d across
 layers, whose growth the paper blames for it and LNS is built to slow.
 
-The paper measures trained LLaMA models (130M to 7B) on real text; at initialization the same
+The paper measures trained LLaMA-family models on real text; at initialization the same
 quantities only show what the wiring does before training. LNS divides every deep branch by √ℓ, so
 at init its deep layers change the stream *less* than Pre-LN's (the angular-distance claim reads as
 not reproduced here); the variance claim is about the wiring and holds at init.
@@ -111,8 +111,8 @@ def _stream_sq(variant: str, layer: int | str) -> Feature:
 
 HELD_OUT = tuple(range(HARNESSES["quick"].seeds))  # the quick preset's seeds
 CALIBRATION_SEEDS = tuple(range(100, 100 + HARNESSES["quick"].seeds))
-PAPER_ANGLE = "LLaMA-130M to 7B and other open LLMs after training, real text: angular distance between layers"
-PAPER_VARIANCE = "the paper's Theorem (Pre-LN output variance grows with depth; LNS bounds it) and its variance plot"
+PAPER_ANGLE = "trained LLaMA-family LMs (the paper's pre-training runs and open models), real text: angular distance"
+PAPER_VARIANCE = "the paper's theory (Pre-LN's output variance grows with depth; LNS slows it) and its measurements"
 OUR_DEEP = "24-layer decoder-only stacks, d=64, random tokens, 8 seeds, at init"
 CALIBRATED = (
     "set from the calibration run (record below) before the check read the held-out seeds; an exploratory "
@@ -126,7 +126,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.pre_deep_layers_change_less",
             NAME,
-            "Sun et al. 2025, Figure 1 and §3 (deep Pre-LN layers barely change the representation)",
+            "Sun et al. 2025, the curse-of-depth analysis (deep Pre-LN layers barely change the representation)",
             "In a deep Pre-LN stack the deep layers change the representation less: the mean angular distance "
             "between adjacent layers of the top quarter is at most 0.72 of the bottom quarter's.",
             form,
@@ -152,7 +152,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.lns_deep_layers_change_more",
             NAME,
-            "Sun et al. 2025, Figure 1 / §5 (LNS makes deep layers contribute again)",
+            "Sun et al. 2025, LayerNorm Scaling's effect on the angular distance (deep layers contribute again)",
             "LayerNorm Scaling keeps deep layers changing the representation: its mean top-quarter adjacent "
             "angular distance is at least Pre-LN's (ratio LNS/Pre-LN >= 1).",
             form,
@@ -170,7 +170,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.pre_variance_grows",
             NAME,
-            "Sun et al. 2025, §3 (Pre-LN's output variance grows with depth)",
+            "Sun et al. 2025, the variance analysis (Pre-LN's output variance grows with depth)",
             "Pre-LN's stream variance ‖x_l‖²/d grows with depth: the least-squares slope against l is at least "
             "0.52 per layer.",
             form,
@@ -200,7 +200,7 @@ def claims() -> tuple[Claim, ...]:
         Claim(
             f"{NAME}.lns_variance_grows_less",
             NAME,
-            "Sun et al. 2025, §4 (LNS bounds the variance growth)",
+            "Sun et al. 2025, the variance analysis of LayerNorm Scaling (it slows the growth)",
             "With LayerNorm Scaling the stream's variance grows less: the top layer's ‖x‖²/d is at most 0.29 "
             "of Pre-LN's.",
             form,

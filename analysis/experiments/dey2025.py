@@ -18,6 +18,7 @@ needs a learning-rate sweep at each depth and is not run here (docs/experiments.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from analysis.experiments import coordcheck
 from analysis.experiments.claims import Calibration, Claim, Feature, Statistic, custom, depth_slope
 from analysis.experiments.common import feature
 from analysis.experiments.experiment import Experiment
+from analysis.experiments.runs import run_jobs
 
 NAME = "dey2025"
 DEPTHS = (2, 4, 8, 16)  # the quick coordinate check's depths; the claims fit over them
@@ -50,6 +52,16 @@ PRESETS = {
 
 def plan(s: coordcheck.CoordSettings) -> dict:
     return {"depth": coordcheck._plan(s)["depth"]}
+
+
+def calibration_frame(first_seed: int = 100, preset: str = "quick", store: Any = None) -> pd.DataFrame:
+    """The `depth` part of `preset` with every run moved to seeds first_seed .. first_seed + seeds - 1
+    (calibration.calibrate reads initialization parts only; this is its counterpart for training
+    steps): `check(claim, calibration_frame())` reproduces a claim's calibration record."""
+    s = EXPERIMENT.preset(preset)
+    seeds = tuple(range(first_seed, first_seed + s.seeds))
+    jobs = [dataclasses.replace(j, config=dataclasses.replace(j.config, seeds=seeds)) for j in plan(s)["depth"]]
+    return run_jobs(jobs, store, desc=f"{NAME}/depth").assign(part="depth")
 
 
 def _top_update(placement: str, depth: int) -> Feature:
@@ -79,8 +91,8 @@ CALIBRATION_SEEDS = (100, 101, 102)
 PAPER_SETTING = "the paper's coordinate checks of GPT-style LMs across depth (its µP-style depth figure), trained"
 OUR_SETTING = f"decoder-only, L = 2-16, d=64, {STEP} AdamW steps at lr 1e-2 on the Markov task, 3 seeds"
 NOTE = (
-    "set from a calibration run of the same jobs on seeds 100-102 (record below; rerun by replacing the jobs' "
-    "TrainConfig seeds: calibration.calibrate reads initialization parts only) before the check read the "
+    "set from a calibration run of the same jobs on seeds 100-102 (record below; rerun: "
+    "check(claim, dey2025.calibration_frame())) before the check read the "
     "held-out seeds; an exploratory run on the held-out seeds preceded it (it chose the statistic)"
 )
 

@@ -13,7 +13,8 @@ tokens, at initialization (Pre-LN's job is shared with analysis/experiments/sun2
 The papers measure trained models (Peri-LN after pre-training; OLMo 2 during
 pre-training): massive activations grow during training. At initialization every stack's stream is a
 sum of near-Gaussian branches, max/median is about 6 in all three, and the claims read as not
-reproduced at our scale; a short-training variant is not built yet (docs/experiments.md).
+reproduced at our scale. A 300-step training run of the Markov task did not separate them either
+(docs/experiments.md), so no training part is built.
 """
 
 from __future__ import annotations

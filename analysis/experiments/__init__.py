@@ -5,11 +5,12 @@
     frame = EXPERIMENTS["xiong2020"].run("quick")                              # the tidy frame
     figs = EXPERIMENTS["xiong2020"].figures(frame)                             # {name: Figure}
 
-Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin (analysis/experiments/
-<name>.py, each with the command that runs it in its docstring), and the initialization atlas (atlas:
-every placement probed at init, no claims; `lnscope report` renders it in its own section) and the
-coordinate check (coordcheck: activation RMS and its change over the first training steps across
-widths and depths, µP's standard plot, no claims). A claim
+Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin and the 2024-26 papers'
+sun2025, kedia2024, peri_olmo2, dey2025 (analysis/experiments/<name>.py, each with the command that runs
+it in its docstring; dey2025, CompleteP's claims, reads the coordinate check's jobs), and the
+initialization atlas (atlas: every placement probed at init, no claims; `lnscope report` renders it
+in its own section) and the coordinate check (coordcheck: activation RMS and its change over the
+first training steps across widths and depths, µP's standard plot, no claims). A claim
 names its experiment, the parts of its frame it reads, a statistic, a threshold and a direction
 (analysis.experiments.claims); `check` turns it into a verdict with a bootstrap interval over seeds.
 Imports from the rooms below it only (models, probe, train, the plotting room analysis.plot: loaded
@@ -24,14 +25,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.experiments import atlas, coordcheck, deepnorm_admin, liu2021, takase2022, xie2023, xiong2020, xu2019
+from analysis.experiments import (
+    atlas,
+    coordcheck,
+    deepnorm_admin,
+    dey2025,
+    kedia2024,
+    liu2021,
+    peri_olmo2,
+    sun2025,
+    takase2022,
+    xie2023,
+    xiong2020,
+    xu2019,
+)
 from analysis.experiments.claims import N_BOOT, PAPERS, CheckResult, Claim, Superseded, check
 from analysis.experiments.experiment import HARNESSES, PRESET_NAMES, Experiment, Harness
 from analysis.experiments.runs import compute_jobs
 
 EXPERIMENTS: dict[str, Experiment] = {
     m.EXPERIMENT.name: m.EXPERIMENT
-    for m in (takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin, atlas, coordcheck)
+    for m in (
+        *(takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin),
+        *(sun2025, kedia2024, peri_olmo2, dey2025, atlas, coordcheck),
+    )
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}
 # Claims replaced by restatements (analysis.experiments.claims.Superseded): listed, never checked.

@@ -51,6 +51,10 @@ PAPERS: dict[str, str] = {
     "liu2021": "Liu, Ren, Zhang, Sun, Zou 2021, Rethinking Skip Connection with Layer Normalization (arXiv 2105.07205)",
     "xu2019": "Xu, Sun, Zhang, Zhao, Lin 2019, Understanding and Improving Layer Normalization (arXiv 1911.07013)",
     "deepnorm_admin": "Wang et al. 2022, DeepNet (arXiv 2203.00555); Liu et al. 2020, Admin (arXiv 2004.08249)",
+    "sun2025": "Sun et al. 2025, The Curse of Depth in Large Language Models (arXiv 2502.05795)",
+    "kedia2024": "Kedia et al. 2024, Transformers Get Stable: DeepScaleLM (arXiv 2403.09635)",
+    "peri_olmo2": "Kim et al. 2025, Peri-LN (arXiv 2502.02732); OLMo et al. 2025, OLMo 2 (arXiv 2501.00656)",
+    "dey2025": "Dey et al. 2025, Don't be lazy: CompleteP (arXiv 2505.01618)",
 }
 DIRECTIONS = (">=", "<=", "in")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")

@@ -19,8 +19,9 @@ VI"), and it folds in every weight of the layer and the path to it. A parametriz
 draws flat lines against width (or depth); standard parametrization with Adam draws Δh growing with
 width after a few steps.
 
-The placement is data: `CoordSettings.placements` (any of models.PLACEMENTS, e.g. "completep" once it
-is registered, against "pre"). No claims are made here; the figure is the result.
+The placement is data: `CoordSettings.placements` (any of models.PLACEMENTS; the quick and paper
+presets compare "completep" against "pre", standard parametrization). No claims are made here; the
+figure is the result, and CompleteP's claims (analysis/experiments/dey2025.py) read the same jobs.
 
     lnscope report --experiments coordcheck                    # its section of the report
 
@@ -284,7 +285,7 @@ PRESETS = {
         steps=10,
         seeds=3,
         lr=1e-2,
-        placements=("pre", "post"),
+        placements=("pre", "completep"),
     ),
     "paper": CoordSettings(
         widths=(128, 256, 512, 1024, 2048),
@@ -299,7 +300,7 @@ PRESETS = {
         steps=20,
         seeds=4,
         lr=1e-2,
-        placements=("pre", "post"),
+        placements=("pre", "completep"),
     ),
 }
 

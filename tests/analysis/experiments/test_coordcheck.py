@@ -79,7 +79,7 @@ def test_settings_are_validated_and_the_placement_is_a_parameter() -> None:
     ]
     assert width == [("pre", "pre", 16, 2), ("pre", "pre", 32, 2), ("post", "post", 16, 2), ("post", "post", 32, 2)]
     assert [j.config.model.layers for j in plan["depth"]] == [2, 4, 2, 4]
-    assert EXPERIMENTS["coordcheck"].preset("quick").placements == ("pre", "post")
+    assert EXPERIMENTS["coordcheck"].preset("quick").placements == ("pre", "completep")
     assert not EXPERIMENTS["coordcheck"].claims
 
 

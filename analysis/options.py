@@ -27,7 +27,7 @@ from typing import Any
 
 from analysis.execution import ExecutionPlan, default_plan
 from models import ModelConfig
-from models.config import field_choices, unknown_choice
+from models.config import field_choices, placement_aliases, unknown_choice
 
 HELP_WIDTH = 100  # `--help` lines at most this wide, whatever the terminal
 SHORT_CHOICES = 48  # longer choice lists show as NAME (the error message and `lnscope list` name them)
@@ -240,7 +240,10 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, *, prefix: str = ""
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """One option per models.ModelConfig field, for every subcommand that builds a model."""
-    add_dataclass_options(parser, ModelConfig, title="model (models.ModelConfig fields)", choices=field_choices())
+    choices = field_choices()
+    aliases = tuple(placement_aliases())  # other names of a registered rule (skipinit): ModelConfig maps them
+    choices.update({name: choices[name] + aliases for name in ("placement", "enc_placement")})
+    add_dataclass_options(parser, ModelConfig, title="model (models.ModelConfig fields)", choices=choices)
 
 
 def add_plan_options(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:

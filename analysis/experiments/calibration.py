@@ -8,7 +8,7 @@ statistic and interval are what the record holds, and rerunning it reproduces th
 
     from analysis.experiments import CLAIMS
     from analysis.experiments.calibration import calibrate
-    claim = CLAIMS["xie2023.residual_bottom_within_pre"]
+    claim = CLAIMS["xie2023.residual_bottom_bounded_below"]
     calibrate(claim)                                    # the recorded seeds and preset
     calibrate(claim, first_seed=200, store="results")   # other calibration seeds, stored
 """

@@ -158,6 +158,12 @@ class ClaimsFileError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def _named(value: Any, choices: Mapping[str, Any]) -> bool:
+    """Whether a TOML value is one of the registry's names (an array or table is not: never a lookup
+    that raises instead of naming the problem)."""
+    return isinstance(value, str) and value in choices
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -197,7 +203,7 @@ class _Reader:
             self.problem(here, f"layer must be an int (negative: from the top) or 'all', got {layer!r}")
             ok = False
         transform = data.get("transform", "identity")
-        if transform not in TRANSFORMS:
+        if not _named(transform, TRANSFORMS):
             self.problem(here, unknown_choice("transform", transform, TRANSFORMS))
             ok = False
         if stat == "depth_slope" and not (isinstance(data.get("depth"), int) and data["depth"] > 0):
@@ -215,7 +221,7 @@ class _Reader:
             return None
         key, target = given[0], data[given[0]]
         if key == "experiment":
-            if target not in EXPERIMENTS:
+            if not _named(target, EXPERIMENTS):
                 self.problem(where, unknown_choice("experiment", target, EXPERIMENTS))
                 return None
             return target, "init"
@@ -256,7 +262,7 @@ class _Reader:
         paper = data.get("paper", claim_id.split(".")[0] if isinstance(claim_id, str) else None)
         if isinstance(claim_id, str) and not re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+", claim_id):
             self.problem(where, f"id must be '<paper>.<name>', got {claim_id!r}")
-        if paper not in PAPERS and paper not in papers:
+        if not (_named(paper, PAPERS) or _named(paper, papers)):
             known = [*PAPERS, *papers]
             self.problem(
                 where,
@@ -265,7 +271,7 @@ class _Reader:
         if isinstance(claim_id, str) and isinstance(paper, str) and not claim_id.startswith(f"{paper}."):
             self.problem(where, f"id {claim_id!r} must start with its paper, '{paper}.'")
         stat = data.get("statistic")
-        if "statistic" in data and stat not in STATISTICS:
+        if "statistic" in data and not _named(stat, STATISTICS):
             self.problem(where, unknown_choice("statistic", stat, STATISTICS))
         direction = data.get("direction")
         if "direction" in data and direction not in DIRECTIONS:
@@ -302,7 +308,7 @@ class _Reader:
             else:
                 made = [self.feature(where, f, i, stat) for i, f in enumerate(raw)]
                 features = [f for f in made if f is not None]
-                if stat in STATISTICS and not STATISTICS[stat].accepts(len(raw)):
+                if _named(stat, STATISTICS) and not STATISTICS[stat].accepts(len(raw)):
                     self.problem(
                         where, f"statistic {stat!r} takes {STATISTICS[stat].features} features, got {len(raw)}"
                     )

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from analysis.experiments import EXPERIMENTS, check, select_claims
 from analysis.experiments.catalogue import catalogue_lines, catalogue_markdown, check_footer, superseded_lines
-from analysis.experiments.claims import PAPERS, json_safe
+from analysis.experiments.claims import PAPERS, WHEN, json_safe
 from analysis.experiments.experiment import PRESET_NAMES
 from analysis.io import atomic_write, check_writable
 from analysis.options import RawDescriptionHelpFormatter, add_store_option, store_from_args
+from models.config import unknown_choice
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -75,7 +76,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if args.paper or args.claim or args.catalogue:
             raise ValueError("--claims checks the file's claims: give it without --paper, --claim, --catalogue")
         claims = load_claims(args.claims, store=store)
+        unknown = [w for w in _names(args.when) or () if w not in WHEN]
+        if unknown:
+            raise ValueError(unknown_choice("--when", unknown[0], WHEN))
         claims = [c for c in claims if not _names(args.when) or c.when in _names(args.when)]
+        if not claims:
+            raise ValueError(f"--when {args.when}: none of the claims in {args.claims} is of that kind")
     else:
         claims = select_claims(papers=_names(args.paper), claim_ids=_names(args.claim), when=_names(args.when))
     if args.list:

@@ -138,6 +138,12 @@ def robustness(
         raise ValueError(f"robustness sweeps initialization-time claims only; training-time: {training}")
     if not claims:
         raise ValueError("robustness: no claims given")
+    outside = [c.id for c in claims if c.experiment not in EXPERIMENTS and c.experiment not in (presets or {})]
+    if outside:  # a claims file's own runs or probe outputs have no harness to vary
+        raise ValueError(
+            f"robustness varies a built-in experiment's harness; these claims read your own runs or probe "
+            f"outputs: {outside}"
+        )
     by_experiment: dict[str, list[Claim]] = {}
     for c in claims:
         by_experiment.setdefault(c.experiment, []).append(c)
@@ -268,11 +274,16 @@ def read_summary(path: Path | str) -> dict[str, dict[str, Any]]:
     import json
 
     data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or "summary" not in data:
+    summary = data.get("summary") if isinstance(data, dict) else None
+    entries_ok = isinstance(summary, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("text"), str) for v in summary.values()
+    )
+    if not entries_ok:  # read before a report computes anything: a bad file fails first
         raise ValueError(
-            f"{path}: not a robustness file (no 'summary'); write one with lnscope check --robustness --out"
+            f"{path}: not a robustness file (a 'summary' of claims, each with its 'text'); "
+            "write one with lnscope check --robustness --out FILE"
         )
-    return data["summary"]
+    return summary
 
 
 VERDICT_COLORS = {"reproduced": "#4c9a5b", "not reproduced": "#c2504a", "inconclusive": "#b9b9b9"}

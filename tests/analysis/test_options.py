@@ -193,3 +193,13 @@ def test_plan_options_override_the_default_plan_and_are_unset_by_default():
     parser = argparse.ArgumentParser(prog="t")
     add_plan_options(parser, skip=("streams",))
     assert "--streams" not in parser.format_help()
+
+
+def test_a_placement_alias_is_a_valid_choice_on_the_command_line():
+    # `lnscope list` shows "rezero (also: skipinit)": the command line accepts what it lists
+    from analysis.options import Parser, add_model_options, dataclass_from_args
+    from models import ModelConfig
+
+    parser = Parser(prog="t")
+    add_model_options(parser)
+    assert dataclass_from_args(ModelConfig, parser.parse_args(["--placement", "skipinit"])).placement == "rezero"

@@ -98,6 +98,34 @@ def test_file_level_problems(tmp_path, text, problem) -> None:
     assert any(problem in p for p in err.value.problems), err.value.problems
 
 
+ARRAY_NAMES = """
+[[claim]]
+id = "xiong2020.arrays"
+paper = ["xiong2020"]
+source = "x"
+statement = "y"
+experiment = ["xiong2020"]
+statistic = ["ratio"]
+threshold = 1.0
+direction = ">="
+threshold_note = "n"
+features = [{ name = "a", where = { quantity = "x" }, transform = ["log"] },
+            { name = "b", where = { quantity = "x" } }]
+"""
+
+
+def test_an_array_where_a_name_belongs_is_named_not_a_traceback(tmp_path) -> None:
+    # TOML arrays are unhashable: a registry lookup must not raise TypeError before the file is judged
+    path = tmp_path / "arrays.toml"
+    path.write_text(ARRAY_NAMES)
+    with pytest.raises(ClaimsFileError) as err:
+        load_claims(path)
+    text = "\n".join(err.value.problems)
+    for field in ("unknown paper ['xiong2020']", "unknown experiment ['xiong2020']", "unknown statistic ['ratio']"):
+        assert field in text, text
+    assert "unknown transform ['log']" in text, text
+
+
 def test_claims_need_toml_and_repeat_no_id(tmp_path) -> None:
     with pytest.raises(ClaimsFileError, match="must be a .toml file"):
         load_claims(tmp_path / "c.json")
@@ -219,3 +247,14 @@ def test_the_documented_example_files_are_valid(tmp_path) -> None:
     assert claims[0].citation and claims[0].paper == "mine2026" and claims[0].threshold == (0.1, 10.0)
     sweep = load_sweep(examples / "my_sweep.toml")
     assert [c.model.placement for c in sweep.configs()] == ["post", "pre"]
+
+
+@pytest.mark.parametrize("when, problem", [("bogus", "unknown --when 'bogus'"), ("training", "none of the claims")])
+def test_when_with_a_claims_file_is_checked_like_without(tmp_path, capsys, when, problem) -> None:
+    text = Path("docs/examples/my_claims.toml").read_text().split("# 2. On your own sweep")[0]
+    path = tmp_path / "one.toml"
+    path.write_text(text)  # the example's first claim alone: an init-time claim on takase2022
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", "--claims", str(path), "--when", when, "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and problem in err and "Traceback" not in err, err

@@ -116,3 +116,20 @@ def test_fragile_claim_is_flagged_with_the_choice_that_flips_it(tmp_path: Path, 
     assert read_summary(tmp_path / "r.json") == by_claim
     assert written["summary"][FRAGILE.id]["flipped_by"] == ["pos=sinusoidal"]
     assert len(written["points"]) == 6 and (tmp_path / "robustness.png").stat().st_size > 0
+
+
+def test_claims_on_your_own_data_and_bad_summary_files_are_named_before_any_compute(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from analysis.experiments import CLAIMS
+    from analysis.experiments.robustness import read_summary, robustness
+
+    claim = dataclasses.replace(next(c for c in CLAIMS.values() if c.when == "init"), experiment="probes:/x.parquet")
+    with pytest.raises(ValueError, match=r"read your own runs or probe outputs: \['"):
+        robustness([claim])
+    for bad in ({"summary": []}, {"summary": {"a.b": "holds 1/2"}}, {"rows": []}):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="not a robustness file"):
+            read_summary(path)

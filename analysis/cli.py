@@ -116,13 +116,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     print("placements:")
+    width = max(map(len, PLACEMENTS))
     for name, p in PLACEMENTS.items():
-        print(f"  {name:12s} {p.reference}" + (f" (also: {', '.join(p.aliases)})" if p.aliases else ""))
+        print(f"  {name:{width}s} {p.reference}" + (f" (also: {', '.join(p.aliases)})" if p.aliases else ""))
     print("norms:      " + ", ".join(NORMS))
     print("archs:      " + ", ".join(ARCHS))
     print("probes:")
+    width = max(map(len, PROBES))  # the registry's longest name: every description starts in one column
     for name, probe in PROBES.items():
-        print(f"  {name:16s} {probe.description}")
+        print(f"  {name:{width}s} {probe.description}")
     return 0
 
 

@@ -23,11 +23,11 @@ import pandas as pd
 from analysis.experiments.claims import Calibration, Claim, Feature, closer_to_one, ratio
 from analysis.experiments.common import X_GRAD, feature
 from analysis.experiments.experiment import HARNESSES, Experiment, Harness
-from analysis.experiments.sun2025 import CALIBRATED, DEPTH, deep_job
+from analysis.experiments.sun2025 import CALIBRATED, DEPTH, X_NORM, deep_job, stream_size_panel
 
 NAME = "kedia2024"
 X_OUT = ("act_norm", "resid_post")  # ‖x‖/√d of the stream after each layer
-X_IN = ("act_norm", "resid_pre")  # ... and at each layer's input (layer 0: the embedding output)
+X_IN = X_NORM  # ... and at each layer's input (layer 0: the embedding output)
 
 
 @dataclass(frozen=True)
@@ -199,17 +199,7 @@ def figures(frame: pd.DataFrame) -> dict:
     if d.empty:
         return {}
     fig, axes = F.figure_grid(2, ncols=2, panel_size=(4.8, 3.6))
-    F.plot_lines(
-        d,
-        axes[0],
-        x="layer",
-        where={"stack": "decoder", "quantity": X_IN[0], "site": X_IN[1]},
-        logy=True,
-        band="logci",
-        xlabel="layer l (0 = embedding output)",
-        ylabel="‖x_l‖/√d (token-mean RMS)",
-        title="forward: stream size at each layer's input",
-    )
+    stream_size_panel(d, axes[0], "forward: stream size at each layer's input")
     F.plot_lines(
         d,
         axes[1],

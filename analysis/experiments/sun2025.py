@@ -261,19 +261,27 @@ def figures(frame: pd.DataFrame) -> dict:
         ylabel="angular distance d(l, l+1)",
         title="how much layer l+1 turns the stream",
     )
+    stream_size_panel(d, axes[1], "stream size at each layer's input")
+    fig.suptitle(f"Sun et al.: Pre-LN vs LayerNorm Scaling, {depth}-layer decoder at init")
+    return {"sun2025_depth": fig}
+
+
+def stream_size_panel(frame: pd.DataFrame, ax, title: str) -> None:
+    """‖x_l‖/√d at each layer's input over depth, seed spread as a log-scale band: the forward-signal
+    panel the 2024-26 experiments share (sun2025, kedia2024)."""
+    from analysis.plot import figures as F  # lazy: matplotlib only to draw
+
     F.plot_lines(
-        d,
-        axes[1],
+        frame,
+        ax,
         x="layer",
         where={"stack": "decoder", "quantity": X_NORM[0], "site": X_NORM[1]},
         logy=True,
         band="logci",
         xlabel="layer l (0 = embedding output)",
         ylabel="‖x_l‖/√d (token-mean RMS)",
-        title="stream size at each layer's input",
+        title=title,
     )
-    fig.suptitle(f"Sun et al.: Pre-LN vs LayerNorm Scaling, {depth}-layer decoder at init")
-    return {"sun2025_depth": fig}
 
 
 EXPERIMENT = Experiment(

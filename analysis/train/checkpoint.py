@@ -139,7 +139,10 @@ def _quiet_orbax() -> Iterator[list[BaseException]]:
         if failed:  # the failed save's writer threads report on their way out: let them, while held back
             deadline = time.monotonic() + THREADS_END_S
             for thread in set(threading.enumerate()) - before:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                try:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+                except RuntimeError:  # listed while still starting (threading's limbo): nothing to wait for yet
+                    continue
             time.sleep(CALLBACKS_END_S)  # tensorstore's own threads call back into the closed event loop
         sys.stderr.flush()
         os.dup2(saved, 2)

@@ -62,25 +62,46 @@ def _flat(tree: Any) -> dict[str, Any]:
 def save(folder: Path, step: int, states: Any) -> None:
     """Save the seed-stacked training state at `step` under `folder/checkpoints/` (blocking).
     A failure removes the temporary folder and raises the OSError orbax met, if any."""
-    with _interrupt_after(), _quiet_orbax() as failed:
-        manager = None
-        try:
-            manager = _manager(folder)
-            manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
-            manager.wait_until_finished()
-            manager.close()
-        except Exception as err:
-            failed.append(err)
-            if manager is not None:  # its writer threads end here, while their reports are held back
-                with contextlib.suppress(Exception):
-                    manager.close()
-            remove_temporary(folder)
-            cause = os_error_in(err)
-            if cause is None:
-                raise
-            raise OSError(
-                cause.errno, cause.strerror or str(cause), cause.filename or str(Path(folder) / CHECKPOINTS)
-            ) from err
+    with _interrupt_after():
+        with _quiet_orbax() as failed:
+            manager = None
+            try:
+                manager = _manager(folder)
+                manager.save(int(step), args=ocp.args.StandardSave(_flat(states)), force=True)
+                manager.wait_until_finished()
+                manager.close()
+            except Exception as err:
+                failed.append(err)
+                if manager is not None:  # its writer threads end here, while their reports are held back
+                    with contextlib.suppress(Exception):
+                        manager.close()
+        if not failed:
+            return
+        # Only now, once _quiet_orbax has let the failed save's writers end: a writer still running
+        # would recreate the item folder inside the temporary one after an earlier removal.
+        _remove_temporary_until_settled(folder)
+        err = failed[0]
+        cause = os_error_in(err)
+        if cause is None:
+            raise err
+        raise OSError(
+            cause.errno, cause.strerror or str(cause), cause.filename or str(Path(folder) / CHECKPOINTS)
+        ) from err
+
+
+SETTLE_CHECKS = 5  # removals of a failed save's temporary folders, each after a short wait
+SETTLE_WAIT_S = 0.2
+
+
+def _remove_temporary_until_settled(folder: Path) -> None:
+    """remove_temporary, repeated until a short wait finds nothing recreated (a writer thread of the
+    failed save that Python cannot join, tensorstore's own, may still create a folder)."""
+    for _ in range(SETTLE_CHECKS):
+        if not remove_temporary(folder):
+            time.sleep(SETTLE_WAIT_S)
+            if not remove_temporary(folder):
+                return
+        time.sleep(SETTLE_WAIT_S)
 
 
 def remove_temporary(folder: Path) -> list[Path]:

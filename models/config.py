@@ -28,9 +28,9 @@ from models.placements import PLACEMENTS
 from models.spec import StackSpec
 
 Arch = Literal["encoder", "decoder", "encdec"]
-Activation = Literal["relu", "gelu", "gelu_tanh"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "swiglu"]
 Init = Literal["xavier_uniform", "xavier_normal", "normal", "torch_default", "fairseq"]
-Positions = Literal["sinusoidal", "learned", "none"]
+Positions = Literal["sinusoidal", "learned", "none", "rotary"]
 Dtype = Literal["float32", "bfloat16", "float64"]
 AdminInit = Literal["profile", "constant"]
 QKNorm = Literal["none", "l2_head", "rms_full"]
@@ -108,7 +108,10 @@ class ModelConfig:
         vocab: token vocabulary size.
         max_len: longest input sequence; the learned positions' table length.
         activation: feed-forward activation; "relu" in the papers, "gelu" the exact erf form (PyTorch's
-            nn.GELU, fairseq's gelu), "gelu_tanh" its tanh approximation (GPT-2).
+            nn.GELU, fairseq's gelu), "gelu_tanh" its tanh approximation (GPT-2), "swiglu" the gated
+            W2·(silu(W1 x) ⊙ W3 x) of LLaMA and OLMo 2 (a third d_model x d_ff matrix W3; d_ff is the
+            hidden width as given, Hugging Face's intermediate_size: 8·d_model/3 matches a 4·d_model
+            ungated FFN's parameters).
         dropout: rate on every sublayer output before its residual add; 0 = deterministic (fairseq).
         bias: biases in the attention and feed-forward projections; off in the harness; zero at init
             except nn.Linear's U(±1/sqrt(fan_in)) under init "torch_default" and "fairseq".
@@ -121,7 +124,11 @@ class ModelConfig:
         embed_std: std of the token-embedding table (default: d_model**-0.5, fairseq).
         embed_scale: multiplier on token embeddings (default: sqrt(d_model), fairseq); the default
             token inputs have unit variance per feature.
-        pos: positional encoding; "learned" ones have std `embed_std`, "sinusoidal" is fairseq's.
+        pos: positional encoding; "learned" ones have std `embed_std`, "sinusoidal" is fairseq's,
+            "rotary" rotates q and k of every self-attention by their position (RoPE, Su et al. 2021;
+            Hugging Face's rotate-half layout, as OLMo 2) and adds nothing to the embeddings.
+        rope_base: the rotary frequency base θ (pos="rotary"): pairs i turn by position·θ^(-2i/d_head);
+            10000 in RoFormer and LLaMA, 500000 in OLMo 2.
         tie_embeddings: output head = token-embedding table transposed; else a separate head, N(0, 1/d).
         gpt2_scaled_init: GPT-2's 1/sqrt(N_res) on W_O and W2; N_res the residual sublayers of the
             stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.
@@ -183,6 +190,7 @@ class ModelConfig:
     embed_std: float | None = None
     embed_scale: float | None = None
     pos: Positions = "sinusoidal"
+    rope_base: float = 10000.0
     tie_embeddings: bool = False
     gpt2_scaled_init: bool = False
     dtype: Dtype = "float32"
@@ -237,6 +245,12 @@ class ModelConfig:
         _finite("skip_lambda", self.skip_lambda, low=0.0)
         _finite("residual_scale", self.residual_scale, low=0.0, strict=True)
         _finite("norm_eps", self.norm_eps, low=0.0)
+        _finite("rope_base", self.rope_base, low=1.0, strict=True)
+        if self.pos == "rotary" and self.head_dim % 2:
+            raise ValueError(
+                f"pos='rotary' turns pairs of each head's dimensions, so d_model/heads must be even; got "
+                f"d_model={self.d_model}, heads={self.heads} (d_head={self.head_dim})"
+            )
         _finite("mix_post_fraction", self.mix_post_fraction, low=0.0)
         if self.mix_post_fraction > 1.0:
             raise ValueError(f"mix_post_fraction must be in [0, 1], got {self.mix_post_fraction!r}")

@@ -20,12 +20,14 @@ import jax.numpy as jnp
 from models.config import ModelConfig
 from models.dtypes import upcast
 from models.ops import Projection, plain_projection
+from models.placements import embedding_init_gain
 from models.sites import Taps
 
 NormFn = Callable[[str, jax.Array], jax.Array]
 
 # Projection roles a placement may rescale at init (DeepNorm's β, B2T's L^-1/2, GPT-2's 1/sqrt(2L)).
-ROLES: tuple[str, ...] = ("q", "k", "v", "o", "w1", "w2")
+# W3 is the gated FFN's up projection (activation "swiglu"); it takes W1's gain unless "w3" is named.
+ROLES: tuple[str, ...] = ("q", "k", "v", "o", "w1", "w2", "w3")
 
 
 def project(x: jax.Array, w: jax.Array, projection: Projection) -> jax.Array:
@@ -118,7 +120,11 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     # 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))): nn.GELU(approximate="tanh"), GPT-2's gelu.
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    # silu(z) = z·σ(z) on the gate W1 x, times the linear W3 x (GATED_ACTIVATIONS): Shazeer 2020.
+    "swiglu": jax.nn.silu,
 }
+# Activations whose hidden is act(W1 x) ⊙ (W3 x): the FFN builds the third matrix W3 for them.
+GATED_ACTIVATIONS: frozenset[str] = frozenset({"swiglu"})
 
 
 class Linear(nnx.Module):
@@ -153,6 +159,27 @@ def fused_projections(linears: tuple[Linear, ...], x: jax.Array) -> tuple[jax.Ar
     return tuple(jnp.split(y, len(linears), axis=-1))
 
 
+def rotary_angles(length: int, head_dim: int, base: float) -> jax.Array:
+    """(length, head_dim) float32 angles of RoPE in the rotate-half layout: position t times
+    base^(-2i/head_dim) for pair i = 0..head_dim/2-1, the half-width table written twice (Hugging Face
+    `Olmo2RotaryEmbedding`: `emb = cat(freqs, freqs)`)."""
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # (Dh/2,)
+    angle = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.concatenate([angle, angle], axis=-1)
+
+
+def apply_rotary(z: jax.Array, base: float) -> jax.Array:
+    """RoPE on z (B, T, H, Dh): z·cos θ + rotate_half(z)·sin θ, rotate_half(z) = [−z₂, z₁] for the halves
+    z = [z₁, z₂] (Su et al. 2021, "RoFormer", arXiv 2104.09864; the rotate-half pairing (i, i + Dh/2)
+    of GPT-NeoX and Hugging Face Llama/OLMo 2, not RoFormer's adjacent pairs). Each pair turns by an
+    angle linear in the position, so q_t·k_s depends on t − s only. In float32 at least, cast back."""
+    z32 = upcast(z)
+    angle = rotary_angles(z.shape[1], z.shape[-1], base)[None, :, None, :]  # (1, T, 1, Dh)
+    half = z.shape[-1] // 2
+    rotated = jnp.concatenate([-z32[..., half:], z32[..., :half]], axis=-1)
+    return (z32 * jnp.cos(angle) + rotated * jnp.sin(angle)).astype(z.dtype)
+
+
 class Attention(nnx.Module):
     """Multi-head attention W_O · concat_h softmax(q_h k_hᵀ / sqrt(d_h)) v_h (Vaswani et al. 2017).
 
@@ -167,6 +194,11 @@ class Attention(nnx.Module):
         "rms_full": q ← RMSNorm_q(W_Q x), k ← RMSNorm_k(W_K m) over the whole d_model projection
             (all heads together), before the head split; gains of width d_model, ε = cfg.norm_eps;
             logits × 1/sqrt(d_h). OLMo 2 (2025), `Olmo2Attention` in Hugging Face transformers.
+
+    Rotary positions (`cfg.pos == "rotary"`, `apply_rotary`): q and k of self-attention turned by their
+    positions after QK-norm and the placement's per-head q/k norms (OLMo 2: q_norm, k_norm, then RoPE),
+    before nGPT's unit-norm q/k scaling (NVIDIA/ngpt rotates first). Cross-attention is not rotated:
+    its queries and keys index different sequences.
     """
 
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
@@ -178,6 +210,7 @@ class Attention(nnx.Module):
         self.o = Linear(d, d, cfg, rngs, gains.get("o", 1.0), "o")
         self.qk_norm = cfg.qk_norm
         self.qk_norm_scale = cfg.qk_norm_scale
+        self.rope_base = cfg.rope_base if cfg.pos == "rotary" else None
         self.qk_eps = cfg.norm_eps
         gain_shape = {"l2_head": (cfg.heads, cfg.head_dim), "rms_full": (d,)}.get(cfg.qk_norm)
         if gain_shape is None:
@@ -218,6 +251,8 @@ class Attention(nnx.Module):
             scale = self.qk_norm_scale
         if qkv_norm is not None:
             q, k, v = qkv_norm("q", q), qkv_norm("k", k), qkv_norm("v", v)
+        if self.rope_base is not None and memory is None:
+            q, k = apply_rotary(q, self.rope_base), apply_rotary(k, self.rope_base)
         if qk_scale is not None:
             q = l2_normalize(q) * qk_scale.astype(q.dtype)
             k = l2_normalize(k) * qk_scale.astype(k.dtype)
@@ -246,12 +281,24 @@ class Attention(nnx.Module):
 
 class FeedForward(nnx.Module):
     """FF(x) = W2 · act(W1 x + b1) + b2, with an optional norm on the hidden (NormFormer's LN_ffn,
-    Sub-LN's ffn_layernorm) and an optional scale on the pre-activation (nGPT's s_u)."""
+    Sub-LN's ffn_layernorm) and an optional scale on the pre-activation (nGPT's s_u).
+
+    A gated activation (GATED_ACTIVATIONS, "swiglu") has hidden = act(W1 x + b1) ⊙ (W3 x + b3):
+    SwiGLU, FF(x) = W2 (silu(W1 x) ⊙ W3 x) (Shazeer 2020; Hugging Face `Olmo2MLP`: gate_proj = W1,
+    up_proj = W3, down_proj = W2). W1 and W3 are both (d_model, d_ff): d_ff is the hidden width as
+    given (intermediate_size), so the gate adds d_model·d_ff parameters. W3 takes W1's placement gain
+    (both read the FFN input) unless a placement names "w3"; the mid norm and the scale act as above,
+    the scale on the gate's pre-activation only. W3 is drawn after W2, so the ungated FFN's draws stay.
+    """
 
     def __init__(self, cfg: ModelConfig, gains: Mapping[str, float], rngs: nnx.Rngs):
         self.w1 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w1", 1.0), "w1")
         self.w2 = Linear(cfg.d_ff, cfg.d_model, cfg, rngs, gains.get("w2", 1.0), "w2")
         self.act = ACTIVATION_FUNCTIONS[cfg.activation]
+        if cfg.activation in GATED_ACTIVATIONS:
+            self.w3 = Linear(cfg.d_model, cfg.d_ff, cfg, rngs, gains.get("w3", gains.get("w1", 1.0)), "w3")
+        else:
+            self.w3 = None
 
     def __call__(
         self,
@@ -259,10 +306,15 @@ class FeedForward(nnx.Module):
         mid_norm: Callable[[jax.Array], jax.Array] | None = None,
         hidden_scale: jax.Array | None = None,  # (d_ff,)
     ) -> jax.Array:
-        pre = self.w1(x)
+        if self.w3 is None:
+            pre, up = self.w1(x), None
+        else:  # gate and up projection read the same input: one fused matmul
+            pre, up = fused_projections((self.w1, self.w3), x)
         if hidden_scale is not None:
             pre = pre * hidden_scale.astype(pre.dtype)
         hidden = self.act(pre)
+        if up is not None:
+            hidden = hidden * up
         if mid_norm is not None:
             hidden = mid_norm(hidden)
         return self.w2(hidden)
@@ -280,13 +332,20 @@ def sinusoidal_positions(length: int, d: int, dtype: jnp.dtype) -> jax.Array:
 
 
 class Embedding(nnx.Module):
-    """Token embedding × scale (+ positions); shared by encoder and decoder of an encdec model."""
+    """Token embedding × scale (+ positions); shared by encoder and decoder of an encdec model.
+
+    The table is drawn N(0, embed_std²) and multiplied once at init by the placement's embedding gain
+    (`models.placements.embedding_init_gain`, T-Fixup's (9N)^(-1/4)); positions are not. "rotary"
+    positions live in the attention (`apply_rotary`), "none" and "rotary" add nothing here.
+    """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         std = cfg.embed_std if cfg.embed_std is not None else cfg.d_model**-0.5
         self.scale = cfg.embed_scale if cfg.embed_scale is not None else math.sqrt(cfg.d_model)
-        self.table = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.vocab, cfg.d_model), dtype))
+        table = std * jax.random.normal(rngs.params(), (cfg.vocab, cfg.d_model), dtype)
+        gain = embedding_init_gain(cfg)
+        self.table = nnx.Param(table if gain == 1.0 else table * jnp.asarray(gain, dtype))
         self.pos_kind = cfg.pos
         if cfg.pos == "learned":
             self.pos = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), dtype))

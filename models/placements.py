@@ -319,6 +319,9 @@ class Placement:
     # parameters), read by analysis.train.optim: {"lr": learning-rate multiplier, "eps": ε multiplier};
     # empty = the optimizer as configured. Embeddings, head and stack-level norms keep the base rules.
     optimizer_rules: Callable[[ModelConfig, StackSpec], dict[str, float]] = _no_optimizer_rules
+    # A multiplier on the token-embedding table at init (T-Fixup's (9N)^(-1/4)); None = the harness's
+    # draw. The table is shared by an encdec's stacks: `embedding_init_gain` picks the stack.
+    embed_init_gain: Callable[[ModelConfig, StackSpec], float] | None = None
 
     def layer_segments(self, cfg: ModelConfig, spec: StackSpec) -> tuple[tuple[Mapping[str, Wire], int], ...]:
         if self.segments is None:
@@ -560,6 +563,24 @@ def tfixup_gain(stack: str, enc_layers: int, dec_layers: int) -> float:
     return 0.67 * enc_layers**-0.25 if stack == "encoder" else (9 * dec_layers) ** -0.25
 
 
+def tfixup_embedding_gain(stack: str, enc_layers: int, dec_layers: int) -> float:
+    """T-Fixup's scale of a stack's input embeddings: (9N)^(−1/4) for the encoder's, (9M)^(−1/4) for
+    the decoder's (Algorithm 1 step 2; layer6ai-labs/T-Fixup `TransformerEncoder/Decoder.__init__`,
+    on the N(0, d^(−1/2)) table, before fairseq's sqrt(d) scale). The encoder's is not 0.67·N^(−1/4)."""
+    return (9 * (enc_layers if stack == "encoder" else dec_layers)) ** -0.25
+
+
+def embedding_init_gain(cfg: ModelConfig) -> float:
+    """The multiplier on the (shared) token-embedding table at init: the bottom stack's placement's
+    `embed_init_gain`, else the next stack's, else 1. For an encdec that is the encoder's, as fairseq's
+    `--share-all-embeddings` (one table for both stacks) scales it once, by the encoder's factor."""
+    for spec in cfg.stacks():
+        rule = PLACEMENTS[spec.placement].embed_init_gain
+        if rule is not None:
+            return rule(cfg, spec)
+    return 1.0
+
+
 def _lns_layer_consts(cfg: ModelConfig, spec: StackSpec) -> dict[str, tuple[float, ...]]:
     return {"lns_scale": lns_scales(spec.layers)}
 
@@ -593,7 +614,14 @@ def _layerscale_params(cfg: ModelConfig, spec: StackSpec) -> dict[str, dict[str,
 
 def _tfixup_gains(cfg: ModelConfig, spec: StackSpec) -> dict[str, float]:
     gain = tfixup_gain(spec.name, spec.enc_layers, spec.dec_layers)
-    return {"v": gain, "o": gain, "w1": gain, "w2": gain}
+    # The code multiplies v_proj by a further √2, undoing fairseq's Xavier gain 1/√2 on it (the
+    # paper's "Xavier initialization for all parameters"); only init="fairseq" draws that 1/√2.
+    v_gain = gain * math.sqrt(2.0) if cfg.init == "fairseq" else gain
+    return {"v": v_gain, "o": gain, "w1": gain, "w2": gain}
+
+
+def _tfixup_embedding_gain(cfg: ModelConfig, spec: StackSpec) -> float:
+    return tfixup_embedding_gain(spec.name, spec.enc_layers, spec.dec_layers)
 
 
 PLACEMENTS.update(
@@ -641,7 +669,13 @@ PLACEMENTS.update(
                 layer_params=_layerscale_params,
             ),
             Placement(
-                "tfixup", _all(plain), _slots(), "Huang et al. 2020 (T-Fixup)", family="none", init_gains=_tfixup_gains
+                "tfixup",
+                _all(plain),
+                _slots(),
+                "Huang et al. 2020 (T-Fixup)",
+                family="none",
+                init_gains=_tfixup_gains,
+                embed_init_gain=_tfixup_embedding_gain,
             ),
         )
     }
@@ -665,8 +699,9 @@ def register_placement(placement: Placement) -> Placement:
 # --------------------------------------------------------------------------------------------
 NGPT = "ngpt"
 # nGPT weights unit-norm along the embedding axis: the fan-in axis (-2) of q, k, v, W1 ((d, ·)
-# matrices read the stream) and the fan-out axis (-1) of W_O, W2 (they write it); x @ W layout.
-NGPT_EMBEDDING_AXIS = {"q": -2, "k": -2, "v": -2, "w1": -2, "o": -1, "w2": -1}
+# matrices read the stream; W3 of a gated FFN too) and the fan-out axis (-1) of W_O, W2 (they write
+# it); x @ W layout.
+NGPT_EMBEDDING_AXIS = {"q": -2, "k": -2, "v": -2, "w1": -2, "w3": -2, "o": -1, "w2": -1}
 
 
 def unit_norm(z: jax.Array) -> jax.Array:

@@ -217,14 +217,19 @@ def test_layerscale_starts_at_its_init_value(option: float | None, expected: flo
 
 
 @pytest.mark.parametrize("arch", ["encdec", "decoder", "encoder"])
-def test_tfixup_scales_v_o_and_ffn_weights(arch: str):
+def test_tfixup_scales_v_o_ffn_and_embedding_weights(arch: str):
     # T-Fixup: W_V, W_O of every attention (cross-attention included) and W1, W2 of every FFN × the
-    # stack's gain; W_Q, W_K, norms (none) and embeddings untouched. Same draws as the unscaled control.
+    # stack's gain; the token table × (9N)^(-1/4) with N the bottom stack's layers (the encoder's of an
+    # encdec: one shared table, as fairseq's --share-all-embeddings; the decoder's (9M)^(-1/4) in a
+    # decoder). W_Q, W_K and the output head untouched. Same draws as the unscaled control.
     depth = ENCDEC_DEPTH if arch == "encdec" else dict(arch=arch, layers=3)
     plain = _weights(_init_model(_small(placement="none", **depth)))
     scaled = _weights(_init_model(_small(placement="tfixup", **depth)))
+    bottom_layers = ENCDEC_DEPTH["enc_layers"] if arch == "encdec" else 3
 
     def factor(path: str) -> float:
+        if path == "['embed']['table']":
+            return (9 * bottom_layers) ** -0.25
         if _role(path) not in ("v", "o", "w1", "w2"):
             return 1.0
         if "['encoder']" in path:
@@ -232,8 +237,30 @@ def test_tfixup_scales_v_o_and_ffn_weights(arch: str):
         return (9 * (_stack_layers(path) if arch == "encdec" else 3)) ** -0.25
 
     rescaled = _assert_rescaled(plain, scaled, factor)
-    assert {_role(p) for p in rescaled} == {"v", "o", "w1", "w2"}
+    assert {_role(p) for p in rescaled} == {"v", "o", "w1", "w2", None}
+    assert "['embed']['table']" in rescaled
     assert arch != "encdec" or any("['cross']" in p for p in rescaled)
+
+
+def test_tfixup_code_details():
+    # (i) Under fairseq's init the code's extra √2 on v_proj undoes fairseq's Xavier gain 1/√2 (its
+    # Xavier-for-all); the other inits draw v at gain 1 already. (ii) A Post-LN encoder under a T-Fixup
+    # decoder: the shared table takes the decoder's (9M)^(-1/4). (iii) The gated FFN's W3 takes W1's gain.
+    depth = dict(arch="decoder", layers=3)
+    gain = (9 * 3) ** -0.25
+    for init, v_extra in (("fairseq", math.sqrt(2.0)), ("xavier_uniform", 1.0)):
+        plain = _weights(_init_model(_small(placement="none", init=init, **depth)))
+        scaled = _weights(_init_model(_small(placement="tfixup", init=init, **depth)))
+        v = next(p for p in plain if _role(p) == "v")
+        np.testing.assert_allclose(scaled[v], gain * v_extra * plain[v], rtol=1e-6, atol=1e-6, err_msg=init)
+    mixed = dict(arch="encdec", enc_placement="post", **{k: ENCDEC_DEPTH[k] for k in ("enc_layers", "dec_layers")})
+    plain = _weights(_init_model(_small(placement="post", **mixed)))["['embed']['table']"]
+    scaled = _weights(_init_model(_small(placement="tfixup", **mixed)))["['embed']['table']"]
+    np.testing.assert_allclose(scaled, (9 * ENCDEC_DEPTH["dec_layers"]) ** -0.25 * plain, rtol=1e-6)
+    plain = _weights(_init_model(_small(placement="none", activation="swiglu", **depth)))
+    scaled = _weights(_init_model(_small(placement="tfixup", activation="swiglu", **depth)))
+    w3 = [p for p in plain if p.endswith("['w3']['weight']")]
+    assert w3 and all(np.allclose(scaled[p], gain * plain[p], rtol=1e-6, atol=1e-6) for p in w3)
 
 
 def test_completep_and_lns_change_no_init():
@@ -331,11 +358,12 @@ def test_the_atlas_probes_every_new_placement_once_per_arch():
 # Two training steps in every arch.
 # ---------------------------------------------------------------------------------------------
 TINY = dict(d_model=8, heads=2, d_ff=16, vocab=16, layers=2, max_len=4)
+OLMO2_BLOCK = dict(norm="rmsnorm", qk_norm="rms_full", activation="swiglu", pos="rotary", rope_base=500000.0)
 
 
 def _train_two_steps(archs: tuple[str, ...]) -> None:
     """Two AdamW steps (analysis.train.optim, the training loop's optimizer, and its loss) of every new
-    placement (LayerNorm) and every new norm (under Pre-LN) in `archs`: finite losses and parameters,
+    placement (LayerNorm), every new norm (under Pre-LN) and OLMo 2's block in `archs`: finite losses and parameters,
     and every parameter leaf moved (no weight decay: a leaf moves only through its gradient). All
     models in one compiled program, each step traced once (a fori_loop)."""
     from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
@@ -344,6 +372,8 @@ def _train_two_steps(archs: tuple[str, ...]) -> None:
 
     cfgs = [ModelConfig(arch=a, placement=p, **TINY) for a in archs for p in NEW_PLACEMENTS]
     cfgs += [ModelConfig(arch=a, placement="pre", norm=n, **TINY) for a in archs for n in NEW_NORMS]
+    # OLMo 2's block: output norm (RMSNorm), QK-norm over the whole projections, SwiGLU, rotary positions.
+    cfgs += [ModelConfig(arch=a, placement="olmo2", **OLMO2_BLOCK, **TINY) for a in archs]
     o = OptimConfig(lr=1e-2, weight_decay=0.0)
     opt = make_optimizer(o)
     splits = [nnx.split(Transformer(c, nnx.Rngs(0)), nnx.Param, ...) for c in cfgs]

@@ -69,13 +69,13 @@ def _plain() -> TrainConfig:
 
 def test_the_run_id_is_the_content_id_of_what_the_run_computes(monkeypatch):
     """The id's payload, pinned with a fixed code fingerprint. Update the literal only with a conscious
-    STORE_VERSION bump or a new config field (the 2024-26 placements' options, QK-norm): a changed id
+    STORE_VERSION bump or a new config field (the 2024-26 placements' options, QK-norm, rope_base): a changed id
     recomputes every stored run."""
     monkeypatch.setattr(store, "code_fingerprint", lambda: "0" * 16)
     cfg = _plain()
     config = to_dict(cfg)
     payload = {"config": config, "numerics": {"compute_dtype": None}, "data": "", "code": "0" * 16, "store": 2}
-    assert store.config_hash(cfg) == content_id(payload) == "dd1d421f0a562e3b"
+    assert store.config_hash(cfg) == content_id(payload) == "0a78cd8089d67f44"
     monkeypatch.setattr(store, "code_fingerprint", lambda: "1" * 16)  # edited code: a new id
     assert store.config_hash(cfg) != content_id(payload)
 

@@ -137,8 +137,9 @@ class Derf(nnx.Module):
     """Dynamic erf: Derf(x) = γ ⊙ erf(α·x + s) + β, scalars α (init α₀) and s (init s₀), γ = 1, β = 0.
 
     Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers", arXiv 2512.10938 (Eq. 10).
-    Element-wise, like DyT. α₀ = `derf_alpha0` (default 0.5, DyT's), s₀ = `derf_shift0` (default 0,
-    a zero-centred start); see docs/placements.md before reproducing the paper's runs.
+    Element-wise, like DyT. α₀ = `derf_alpha0`, s₀ = `derf_shift0`: defaults 0.5 and 0, the official
+    code's `Dynamic_erf` defaults (zlab-princeton/Derf; its GPT-2 patch starts α at 1.0 per slot);
+    docs/placements.md, "Norms".
     """
 
     def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -158,7 +159,9 @@ class DyISRU(nnx.Module):
     Stollenwerk 2025, "On the Mathematical Relationship Between Layer Normalization and Dynamic
     Activation Functions", arXiv 2503.21708: RMSNorm's x_i·sqrt(C)/sqrt(Σ_j x_j²) with Σ_{j≠i} x_j²
     replaced by one learnable β. β₀ = `dyisru_beta0`, default C − 1 (that sum for unit-RMS inputs).
-    γ (init 1) is RMSNorm's gain, which the paper keeps apart from the activation.
+    γ (init 1) is RMSNorm's gain, which the paper keeps apart from the activation. The official code
+    (abcde17/dynamic-activation-functions, `DyISRU`) drops sqrt(C), adds ε inside the root and starts β
+    at a per-run value (class default 100); docs/placements.md, "Norms".
     """
 
     def __init__(self, width: int, cfg: ModelConfig, rngs: nnx.Rngs):

@@ -127,8 +127,8 @@ class ModelConfig:
         pos: positional encoding; "learned" ones have std `embed_std`, "sinusoidal" is fairseq's,
             "rotary" rotates q and k of every self-attention by their position (RoPE, Su et al. 2021;
             Hugging Face's rotate-half layout, as OLMo 2) and adds nothing to the embeddings.
-        rope_base: the rotary frequency base θ (pos="rotary"): pairs i turn by position·θ^(-2i/d_head);
-            10000 in RoFormer and LLaMA, 500000 in OLMo 2.
+        rope_base: the rotary frequency base θ (pos="rotary"); pair i of a head turns by
+            position·θ^(-2i/d_head); 10000 in RoFormer and LLaMA, 500000 in OLMo 2.
         tie_embeddings: output head = token-embedding table transposed; else a separate head, N(0, 1/d).
         gpt2_scaled_init: GPT-2's 1/sqrt(N_res) on W_O and W2; N_res the residual sublayers of the
             stack (2L: GPT-2 / nanoGPT / Megatron), with any placement.

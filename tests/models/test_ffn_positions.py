@@ -20,6 +20,7 @@ import pytest
 
 from models import ModelConfig
 from models.layers import Attention, Embedding, FeedForward, apply_rotary
+from models.placements import ngpt_renormalize
 from models.sites import Taps
 
 D, HEADS, D_FF, T, B = 16, 2, 32, 8, 2
@@ -98,6 +99,17 @@ def test_gated_hidden_is_what_the_mid_norm_reads(eager):
     hidden = _np_silu(xd @ w1) * (xd @ w3)
     np.testing.assert_allclose(_np(seen[0]), hidden, **TOL)
     np.testing.assert_allclose(_np(out), (2.0 * hidden) @ w2, **TOL)
+
+
+def test_ngpt_renormalizes_w3_along_the_embedding_axis():
+    # nGPT's weights are unit vectors along the embedding axis; W3 reads the stream as W1 does, so its
+    # renormalization (applied at construction and after every update) makes each of its d_ff
+    # columns (the fan-in axis of the (d_model, d_ff) matrix, per layer) of length 1.
+    cfg = ModelConfig(placement="ngpt", activation="swiglu", d_model=D, heads=HEADS, d_ff=D_FF, vocab=16, layers=2)
+    raw = np.random.default_rng(6).normal(size=(2, D, D_FF)).astype(np.float32)
+    params = {"stacks": {"decoder": {"layers": {"mlp": {"w3": {"weight": jnp.asarray(raw)}}}}}}
+    w3 = _np(ngpt_renormalize(cfg, params)["stacks"]["decoder"]["layers"]["mlp"]["w3"]["weight"])
+    np.testing.assert_allclose(w3, raw / np.linalg.norm(raw, axis=-2, keepdims=True), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

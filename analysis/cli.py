@@ -34,6 +34,7 @@ from analysis.memory import check_fits, probe_estimate
 from analysis.options import (
     HelpFormatter,
     Parser,
+    RawDescriptionHelpFormatter,
     add_model_options,
     add_plan_options,
     add_store_option,
@@ -118,19 +119,34 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("placements:")
     width = max(map(len, PLACEMENTS))
     for name, p in PLACEMENTS.items():
-        print(f"  {name:{width}s} {p.reference}" + (f" (also: {', '.join(p.aliases)})" if p.aliases else ""))
+        print(f"  {name:{width}s}  {p.reference}" + (f" (also: {', '.join(p.aliases)})" if p.aliases else ""))
     print("norms:      " + ", ".join(NORMS))
     print("archs:      " + ", ".join(ARCHS))
     print("probes:")
     width = max(map(len, PROBES))  # the registry's longest name: every description starts in one column
     for name, probe in PROBES.items():
-        print(f"  {name:{width}s} {probe.description}")
+        print(f"  {name:{width}s}  {probe.description}")
     return 0
+
+
+# A new user's first commands, under `lnscope --help`.
+START_HERE = """\
+start here:
+  lnscope list                              the placements, norms, archs and probes
+  lnscope check --list --paper xiong2020    one paper's claims (without --list: checked, quick preset)
+  lnscope report                            every experiment checked, one HTML report
+  lnscope COMMAND --help                    a command's options and examples
+
+Every command keeps its results in one store: --store, else $LNSCOPE_STORE, else ./lnscope-store.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(  # its subcommands' parsers are Parsers too: one-line errors everywhere
-        prog="lnscope", description="Gradient dynamics of layer-norm placements.", formatter_class=HelpFormatter
+        prog="lnscope",
+        description="Gradient dynamics of layer-norm placements.",
+        formatter_class=RawDescriptionHelpFormatter,
+        epilog=START_HERE,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

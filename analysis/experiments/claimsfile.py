@@ -458,15 +458,16 @@ def plot_check(result: CheckResult | Mapping[str, Any], ax: Axes, *, title: str 
     the threshold (dashed line, or the claimed interval shaded for direction "in") and the claim's
     side of it (lightly shaded), colored by the verdict. A log x axis when every drawn value is
     positive and they span more than a decade. `result`: a CheckResult or its `to_json()` dict."""
+    from analysis.plot.figures import log_axis, spans_decades  # lazy: matplotlib only to draw
+
     get = lambda name: _field(result, name)  # noqa: E731
     num = lambda v: math.nan if v is None else float(v)  # noqa: E731 - JSON has null for NaN
     point, low, high = num(get("statistic")), num(get("ci_low")), num(get("ci_high"))
     threshold, direction, verdict = get("threshold"), get("direction"), get("verdict")
     bounds = [float(t) for t in threshold] if isinstance(threshold, (list, tuple)) else [float(threshold)]
     color = VERDICT_COLORS.get(verdict, "#444444")
-    drawn = np.asarray([v for v in (point, low, high, *bounds) if math.isfinite(v)])
-    if drawn.size and (drawn > 0).all() and drawn.max() / drawn.min() > 10:
-        ax.set_xscale("log")
+    if spans_decades([point, low, high, *bounds]):
+        log_axis(ax.xaxis)
     if math.isfinite(low) and math.isfinite(high):
         ax.errorbar(
             [point],

@@ -72,13 +72,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from analysis.experiments.claimsfile import claim_frames, load_claims, plot_checks  # lazy: `--help` starts fast
 
     store = store_from_args(args)
+    unknown = [w for w in _names(args.when) or () if w not in WHEN]
+    if unknown:
+        raise ValueError(unknown_choice("--when", unknown[0], WHEN))
+    if args.n_boot < 1:  # before any compute, not after the runs
+        raise ValueError(f"--n-boot must be an integer >= 1, got {args.n_boot}")
     if args.claims:  # a claims file of your own: every bad field is named before anything runs
         if args.paper or args.claim or args.catalogue:
             raise ValueError("--claims checks the file's claims: give it without --paper, --claim, --catalogue")
         claims = load_claims(args.claims, store=store)
-        unknown = [w for w in _names(args.when) or () if w not in WHEN]
-        if unknown:
-            raise ValueError(unknown_choice("--when", unknown[0], WHEN))
         claims = [c for c in claims if not _names(args.when) or c.when in _names(args.when)]
         if not claims:
             raise ValueError(f"--when {args.when}: none of the claims in {args.claims} is of that kind")
@@ -149,28 +151,37 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(__doc__.split("\n\n", 1)[1]),
     )
-    p.add_argument("--paper", default="", help=f"comma-separated papers (default: all): {', '.join(PAPERS)}")
-    p.add_argument("--claim", default="", help="comma-separated claim ids (see --list)")
-    p.add_argument("--when", default="", help="comma-separated: init, training (default: both)")
+    p.add_argument(
+        "--paper", default="", metavar="A,B,...", help=f"comma-separated papers (default: all): {', '.join(PAPERS)}"
+    )
+    p.add_argument("--claim", default="", metavar="ID,...", help="comma-separated claim ids (see --list)")
+    p.add_argument("--when", default="", metavar="A,B", help="comma-separated: init, training (default: both)")
     p.add_argument(
         "--preset",
         default="quick",
         choices=PRESET_NAMES,
         help="quick: 2-core CPU, minutes; paper: the papers' sizes (GPU); tiny: a smoke run",
     )
-    p.add_argument("--out", default="", help="write the checks as JSON (a list of objects) to this .json file")
+    p.add_argument(
+        "--out", default="", metavar="FILE", help="write the checks as JSON (a list of objects) to this .json file"
+    )
     add_store_option(p, "folder of stored jobs: reused by config hash, new ones added")
     p.add_argument(
         "--claims", default="", metavar="FILE", help="check the claims of this TOML file (docs/experiments.md)"
     )
     p.add_argument(
-        "--figures", default="", help="draw the experiments' figures (PNG, SVG; --claims: checks.png) into this folder"
+        "--figures",
+        default="",
+        metavar="DIR",
+        help="draw the experiments' figures (PNG, SVG; --claims: checks.png) into this folder",
     )
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per check")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--n-boot", type=int, default=2000, metavar="N", help="bootstrap resamples per check")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the bootstrap resampling")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="print the claim catalogue (of the selection) and exit")
-    p.add_argument("--catalogue", default="", help="write the claim catalogue as Markdown to this file and exit")
+    p.add_argument(
+        "--catalogue", default="", metavar="FILE", help="write the claim catalogue as Markdown to this file and exit"
+    )
     p.add_argument(
         "--robustness",
         action="store_true",

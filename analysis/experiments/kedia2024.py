@@ -205,8 +205,8 @@ def figures(frame: pd.DataFrame) -> dict:
         axes[1],
         x="layer",
         where={"stack": "decoder", "quantity": X_GRAD[0], "site": X_GRAD[1]},
-        logy=True,
-        band="logci",
+        logy=None,  # log only where the gradients span decades (analysis.plot.figures.spans_decades)
+        band="auto",
         xlabel="layer l (0 = bottom)",
         ylabel="‖∂ℒ/∂x_l‖",
         title="backward: stream gradient at each layer's input",

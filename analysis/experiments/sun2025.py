@@ -255,8 +255,8 @@ def figures(frame: pd.DataFrame) -> dict:
         axes[0],
         x="layer",
         where={"stack": "decoder"},
-        logy=True,
-        band="logci",
+        logy=None,  # log only where the distances span decades (analysis.plot.figures.spans_decades)
+        band="auto",
         xlabel="layer l (0 = bottom)",
         ylabel="angular distance d(l, l+1)",
         title="how much layer l+1 turns the stream",
@@ -267,8 +267,9 @@ def figures(frame: pd.DataFrame) -> dict:
 
 
 def stream_size_panel(frame: pd.DataFrame, ax, title: str) -> None:
-    """‖x_l‖/√d at each layer's input over depth, seed spread as a log-scale band: the forward-signal
-    panel the 2024-26 experiments share (sun2025, kedia2024)."""
+    """‖x_l‖/√d at each layer's input over depth with its seed spread: the forward-signal panel the
+    2024-26 experiments share (sun2025, kedia2024). A log axis only where the sizes span decades (a
+    deep Pre-LN stream at the paper's depth; within one decade, at the quick preset's, a linear one)."""
     from analysis.plot import figures as F  # lazy: matplotlib only to draw
 
     F.plot_lines(
@@ -276,8 +277,8 @@ def stream_size_panel(frame: pd.DataFrame, ax, title: str) -> None:
         ax,
         x="layer",
         where={"stack": "decoder", "quantity": X_NORM[0], "site": X_NORM[1]},
-        logy=True,
-        band="logci",
+        logy=None,  # the data decides (analysis.plot.figures.spans_decades)
+        band="auto",
         xlabel="layer l (0 = embedding output)",
         ylabel="‖x_l‖/√d (token-mean RMS)",
         title=title,

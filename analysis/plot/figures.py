@@ -17,6 +17,11 @@ seed mean with its 95% Student-t interval: ``band="auto"`` picks ``"logci"`` on 
     - ``"logci"``: the same on ln(value), mapped back: the geometric mean and its interval (for
       positive values drawn on a log axis, where a linear interval would cross zero).
 
+Scales: a log axis only where the values span decades (``spans_decades``: all positive, the largest
+over ten times the smallest), the rule of every ``logy=None``; a log axis is labelled in plain numbers
+while few decades are in view (``log_axis``, ``PlainLogFormatter``: 0.5, 1, 2 rather than 5×10⁻¹,
+10⁰, 2×10⁰), so an explicit ``logy=True`` over a narrow range stays readable.
+
 Readability at the report's page width: every text is at least ``FONT_MIN_PT`` points, and lines
 whose seed means coincide (within 1% of the axis' span at every x) say so in the legend (``sandwich (≡ peri)``)
 instead of hiding behind each other. Y labels are plain language (``quantity_label``); the code
@@ -49,7 +54,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    Formatter,
+    LogFormatterSciNotation,
+    MaxNLocator,
+    NullLocator,
+    ScalarFormatter,
+)
 from matplotlib.transforms import ScaledTranslation
 
 from analysis.plot.styles import PLACEMENT_COLORS, PLACEMENT_MARKERS
@@ -67,6 +79,9 @@ __all__ = [
     "save_figure",
     "quantity_label",
     "legend_below",
+    "spans_decades",
+    "log_axis",
+    "PlainLogFormatter",
     "FONT_MIN_PT",
     "PAGE_WIDTH_IN",
 ]
@@ -78,6 +93,8 @@ _LEGEND_INSIDE_MAX = 5  # more lines than this draw their bands lighter
 _LEGEND_DROP_IN = 0.42  # legend's top below the axes: the tick labels and the x label (9-10 pt) above it
 _LEGEND_CHAR_IN, _LEGEND_HANDLE_IN = 0.075, 0.5  # a 9-pt character's width, and a handle with its padding
 _LEGEND_LINE_IN = 0.2  # one line of a 9-pt legend
+DECADE = 10.0  # a log axis is drawn for values whose largest is more than this times the smallest
+PLAIN_LOG_DECADES = 2.0  # a log axis spanning up to this many decades is labelled in plain numbers
 PAGE_WIDTH_IN = 11.5  # the report's column (1132 CSS px at 96 per inch) less a margin: no figure is wider
 _COINCIDE_FRACTION = 0.01  # seed means this close (of the axis' span) at every x are one line to the eye
 _BAND_TEXT = {
@@ -284,11 +301,59 @@ def _note_nonfinite(ax: Axes, sel: pd.DataFrame) -> None:
     )
 
 
-def _auto_log(values: pd.Series) -> bool:
-    """Log scale when positive finite values span more than one decade; never with values <= 0."""
-    v = values.to_numpy(dtype=float)
+def spans_decades(values: Any) -> bool:
+    """The project's rule for a log axis: every finite value positive and the largest more than
+    ``DECADE`` times the smallest. Values within a decade read better on a linear axis (on a log
+    one, with no power of ten in view, the ticks are labelled 4×10⁰, 6×10⁰).
+
+    Args:
+        values: numbers of any shape (array, Series, list); NaN and Inf are left out.
+    """
+    v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v)]
-    return bool(v.size) and bool((v > 0).all()) and v.max() / v.min() > 10.0
+    return bool(v.size) and bool((v > 0).all()) and bool(v.max() / v.min() > DECADE)
+
+
+class PlainLogFormatter(Formatter):
+    """Tick labels of a log axis that stay plain numbers while few decades are in view (read from the
+    axis when it is drawn, so shared or later-changed limits count): within one decade every tick
+    (0.5, 0.6, 0.7); up to ``PLAIN_LOG_DECADES`` the powers of ten and the 2s and 5s between them
+    (0.2, 0.5, 1, 2); over more, the powers of ten alone in matplotlib's 10ⁿ.
+
+    Args:
+        minor: format the minor ticks (unlabelled beyond one decade but for the 2s and 5s).
+    """
+
+    def __init__(self, minor: bool = False) -> None:
+        self.minor = minor
+        self._powers = LogFormatterSciNotation()  # over many decades: matplotlib's own 10ⁿ
+
+    def set_axis(self, axis: Any) -> None:
+        super().set_axis(axis)
+        self._powers.set_axis(axis)
+
+    def set_locs(self, locs: Any) -> None:
+        super().set_locs(locs)
+        self._powers.set_locs(locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        low, high = sorted(self.axis.get_view_interval()) if self.axis is not None else (x, x)
+        decades = math.log10(high / low) if low > 0 else math.inf
+        if decades > PLAIN_LOG_DECADES:
+            return "" if self.minor else self._powers(x, pos)
+        if x <= 0:
+            return ""
+        lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
+        if self.minor and decades > 1 and lead not in (2, 5):
+            return ""
+        return f"{x:.3g}"
+
+
+def log_axis(axis: Any) -> None:
+    """Put one axis (``ax.xaxis`` or ``ax.yaxis``) on a log scale labelled by ``PlainLogFormatter``."""
+    getattr(axis.axes, f"set_{axis.axis_name}scale")("log")
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(minor=True))
 
 
 def legend_below(
@@ -374,8 +439,9 @@ def plot_layer_profile(
         site: e.g. ``"resid_pre"``.
         stack: ``"encoder"`` or ``"decoder"``.
         hue: column giving one line per value.
-        logy: log y axis; None = automatic (log when the positive values span more than a decade,
-            never when any value is < 0). A line that is exactly 0 at every layer (ReZero's gradients at
+        logy: log y axis; None = automatic (``spans_decades``: log when the positive values span more
+            than a decade, never when any value is < 0); a log axis over few decades is labelled in
+            plain numbers (``log_axis``). A line that is exactly 0 at every layer (ReZero's gradients at
             init) cannot sit on a log axis: it is named in the legend as "≡ 0" instead of drawn.
         band: seed spread, ``"auto"`` (the project's convention: mean and 95% t interval, geometric on a
             log axis), ``"ci"``, ``"logci"``, ``"minmax"`` or ``"iqr"`` (see the module docstring).
@@ -400,7 +466,7 @@ def plot_layer_profile(
     zero = sel.groupby(hue, sort=False)["value"].agg(lambda v: bool((v == 0).all()))
     zero_hues = set(zero[zero].index)
     drawable = sel[~sel[hue].isin(zero_hues)]
-    log = bool(logy) or (logy is None and not drawable.empty and _auto_log(drawable["value"]))
+    log = bool(logy) or (logy is None and not drawable.empty and spans_decades(drawable["value"]))
     band = _resolve_band(band, log)
     stats = _seed_stats(sel, [hue, "layer"], band)
     styles = _styles(df, hue)
@@ -417,7 +483,7 @@ def plot_layer_profile(
         ax.plot(x, center, label=_label(h, same), gid=f"center:{h}", lw=1.4, ms=3, **st)
         ax.fill_between(x, lo, hi, color=st["color"], alpha=alpha, lw=0, gid=f"band:{h}")
     if log:
-        ax.set_yscale("log")
+        log_axis(ax.yaxis)
     _note_nonfinite(ax, sel)
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # "auto": fit the axis length
     ax.set_xlabel("layer (0 = bottom)")
@@ -536,8 +602,8 @@ def plot_depth_scaling(
         hue: column giving one line per value.
         band: seed spread, ``"auto"`` (mean and 95% t interval, geometric on a log axis), ``"ci"``,
             ``"logci"``, ``"minmax"`` or ``"iqr"``.
-        logy: log y axis (default); None = automatic as in ``plot_layer_profile``. Values <= 0 fall
-            back to a linear axis with a warning.
+        logy: log y axis (default; plain tick labels over few decades, ``log_axis``); None = automatic
+            as in ``plot_layer_profile``. Values <= 0 fall back to a linear axis with a warning.
         step: training step; None = each run's final recorded step.
         where: extra filters, e.g. ``{"norm": "rms"}``.
         dodge: relative x offset between neighbouring hue values (the group stays centred on the
@@ -566,7 +632,8 @@ def plot_depth_scaling(
     _check_unique(sel, (hue, "layers", "seed"), who)
     finite = sel["value"].to_numpy(dtype=float)
     positive = bool((finite[np.isfinite(finite)] > 0).all())
-    band = _resolve_band(band, bool((logy and positive) or (logy is None and _auto_log(sel["value"]))))
+    log = bool((logy and positive) or (logy is None and spans_decades(sel["value"])))
+    band = _resolve_band(band, log)
     stats = _seed_stats(sel, [hue, "layers"], band)
     styles = _styles(df, hue)
     present = [h for h in styles if h in set(stats[hue])]
@@ -577,8 +644,8 @@ def plot_depth_scaling(
         ax.errorbar(x, center, yerr=yerr, label=str(h), capsize=2.5, lw=1.2, ms=4, **styles[h])
     if logy and not positive:
         warnings.warn(f"{who}: {quantity} has values <= 0; using a linear y axis", stacklevel=2)
-    if (logy and positive) or (logy is None and _auto_log(sel["value"])):
-        ax.set_yscale("log")
+    if log:
+        log_axis(ax.yaxis)
     _note_nonfinite(ax, sel)
     depths = sorted(pd.unique(sel["layers"]))
     ax.set_xscale("log")
@@ -624,7 +691,8 @@ def plot_lines(
             log axes), ``"auto"`` (whichever of the two fits the axis), ``"minmax"`` or ``"iqr"``.
         where: equality (scalar) or membership (list) filters.
         logx: log x axis.
-        logy: log y axis; None = automatic (log when positive values span more than a decade).
+        logy: log y axis (plain tick labels over few decades, ``log_axis``); None = automatic
+            (``spans_decades``: log when positive values span more than a decade).
         xlabel, ylabel, title, legend_title: text (defaults name the columns).
 
     Returns:
@@ -639,7 +707,7 @@ def plot_lines(
     sel = _select(df, where or {})
     _check_unique(sel, (hue, x, "seed"), who)
     values = sel["value"].to_numpy(dtype=float)
-    log = bool(logy and (values[np.isfinite(values)] > 0).any()) or (logy is None and _auto_log(sel["value"]))
+    log = bool(logy and (values[np.isfinite(values)] > 0).any()) or (logy is None and spans_decades(values))
     band = _resolve_band(band, log)
     stats = _seed_stats(sel, [hue, x], band)
     styles = _styles(df, hue)
@@ -664,7 +732,7 @@ def plot_lines(
     if logy and not (values[np.isfinite(values)] > 0).any():
         warnings.warn(f"{who}: no positive finite values to draw on a log axis; using a linear one", stacklevel=2)
     elif log:
-        ax.set_yscale("log")
+        log_axis(ax.yaxis)
     _note_nonfinite(ax, sel)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or "value")

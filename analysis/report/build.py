@@ -7,7 +7,8 @@
 
 Steps: the initialization atlas of every placement (`analysis.experiments.atlas.init_study`), the
 chosen preset of every other experiment (`analysis.experiments.EXPERIMENTS`; each experiment reuses
-stored results whose config hash matches, in `<out>/store` unless `store` is given), the hypothesis
+stored results whose config hash matches, in the store every lnscope command shares unless `store` is
+given: `analysis.options.default_store()`), the hypothesis
 check of every claim on its experiment's frame, then the figures and the pages. Written into `<out>`:
 
     index.html                  the report, one self-contained file (figures embedded)
@@ -58,6 +59,7 @@ from analysis.experiments.robustness import read_summary
 from analysis.experiments.runs import compute_jobs
 from analysis.identity import content_id, file_digest, source_fingerprint
 from analysis.io import atomic_write, environment, read_run, write_run
+from analysis.options import default_store
 from analysis.report.content import (
     CHECK_COLUMNS,
     RenderedFigure,
@@ -307,7 +309,9 @@ def build_report(
         preset: every experiment's preset ("quick": minutes on a 2-core CPU; "paper": the papers' sizes).
         atlas: the initialization atlas' settings (18 layers, 3 seeds, every placement by default).
         experiments: {name: Experiment}; None = every registered experiment.
-        store: where experiments keep reusable results; None = `<out>/store`.
+        store: where experiments keep reusable results; None = the store every lnscope command shares
+            (`analysis.options.default_store()`: $LNSCOPE_STORE, else ./lnscope-store), so the report
+            reuses what `lnscope check` computed.
         redraw: no computation: figures, checks and pages from `<out>/data` alone.
         reuse: take stored results whose settings hash matches (False recomputes the atlas).
         checker: (experiment, frame) -> check rows; the default checks every claim of the experiment.
@@ -328,7 +332,7 @@ def build_report(
     robust = read_summary(robustness) if robustness is not None else None  # a bad file fails before compute
     out = Path(out)
     data = out / "data"
-    store = Path(store) if store is not None else out / "store"
+    store = Path(store) if store is not None else default_store()
     if redraw and not (data / "init.parquet").exists():
         raise ValueError(f"--redraw needs an existing {data / 'init.parquet'}; run the report without --redraw first")
 

@@ -11,12 +11,13 @@ command on its own (`main`).
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from analysis.command import run_command
 from analysis.experiments.atlas import AtlasSettings
 from analysis.io import check_writable
-from analysis.options import HelpFormatter, Parser, add_store_option, store_from_args
+from analysis.options import Parser, RawDescriptionHelpFormatter, add_store_option, store_from_args
 
 
 def _own_data(args: argparse.Namespace) -> int:
@@ -71,7 +72,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser(
         "report",
         help="run the atlas, the experiments and their checks; write one HTML report",
-        formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\nWhat it computes is kept in the store and reused (docs/report.md).",
+        epilog="lnscope report                                   # the quick preset -> reports/quick/index.html\n"
+        + textwrap.dedent(__doc__.split("\n\n")[1]),
+        formatter_class=RawDescriptionHelpFormatter,
     )
     report.add_argument(
         "--out",
@@ -88,7 +92,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--experiments", default="all", metavar="A,B,...", help="comma-separated experiment names, all, or none"
     )
-    add_store_option(report, "folder of reusable results, shared with lnscope check, probe, train and sweep")
+    add_store_option(report, "folder of reusable results")
     report.add_argument(
         "--runs",
         nargs="?",

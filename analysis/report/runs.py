@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from analysis.experiments.claimsfile import probes_frame, runs_frame
 from analysis.io import atomic_write, environment, write_run
-from analysis.plot.figures import figure_grid, plot_layer_profile, plot_lines
+from analysis.plot.figures import figure_grid, log_axis, plot_layer_profile, plot_lines, spans_decades
 from analysis.probe.tidy import pairwise_quantities
 from analysis.report.build import BuiltReport
 from analysis.report.content import CHECK_COLUMNS, RenderedFigure, ReportContent, Section, render_figure
@@ -179,16 +179,14 @@ def profiles_over_steps_figure(frame: pd.DataFrame, quantity: str, site: str, st
     steps = sorted(pd.unique(sel["step"]))
     cmap = plt.get_cmap("viridis")
     norm = plt.Normalize(min(steps), max(max(steps), min(steps) + 1))
-    values = sel["value"].to_numpy(float)
-    finite = values[np.isfinite(values)]
-    logy = finite.size and (finite > 0).all() and finite.max() / finite.min() > 10
+    logy = spans_decades(sel["value"])
     for ax, config in zip(axes, configs):
         mine = sel[sel[CONFIG] == config]
         means = mine.groupby(["step", "layer"])["value"].mean().unstack("layer")
         for step, row in means.iterrows():
             ax.plot(row.index, row.to_numpy(float), "-o", ms=3, lw=1.3, color=cmap(norm(step)))
         if logy:
-            ax.set_yscale("log")
+            log_axis(ax.yaxis)
         ax.set_title(config, fontsize="medium")
         ax.set_xlabel("layer (0 = bottom)")
         if ax is axes[0] or len(axes) > 2 and list(axes).index(ax) % 2 == 0:  # one label per row

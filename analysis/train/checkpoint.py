@@ -142,7 +142,8 @@ def _quiet_orbax() -> Iterator[list[BaseException]]:
     """What orbax and tensorstore report during the block (absl error logs, tracebacks printed from
     their threads and C callbacks) held back: printed afterwards when the block went well, dropped
     when it failed (the block appends its error to the list it gets), so a failed save is one error,
-    one line for the user, instead of a traceback per writer thread."""
+    one line for the user, instead of a traceback per writer thread. A multi-process run holds back
+    only the absl logs: what goes to stderr there may be the last words of a process ended by JAX."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -153,7 +154,10 @@ def _quiet_orbax() -> Iterator[list[BaseException]]:
     held = tempfile.TemporaryFile()
     sys.stderr.flush()
     saved = os.dup(2)
-    os.dup2(held.fileno(), 2)
+    # In a multi-process run JAX's distributed service may end this process at any moment (another
+    # process lost): its last words must reach the real stderr, not the held file.
+    if jax.process_count() == 1:
+        os.dup2(held.fileno(), 2)
     try:
         yield failed
     finally:

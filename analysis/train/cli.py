@@ -19,6 +19,7 @@ from pathlib import Path
 
 from analysis.options import (
     HelpFormatter,
+    RawDescriptionHelpFormatter,
     add_dataclass_options,
     add_model_options,
     add_plan_options,
@@ -153,12 +154,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_EXAMPLES = """\
+  lnscope train --placement post --layers 6 --steps 200 --seeds 2       # -> <store>/runs/<run id>
+  lnscope train --task charlm --steps 2000 --checkpoint-every 100       # resumable
+  lnscope report --runs                                                 # figures of the runs
+"""
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `train` and `sweep` on the `lnscope` parser's subparsers."""
     train = subparsers.add_parser(
         "train",
         help="train seeds of one config with probes in the step; print the run folder",
-        formatter_class=HelpFormatter,
+        description="Train the seeds of one configuration (every option below is a config field), with the\n"
+        "probes measured inside the training step. Prints the run folder on stdout, a summary on stderr;\n"
+        "a run that diverges is a result (exit status 0). With --checkpoint-every N, a run stopped\n"
+        "midway resumes from its last checkpoint when the same command is run again.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)

@@ -52,7 +52,7 @@ class TrainConfig:
         probes: probes measured in the training step itself; names from analysis.probe.PROBES.
         expensive_probes: probes run only at multiples of `expensive_probe_every`; e.g. cka,
             hessian_top_eig, in addition to `probes`.
-        expensive_probe_every: step multiple of the expensive probes; a multiple of probe_every, 0 = never.
+        expensive_probe_every: step multiple of the expensive probes (0 = never); a multiple of probe_every.
         cka_tokens: tokens the `cka` probe subsamples per probe step; its shuffled-token null too,
             None = every token. The default is the training
             step's probe set, analysis.probe.STEP_PROBES: CKA's cost grows with tokens², and on 128
@@ -63,8 +63,8 @@ class TrainConfig:
         eval_batches: validation batches per evaluation; fixed across steps and seeds.
         loss_ceiling: a training loss above this ends the seed as diverged; so do NaN/Inf loss or
             gradients. None = 3·ln(vocab), three times the loss of a uniform guess.
-        checkpoint_every: save a resumable checkpoint at every multiple of this step; always after the
-            last update when the run has a folder, 0 = only the final one.
+        checkpoint_every: save a resumable checkpoint at every multiple of this step (0 = only the final
+            one); always after the last update when the run has a folder.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -13,9 +13,10 @@ process 0 (`writer()`) writes the store's files; every process takes part in the
 so every host must see the same `out` folder. On CPUs the processes exchange arrays with gloo
 (JAX's CPU collectives over TCP).
 
-A lost process (killed, crashed, its host gone): the others' next gather fails at once on the closed
-connection, or the coordinator misses its heartbeat within `heartbeat_timeout_s`; they raise
-`PeerLost` (and JAX's distributed service then ends them), so no process waits forever. Nothing is
+A lost process (killed, crashed, its host gone): the others' next gather or checkpoint save (orbax
+synchronises the processes with a collective) fails at once on the closed connection, or the
+coordinator misses its heartbeat within `heartbeat_timeout_s`; they raise `PeerLost`
+(`peer_loss_named`), or JAX's distributed service ends them, so no process waits forever. Nothing is
 half-written: store files and checkpoints are written under temporary names and renamed when whole,
 and a run without run.json is unfinished; starting every process again resumes it from its last
 checkpoint. tests/analysis/train/test_multihost.py runs two processes on one machine.
@@ -23,6 +24,8 @@ checkpoint. tests/analysis/train/test_multihost.py runs two processes on one mac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -100,11 +103,51 @@ def gather(tree: Any) -> Any:
     processes gathered from all of them, a lost process being a PeerLost naming what to do."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    try:
+    with peer_loss_named("gathering results"):
         return multihost_utils.process_allgather(tree, tiled=True)
-    except jax.errors.JaxRuntimeError as err:
+
+
+# gloo's CPU collectives report a closed connection as a ValueError ("UNKNOWN: Gloo AllGather failed:
+# ... Connection reset by peer"), not as JAX's runtime error; its text names the transport.
+GLOO_FAILURE = "Gloo"
+
+
+def peer_failure_in(err: BaseException) -> BaseException | None:
+    """The error behind `err` (itself, its causes and contexts, an exception group's members) that a
+    collective raises when another process is gone: JAX's runtime error (the distributed service, a
+    collective), or gloo's failed transport; else None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, jax.errors.JaxRuntimeError) or (isinstance(e, ValueError) and GLOO_FAILURE in str(e)):
+            return e
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+    return None
+
+
+@contextlib.contextmanager
+def peer_loss_named(what: str) -> Iterator[None]:
+    """Around a step that every process takes together (a gather, a checkpoint's save, whose orbax
+    synchronises the processes with a collective): in a multi-process run, a failure that shows a
+    process gone is raised as PeerLost naming what to do; anything else, and any failure of a
+    single-process run, passes unchanged.
+
+    Raises:
+        PeerLost: `what` failed because another process of this run stopped.
+    """
+    try:
+        yield
+    except Exception as err:
+        cause = peer_failure_in(err) if jax.process_count() > 1 else None
+        if cause is None or isinstance(err, PeerLost):
+            raise
+        first = (str(cause).splitlines() or [type(cause).__name__])[0]
         raise PeerLost(
             f"process {jax.process_index()} of {jax.process_count()}: another process of this run stopped "
-            f"({str(err).splitlines()[0]}); the run is unfinished and resumes from its last checkpoint "
-            "when every process is started again"
+            f"while {what} ({first}); the run is unfinished and resumes from its last checkpoint when every "
+            "process is started again"
         ) from err

@@ -364,7 +364,8 @@ def _compute(
             pipe.flush()  # the partial rows must hold every step before the checkpoint
             if _writer():
                 store.write_partial(folder, rec.curves(), _concat_probes(rec.probe_frames), a)
-            checkpoint.save(folder, a, ex.stacked(states))
+            with distributed.peer_loss_named(f"saving the checkpoint of step {a}"):  # orbax syncs the processes
+                checkpoint.save(folder, a, ex.stacked(states))
         s = a
         if a in plan.probes:
             new, metrics, result = ex.step(prog.probed(plan.probes[a]), states, a, arrays, rt, dead=pipe.dead)

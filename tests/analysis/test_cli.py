@@ -31,6 +31,8 @@ def test_help_lists_every_model_field(capsys: pytest.CaptureFixture[str]) -> Non
         (["probe", "--skip-lambda", "nan", "--out", "x.parquet"], "skip_lambda must be a finite number"),
         (["probe", "--out", "x.csv"], "must end in .parquet"),
         (["probe", "--probes", "act_grad_norm,bogus", "--out", "x.parquet"], "unknown probe(s) ['bogus']"),
+        (["check", "--when", "later"], "unknown --when 'later'; valid choices: init, training"),
+        (["check", "--n-boot", "0"], "--n-boot must be an integer >= 1, got 0"),  # before any job is computed
     ],
 )
 def test_bad_input_exits_2_with_the_reason(argv, message, capsys, tmp_path, monkeypatch) -> None:

@@ -20,11 +20,13 @@ from analysis.plot.figures import (
     FONT_MIN_PT,
     PAGE_WIDTH_IN,
     figure_grid,
+    log_axis,
     plot_cka_heatmap,
     plot_depth_scaling,
     plot_layer_profile,
     quantity_label,
     save_figure,
+    spans_decades,
 )
 from analysis.stats import t_quantile
 
@@ -220,11 +222,87 @@ def test_profile_auto_log_scale(values, expect_log):
 
 
 def test_profile_explicit_logy_overrides_rule():
-    _, ax = plt.subplots()
+    fig, ax = plt.subplots()
     plot_layer_profile(
         _profile_frame(np.linspace(0.5, 0.9, 5)), ax, quantity="act_norm", site="resid_post", stack="encoder", logy=True
     )
     assert ax.get_yscale() == "log"
+    labels = _tick_labels(ax.yaxis)  # within one decade: plain numbers, not 6×10⁻¹
+    assert labels and all(_is_plain_number(t) for t in labels), labels
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0.5, 4.9], False),  # within a decade: linear
+        ([1.0, 10.0], False),  # exactly one decade is not more than one
+        ([1.0, 10.01], True),
+        ([1e-3, np.nan, 1.0, np.inf], True),  # non-finite values left out
+        ([0.0, 1e-3, 1.0], False),  # a zero cannot sit on a log axis
+        ([-1.0, 1e-3, 1.0], False),
+        ([], False),
+    ],
+)
+def test_log_axis_only_where_values_span_decades(values, expected):
+    assert spans_decades(values) is expected
+    assert spans_decades(pd.Series(values, dtype=float)) is expected
+
+
+def _tick_labels(axis) -> list[str]:
+    """The non-empty major and minor tick labels in view on a drawn axis."""
+    axis.figure.canvas.draw()
+    low, high = sorted(axis.get_view_interval())
+    ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+    return [t.label1.get_text() for t in ticks if low <= t.get_loc() <= high and t.label1.get_text()]
+
+
+def _is_plain_number(text: str) -> bool:
+    try:
+        float(text.replace("\u2212", "-"))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("limits", "plain", "labelled"),
+    [
+        ((2.0, 8.0), True, {"2", "3", "4", "5", "6", "7", "8"}),  # no power of ten in view: every tick
+        ((0.15, 8.0), True, {"0.2", "0.5", "1", "2", "5"}),  # under two decades: 1s, 2s and 5s
+        ((1e-4, 1e2), False, set()),  # six decades: the powers of ten alone, as 10ⁿ
+    ],
+)
+def test_a_log_axis_is_labelled_in_plain_numbers_over_few_decades(limits, plain, labelled):
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], limits)
+    log_axis(ax.yaxis)
+    ax.set_ylim(*limits)
+    labels = _tick_labels(ax.yaxis)
+    assert ax.get_yscale() == "log" and labels
+    assert all(_is_plain_number(t) for t in labels) is plain, labels
+    assert set(labels) == labelled or not plain, labels
+    if not plain:
+        assert all("10^" in t for t in labels), labels  # mathtext powers of ten, one per major tick
+    plt.close(fig)
+
+
+def test_plot_lines_draws_a_narrow_range_on_a_linear_axis_unless_asked():
+    from analysis.plot.figures import plot_lines
+
+    frame = pd.DataFrame(
+        [
+            {"variant": "pre", "placement": "pre", "seed": s, "x": x, "value": 3.0 + x + 0.1 * s}
+            for x in range(4)
+            for s in (0, 1)
+        ]
+    )
+    fig, (auto, asked) = plt.subplots(1, 2)
+    plot_lines(frame, auto, x="x", logy=None)
+    plot_lines(frame, asked, x="x", logy=True)
+    assert auto.get_yscale() == "linear" and asked.get_yscale() == "log"
+    assert all(_is_plain_number(t) for t in _tick_labels(asked.yaxis))
+    plt.close(fig)
 
 
 def test_profile_labels_and_legend(frame):

@@ -22,6 +22,7 @@ import pytest
 from analysis import cli
 from analysis.experiments import atlas
 from analysis.experiments.runs import InitJob
+from analysis.options import STORE_VAR
 from analysis.plot.figures import DPI, FONT_MIN_PT, PAGE_WIDTH_IN
 from analysis.report import build
 from analysis.report import cli as report_cli
@@ -69,11 +70,13 @@ def _build(out: Path, **kwargs) -> build.BuiltReport:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.BuiltReport, FakeExperiment]:
     """One report (rendering figures is what costs): a stored atlas study that must be reused,
-    the fake experiment, one that raises, and one whose figures raise."""
+    the fake experiment, one that raises, and one whose figures raise; no `store` given, so the
+    experiments read the store every lnscope command shares ($LNSCOPE_STORE)."""
     out = tmp_path_factory.mktemp("report")
     store_atlas(out)
     experiment = FakeExperiment()
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(STORE_VAR, str(out / "shared-store"))
         refuse = lambda *a, **k: pytest.fail("the atlas was recomputed although a stored study matched")
         patch.setattr(atlas, "collect", refuse)
         patch.setattr(InitJob, "compute", refuse)  # nor probed ahead of the parts (build._compute_ahead)
@@ -164,7 +167,7 @@ def test_environment_is_recorded(report) -> None:
 
 def test_a_failing_experiment_is_reported_and_the_rest_still_written(report) -> None:
     out, built, experiment = report
-    assert built.failed == ("broken2024", "drawless2024") and experiment.runs == [("quick", out / "store")]
+    assert built.failed == ("broken2024", "drawless2024") and experiment.runs == [("quick", out / "shared-store")]
     text = built.index.read_text()
     broken = text[text.index('id="broken2024"') : text.index('id="drawless2024"')]
     assert "fake experiment blew up" in broken and "<img" not in broken

@@ -79,16 +79,16 @@ class Preset:
     eval_every: int
     eval_batches: int
     seeds: tuple[int, ...]
-    lr: tuple[tuple[str, float], ...]
-    lr_grid: tuple[tuple[str, tuple[float, ...]], ...]
+    lr: Mapping[str, float]
+    lr_grid: Mapping[str, tuple[float, ...]]
     unroll_layers: int | None = 0
 
     def __post_init__(self) -> None:
         if self.eval_every < 1 or self.steps % self.eval_every:
             raise ValueError(f"eval_every={self.eval_every} must be a positive divisor of steps={self.steps}")
         for name, table in (("lr", self.lr), ("lr_grid", self.lr_grid)):
-            if sorted(dict(table)) != sorted(ARMS):
-                raise ValueError(f"{name} must name each arm of {ARMS} once, got {[a for a, _ in table]}")
+            if sorted(table) != sorted(ARMS):
+                raise ValueError(f"{name} must name each arm of {ARMS} once, got {list(table)}")
 
     def model(self, arm: str) -> ModelConfig:
         return ModelConfig(
@@ -180,17 +180,13 @@ def curve_rows(result: TrainResult, cfg: TrainConfig) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def _lrs(table: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    return dict(table)
-
-
 def jobs_at(p: Preset, lrs: Mapping[str, float], seeds: tuple[int, ...]) -> list[CurveJob]:
     """One CurveJob per arm at its learning rate in `lrs`, over `seeds`."""
     return [CurveJob(arm, p.config(arm, lrs[arm], seeds), p.unroll_layers) for arm in ARMS]
 
 
 def plan(p: Preset) -> dict:
-    return {PART: jobs_at(p, _lrs(p.lr), p.seeds)}
+    return {PART: jobs_at(p, p.lr, p.seeds)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,7 +203,7 @@ def tune(preset: str = "quick", seeds: tuple[int, ...] = CALIBRATION_SEEDS, stor
     """
     p = EXPERIMENT.preset(preset)
     rows = []
-    for arm, grid in p.lr_grid:
+    for arm, grid in p.lr_grid.items():
         for lr in grid:
             frame = run_jobs([CurveJob(arm, p.config(arm, lr, seeds), p.unroll_layers)], store, desc=f"{NAME}/tune")
             final = frame[(frame["quantity"] == VAL) & (frame["step"] == p.steps)]["value"].to_numpy(float)
@@ -223,7 +219,7 @@ def calibration_frame(
     """The `curves` part of `preset` with both arms at the preset's learning rates on the calibration
     `seeds` (the runs `tune` made there): `check(claim, calibration_frame())` reproduces the record."""
     p = EXPERIMENT.preset(preset)
-    return run_jobs(jobs_at(p, _lrs(p.lr), seeds), store, desc=f"{NAME}/{PART}").assign(part=PART)
+    return run_jobs(jobs_at(p, p.lr, seeds), store, desc=f"{NAME}/{PART}").assign(part=PART)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,20 +341,20 @@ PRESETS = {
     "tiny": Preset(
         layers=1, d_model=16, heads=2, d_ff=64, task="charlm", vocab=128, seq_len=8, batch_size=2, steps=10,
         eval_every=5, eval_batches=1, seeds=(0, 1),
-        lr=(("pre", 3e-3), ("ngpt", 1e-2)), lr_grid=(("pre", (3e-3,)), ("ngpt", (1e-2,))),
+        lr={"pre": 3e-3, "ngpt": 1e-2}, lr_grid={"pre": (3e-3,), "ngpt": (1e-2,)},
     ),
     # the 2-core CPU: a character LM on the standard library's pydoc topics, 200 updates of 8x32 tokens
     "quick": Preset(
         layers=2, d_model=64, heads=4, d_ff=256, task="charlm", vocab=128, seq_len=32, batch_size=8, steps=200,
         eval_every=10, eval_batches=4, seeds=(0, 1, 2, 3),
-        lr=(("pre", 3e-3), ("ngpt", 1e-2)), lr_grid=(("pre", (1e-3, 3e-3, 1e-2)), ("ngpt", (3e-3, 1e-2, 3e-2))),
+        lr={"pre": 3e-3, "ngpt": 1e-2}, lr_grid={"pre": (1e-3, 3e-3, 1e-2), "ngpt": (3e-3, 1e-2, 3e-2)},
     ),
     # a GPU: GPT-2-small widths, 12 layers, 256-token windows. Its learning rates are NOT tuned: they are
     # the quick preset's scaled by sqrt(64/768); run tune("paper") and set them before reading a verdict.
     "paper": Preset(
         layers=12, d_model=768, heads=12, d_ff=3072, task="charlm", vocab=128, seq_len=256, batch_size=32,
         steps=5000, eval_every=250, eval_batches=8, seeds=(0, 1, 2, 3),
-        lr=(("pre", 9e-4), ("ngpt", 3e-3)), lr_grid=(("pre", (3e-4, 9e-4, 3e-3)), ("ngpt", (1e-3, 3e-3, 9e-3))),
+        lr={"pre": 9e-4, "ngpt": 3e-3}, lr_grid={"pre": (3e-4, 9e-4, 3e-3), "ngpt": (1e-3, 3e-3, 9e-3)},
         unroll_layers=None,
     ),
 }  # fmt: skip

@@ -78,7 +78,7 @@ def test_presets_name_both_arms_and_read_whole_curves() -> None:
     with pytest.raises(ValueError, match="divisor of steps"):
         ngpt2024.Preset(**{**ngpt2024.PRESETS["tiny"].__dict__, "eval_every": 3})
     with pytest.raises(ValueError, match="each arm"):
-        ngpt2024.Preset(**{**ngpt2024.PRESETS["tiny"].__dict__, "lr": (("pre", 1e-3),)})
+        ngpt2024.Preset(**{**ngpt2024.PRESETS["tiny"].__dict__, "lr": {"pre": 1e-3}})
     quick = ngpt2024.PRESETS["quick"]
     for claim in ngpt2024.CLAIMS:
         assert claim.when == "training" and claim.needs == (ngpt2024.PART,)
@@ -88,8 +88,8 @@ def test_presets_name_both_arms_and_read_whole_curves() -> None:
         else:
             assert "not calibrated" in claim.threshold_note, claim.id
     # each arm's rate is the best of its grid on the calibration seeds (recorded by tune)
-    for arm, lr in quick.lr:
-        assert lr in dict(quick.lr_grid)[arm]
+    for arm, lr in quick.lr.items():
+        assert lr in quick.lr_grid[arm]
 
 
 @pytest.mark.slow

@@ -217,7 +217,8 @@ def calibration_frame(
     preset: str = "quick", seeds: tuple[int, ...] = CALIBRATION_SEEDS, store: Any = None
 ) -> pd.DataFrame:
     """The `curves` part of `preset` with both arms at the preset's learning rates on the calibration
-    `seeds` (the runs `tune` made there): `check(claim, calibration_frame())` reproduces the record."""
+    `seeds` (the runs `tune` made there): `check(claim, calibration_frame())` gives the calibration numbers
+    the claims' threshold notes quote."""
     p = EXPERIMENT.preset(preset)
     return run_jobs(jobs_at(p, p.lr, seeds), store, desc=f"{NAME}/{PART}").assign(part=PART)
 
@@ -227,7 +228,8 @@ def calibration_frame(
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CurveFeature(Feature):
-    """Per seed: a whole validation curve, one column per evaluation step (ascending)."""
+    """Per seed: a whole curve, one column per step (ascending); `where` filters by equality, and must leave
+    one row per (seed, step). The claims' statistics are then independent of a preset's budget and cadence."""
 
     def values(self, frame: pd.DataFrame) -> pd.DataFrame:
         flat = dataclasses.replace(self, layer=None)

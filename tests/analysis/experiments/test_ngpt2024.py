@@ -94,7 +94,8 @@ def test_presets_name_both_arms_and_read_whole_curves() -> None:
 
 @pytest.mark.slow
 def test_tiny_preset_end_to_end() -> None:
-    """Both arms train, every claim gives a verdict with an interval around its statistic, the figure draws."""
+    """Both arms train, every claim gives a verdict with an interval around its statistic, the learning-rate
+    grid runs, the figure draws."""
     import matplotlib.pyplot as plt
 
     exp = EXPERIMENTS["ngpt2024"]
@@ -105,6 +106,10 @@ def test_tiny_preset_end_to_end() -> None:
         assert result.ci_low <= result.statistic <= result.ci_high, result
     gap = check(exp.claims[1], frame, n_boot=200)
     assert np.isfinite([gap.statistic, gap.ci_low, gap.ci_high]).all()
+    # the learning-rate grid on other seeds: one row per (arm, lr), each arm's lowest final loss marked
+    grid = ngpt2024.tune("tiny", seeds=(5, 6))
+    assert sorted(grid["variant"]) == ["ngpt", "pre"] and grid["best"].all()
+    assert set(grid["lr"]) == {3e-3, 1e-2} and np.isfinite(grid["final_val_loss"]).all()
     figs = exp.figures(frame)
     assert list(figs) == ["ngpt2024_curves"]
     for fig in figs.values():

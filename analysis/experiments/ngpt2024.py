@@ -6,10 +6,10 @@ Decoder-only Pre-LN and nGPT (`ngpt`: every vector on the unit sphere, h ← Nor
 weights renormalized after every update) language models trained on the same task for the same number of
 updates, each arm at its own learning rate: the one of a small grid with the lowest final validation loss
 on calibration seeds (`tune`), as the paper tunes both. nGPT without weight decay (the paper's), Pre-LN
-with AdamW's decay 0.1 (the paper's GPT baseline); constant learning rate, no warm-up, for both. The
-statistic is the paper's headline read on one budget: the fraction of the budget nGPT needs to reach
-the validation loss Pre-LN ends it with (its seed-mean curve, linearly interpolated between
-evaluations; +inf when it never does), with a bootstrap interval over held-out seeds.
+with AdamW's decay 0.1 (nanoGPT's, whose code the paper's builds on); constant learning rate, no warm-up,
+for both. The statistic is the paper's headline read on one budget: the fraction of the budget nGPT
+needs to reach the validation loss Pre-LN ends it with (its seed-mean curve, linearly interpolated
+between evaluations; +inf when it never does), with a bootstrap interval over held-out seeds.
 
 The paper trains 0.5B and 1B models on OpenWebText for up to 500k updates and reads a 4-20x speed-up
 (longer contexts gain more); ours are 2-layer models on a character corpus for 200 updates. The
@@ -41,8 +41,8 @@ from models import ModelConfig
 NAME = "ngpt2024"
 PART = "curves"
 ARMS = ("pre", "ngpt")
-# The paper's optimizers: nGPT has no weight decay (its weights live on the sphere); the GPT baseline
-# uses AdamW's decoupled decay 0.1.
+# nGPT has no weight decay (the paper's: its weights live on the sphere); the GPT baseline keeps AdamW's
+# decoupled decay 0.1, nanoGPT's default (the paper's code is a nanoGPT reimplementation).
 WEIGHT_DECAY = {"pre": 0.1, "ngpt": 0.0}
 VAL = "val_loss"
 

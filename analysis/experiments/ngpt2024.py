@@ -325,8 +325,9 @@ def figures(frame: pd.DataFrame) -> dict:
     if len(pre):
         ax.axhline(float(pre.mean()), color="0.3", lw=0.8, ls="--", label="Pre-LN's final loss (seed mean)")
     finite = d["value"][np.isfinite(d["value"])]
-    low = float(finite.min())
-    ax.set_ylim(low - 0.1 * (float(finite.quantile(0.9)) - low), float(finite.quantile(0.9)))
+    if len(finite):  # the first evaluations, far above the rest, would flatten the part the claims read
+        low, high = float(finite.min()), float(finite.quantile(0.9))
+        ax.set_ylim(low - 0.1 * (high - low), high if high > low else low + 1.0)
     ax.set_xlabel("update step (same budget for both)")
     ax.set_ylabel("validation loss (nats/character)")
     ax.set_title("thin lines = seeds, thick = median (the first evaluations lie above the frame)", fontsize="medium")

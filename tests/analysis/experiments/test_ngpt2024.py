@@ -59,6 +59,18 @@ def test_steps_to_match_reads_the_seed_mean_curves() -> None:
     assert check(slower, _curves(ngpt_scale=0.5), n_boot=200).verdict == "not reproduced"
 
 
+def test_figure_draws_seeds_and_medians_even_when_an_arm_diverged() -> None:
+    import matplotlib.pyplot as plt
+
+    frame = _curves(ngpt_scale=0.5).assign(lr=1e-2, layers=2, d_model=64)
+    for data in (frame, frame.assign(value=np.where(frame["variant"] == "ngpt", np.inf, frame["value"]))):
+        fig = ngpt2024.figures(data)["ngpt2024_curves"]
+        ax = fig.axes[0]
+        assert len(ax.lines) == 2 * (3 + 1) + 1  # per arm: 3 seeds and the median; Pre-LN's final loss
+        assert ax.get_ylim()[1] > ax.get_ylim()[0] and np.isfinite(ax.get_ylim()).all()
+        plt.close(fig)
+
+
 def test_curve_rows_count_a_diverged_seed_as_infinite_loss() -> None:
     cfg = ngpt2024.PRESETS["tiny"].config("ngpt", 1e-2, (0, 1))
     steps = range(0, cfg.steps + 1, cfg.eval_every)  # 0, 5, 10

@@ -6,8 +6,8 @@
     figs = EXPERIMENTS["xiong2020"].figures(frame)                             # {name: Figure}
 
 Experiments: takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin and the 2024-26 papers'
-sun2025, kedia2024, peri_olmo2, dey2025 (analysis/experiments/<name>.py, each with the command that runs
-it in its docstring; dey2025, CompleteP's claims, reads the coordinate check's jobs), and the
+sun2025, kedia2024, peri_olmo2, dey2025, ngpt2024 (analysis/experiments/<name>.py, each with the command that
+runs it in its docstring; dey2025, CompleteP's claims, reads the coordinate check's jobs), and the
 initialization atlas (atlas: every placement probed at init, no claims; `lnscope report` renders it
 in its own section) and the coordinate check (coordcheck: activation RMS and its change over the
 first training steps across widths and depths, µP's standard plot, no claims). A claim
@@ -32,6 +32,7 @@ from analysis.experiments import (
     dey2025,
     kedia2024,
     liu2021,
+    ngpt2024,
     peri_olmo2,
     sun2025,
     takase2022,
@@ -47,7 +48,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     m.EXPERIMENT.name: m.EXPERIMENT
     for m in (
         *(takase2022, xie2023, xiong2020, liu2021, xu2019, deepnorm_admin),
-        *(sun2025, kedia2024, peri_olmo2, dey2025, atlas, coordcheck),
+        *(sun2025, kedia2024, peri_olmo2, dey2025, ngpt2024, atlas, coordcheck),
     )
 }
 CLAIMS: dict[str, Claim] = {c.id: c for e in EXPERIMENTS.values() for c in e.claims}

@@ -55,6 +55,7 @@ PAPERS: dict[str, str] = {
     "kedia2024": "Kedia et al. 2024, Transformers Get Stable: DeepScaleLM (arXiv 2403.09635)",
     "peri_olmo2": "Kim et al. 2025, Peri-LN (arXiv 2502.02732); OLMo et al. 2025, OLMo 2 (arXiv 2501.00656)",
     "dey2025": "Dey et al. 2025, Don't be lazy: CompleteP (arXiv 2505.01618)",
+    "ngpt2024": "Loshchilov, Hsieh, Sun, Ginsburg 2024, nGPT: Normalized Transformer (arXiv 2410.01131)",
 }
 DIRECTIONS = (">=", "<=", "in")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")

@@ -321,9 +321,14 @@ def shift_gap(part: str, moving: str, steady: str, depths: Sequence[int], grid: 
 # ------------------------------------------------------------------------------------------------
 # The figure
 # ------------------------------------------------------------------------------------------------
+ZOOM = 0.1  # nats above the lowest loss shown in the figure's lower row, where the minima are
+
+
 def lr_sweep_figure(frame: pd.DataFrame, title: str) -> Figure:
     """Final training loss against log2 learning rate, one line per depth (seed mean, min-max band
-    over seeds), one panel per placement, the best learning rate k* of each depth marked (▼)."""
+    over seeds), one column per placement; the upper row shows the whole grid (× marks a learning
+    rate where a seed diverged), the lower row the ZOOM nats above the lowest loss, with the best
+    learning rate k* of each depth marked (▼ and a dotted line)."""
     from matplotlib import colormaps
 
     from analysis.plot import figures as F  # lazy: matplotlib only to draw
@@ -333,37 +338,38 @@ def lr_sweep_figure(frame: pd.DataFrame, title: str) -> Figure:
         raise ValueError(f"lr_sweep_figure: no {QUANTITY} rows")
     placements = list(dict.fromkeys(sel["variant"]))
     depths = sorted(sel["layers"].unique())
-    grid = sorted(sel["log2_lr"].unique())
+    grid = np.asarray(sorted(sel["log2_lr"].unique()), float)
     colors = colormaps["viridis"](np.linspace(0.0, 0.85, len(depths)))
-    fig, axes = F.figure_grid(len(placements), ncols=len(placements), panel_size=(4.6, 3.6))
+    n = len(placements)
+    fig, axes = F.figure_grid(2 * n, ncols=n, panel_size=(4.6, 3.2))
     finite = sel[np.isfinite(sel["value"])]["value"]
-    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     pad = 0.05 * (high - low or 1.0)
-    for ax, placement in zip(axes, placements):
+    for col, placement in enumerate(placements):
+        whole, zoom = axes[col], axes[n + col]
         mine = sel[sel["variant"] == placement]
         for depth, color in zip(depths, colors):
             d = mine[mine["layers"] == depth].groupby("log2_lr")["value"]
-            mean, lo, hi = d.mean().reindex(grid), d.min().reindex(grid), d.max().reindex(grid)
-            ok = np.isfinite(mean.to_numpy())
-            ax.plot(
-                np.asarray(grid)[ok], mean.to_numpy()[ok], marker="o", ms=3, lw=1.3, color=color, label=f"L = {depth}"
-            )
-            ax.fill_between(np.asarray(grid)[ok], lo.to_numpy()[ok], hi.to_numpy()[ok], color=color, alpha=0.15, lw=0)
-            for k in np.asarray(grid)[~ok]:  # a learning rate where some seed diverged: off the curve
-                ax.plot([k], [high + pad], marker="x", color=color, ms=5, ls="none")
-            best = float(best_log2_lr(mean.to_numpy(), grid))
+            mean, lo, hi = (v.reindex(grid).to_numpy() for v in (d.mean(), d.min(), d.max()))
+            ok = np.isfinite(mean)
+            for ax in (whole, zoom):
+                ax.plot(grid[ok], mean[ok], marker="o", ms=3, lw=1.3, color=color, label=f"L = {depth}")
+                ax.fill_between(grid[ok], lo[ok], hi[ok], color=color, alpha=0.15, lw=0)
+            whole.plot(grid[~ok], np.full((~ok).sum(), high + pad), marker="x", color=color, ms=6, ls="none")
+            best = float(best_log2_lr(mean, grid))
             if math.isfinite(best):
-                ax.plot([best], [low - pad], marker="v", color=color, ms=8, ls="none", clip_on=False)
-                ax.axvline(best, color=color, lw=0.8, ls=":", alpha=0.8)
-        ax.set_xticks(grid)
-        ax.set_xticklabels([f"2^{k:g}" for k in grid], fontsize="small")
-        ax.set_ylim(low - 2 * pad, high + 2 * pad)
-        ax.set_xlabel("learning rate η (log2 axis)")
-        ax.set_ylabel("final training loss (nats/token)")
-        ax.set_title(f"{placement}: loss vs learning rate per depth", fontsize="medium")
-        ax.grid(True, alpha=0.3, lw=0.5)
-        ax.legend(
-            fontsize="small", title="depth (▼ = best η, × = diverged)", title_fontsize="x-small", loc="upper left"
-        )
+                zoom.plot([best], [low - 0.1 * ZOOM], marker="v", color=color, ms=8, ls="none")
+                zoom.axvline(best, color=color, lw=0.9, ls=":")
+        whole.set_ylim(low - pad, high + 2 * pad)
+        zoom.set_ylim(low - 0.15 * ZOOM, low + ZOOM)
+        whole.set_title(f"{placement}: the whole grid", fontsize="medium")
+        zoom.set_title(f"{placement}: near the minimum (▼ = best η)", fontsize="medium")
+        for ax in (whole, zoom):
+            ax.set_xticks(grid)
+            ax.set_xticklabels([f"2^{k:g}" for k in grid], fontsize="small")
+            ax.set_xlabel("learning rate η (log2 axis)")
+            ax.set_ylabel("final training loss (nats/token)")
+            ax.grid(True, alpha=0.3, lw=0.5)
+        whole.legend(fontsize="small", title="depth (× = diverged)", title_fontsize="small", loc="upper center")
     fig.suptitle(title, fontsize="medium")
     return fig

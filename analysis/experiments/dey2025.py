@@ -252,7 +252,8 @@ LR_NOTE = (
     "dey2025.calibration_frame(part='lr'))) measured v = -0.074 [-0.30, 0.07] (shifts: Pre-LN -0.27, CompleteP "
     "-0.34 octave), not > 0, so by the rule fixed before that run the threshold is the a-priori effect size of "
     "half an octave (half the grid step); committed before the check read the held-out seeds 0-3; an exploratory "
-    "run on seeds 200-202 (150 steps, a 9-point grid) chose the grid and the run length"
+    "run on seeds 200-202 (150 steps, a 9-point grid) chose the grid and the run length. Held-out seeds 0-3: not "
+    "reproduced, -0.006 [-0.25, 0.21] (shifts: Pre-LN -0.28, CompleteP -0.28 octave)"
 )
 
 

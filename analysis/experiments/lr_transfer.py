@@ -325,8 +325,8 @@ ZOOM = 0.1  # nats above the lowest loss shown in the figure's lower row, where 
 
 
 def lr_sweep_figure(frame: pd.DataFrame, title: str) -> Figure:
-    """Final training loss against log2 learning rate, one line per depth (seed mean, min-max band
-    over seeds), one column per placement; the upper row shows the whole grid (× marks a learning
+    """Final training loss against log2 learning rate, one line per depth (seed mean), one column per
+    placement; the upper row shows the whole grid with the min-max band over seeds (× marks a learning
     rate where a seed diverged), the lower row the ZOOM nats above the lowest loss, with the best
     learning rate k* of each depth marked (▼ and a dotted line)."""
     from matplotlib import colormaps
@@ -354,7 +354,9 @@ def lr_sweep_figure(frame: pd.DataFrame, title: str) -> Figure:
             ok = np.isfinite(mean)
             for ax in (whole, zoom):
                 ax.plot(grid[ok], mean[ok], marker="o", ms=3, lw=1.3, color=color, label=f"L = {depth}")
-                ax.fill_between(grid[ok], lo[ok], hi[ok], color=color, alpha=0.15, lw=0)
+            # the seeds' spread is mostly a per-seed offset shared by every η: drawn above, where it
+            # does not hide the minima below
+            whole.fill_between(grid[ok], lo[ok], hi[ok], color=color, alpha=0.15, lw=0)
             whole.plot(grid[~ok], np.full((~ok).sum(), high + pad), marker="x", color=color, ms=6, ls="none")
             best = float(best_log2_lr(mean, grid))
             if math.isfinite(best):

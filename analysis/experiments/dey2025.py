@@ -82,12 +82,10 @@ def _lr_settings(**changes) -> lr_transfer.LRSweepSettings:
 
 
 PRESETS = {
-    # the claims' depths and step at the test suite's widths; the test suite's smallest lr sweep
+    # the claims' depths, step and learning-rate grid at the test suite's widths
     "tiny": Dey2025Settings(
         _settings(coordcheck.PRESETS["tiny"], depths=DEPTHS, steps=STEP),
-        _lr_settings(
-            depths=(2, 4), log2_lrs=(-8, -7, -6), width=16, ff_mult=2, seq_len=8, batch_size=2, steps=6, smooth=2
-        ),
+        _lr_settings(width=16, ff_mult=2, seq_len=8, batch_size=2, steps=6, smooth=2, seeds=3),
     ),
     # the coordinate check's own quick depth sweep (its jobs, by hash)
     "quick": Dey2025Settings(_settings(coordcheck.PRESETS["quick"]), _lr_settings()),

@@ -69,8 +69,14 @@ def _compiled(
     given_batch: bool,
     chunk: int,
 ):
-    """The jitted study of a group of seeds: (seeds (S,), batch) -> results with a leading (S,) axis,
-    `chunk` seeds vmapped together at a time (lax.map over the rest)."""
+    """The jitted study of seeds. `chunk` > 1: a group of seeds, (seeds (S,), batch) -> results with a
+    leading (S,) axis, `chunk` seeds vmapped together at a time (lax.map over the rest). `chunk` == 1:
+    one seed, (seed (), batch) -> its results, no seed axis.
+
+    Why one seed per call when seeds are not vmapped: a loop over a group of seeds made the program
+    depend on the group's size (each seed count and stream count compiled a program of its own) and
+    added a stacking update and loop copies per result to compile; the seed's numbers are the same
+    bit for bit (tests/analysis/probe/test_study_programs.py)."""
     ops = plan.model_ops()
 
     def one(seed, batch):
@@ -80,10 +86,9 @@ def _compiled(
             batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
-    # batch_size=1 would vmap over one seed (batched products of 1: slower CPU code); a plain loop then
-    return jax.jit(
-        lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk if chunk > 1 else None)
-    )
+    if chunk == 1:
+        return jax.jit(one)
+    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
@@ -148,8 +153,13 @@ def probe_at_init(
     chunk = min(vmapped if seed_chunk is None else seed_chunk, len(groups[0]))
     model_plan = plan.replace(seed_programs="per_seed", streams=None)  # `chunk` and the groups say the rest
     fn = _compiled(cfg, model_plan, pcfg, *shape, batch is not None, chunk)
-    parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
-    result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
+    if chunk == 1:  # one program per seed, the seeds shared out over the streams as they finish
+        calls = [(jnp.asarray(seed, jnp.uint32), batch) for seed in seeds]
+        parts = run_on_threads(fn, calls, min(streams, len(seeds)), post=jax.device_get)
+        result = jax.tree.map(lambda *a: np.stack(a), *parts)
+    else:
+        parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
+        result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)
 
 

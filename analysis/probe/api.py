@@ -19,7 +19,7 @@ from analysis.execution import ExecutionPlan, default_plan
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
-from analysis.runtime import default_streams, run_on_threads
+from analysis.runtime import default_streams, ensure_compilation_cache, run_on_threads
 from models import ModelConfig, Transformer, init_state
 
 
@@ -118,12 +118,15 @@ def probe_at_init(
 
     Seeds are compiled into one program (model init and Admin profiling inside), run as `plan` says
     (default: this backend's, every stack scanned; analysis.execution): `plan.seed_programs`
-    "vmapped" vmaps a group's seeds together, "per_seed" computes one at a time (`seed_chunk` seeds
+    "vmapped" vmaps a group's seeds together, "per_seed" computes one at a time, a program of one
+    seed called once per seed, the same program whatever the number of seeds (`seed_chunk` seeds
     vmapped at a time overrides both), and `streams` groups of seeds (default: `plan.streams`) run
     at once, each on its own thread. Each seed's numbers do not depend on `streams` (bit for bit);
     `seed_chunk` changes them only by float rounding. Seed s is the model of
     `build_model(cfg, s, ops=plan.model_ops())`. The batch is random tokens drawn from each seed
-    unless `batch` is given (then the same batch for every seed).
+    unless `batch` is given (then the same batch for every seed). Compiled programs are kept in the
+    persistent compilation cache unless this process chose otherwise
+    (analysis.runtime.ensure_compilation_cache).
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
@@ -146,6 +149,7 @@ def probe_at_init(
     if batch is not None:
         check_batch(cfg, batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    ensure_compilation_cache()
     shape = (0, 0) if batch is not None else (batch_size, seq_len)  # unused with a given batch: no recompiles
     streams = streams if streams is not None else plan.streams if plan.streams is not None else default_streams()
     groups = _seed_groups(seeds, min(streams, len(seeds)))
@@ -187,6 +191,7 @@ def probe_model(
     _, state = nnx.split(model)
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
     key = probe_key(jax.random.key(seed))
+    ensure_compilation_cache()
     fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
     result = jax.tree.map(lambda a: np.asarray(a)[None], result)

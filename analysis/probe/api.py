@@ -91,13 +91,13 @@ def _compiled(
     return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
 
 
-def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
+def _seed_groups(seeds: list[int], streams: int) -> list[np.ndarray]:
     """`seeds` split into at most `streams` equal groups (one program shape, one compile), the last
     padded with repeats of its final seed (whose results are dropped); never a group of padding only."""
     size = -(-len(seeds) // streams)
     count = -(-len(seeds) // size)
     padded = seeds + [seeds[-1]] * (size * count - len(seeds))
-    return [jnp.asarray(padded[i * size : (i + 1) * size], jnp.uint32) for i in range(count)]
+    return [np.asarray(padded[i * size : (i + 1) * size], np.uint32) for i in range(count)]  # no conversion program
 
 
 def probe_at_init(
@@ -158,7 +158,7 @@ def probe_at_init(
     model_plan = plan.replace(seed_programs="per_seed", streams=None)  # `chunk` and the groups say the rest
     fn = _compiled(cfg, model_plan, pcfg, *shape, batch is not None, chunk)
     if chunk == 1:  # one program per seed, the seeds shared out over the streams as they finish
-        calls = [(jnp.asarray(seed, jnp.uint32), batch) for seed in seeds]
+        calls = [(np.uint32(seed), batch) for seed in seeds]  # a host scalar: no conversion program
         parts = run_on_threads(fn, calls, min(streams, len(seeds)), post=jax.device_get)
         result = jax.tree.map(lambda *a: np.stack(a), *parts)
     else:

@@ -2,6 +2,7 @@
 compiled programs in long runs.
 
     lnscope ...                                   uses $JAX_COMPILATION_CACHE_DIR, else ~/.cache/lnscope/jax
+                                                  (so do probe_at_init and probe_model in a script)
     LNSCOPE_COMPILATION_CACHE=off lnscope ...     no persistent cache
     LNSCOPE_WORKERS=3 lnscope check               worker processes for a study's jobs (lnscope: "auto")
     LNSCOPE_PIN_WORKERS=off lnscope check         workers not restricted to a share of the CPUs each
@@ -65,6 +66,25 @@ def configure_compilation_cache() -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def ensure_compilation_cache() -> Path | None:
+    """The persistent compilation cache, on by default for lnscope's Python API too
+    (`probe_at_init`, `probe_model` call this first): `configure_compilation_cache()` unless this
+    process already chose (a cache folder set through JAX_COMPILATION_CACHE_DIR or jax.config, JAX's
+    cache turned off) or `LNSCOPE_COMPILATION_CACHE=off`. Returns the folder in use, or None.
+
+    Why: a script's or notebook's first study is compile-bound like the command's, and reading a
+    program back is cheap; the program read back is the one compiled before, so no number changes.
+    """
+    import jax
+
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    chosen = jax.config.jax_compilation_cache_dir
+    if chosen:
+        return Path(chosen)
+    return configure_compilation_cache()
 
 
 def release_compiled() -> None:

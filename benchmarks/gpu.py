@@ -127,10 +127,18 @@ def bench_seed_sweep(sizes: Sizes, python: str | None, device: str) -> dict[str,
     cfg = Step(sizes.seed_layers, sizes.seed_d, 8, 64).config()
     study = lambda **kw: lambda: probe_at_init(cfg, seeds=range(sizes.seeds), batch_size=8, seq_len=64, **kw)
     out: dict[str, Any] = {}
-    for name, kw in (("vmapped", {"seed_chunk": sizes.seeds, "streams": 1}), ("loop", {"seed_chunk": 1, "streams": 1})):
-        run = study(**kw)
-        out[f"{name}_first_s"] = timed(run)
-        out[f"{name}_s"] = statistics.median(timed(run) for _ in range(3))
+    saved = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # real compiles: probe_at_init would turn it on
+    try:
+        for name, kw in (
+            ("vmapped", {"seed_chunk": sizes.seeds, "streams": 1}),
+            ("loop", {"seed_chunk": 1, "streams": 1}),
+        ):
+            run = study(**kw)
+            out[f"{name}_first_s"] = timed(run)
+            out[f"{name}_s"] = statistics.median(timed(run) for _ in range(3))
+    finally:
+        jax.config.update("jax_enable_compilation_cache", saved)
     out["vmap_over_loop"] = out["loop_s"] / out["vmapped_s"]
     out["seeds_per_s"] = sizes.seeds / out["vmapped_s"]
     if python is not None:

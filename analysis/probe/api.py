@@ -19,7 +19,7 @@ from analysis.execution import ExecutionPlan, default_plan
 from analysis.probe.loss import check_batch, random_batch
 from analysis.probe.probes import CHEAP_PROBES, ProbeConfig, probe_program
 from analysis.probe.tidy import to_frame
-from analysis.runtime import default_streams, run_on_threads
+from analysis.runtime import default_streams, ensure_compilation_cache, run_on_threads
 from models import ModelConfig, Transformer, init_state
 
 
@@ -69,8 +69,14 @@ def _compiled(
     given_batch: bool,
     chunk: int,
 ):
-    """The jitted study of a group of seeds: (seeds (S,), batch) -> results with a leading (S,) axis,
-    `chunk` seeds vmapped together at a time (lax.map over the rest)."""
+    """The jitted study of seeds. `chunk` > 1: a group of seeds, (seeds (S,), batch) -> results with a
+    leading (S,) axis, `chunk` seeds vmapped together at a time (lax.map over the rest). `chunk` == 1:
+    one seed, (seed (), batch) -> its results, no seed axis.
+
+    Why one seed per call when seeds are not vmapped: a loop over a group of seeds made the program
+    depend on the group's size (each seed count and stream count compiled a program of its own) and
+    added a stacking update and loop copies per result to compile; the seed's numbers are the same
+    bit for bit (tests/analysis/probe/test_study_programs.py)."""
     ops = plan.model_ops()
 
     def one(seed, batch):
@@ -80,19 +86,18 @@ def _compiled(
             batch = random_batch(cfg, batch_key(key), batch_size, seq_len)
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
-    # batch_size=1 would vmap over one seed (batched products of 1: slower CPU code); a plain loop then
-    return jax.jit(
-        lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk if chunk > 1 else None)
-    )
+    if chunk == 1:
+        return jax.jit(one)
+    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
 
 
-def _seed_groups(seeds: list[int], streams: int) -> list[jax.Array]:
+def _seed_groups(seeds: list[int], streams: int) -> list[np.ndarray]:
     """`seeds` split into at most `streams` equal groups (one program shape, one compile), the last
     padded with repeats of its final seed (whose results are dropped); never a group of padding only."""
     size = -(-len(seeds) // streams)
     count = -(-len(seeds) // size)
     padded = seeds + [seeds[-1]] * (size * count - len(seeds))
-    return [jnp.asarray(padded[i * size : (i + 1) * size], jnp.uint32) for i in range(count)]
+    return [np.asarray(padded[i * size : (i + 1) * size], np.uint32) for i in range(count)]  # no conversion program
 
 
 def probe_at_init(
@@ -113,12 +118,15 @@ def probe_at_init(
 
     Seeds are compiled into one program (model init and Admin profiling inside), run as `plan` says
     (default: this backend's, every stack scanned; analysis.execution): `plan.seed_programs`
-    "vmapped" vmaps a group's seeds together, "per_seed" computes one at a time (`seed_chunk` seeds
+    "vmapped" vmaps a group's seeds together, "per_seed" computes one at a time, a program of one
+    seed called once per seed, the same program whatever the number of seeds (`seed_chunk` seeds
     vmapped at a time overrides both), and `streams` groups of seeds (default: `plan.streams`) run
     at once, each on its own thread. Each seed's numbers do not depend on `streams` (bit for bit);
     `seed_chunk` changes them only by float rounding. Seed s is the model of
     `build_model(cfg, s, ops=plan.model_ops())`. The batch is random tokens drawn from each seed
-    unless `batch` is given (then the same batch for every seed).
+    unless `batch` is given (then the same batch for every seed). Compiled programs are kept in the
+    persistent compilation cache unless this process chose otherwise
+    (analysis.runtime.ensure_compilation_cache).
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
@@ -141,6 +149,7 @@ def probe_at_init(
     if batch is not None:
         check_batch(cfg, batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    ensure_compilation_cache()
     shape = (0, 0) if batch is not None else (batch_size, seq_len)  # unused with a given batch: no recompiles
     streams = streams if streams is not None else plan.streams if plan.streams is not None else default_streams()
     groups = _seed_groups(seeds, min(streams, len(seeds)))
@@ -148,8 +157,13 @@ def probe_at_init(
     chunk = min(vmapped if seed_chunk is None else seed_chunk, len(groups[0]))
     model_plan = plan.replace(seed_programs="per_seed", streams=None)  # `chunk` and the groups say the rest
     fn = _compiled(cfg, model_plan, pcfg, *shape, batch is not None, chunk)
-    parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
-    result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
+    if chunk == 1:  # one program per seed, the seeds shared out over the streams as they finish
+        calls = [(np.uint32(seed), batch) for seed in seeds]  # a host scalar: no conversion program
+        parts = run_on_threads(fn, calls, min(streams, len(seeds)), post=jax.device_get)
+        result = jax.tree.map(lambda *a: np.stack(a), *parts)
+    else:
+        parts = run_on_threads(fn, [(group, batch) for group in groups], len(groups), post=jax.device_get)
+        result = jax.tree.map(lambda *a: np.concatenate(a)[: len(seeds)], *parts)
     return to_frame(result, cfg, seeds, run=run)
 
 
@@ -177,6 +191,7 @@ def probe_model(
     _, state = nnx.split(model)
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
     key = probe_key(jax.random.key(seed))
+    ensure_compilation_cache()
     fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
     result = jax.tree.map(lambda a: np.asarray(a)[None], result)

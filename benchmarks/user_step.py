@@ -52,20 +52,33 @@ EXPECTED_ALLOCATOR = {
 PROCESS_TIMEOUT_S = 1800
 
 # The user's step, the same text in a script and in a kernel's cell; the sizes are formatted in.
+# Beside the medians, the process's CPU time and minor page faults per timed call: on a shared
+# machine the wall times move with the load, these much less.
 STEP_CODE = """
-import json
+import json, resource
 import jax
 from analysis.allocator import active, system_allocator_tuned
 from analysis.probe import STEP_PROBES
 from benchmarks.steps import StepPair, median_ms
 from benchmarks.suite import decoder_config
+def usage():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_minflt
 with jax.numpy_dtype_promotion("standard"):
     pair = StepPair(decoder_config({layers}, {d_model}), STEP_PROBES, {batch}, {seq})
     pair.compile()
+    before = usage()
     times = pair.round({steps})
+    after = usage()
 medians = {{f"{{name}}_ms": median_ms(times[name]) for name in ("plain", "probed")}}
-print(json.dumps({{"mimalloc": active(), "glibc_tuned": system_allocator_tuned(), **medians}}))
+calls = 2 * {steps}
+per_call = {{"cpu_ms_per_call": 1e3 * (after[0] - before[0]) / calls,
+            "faults_per_call": (after[1] - before[1]) / calls}}
+print(json.dumps({{"mimalloc": active(), "glibc_tuned": system_allocator_tuned(), **medians, **per_call}}))
 """
+
+
+PER_CALL = ("cpu_ms_per_call", "faults_per_call")
 
 
 @dataclass(frozen=True)
@@ -184,10 +197,15 @@ def run_one(environment: Environment, sizes: Sizes, peer_python: Path | None) ->
 
 
 def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Each environment's median plain / probed ms over its rounds; for each lnscope environment the
-    peer's median over its (`peer_over_lnscope`: above 1 = lnscope the faster), None without a peer."""
+    """Each environment's median plain / probed ms over its rounds (and CPU time and page faults per
+    call where its rows have them); for each lnscope environment the peer's median over its
+    (`peer_over_lnscope`: above 1 = lnscope the faster), None without a peer."""
     kinds = ("plain_ms", "probed_ms")
-    medians = {env: {k: statistics.median(r[k] for r in got) for k in kinds} for env, got in rows.items() if got}
+    medians = {
+        env: {k: statistics.median(r[k] for r in got) for k in (*kinds, *PER_CALL) if all(k in r for r in got)}
+        for env, got in rows.items()
+        if got
+    }
     summary: dict[str, Any] = {"median_ms": medians, "peer_over_lnscope": {}}
     peer = medians.get("peer")
     for env in LNSCOPE_ENVIRONMENTS:

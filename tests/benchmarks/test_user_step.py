@@ -16,15 +16,16 @@ from tests.benchmarks.test_peer import _fake_python
 def test_summary_medians_and_the_peers_ratios():
     rows = {
         "script": [
-            {"plain_ms": 10.0, "probed_ms": 12.0},
-            {"plain_ms": 30.0, "probed_ms": 14.0},
-            {"plain_ms": 20.0, "probed_ms": 40.0},
+            {"plain_ms": 10.0, "probed_ms": 12.0, "cpu_ms_per_call": 50.0},
+            {"plain_ms": 30.0, "probed_ms": 14.0, "cpu_ms_per_call": 70.0},
+            {"plain_ms": 20.0, "probed_ms": 40.0, "cpu_ms_per_call": 60.0},
         ],
         "kernel": [{"plain_ms": 8.0, "probed_ms": 10.0}],
         "peer": [{"plain_ms": 40.0, "probed_ms": 7.0}, {"plain_ms": 20.0, "probed_ms": 7.0}],
     }
     summary = user_step.summarize(rows)
-    assert summary["median_ms"]["script"] == {"plain_ms": 20.0, "probed_ms": 14.0}
+    # per-call CPU time only where every row of the environment has it
+    assert summary["median_ms"]["script"] == {"plain_ms": 20.0, "probed_ms": 14.0, "cpu_ms_per_call": 60.0}
     assert summary["median_ms"]["peer"] == {"plain_ms": 30.0, "probed_ms": 7.0}
     assert summary["peer_over_lnscope"] == {
         "script": {"plain": 1.5, "probed": 0.5},

@@ -11,7 +11,7 @@ per round (the order rotated round by round, so no environment always runs first
 - `mimalloc`: the same with mimalloc preloaded through the environment
   (`LD_PRELOAD=$(python -m analysis.allocator)`, what lnscope's Jupyter kernel sets);
 - `kernel`: the same code executed inside a real Jupyter kernel started from lnscope's kernel spec
-  (`analysis.allocator.install_kernel`, installed into a temporary folder so the spec is this
+  (`analysis.allocator.install_kernel`, installed into a temporary folder so the kernel spec is this
   checkout's);
 - `peer`: the PyTorch peer's step with its hooks (benchmarks/peer.py, matched to `STEP_PROBES` as
   `python -m benchmarks` matches it: `torch_speedup_*_d128`).

@@ -167,8 +167,9 @@ def run_kernel(sizes: Sizes, startup_timeout: float = 120) -> dict[str, Any]:
             manager.shutdown_kernel(now=True)
 
 
-def run_peer(python: Path, sizes: Sizes) -> dict[str, Any]:
-    """The peer's plain and probed step (`--probes interleave`), as `python -m benchmarks` runs it."""
+def run_peer(python: Path, sizes: Sizes, threads: int = 2) -> dict[str, Any]:
+    """The peer's plain and probed step (`--probes interleave`), as `python -m benchmarks` runs it
+    (2 threads; `threads`: torch's intra-op threads)."""
     from benchmarks import peer
 
     return peer.train_steps(
@@ -179,13 +180,14 @@ def run_peer(python: Path, sizes: Sizes) -> dict[str, Any]:
         seq=sizes.seq,
         steps=sizes.steps,
         warmup=2,
+        threads=threads,
     )
 
 
-def run_one(environment: Environment, sizes: Sizes, peer_python: Path | None) -> dict[str, Any]:
+def run_one(environment: Environment, sizes: Sizes, peer_python: Path | None, peer_threads: int = 2) -> dict[str, Any]:
     if environment == "peer":
         assert peer_python is not None
-        return run_peer(peer_python, sizes)
+        return run_peer(peer_python, sizes, peer_threads)
     if environment == "kernel":
         row = run_kernel(sizes)
     else:
@@ -239,11 +241,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help=f"comma-separated, of {', '.join(ENVIRONMENTS)} (default: all)",
     )
     parser.add_argument("--no-peer-setup", action="store_true", help="use an existing peer venv only")
+    # On a machine shared with other work, torch's OpenMP threads wait for each other on the run queue
+    # far more than XLA's pool does; one thread shows the peer's step without that.
+    parser.add_argument("--peer-threads", type=int, default=2, help="torch threads of the peer (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
     sizes = Sizes(args.layers, args.d_model, args.batch, args.seq, args.steps)
     environments: list[Environment] = list(args.environments)
-    summary_extra: dict[str, Any] = {"sizes": sizes.__dict__}
+    summary_extra: dict[str, Any] = {"sizes": sizes.__dict__, "peer_threads": args.peer_threads}
     peer_python = None
     if "peer" in environments:
         from benchmarks import peer
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for index in range(args.rounds):
         shift = index % len(environments)
         for env in environments[shift:] + environments[:shift]:
-            row = run_one(env, sizes, peer_python)
+            row = run_one(env, sizes, peer_python, args.peer_threads)
             print(json.dumps({"environment": env, "round": index, **row}), flush=True)
             rows[env].append(row)
             loads.append(os.getloadavg()[0])

@@ -64,7 +64,7 @@ def test_one_tiny_round_in_a_script_a_kernel_and_the_peer(tmp_path, monkeypatch,
     for env in ("script", "kernel"):
         times = summary["median_ms"][env]
         assert all(math.isfinite(t) and t > 0 for t in times.values())
-        # the stand-in peer's 10 / 12.5 ms over lnscope's own medians
+        # the stand-in peer's fixed medians (test_peer.FAKE) over lnscope's own
         assert summary["peer_over_lnscope"][env] == {
             "plain": 10.0 / times["plain_ms"],
             "probed": 12.5 / times["probed_ms"],

@@ -8,14 +8,19 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup test test-fast lint format report browser check benchmark kernel clean
 PRESET ?= quick
 
-setup: $(STAMP)
+# The kernel spec is its own target: a venv made before lnscope had a kernel still gets one.
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/lnscope/kernel.json
+
+setup: $(STAMP) $(KERNEL_SPEC)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m analysis.allocator kernel
 	@touch $(STAMP)
+
+$(KERNEL_SPEC): $(STAMP) analysis/allocator.py
+	$(PY) -m analysis.allocator kernel
 
 # The Jupyter kernel "Python (lnscope, mimalloc)" of this environment (`make setup` installs it): a
 # running kernel cannot re-execute itself to preload mimalloc, so the kernel's environment does.

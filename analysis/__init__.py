@@ -14,6 +14,12 @@ notebooks need are re-exported here.
 
 from typing import TYPE_CHECKING
 
+from analysis.allocator import tune_system_allocator
+
+# A script or a notebook imports lnscope without re-executing: where mimalloc is not loaded, glibc's
+# malloc is told to reuse a step's large buffers instead of mapping them afresh every call.
+tune_system_allocator()
+
 if TYPE_CHECKING:
     from analysis.probe import (
         CHEAP_PROBES,

@@ -23,11 +23,18 @@ environment preloads mimalloc ("Python (lnscope, mimalloc)"; `make setup` does i
 
     python -m analysis.allocator kernel            # into this environment (sys.prefix), name "lnscope"
 
+A script or a kernel without mimalloc: importing `analysis` (any lnscope module under it) tunes
+glibc's malloc instead (`tune_system_allocator`: no mmap for large blocks, no trimming of the heap),
+so a step's scratch buffer is reused from the heap rather than mapped and faulted in again each call.
+The process then keeps its peak heap mapped until it ends. `LNSCOPE_ALLOCATOR=system` leaves glibc's
+malloc untouched as well.
+
 Linux only (elsewhere, and without the wheel, everything runs as before on the system allocator).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import sys
@@ -98,6 +105,49 @@ def ensure_preloaded() -> str | None:
     argv = [sys.executable, *sys.orig_argv[1:]]
     os.execve(sys.executable, argv, env)
     return None  # not reached (execve replaces the process); kept for tests that stub it
+
+
+# glibc's mallopt parameters (malloc.h): large blocks from the heap, never mmapped, and a heap that is
+# never trimmed, so freed scratch buffers stay mapped and are reused; the top pad grows the heap in
+# steps large enough for a step's buffers.
+MALLOPT_SETTINGS = (("M_MMAP_MAX", -4, 0), ("M_TRIM_THRESHOLD", -1, 2**31 - 1), ("M_TOP_PAD", -2, 64 << 20))
+_system_tuned = False
+
+
+def _on_glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # a libc without the name (musl)
+        return False
+
+
+def system_allocator_tuned() -> bool:
+    """Whether `tune_system_allocator` changed glibc's malloc in this process."""
+    return _system_tuned
+
+
+def tune_system_allocator(environ: dict[str, str] | None = None) -> str | None:
+    """Keep glibc's malloc from mapping and unmapping large blocks (MALLOPT_SETTINGS), where it is this
+    process's allocator: not when mimalloc is loaded, not under `LNSCOPE_ALLOCATOR=system`, not off
+    glibc. Idempotent. Returns why it did not tune (None: tuned, now or before); a bad
+    LNSCOPE_ALLOCATOR is left for the program's own setup, which reports it."""
+    global _system_tuned
+    if _system_tuned:
+        return None
+    choice = (os.environ if environ is None else environ).get(OPT_OUT_VAR, "")
+    if choice in OPT_OUT_VALUES:
+        return "opted out"
+    if not _on_glibc():
+        return "not glibc"
+    if active():
+        return "mimalloc is loaded"
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    refused = [name for name, param, value in MALLOPT_SETTINGS if mallopt(param, value) != 1]
+    if refused:
+        return f"mallopt refused {', '.join(refused)}"
+    _system_tuned = True
+    return None
 
 
 PROGRAM_NAMES = ("lnscope",)  # console scripts that are lnscope programs

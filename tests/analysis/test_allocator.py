@@ -138,3 +138,48 @@ def test_the_installed_kernel_runs_with_mimalloc(tmp_path, monkeypatch):
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+# In a fresh process: import lnscope, then allocate a block above glibc's default mmap threshold and
+# report whether glibc served it by mmap (mallinfo2's count of mapped blocks grew) and what the allocator module says.
+MMAPPED_BLOCKS = """
+import ctypes, json
+import analysis
+from analysis.allocator import system_allocator_tuned
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)
+print(json.dumps({"tuned": system_allocator_tuned(), "mmapped": libc.mallinfo2().hblks - before}))
+"""
+
+
+@pytest.mark.skipif(not allocator._on_glibc(), reason="glibc's malloc only")
+@pytest.mark.parametrize("opt_out, tuned", [(False, True), (True, False)])
+def test_importing_lnscope_keeps_glibc_from_mapping_large_blocks(opt_out, tuned):
+    """A script's `import analysis` tunes glibc's malloc (a large block comes from the heap, reused
+    after free, not mapped afresh); `LNSCOPE_ALLOCATOR=system` leaves it as it comes."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.OPT_OUT_VAR)}
+    env["PYTHONPATH"] = str(ROOT)
+    if opt_out:
+        env[allocator.OPT_OUT_VAR] = "system"
+    done = subprocess.run(
+        [sys.executable, "-c", MMAPPED_BLOCKS], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"tuned": tuned, "mmapped": 0 if tuned else 1}
+
+
+@pytest.mark.skipif(not allocator._on_glibc(), reason="glibc's malloc only")
+def test_glibc_is_not_tuned_under_mimalloc(monkeypatch):
+    monkeypatch.setattr(allocator, "_system_tuned", False)
+    monkeypatch.setattr(allocator, "active", lambda: True)
+    assert allocator.tune_system_allocator({}) == "mimalloc is loaded"
+    assert allocator.tune_system_allocator({allocator.OPT_OUT_VAR: "system"}) == "opted out"
+    assert not allocator.system_allocator_tuned()

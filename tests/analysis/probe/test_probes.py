@@ -4,7 +4,7 @@ Every probe is recomputed here from first principles on the same model and batch
 does not go through analysis.probe.probes:
 
 * act_grad_norm: a central finite difference of the loss along a direction added at one site
-  (float64, every placement), and the norm of jax.grad with respect to that site's perturbation.
+  (float64, every placement structure), and the norm of jax.grad with respect to that site's perturbation.
 * param_grad_norm: jax.grad of loss_from_logits on `model(*inputs)` (the plain call, no probe
   sites), sliced per layer and summed per parameter group in numpy.
 * ln_jacobian_gain: the explicit Jacobian (jax.jacrev of the norm module, token by token) applied to
@@ -99,7 +99,7 @@ def _close(actual, expected, what: str, rtol=F32_RTOL, atol=F32_ATOL) -> None:
 
 
 # ================================================================================================
-# 1. act_grad_norm = central finite differences (float64, every placement)
+# 1. act_grad_norm = central finite differences (float64, every placement structure)
 # ================================================================================================
 # (stack, site, layer) triples perturbed per arch: the stream entering the bottom layer and a
 # stream site inside the top layer (for encdec: the encoder bottom, reached only through

@@ -221,6 +221,14 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement(arch):
             )
 
 
+def test_per_structure_tiers_cover_every_placement_structure():
+    # causality (above) and depth independence (below) run one placement per structure, derived from
+    # the registry: a placement with a new structure joins them by itself.
+    every = set(PLACEMENT_SIGNATURES.values())
+    assert {PLACEMENT_SIGNATURES[p] for p in PLACEMENT_REPRESENTATIVES} == every
+    assert {PLACEMENT_SIGNATURES[p] for p, a in DEPTH_CASES if a == "decoder"} == every
+
+
 # -- Post-LN statistics ----------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
 def test_post_ln_stream_is_standardized(arch):

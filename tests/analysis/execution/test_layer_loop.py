@@ -21,7 +21,7 @@ from analysis.execution.ops import PlannedLoop, grad_barrier
 from analysis.probe.api import probe_at_init
 from models import ModelConfig, ModelOps, Transformer
 from models.sites import zeros_like_sites
-from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES
+from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES, PLACEMENT_SIGNATURES
 from tests.models.test_invariants import SAME_F32, TOKENS, cfg_of, count_eqns, inputs_of, jit_apply, jitter
 
 SCANNED = ModelOps()  # the model's own loop: the reference
@@ -107,6 +107,12 @@ def test_planned_loops_equal_the_scan_every_other_placement():
     for case, results in loop_results(REST).items():
         for loop in LOOPS:
             assert_equal_to_rounding(case, results["scanned"], results[loop])
+
+
+def test_the_loop_tiers_cover_every_placement_structure():
+    # Derived from the registry, so a placement with a new structure joins the slow tier by itself.
+    assert {PLACEMENT_SIGNATURES[p] for p, _ in CASES + REST} == set(PLACEMENT_SIGNATURES.values())
+    assert len(set(CASES + REST)) == len(CASES) + len(REST)
 
 
 def test_grad_barrier_is_the_identity_with_identical_gradients():

@@ -39,7 +39,7 @@ from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
 from models.block import sublayer_input_site
-from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES
+from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES, PLACEMENT_SIGNATURES
 
 # Tiny shared sizes (every distinct shape compiles fresh).
 SMALL = dict(d_model=16, heads=2, d_ff=32, vocab=32)
@@ -221,6 +221,16 @@ def test_non_float32_forward_under_strict_promotion(dtype: str, placement: str, 
 
         grads = jax.eval_shape(jax.grad(loss), state, batch)
     assert all(g.dtype == jnp.dtype(dtype) for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype, jnp.floating))
+
+
+def test_the_placement_tiers_cover_every_placement_structure() -> None:
+    # Derived from the registry, so a placement with a new structure joins both tiers by itself.
+    every = set(PLACEMENT_SIGNATURES.values())
+    for arch in ("decoder", "encoder"):
+        assert {PLACEMENT_SIGNATURES[c.values[1]] for c in FD_CASES if c.values[0] == arch} == every, arch
+    assert {p for a, p in PROMOTION_CASES if a == "decoder"} == set(PLACEMENTS)
+    for arch in ("encoder", "encdec"):
+        assert {PLACEMENT_SIGNATURES[p] for a, p in PROMOTION_CASES if a == arch} == every, arch
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])

@@ -6,7 +6,9 @@ differ from another entry only in numbers: DeepNorm, xSkip+LN and Post-LN run on
 different constants (alpha, lambda, 1) and init gains; CompleteP and DeepScaleLM are Pre-LN's path
 with constant branch/stream multipliers; T-Fixup is the plain residual with other init gains;
 parameter-free norms differ only in the map they apply. Such a pair can fail a product tier
-differently only through its equation, and every equation is restated per entry by a cheap tier
+differently only through its equation (or a constant's dtype under strict promotion, which is why
+tests/analysis/probe/test_probes.py traces every placement on the decoder), and every equation is
+restated per entry by a cheap tier
 (tests/models/test_placements_reference.py, tests/models/test_norms.py, the fast build tier of
 tests/models/test_invariants.py, which also runs every entry forward). What a product tier adds over
 those is the interaction of an entry's *structure* with the machinery around it: which parameters
@@ -43,7 +45,8 @@ from models.placements import Placement
 # Placement fields that hold numbers, names or documentation, or act only between optimizer steps:
 # constants and init_gains are values in the equation (DeepNorm's alpha and beta, T-Fixup's gains);
 # optimizer_rules and after_update never run inside the forward or backward pass that the tiers using
-# these signatures compile (tests/analysis/train covers them per entry).
+# these signatures compile (tests/analysis/train/test_optim_placement_rules.py and
+# tests/models/test_placements_ngpt_subln.py test the two placements that declare them).
 VALUE_ONLY_FIELDS = frozenset(
     {"name", "reference", "aliases", "constants", "init_gains", "optimizer_rules", "after_update"}
 )

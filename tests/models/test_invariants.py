@@ -1,4 +1,5 @@
-"""Structural invariants of the model zoo: every placement x norm x arch builds; causality; Post-LN
+"""Structural invariants of the model zoo: every placement and norm builds in every arch, and every
+placement structure with every norm structure (tests/models/structural_signatures.py); causality; Post-LN
 statistics; Pre-LN identity; scan == layer loop; dropout determinism; depth-independent jaxpr.
 
 Cost: compiling dominates (~1-2 s for one tiny model on this 2-core machine, most of it fixed
@@ -26,6 +27,14 @@ from models import ARCHS, NORMS, PLACEMENTS, ModelConfig, Transformer
 from models.build import init_state, profile_admin, profile_batch
 from models.placements import post_ln, pre_ln
 from models.sites import Taps
+from tests.models.structural_signatures import (
+    NORM_GROUPS,
+    NORM_REPRESENTATIVES,
+    NORM_SIGNATURES,
+    PLACEMENT_GROUPS,
+    PLACEMENT_REPRESENTATIVES,
+    PLACEMENT_SIGNATURES,
+)
 
 TINY = dict(d_model=8, heads=2, d_ff=16, vocab=16, layers=2, max_len=4, mix_post_fraction=0.5)
 B, T = 2, 4
@@ -120,26 +129,36 @@ def test_fast_tier_builds_finite(arch):
 
 
 def slow_tier(placement: str) -> list[ModelConfig]:
-    """The placement's combinations that the fast tier does not already compile."""
+    """The placement's combinations with one norm per norm signature (tests/models/structural_signatures.py)
+    that the fast tier does not already compile."""
     fast = {label(c) for a in ARCHS for c in fast_tier(a)}
-    return [cfg_of(placement, n, a) for n in NORMS for a in ARCHS if f"{placement}/{n}/{a}" not in fast]
+    return [cfg_of(placement, n, a) for n in NORM_REPRESENTATIVES for a in ARCHS if f"{placement}/{n}/{a}" not in fast]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if slow_tier(p)])
+@pytest.mark.parametrize("placement", [p for p in PLACEMENT_REPRESENTATIVES if slow_tier(p)])
 def test_full_product_builds_finite(placement):
-    # Together with the fast tier this covers all |PLACEMENTS| x |NORMS| x |ARCHS| combinations
-    # (15 x 9 x 3 = 405 today); combos already in the fast tier are not compiled twice.
+    # Together with the fast tier (every placement and every norm, each in every arch) this covers every
+    # combination of a placement structure, a norm structure and an arch; combos already in the fast
+    # tier are not compiled twice. Why one entry per structure suffices: structural_signatures.py.
     check_builds(slow_tier(placement))
 
 
 def test_product_tiers_cover_everything():
     # The parametrizations above are derived from the registries, so a new placement or norm is
-    # compiled by the tiers without editing this file.
-    product = {f"{p}/{n}/{a}" for p in PLACEMENTS for n in NORMS for a in ARCHS}
+    # compiled by the fast tier, and by the product tier if its structure is new, without editing this file.
     fast = [label(c) for a in ARCHS for c in fast_tier(a)]
-    slow = [label(c) for p in PLACEMENTS for c in slow_tier(p)]
-    assert len(fast) + len(slow) == len(product) and set(fast) | set(slow) == product
+    slow = [label(c) for p in PLACEMENT_REPRESENTATIVES for c in slow_tier(p)]
+    assert len(set(fast) | set(slow)) == len(fast) + len(slow), "a combination compiled twice"
+    built = {tuple(name.split("/")) for name in fast + slow}
+    # the fast tier: every registry entry, in every arch
+    assert {(p, a) for p, _, a in built} == {(p, a) for p in PLACEMENTS for a in ARCHS}
+    assert {(n, a) for _, n, a in built} == {(n, a) for n in NORMS for a in ARCHS}
+    # the product tier: every (placement signature, norm signature, arch) the registries hold
+    placement_sig, norm_sig = PLACEMENT_SIGNATURES, NORM_SIGNATURES
+    structures = {(placement_sig[p], norm_sig[n], a) for p, n, a in built}
+    assert structures == {(placement_sig[p], norm_sig[n], a) for p in PLACEMENTS for n in NORMS for a in ARCHS}
+    assert len(structures) == len(PLACEMENT_GROUPS) * len(NORM_GROUPS) * len(ARCHS)
 
 
 # -- causality -----------------------------------------------------------------------------
@@ -159,7 +178,7 @@ def suffix_variants(tokens: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_causal_decoder_and_bidirectional_encoder_for_every_placement(arch):
+def test_causal_decoder_and_bidirectional_encoder_for_every_placement_structure(arch):
     # Decoder (decoder arch, and the decoder of encdec): causal self-attention masks keys s > t, norms
     # act per token and FFNs per position, so nothing after t reaches position t in any placement
     # (B2T's and ResiDual's extra paths are per-token too).
@@ -167,8 +186,9 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement(arch):
     # LAST source token changes position 0 (for encdec: the decoder's position 0, via cross-attention).
     # That sensitivity, and "a change at position 0 reaches the last position" for the decoder, show
     # the test would catch a missing or an over-eager mask. Parameters are jittered so that ReZero
-    # (α = 0 at init: the identity) is not vacuously causal.
-    cfgs = [cfg_of(p, arch=arch) for p in PLACEMENTS]
+    # (α = 0 at init: the identity) is not vacuously causal. One placement per structure: placements
+    # of one structure differ by constants and init gains, which cannot move information between tokens.
+    cfgs = [cfg_of(p, arch=arch) for p in PLACEMENT_REPRESENTATIVES]
     base = np.asarray(TOKENS[:1])
     last_changed = base.copy()
     last_changed[0, -1] = (last_changed[0, -1] + 3) % TINY["vocab"]
@@ -199,6 +219,12 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement(arch):
             assert np.max(np.abs(out[-1, 0] - out[0, 0])) > VISIBLE, (
                 f"{label(cfg)}: position 0 ignores a later source token"
             )
+
+
+def test_causality_covers_every_placement_structure():
+    # causality (above) runs one placement per structure, derived from the registry: a placement with
+    # a new structure joins it by itself.
+    assert {PLACEMENT_SIGNATURES[p] for p in PLACEMENT_REPRESENTATIVES} == set(PLACEMENT_SIGNATURES.values())
 
 
 # -- Post-LN statistics ----------------------------------------------------------------------

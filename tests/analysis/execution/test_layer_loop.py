@@ -19,8 +19,9 @@ import pytest
 from analysis.execution import ExecutionPlan
 from analysis.execution.ops import PlannedLoop, grad_barrier
 from analysis.probe.api import probe_at_init
-from models import PLACEMENTS, ModelConfig, ModelOps, Transformer
+from models import ModelConfig, ModelOps, Transformer
 from models.sites import zeros_like_sites
+from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES, PLACEMENT_SIGNATURES
 from tests.models.test_invariants import SAME_F32, TOKENS, cfg_of, count_eqns, inputs_of, jit_apply, jitter
 
 SCANNED = ModelOps()  # the model's own loop: the reference
@@ -30,13 +31,13 @@ LOOPS = {
 }
 # The stack paths the loop can take, in the fast tier: segments (mix), a second stream (residual),
 # per-layer parameters, cross-attention memory and two stacks (admin encdec). The slow tier adds
-# every other placement (the layer input of b2t, per-head norm slots of hybrid, ...) and encdec
-# versions of mix and residual.
+# every other placement structure (the layer input of b2t, per-head norm slots of hybrid, per-layer
+# constants of lns, ...) and encdec versions of mix and residual. Placements of one structure
+# (tests/models/structural_signatures.py: stack-level constants and init gains apart, the same
+# per-layer parameters, per-layer constants, segments, stream form and sites) add nothing the loop
+# could get wrong.
 CASES = [("mix", "decoder"), ("residual", "decoder"), ("admin", "encdec")]
-# Placements whose stack path is Pre-LN's (stack-level constants and init gains only, no per-layer
-# parameter, per-layer constant, segment or second stream) add nothing the loop could get wrong.
-SAME_PATH_AS_PRE = {"completep", "deepscalelm", "olmo2", "tfixup"}
-REST = [(p, "decoder") for p in PLACEMENTS if p not in {"mix", "residual", "admin", "hybrid", *SAME_PATH_AS_PRE}] + [
+REST = [(p, "decoder") for p in PLACEMENT_REPRESENTATIVES if p not in {"mix", "residual", "admin", "hybrid"}] + [
     ("hybrid", "encoder"),
     ("mix", "encdec"),
     ("residual", "encdec"),
@@ -106,6 +107,12 @@ def test_planned_loops_equal_the_scan_every_other_placement():
     for case, results in loop_results(REST).items():
         for loop in LOOPS:
             assert_equal_to_rounding(case, results["scanned"], results[loop])
+
+
+def test_the_loop_tiers_cover_every_placement_structure():
+    # Derived from the registry, so a placement with a new structure joins the slow tier by itself.
+    assert {PLACEMENT_SIGNATURES[p] for p, _ in CASES + REST} == set(PLACEMENT_SIGNATURES.values())
+    assert len(set(CASES + REST)) == len(CASES) + len(REST)
 
 
 def test_grad_barrier_is_the_identity_with_identical_gradients():

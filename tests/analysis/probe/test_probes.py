@@ -4,7 +4,7 @@ Every probe is recomputed here from first principles on the same model and batch
 does not go through analysis.probe.probes:
 
 * act_grad_norm: a central finite difference of the loss along a direction added at one site
-  (float64, every placement), and the norm of jax.grad with respect to that site's perturbation.
+  (float64, every placement structure), and the norm of jax.grad with respect to that site's perturbation.
 * param_grad_norm: jax.grad of loss_from_logits on `model(*inputs)` (the plain call, no probe
   sites), sliced per layer and summed per parameter group in numpy.
 * ln_jacobian_gain: the explicit Jacobian (jax.jacrev of the norm module, token by token) applied to
@@ -39,6 +39,7 @@ from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
 from models.block import sublayer_input_site
+from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES, PLACEMENT_SIGNATURES
 
 # Tiny shared sizes (every distinct shape compiles fresh).
 SMALL = dict(d_model=16, heads=2, d_ff=32, vocab=32)
@@ -98,7 +99,7 @@ def _close(actual, expected, what: str, rtol=F32_RTOL, atol=F32_ATOL) -> None:
 
 
 # ================================================================================================
-# 1. act_grad_norm = central finite differences (float64, every placement)
+# 1. act_grad_norm = central finite differences (float64, every placement structure)
 # ================================================================================================
 # (stack, site, layer) triples perturbed per arch: the stream entering the bottom layer and a
 # stream site inside the top layer (for encdec: the encoder bottom, reached only through
@@ -108,15 +109,17 @@ FD_SITES = {
     "encoder": (("encoder", "resid_pre", 0), ("encoder", "resid_mid", LAYERS - 1)),
     "encdec": (("encoder", "resid_pre", 0), ("decoder", "resid_mid_cross", LAYERS - 1)),
 }
-# The fast tier runs every placement on the decoder, a representative subset on the encoder
-# (Pre-LN, the dual stream, per-head q/k/v norms), and one encdec; the rest of the encoder grid is
-# @slow (each case is one float64 compile, ~9 s of CPU here).
+# One placement per structure (tests/models/structural_signatures.py: placements of one structure
+# record and perturb the same sites along the same code path, differing by constants and init gains,
+# which jax.grad differentiates like any other number) on the decoder and on the encoder, and one
+# encdec. The fast tier's encoder cases: Pre-LN, the dual stream, per-head q/k/v norms; the rest of
+# the encoder grid is @slow (each case is one float64 compile).
 FAST_ENCODER = ("pre", "residual", "hybrid")
 FD_CASES = (
-    [pytest.param("decoder", p, id=f"decoder-{p}") for p in sorted(PLACEMENTS)]
+    [pytest.param("decoder", p, id=f"decoder-{p}") for p in sorted(PLACEMENT_REPRESENTATIVES)]
     + [
         pytest.param("encoder", p, id=f"encoder-{p}", marks=() if p in FAST_ENCODER else pytest.mark.slow)
-        for p in sorted(PLACEMENTS)
+        for p in sorted(PLACEMENT_REPRESENTATIVES)
     ]
     + [pytest.param("encdec", "b2t", id="encdec-b2t")]
 )
@@ -192,9 +195,16 @@ def test_act_grad_norm_matches_finite_differences(arch: str, placement: str) -> 
             )
 
 
+# Every placement on the decoder: a constant's type (a numpy float64 scalar is not weakly typed) can
+# break strict promotion, and constants are what placements of one structure differ by. The encoder
+# and encdec (the unmasked and the cross-attention) with one placement per structure.
+PROMOTION_CASES = [("decoder", p) for p in sorted(PLACEMENTS)] + [
+    (a, p) for a in ARCHS if a != "decoder" for p in sorted(PLACEMENT_REPRESENTATIVES)
+]
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
-@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch, placement", PROMOTION_CASES)
 def test_non_float32_forward_under_strict_promotion(dtype: str, placement: str, arch: str) -> None:
     """bfloat16 / float64 models trace under strict promotion, so no op silently upcasts or mixes
     precisions. Regression: reductions upcast with jnp.promote_types(x.dtype, float32), which raises
@@ -211,6 +221,16 @@ def test_non_float32_forward_under_strict_promotion(dtype: str, placement: str, 
 
         grads = jax.eval_shape(jax.grad(loss), state, batch)
     assert all(g.dtype == jnp.dtype(dtype) for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype, jnp.floating))
+
+
+def test_the_placement_tiers_cover_every_placement_structure() -> None:
+    # Derived from the registry, so a placement with a new structure joins both tiers by itself.
+    every = set(PLACEMENT_SIGNATURES.values())
+    for arch in ("decoder", "encoder"):
+        assert {PLACEMENT_SIGNATURES[c.values[1]] for c in FD_CASES if c.values[0] == arch} == every, arch
+    assert {p for a, p in PROMOTION_CASES if a == "decoder"} == set(PLACEMENTS)
+    for arch in ("encoder", "encdec"):
+        assert {PLACEMENT_SIGNATURES[p] for a, p in PROMOTION_CASES if a == arch} == every, arch
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])

@@ -285,8 +285,9 @@ def figures(frame: pd.DataFrame) -> dict:
     lr = frame[frame["part"] == LR_PART] if "part" in frame else frame.iloc[:0]
     if not lr.empty:
         out["dey2025_lr_transfer"] = lr_transfer.lr_sweep_figure(
-            lr, "Dey et al.: final training loss against learning rate per depth, standard parametrization "
-            "(Pre-LN) vs CompleteP (α = 1)"
+            lr,
+            "Dey et al.: final training loss against learning rate per depth, standard parametrization "
+            "(Pre-LN) vs CompleteP (α = 1)",
         )
     d = frame[(frame["part"] == "depth") & (frame["quantity"] == DELTA[0]) & (frame["site"] == DELTA[1])]
     d = d[(d["layer"] == d["layers"] - 1) & (d["stack"] == "decoder")]

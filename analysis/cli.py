@@ -133,7 +133,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 START_HERE = """\
 start here:
   lnscope list                              the placements, norms, archs and probes
-  lnscope check --list --paper xiong2020    one paper's claims (without --list: checked, quick preset)
+  lnscope check --list --paper xiong2020    one paper's claims (drop --list to check them)
   lnscope report                            every experiment checked, one HTML report
   lnscope COMMAND --help                    a command's options and examples
 

@@ -1,7 +1,7 @@
 """`lnscope report`: run the atlas, the experiments and their checks; write one HTML report.
 
-    lnscope report --quick --out /tmp/smoke          # the papers' experiments (analysis.report.build)
-    lnscope report --runs lnscope-store/runs         # your training runs or sweep (analysis.report.runs)
+    lnscope report --quick --out /tmp/smoke          # the papers' experiments
+    lnscope report --runs lnscope-store/runs         # your training runs or sweep
     lnscope report --probes post.parquet pre.parquet # your `lnscope probe` outputs
 
 Registered in analysis/cli.py by `add_commands`; `python -m analysis.report [options]` runs the same

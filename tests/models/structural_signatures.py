@@ -48,7 +48,16 @@ from models.placements import Placement
 # these signatures compile (tests/analysis/train/test_optim_placement_rules.py and
 # tests/models/test_placements_ngpt_subln.py test the two placements that declare them).
 VALUE_ONLY_FIELDS = frozenset(
-    {"name", "reference", "aliases", "constants", "init_gains", "optimizer_rules", "after_update"}
+    {
+        "name",
+        "reference",
+        "aliases",
+        "constants",
+        "init_gains",
+        "embed_init_gain",  # an init gain of the embedding table: numbers, like init_gains
+        "optimizer_rules",
+        "after_update",
+    }
 )
 # What a wiring function may do inside a sublayer (models.placements.Sub and the keywords of its
 # methods), except `const`.

@@ -119,11 +119,8 @@ class LRSweepSettings:
             raise ValueError(f"smooth={self.smooth} is longer than the run (steps={self.steps})")
 
     def model(self, placement: str, layers: int) -> ModelConfig:
-        extra = (
-            {"completep_alpha": self.alpha, "completep_base_layers": self.base_depth}
-            if placement == "completep"
-            else {}
-        )
+        # Every arm gets CompleteP's α and L_base: only the placements that declare the multiplier
+        # read them (models.placements), so the experiment names no placement here.
         return ModelConfig(
             arch="decoder",
             placement=placement,
@@ -133,7 +130,8 @@ class LRSweepSettings:
             d_ff=self.ff_mult * self.width,
             vocab=self.vocab,
             max_len=self.seq_len,
-            **extra,
+            completep_alpha=self.alpha,
+            completep_base_layers=self.base_depth,
         )
 
     def train_config(self, model: ModelConfig) -> TrainConfig:

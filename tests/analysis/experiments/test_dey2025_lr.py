@@ -90,6 +90,29 @@ def test_sweep_settings_reject_bad_grids() -> None:
     assert isinstance(tiny, LRSweepSettings)
 
 
+def test_the_standard_arm_ignores_completeps_fields() -> None:
+    """Every arm is built with CompleteP's α and L_base; Pre-LN must compute what it computes without
+    them (only the placements that declare the multiplier read them)."""
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+
+    from models import ModelConfig, Transformer
+
+    tiny = dataclasses.replace(dey2025.PRESETS["tiny"].lr, width=16, head_dim=8, vocab=16, seq_len=8)
+    swept = tiny.model("pre", 4)  # twice L_base: completep's multiplier is not 1 here
+    plain = ModelConfig(**{**vars(swept), "completep_alpha": 1.0, "completep_base_layers": 1})
+    assert (swept.completep_alpha, swept.completep_base_layers) == (tiny.alpha, tiny.base_depth) != (1.0, 1)
+    tokens = jnp.arange(8, dtype=jnp.int32).reshape(1, 8) % 16
+    with jax.numpy_dtype_promotion("standard"):
+        a = Transformer(swept, nnx.Rngs(0))(tokens)
+        b = Transformer(plain, nnx.Rngs(0))(tokens)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    completep = Transformer(dataclasses.replace(swept, placement="completep"), nnx.Rngs(0))
+    with jax.numpy_dtype_promotion("standard"):
+        assert not np.array_equal(np.asarray(completep(tokens)), np.asarray(a)), "the fields do reach completep"
+
+
 @pytest.mark.slow
 def test_tiny_lr_sweep_gives_verdict_rows_with_intervals() -> None:
     """The tiny sweep runs (both placements, the claim's depths and grid at the test suite's widths),

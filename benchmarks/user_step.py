@@ -226,14 +226,30 @@ def parse_environments(text: str) -> tuple[Environment, ...]:
     return names  # type: ignore[return-value]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, the bad value named."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.user_step", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind per process")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="rounds of one process per environment, the order rotated (default 3)",
+    )
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps of each kind per process")
+    parser.add_argument("--layers", type=positive_int, default=6, help="decoder layers of the step (default 6)")
+    parser.add_argument("--d-model", type=positive_int, default=128, help="model width (default 128)")
+    parser.add_argument("--batch", type=positive_int, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--seq", type=positive_int, default=64, help="tokens per sequence (default 64)")
     parser.add_argument(
         "--environments",
         type=parse_environments,
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-peer-setup", action="store_true", help="use an existing peer venv only")
     # On a machine shared with other work, torch's OpenMP threads wait for each other on the run queue
     # far more than XLA's pool does; one thread shows the peer's step without that.
-    parser.add_argument("--peer-threads", type=int, default=2, help="torch threads of the peer (default 2)")
+    parser.add_argument("--peer-threads", type=positive_int, default=2, help="torch threads of the peer (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
     sizes = Sizes(args.layers, args.d_model, args.batch, args.seq, args.steps)

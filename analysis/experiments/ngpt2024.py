@@ -42,6 +42,7 @@ from models import ModelConfig
 NAME = "ngpt2024"
 PART = "curves"
 ARMS = ("pre", "ngpt")
+ARM_NAMES = {"pre": "Pre-LN", "ngpt": "nGPT"}  # how figures and legends name each arm
 # nGPT has no weight decay (the paper's: its weights live on the sphere); the GPT baseline keeps AdamW's
 # decoupled decay 0.1, nanoGPT's default (the paper's code is a nanoGPT reimplementation).
 WEIGHT_DECAY = {"pre": 0.1, "ngpt": 0.0}
@@ -319,7 +320,7 @@ def figures(frame: pd.DataFrame) -> dict:
         for seed in curves.columns:
             ax.plot(curves.index, curves[seed], color=color, lw=0.6, alpha=0.45)
         lr = float(mine["lr"].iloc[0])
-        label = f"{'nGPT' if arm == 'ngpt' else 'Pre-LN'}, lr {lr:g} (median of {curves.shape[1]} seeds)"
+        label = f"{ARM_NAMES[arm]}, lr {lr:g} (median of {curves.shape[1]} seeds)"
         ax.plot(curves.index, curves.median(axis=1), color=color, lw=2.0, label=label)
     pre = d[(d["variant"] == "pre") & (d["step"] == d["step"].max())]["value"]
     if len(pre):

@@ -42,6 +42,16 @@ def test_a_bad_environment_is_named_with_the_valid_choices(capsys):
     assert "notebook" in err and all(env in err for env in user_step.ENVIRONMENTS)
 
 
+@pytest.mark.parametrize(
+    "option", ["--rounds", "--steps", "--layers", "--d-model", "--batch", "--seq", "--peer-threads"]
+)
+@pytest.mark.parametrize("bad", ["0", "-2", "x"])
+def test_a_size_that_is_not_a_positive_whole_number_is_named(option, bad, capsys):
+    with pytest.raises(SystemExit):
+        user_step.main([option, bad])
+    assert f"argument {option}: {bad!r} is not a whole number >= 1" in capsys.readouterr().err
+
+
 def test_every_lnscope_environment_states_its_allocator():
     assert set(user_step.EXPECTED_ALLOCATOR) == set(user_step.LNSCOPE_ENVIRONMENTS)
     assert set(user_step.ENVIRONMENTS) == {*user_step.LNSCOPE_ENVIRONMENTS, "peer"}

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format report browser check benchmark kernel clean
+.PHONY: setup test test-fast test-durations lint format report browser check benchmark kernel clean
 PRESET ?= quick
 
 # The kernel spec is its own target: a venv made before lnscope had a kernel still gets one.
@@ -33,11 +33,22 @@ kernel: setup
 # default_codegen) run in a second pass with XLA's default code generation, as users run it.
 FAST_CODEGEN := --xla_backend_optimization_level=0
 # Two workers, whole files each (a file's module fixtures are computed once), handed out in the order
-# tests/conftest.py collects them (long files first) rather than xdist's by-number-of-tests order.
+# tests/conftest.py collects them (longest first, by tests/file_seconds.json: `make test-durations`)
+# rather than xdist's by-number-of-tests order.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: setup lint
 	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not default_codegen"
 	$(PY) -m pytest -m default_codegen
+
+# Re-times the first pass of `make test` per file into tests/file_seconds.json, the record that orders
+# the files over the two workers (longest first; tests/file_seconds.py): run it when files were added,
+# renamed or got much slower or faster, and commit the record.
+DURATIONS_XML := build/test-durations.xml
+test-durations: setup
+	@mkdir -p $(dir $(DURATIONS_XML))
+	XLA_FLAGS="$$XLA_FLAGS $(FAST_CODEGEN)" $(PY) -m pytest $(XDIST) -m "not default_codegen" \
+		--junitxml=$(DURATIONS_XML) -o junit_duration_report=total
+	$(PY) -m tests.file_seconds $(DURATIONS_XML)
 
 # Fast tier only, for the edit-test loop.
 test-fast: setup lint

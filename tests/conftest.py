@@ -23,6 +23,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from tests.file_seconds import order_files, read_seconds
+
 CACHE = Path(__file__).resolve().parents[1] / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(CACHE))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))  # the job pool's worker processes too
@@ -60,13 +62,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _long_files_first(items: list[pytest.Item]) -> None:
-    """Files holding `slow` tests first, then the rest by number of tests, each file's tests kept
-    together and in order. `make test` hands whole files to its two workers in this order
-    (--dist loadfile --no-loadscope-reorder): a long file started last would leave one worker
-    running it alone at the end, while files of quick tests at the end fill the gaps."""
+    """Whole files, longest first by their recorded seconds (tests/file_seconds.py says the rule and
+    how to regenerate the record), each file's tests kept together and in order. `make test` hands
+    whole files to its two workers in this order (--dist loadfile --no-loadscope-reorder): a long
+    file started last would leave one worker running it alone at the end, while quick files at the
+    end fill the gaps."""
     files: dict[str, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    has_slow = lambda tests: any(t.get_closest_marker("slow") for t in tests)
-    order = sorted(files.values(), key=lambda tests: (not has_slow(tests), -len(tests)))
-    items[:] = [item for tests in order for item in tests]
+    facts = {path: (len(tests), any(t.get_closest_marker("slow") for t in tests)) for path, tests in files.items()}
+    items[:] = [item for path in order_files(facts, read_seconds()) for item in files[path]]

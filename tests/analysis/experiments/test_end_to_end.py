@@ -1,7 +1,7 @@
 """A reduced subset of the real checks, end to end on the tiny preset: run, store, reuse, verdicts,
 figures, JSON from the CLI. The science is checked at the quick preset by `lnscope check`; here the
 plumbing is (tiny models are narrower than the calibration's, so their numbers are not the claims').
-The shared fixture runs 5 init jobs and 2 short training runs (~40 s on an idle 2-core machine): slow tier."""
+The shared fixture runs 5 init jobs and 2 short training runs: slow tier."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from analysis.experiments import EXPERIMENTS, run_checks
 from analysis.experiments.claims import VERDICTS
 from analysis.experiments.runs import InitJob, clear_memory
 
-# Takase's 18L-18L decoder claims (5 init jobs) and one training claim of Xu's (2 short runs).
+# Takase's 18L-18L decoder claims (5 init jobs) and one training claim of Liu's, whose part is the
+# fewest training runs of any claim (2: Post-LN and rSkip+LN; Xu's training part, for one, trains 6).
 INIT_CLAIMS = ["takase2022.post_decoder_vanishing", "takase2022.b2t_mitigates", "takase2022.ln_main_source"]
-TRAIN_CLAIM = "xu2019.detach_trains_worse"
+TRAIN_CLAIM = "liu2021.rskip_trains_deep"
 REQUIRED = {"id", "paper", "source", "statistic", "ci_low", "ci_high", "threshold", "verdict"}
 
 

@@ -11,6 +11,12 @@ compile) and prints its CPU time, wall time, XLA's compile time and a digest of 
 with `--jobs sample`, a sample of the report's jobs too (each placement's small atlas study, one
 training job, the coordinate check), one digest each. A set keeps the numbers only if every digest
 equals the defaults'. Prints one JSON object: per set, the rounds and whether its digests matched.
+
+    python -m benchmarks.compile_options --threads
+
+instead compiles the same study program once in this process (no cache) and prints the CPU time
+each of its threads spent in the compile: whether XLA compiles the program's LLVM modules on more
+than one core (its thread pool) or on the calling thread alone.
 """
 
 from __future__ import annotations
@@ -97,12 +103,72 @@ def run_once(flags: str, jobs: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compile_threads() -> dict[str, Any]:
+    """One cold compile of the first result's study program; the CPU seconds of each thread of this
+    process that spent more than 0.05 s in it (sampled from /proc every 50 ms: a thread that ends
+    between two samples loses its last slice), and the compile's CPU and wall time."""
+    import threading
+    import time
+
+    import jax
+    import numpy as np
+
+    from analysis.probe.api import _compiled, study_plan
+    from analysis.probe.probes import CHEAP_PROBES, ProbeConfig
+    from models import ModelConfig
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                cpu[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            time.sleep(0.05)
+
+    cfg = ModelConfig(arch="encdec", layers=18, d_model=64, d_ff=256)
+    plan = study_plan(None).replace(seed_programs="per_seed", streams=None)
+    lowered = _compiled(cfg, plan, ProbeConfig(probes=CHEAP_PROBES), 8, 32, False, 1).lower(np.uint32(0), None)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    time.sleep(0.2)
+    before = dict(cpu)
+    caller = str(threading.get_native_id())
+    c0, w0 = time.process_time(), time.perf_counter()
+    lowered.compile()
+    c1, w1 = time.process_time(), time.perf_counter()
+    time.sleep(0.2)
+    done.set()
+    sampler.join()
+    spent = {tid: round(s - before.get(tid, 0.0), 2) for tid, s in cpu.items()}
+    return {
+        "compile_cpu_s": round(c1 - c0, 2),
+        "compile_wall_s": round(w1 - w0, 2),
+        "caller_thread_s": spent.pop(caller, 0.0),
+        "sampler_thread_s": spent.pop(str(sampler.native_id), 0.0),
+        "other_threads_s": sorted((s for s in spent.values() if s > 0.05), reverse=True),
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("flag_sets", nargs="+", help='XLA_FLAGS strings; "" = the defaults (compared against)')
+    parser.add_argument("--threads", action="store_true", help="each thread's CPU time in one compile, then stop")
+    parser.add_argument("flag_sets", nargs="*", help='XLA_FLAGS strings; "" = the defaults (compared against)')
     parser.add_argument("--rounds", type=int, default=1, help="processes per flag set, alternating")
     parser.add_argument("--jobs", choices=("none", "sample"), default="none", help="also digest the report's sample")
     args = parser.parse_args(argv)
+    if args.threads:
+        print(json.dumps(compile_threads(), indent=1))
+        return
+    if not args.flag_sets:
+        parser.error('give at least one XLA_FLAGS string (or "" for the defaults alone), or --threads')
     if "" not in args.flag_sets:
         args.flag_sets = ["", *args.flag_sets]
     rounds: dict[str, list[dict[str, Any]]] = {flags: [] for flags in args.flag_sets}

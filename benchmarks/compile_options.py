@@ -7,10 +7,11 @@ Each flag set (an XLA_FLAGS string; "" is XLA's defaults) runs in fresh processe
 and the sets alternating round by round (a shared machine's load moves; alternating spreads it over
 every set), each process with an empty compilation cache of its own, so each compiles. A process
 computes the benchmarks' first result (`probe_at_init` of the 18-layer encoder-decoder: one program's
-compile) and prints its CPU time, wall time, XLA's compile time and a digest of the frame's bytes;
-with `--jobs sample`, a sample of the report's jobs too (each placement's small atlas study, one
-training job, the coordinate check), one digest each. A set keeps the numbers only if every digest
-equals the defaults'. Prints one JSON object: per set, the rounds and whether its digests matched.
+compile) and prints its CPU time, wall time, XLA's compile time and a digest of the frame's bytes,
+and the CPU and wall time of a second call (the compiled program's run alone); with `--jobs sample`,
+a sample of the report's jobs too (`sample_jobs`: each placement's decoder atlas study, one training
+job, coordinate check and LayerNorm backward study), one digest each. A set keeps the numbers only if
+every digest equals the defaults'. Prints one JSON object: per set, the rounds and whether its digests matched.
 
     python -m benchmarks.compile_options --threads
 
@@ -56,6 +57,9 @@ c0, t0 = time.process_time(), time.perf_counter()
 frame = probe_at_init(cfg)
 result = {"first_cpu_s": time.process_time() - c0, "first_wall_s": time.perf_counter() - t0,
           "first_compile_s": sum(compile_s), "first_digest": digest(frame), "jobs": {}}
+c0, t0 = time.process_time(), time.perf_counter()
+probe_at_init(cfg)  # compiled: the run alone, which an option may slow
+result.update(run_cpu_s=time.process_time() - c0, run_wall_s=time.perf_counter() - t0)
 if sys.argv[1] == "sample":
     from benchmarks.compile_options import sample_jobs
     for name, job in sample_jobs():

@@ -109,7 +109,7 @@ def run_once(flags: str, jobs: str) -> dict[str, Any]:
 
 def compile_threads() -> dict[str, Any]:
     """One cold compile of the first result's study program; the CPU seconds of each thread of this
-    process that spent more than 0.05 s in it (sampled from /proc every 50 ms: a thread that ends
+    process that spent more than 0.05 s in it (sampled from /proc 20 times a second: a thread that ends
     between two samples loses its last slice), and the compile's CPU and wall time."""
     import threading
     import time

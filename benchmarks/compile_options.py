@@ -3,8 +3,9 @@
     python -m benchmarks.compile_options --rounds 2 -- "" "--xla_llvm_disable_expensive_passes=true"
     python -m benchmarks.compile_options --jobs sample -- "" "--xla_llvm_disable_expensive_passes=true"
 
-Each flag set (an XLA_FLAGS string; "" is XLA's defaults) runs in fresh processes, one after another
-and the sets alternating round by round (a shared machine's load moves; alternating spreads it over
+Each flag set (an XLA_FLAGS string; "" is lnscope's own: XLA's defaults but for the CPU plan's
+compile options, analysis.execution.plan.CPU_COMPILER_OPTIONS) runs in fresh processes, one after
+another and the sets alternating round by round (a shared machine's load moves; alternating spreads it over
 every set), each process with an empty compilation cache of its own, so each compiles. A process
 computes the benchmarks' first result (`probe_at_init` of the 18-layer encoder-decoder: one program's
 compile) and prints its CPU time, wall time, XLA's compile time and a digest of the frame's bytes,
@@ -164,7 +165,7 @@ def compile_threads() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", action="store_true", help="each thread's CPU time in one compile, then stop")
-    parser.add_argument("flag_sets", nargs="*", help='XLA_FLAGS strings; "" = the defaults (compared against)')
+    parser.add_argument("flag_sets", nargs="*", help='XLA_FLAGS strings; "" = lnscope\'s own (compared against)')
     parser.add_argument("--rounds", type=int, default=1, help="processes per flag set, alternating")
     parser.add_argument("--jobs", choices=("none", "sample"), default="none", help="also digest the report's sample")
     args = parser.parse_args(argv)

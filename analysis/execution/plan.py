@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +35,15 @@ SEED_PROGRAMS: tuple[str, ...] = typing.get_args(SeedPrograms)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 # A stack this deep or shallower is unrolled by the CPU plan: deeper ones compile for too long.
 CPU_UNROLL_LAYERS = 18
+# XLA compile options of the CPU plan, (name, value) pairs: each skips compile work and leaves every
+# bit of every result as XLA's defaults give it (tests/analysis/execution/test_compiler_options.py;
+# benchmarks/compile_options.py measures candidates: most that skip work change the numbers).
+# The concurrency-optimized scheduler orders a program for the thunk executor's parallelism; lnscope's
+# programs (chains of dependent small operations) run no faster for it, and in the largest ones its
+# search costs compile time (benchmarks/README.md, "Changes tried").
+CPU_COMPILER_OPTIONS: tuple[tuple[str, bool | int | str], ...] = (
+    ("xla_cpu_enable_concurrency_optimized_scheduler", False),
+)
 # Fields models.ModelConfig held before this plan took them over (configs stored then carry them).
 RETIRED_MODEL_FIELDS: tuple[str, ...] = ("unroll_layers", "compute_dtype", "scan_remat")
 
@@ -53,6 +63,8 @@ class ExecutionPlan:
         seed_programs: seeds in one vmapped program, or a program step per seed.
         streams: programs run at once on threads; None: $LNSCOPE_STREAMS, else one per CPU core on
             a CPU and 1 on an accelerator.
+        cpu_compiler_options: compile with XLA options that spare compile work and keep every bit
+            (CPU_COMPILER_OPTIONS, through `jit`); off: XLA's own options.
     """
 
     unroll_layers: int = CPU_UNROLL_LAYERS
@@ -62,11 +74,12 @@ class ExecutionPlan:
     cpu_weight_layout: bool = True
     seed_programs: SeedPrograms = "per_seed"
     streams: int | None = None
+    cpu_compiler_options: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.unroll_layers, int) or isinstance(self.unroll_layers, bool) or self.unroll_layers < 0:
             raise ValueError(f"unroll_layers must be an integer >= 0 (0 = always scan), got {self.unroll_layers!r}")
-        for name in ("grad_barrier", "remat", "cpu_weight_layout"):
+        for name in ("grad_barrier", "remat", "cpu_weight_layout", "cpu_compiler_options"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
@@ -88,6 +101,14 @@ class ExecutionPlan:
         """This plan for a program compiled to run once (an init study, one probe of a model): every
         stack scanned, since an unrolled loop's longer compile pays off only over many calls."""
         return self.replace(unroll_layers=0)
+
+    def compiler_options(self) -> dict[str, bool | int | str] | None:
+        """The XLA options this plan's programs are compiled with (None: XLA's own)."""
+        return dict(CPU_COMPILER_OPTIONS) if self.cpu_compiler_options else None
+
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
+        """`jax.jit(fn, **kwargs)` compiled with this plan's `compiler_options()`."""
+        return jax.jit(fn, compiler_options=self.compiler_options(), **kwargs)
 
     def check_model(self, dtype: str) -> None:
         """ValueError when this plan cannot run a model whose parameters are `dtype`."""
@@ -120,12 +141,16 @@ def default_plan(backend: str | None = None) -> ExecutionPlan:
     """The plan for `backend` (default: this process' JAX backend).
 
     cpu: layers unrolled up to CPU_UNROLL_LAYERS with gradient barriers, deeper stacks scanned and
-        recomputed in the backward pass, the weight-gradient layout, a program per seed.
-    gpu, tpu: every stack scanned and nothing recomputed, autodiff's layout, seeds vmapped.
+        recomputed in the backward pass, the weight-gradient layout, a program per seed, and
+        CPU_COMPILER_OPTIONS.
+    gpu, tpu: every stack scanned and nothing recomputed, autodiff's layout, seeds vmapped, XLA's
+        own compile options.
     Every backend computes in the parameters' dtype (bfloat16 compute changes the numbers: a choice).
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if (current_backend() if backend is None else backend) == "cpu":  # any other is an accelerator
         return ExecutionPlan()
-    return ExecutionPlan(unroll_layers=0, remat=False, cpu_weight_layout=False, seed_programs="vmapped")
+    return ExecutionPlan(
+        unroll_layers=0, remat=False, cpu_weight_layout=False, seed_programs="vmapped", cpu_compiler_options=False
+    )

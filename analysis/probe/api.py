@@ -87,8 +87,8 @@ def _compiled(
         return probe_program(graphdef, state, batch, cfg, pcfg, probe_key(key))
 
     if chunk == 1:
-        return jax.jit(one)
-    return jax.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
+        return plan.jit(one)
+    return plan.jit(lambda seeds, batch: jax.lax.map(lambda s: one(s, batch), seeds, batch_size=chunk))
 
 
 def _seed_groups(seeds: list[int], streams: int) -> list[np.ndarray]:
@@ -192,7 +192,7 @@ def probe_model(
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
     key = probe_key(jax.random.key(seed))
     ensure_compilation_cache()
-    fn = jax.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
+    fn = plan.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
     result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
     result = jax.tree.map(lambda a: np.asarray(a)[None], result)
     return to_frame(result, cfg, [seed], run=run)

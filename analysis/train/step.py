@@ -137,9 +137,9 @@ class Program:
         self.ops = plan.model_ops()
         self.graphdef = graphdef_of(cfg, self.ops)
         self.after_update = after_update(cfg.model)  # None for most placements: the plain update
-        self.init = jax.jit(vmap_seeds(self._init_one))
-        self.plain = jax.jit(vmap_seeds(self._plain_one, in_axes=(0, 0, None, None, None, None)))
-        self.evaluate = jax.jit(vmap_seeds(self._eval_one, in_axes=(0, None, None)))
+        self.init = plan.jit(vmap_seeds(self._init_one))
+        self.plain = plan.jit(vmap_seeds(self._plain_one, in_axes=(0, 0, None, None, None, None)))
+        self.evaluate = plan.jit(vmap_seeds(self._eval_one, in_axes=(0, None, None)))
         self._probed: dict[tuple[str, ...], Any] = {}
 
     # -- per seed ------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class Program:
         (states, seeds, step, arrays, runtime) -> (states, metrics, result)."""
         if probes not in self._probed:
             one = functools.partial(self._probe_one, pcfg=self.cfg.probe_config(probes))
-            self._probed[probes] = jax.jit(vmap_seeds(one, in_axes=(0, 0, None, None, None)))
+            self._probed[probes] = self.plan.jit(vmap_seeds(one, in_axes=(0, 0, None, None, None)))
         return self._probed[probes]
 
 

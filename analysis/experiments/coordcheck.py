@@ -178,7 +178,8 @@ def measure_steps(cfg: TrainConfig, sites: Sequence[str] = SITES) -> pd.DataFram
     and after each: tidy rows (analysis.probe.tidy.COLUMNS), steps 0..cfg.steps."""
     sites = tuple(sites)
     data = prepare(cfg.task, cfg.model)
-    prog = program(cfg, data, default_plan())
+    plan = default_plan()
+    prog = program(cfg, data, plan)
     seeds = jnp.asarray(cfg.seeds, jnp.uint32)
     rt = Runtime.of(cfg)
     batch = data.batch(data.arrays, val_key(cfg.task.data_seed, 0), split="val")
@@ -195,7 +196,7 @@ def measure_steps(cfg: TrainConfig, sites: Sequence[str] = SITES) -> pd.DataFram
                     res[f"{stack}/{site}"] = (_rms(h, 1), _rms(h - h0, 1))  # (L,) each
         return res
 
-    measure = jax.jit(jax.vmap(one))
+    measure = plan.jit(jax.vmap(one))  # the plan's compiler options, as the step programs
     states = prog.init(seeds)
     params0 = states.params
     per_step = []

@@ -89,7 +89,8 @@ def backward_stats(x: jax.Array, g_in: jax.Array, g_out: jax.Array, eps: float) 
 
 @functools.lru_cache(maxsize=16)
 def _program(cfg: ModelConfig, batch_size: int, seq_len: int):
-    ops = default_plan().model_ops()
+    plan = default_plan()
+    ops = plan.model_ops()
 
     def one(seed):
         key = jax.random.key(seed)
@@ -119,7 +120,7 @@ def _program(cfg: ModelConfig, batch_size: int, seq_len: int):
             }
         return result
 
-    return jax.jit(jax.vmap(one))
+    return plan.jit(jax.vmap(one))  # the plan's compiler options, as lnscope's other programs
 
 
 @dataclass(frozen=True)

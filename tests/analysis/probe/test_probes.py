@@ -812,13 +812,19 @@ def test_seed_groups_pad_the_last_group() -> None:
 
 
 def test_probe_at_init_with_batch_equals_probe_model() -> None:
-    """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s)."""
+    """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s).
+
+    Two seeds, the default and one that is not its index in the list (a seed not handed through, or
+    its position taken for it, would show): probe_model bakes the seed's probe key into its program,
+    so each seed compiles one of its own."""
     batch = random_batch(SEED_CFG, jax.random.key(11), BATCH, LENGTH)
+    seeds = [0, 2]
     # seq_len only shapes the random batch: with a given batch it is ignored, not checked
-    at_init = probe_at_init(SEED_CFG, seeds=SEEDS, probes=CHEAP_PROBES, batch=batch, seq_len=SEED_CFG.max_len + 1)
+    at_init = probe_at_init(SEED_CFG, seeds=seeds, probes=CHEAP_PROBES, batch=batch, seq_len=SEED_CFG.max_len + 1)
     models = pd.concat(
-        [probe_model(build_model(SEED_CFG, s), batch, CHEAP_PROBES, seed=s) for s in SEEDS], ignore_index=True
+        [probe_model(build_model(SEED_CFG, s), batch, CHEAP_PROBES, seed=s) for s in seeds], ignore_index=True
     )
+    assert sorted(at_init["seed"].unique()) == seeds
     _assert_same_values(at_init, models, "probe_at_init(batch=...) vs probe_model")
 
 

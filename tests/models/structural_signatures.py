@@ -163,6 +163,14 @@ def attention_arguments(placement: str) -> frozenset[str]:
     return frozenset(passed)
 
 
+def attention_representatives() -> tuple[str, ...]:
+    """Pre-LN (the plain attention call) and every placement representative whose blocks pass the
+    attention something (`attention_arguments`), in registry order: the structures that an encoder's
+    unmasked attention can meet differently from a decoder's masked one. Everything else a stack
+    runs (stream wiring, norms, per-layer parameters, scan, site taps) is the same code in both."""
+    return tuple(dict.fromkeys(["pre", *(p for p in PLACEMENT_GROUPS if attention_arguments(p))]))
+
+
 def norm_signature(name: str) -> Hashable:
     """The parameters (name, number of axes) of the norm module `name` builds."""
     module = nnx.eval_shape(lambda: NORMS[name](4, ModelConfig(), nnx.Rngs(0)))

@@ -34,6 +34,7 @@ from tests.models.structural_signatures import (
     PLACEMENT_GROUPS,
     PLACEMENT_REPRESENTATIVES,
     PLACEMENT_SIGNATURES,
+    attention_representatives,
 )
 
 TINY = dict(d_model=8, heads=2, d_ff=16, vocab=16, layers=2, max_len=4, mix_post_fraction=0.5)
@@ -199,7 +200,11 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement_structure(
     # the test would catch a missing or an over-eager mask. Parameters are jittered so that ReZero
     # (α = 0 at init: the identity) is not vacuously causal. One placement per structure: placements
     # of one structure differ by constants and init gains, which cannot move information between tokens.
-    cfgs = [cfg_of(p, arch=arch) for p in PLACEMENT_REPRESENTATIVES]
+    # The encoder arch: the structures its unmasked attention can meet differently from the decoder's
+    # masked one (structural_signatures.attention_representatives); the rest of its stack is the
+    # decoder's code, which the decoder rows run for every structure.
+    placements = attention_representatives() if arch == "encoder" else PLACEMENT_REPRESENTATIVES
+    cfgs = [cfg_of(p, arch=arch) for p in placements]
     base = np.asarray(TOKENS[:1])
     last_changed = base.copy()
     last_changed[0, -1] = (last_changed[0, -1] + 3) % TINY["vocab"]
@@ -234,8 +239,9 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement_structure(
 
 def test_causality_covers_every_placement_structure():
     # causality (above) runs one placement per structure, derived from the registry: a placement with
-    # a new structure joins it by itself.
+    # a new structure joins it by itself (on the encoder arch if it passes the attention anything).
     assert {PLACEMENT_SIGNATURES[p] for p in PLACEMENT_REPRESENTATIVES} == set(PLACEMENT_SIGNATURES.values())
+    assert set(attention_representatives()) <= set(PLACEMENT_REPRESENTATIVES)
 
 
 # -- Post-LN statistics ----------------------------------------------------------------------

@@ -44,6 +44,7 @@ from tests.models.structural_signatures import (
     PLACEMENT_REPRESENTATIVES,
     PLACEMENT_SIGNATURES,
     attention_arguments,
+    attention_representatives,
 )
 
 # Tiny shared sizes (every distinct shape compiles fresh).
@@ -125,7 +126,7 @@ FD_SITES = {
 # attention_arguments: per-head q/k/v norms, head gains, a norm before W_O, q/k and score scales),
 # whose gradient meets the unmasked scores; a new structure of that kind joins by itself. Each case
 # is one float64 compile: the fast tier's encoder cases are Pre-LN and the per-head q/k/v norms.
-ENCODER_FD = tuple(dict.fromkeys(["pre", *(p for p in PLACEMENT_REPRESENTATIVES if attention_arguments(p))]))
+ENCODER_FD = attention_representatives()
 FAST_ENCODER = ("pre", "hybrid")
 FD_CASES = (
     [pytest.param("decoder", p, id=f"decoder-{p}") for p in sorted(PLACEMENT_REPRESENTATIVES)]

@@ -23,6 +23,11 @@ their qualified name and the wiring replaced by the Sub operations it uses (`SUB
 keyword arguments included, `const` excluded: a constant is a number in the equation). A field added
 to `Placement` later joins the signature automatically.
 
+A placement's attention call (`attention_arguments`) is the set of optional arguments its blocks
+pass to self-attention (norms of q/k/v or of the concatenated heads, head gains, q/k scales, a
+score scale): the only place where a placement's structure meets the attention mask, i.e. where an
+encoder (unmasked) and a decoder (causal) of one placement run differently.
+
 A norm's signature is its module's parameters (name and number of axes): how it is stacked per
 layer, sliced by the scan and built at a slot's width. Its map is restated per entry in
 tests/models/test_norms.py.
@@ -31,15 +36,19 @@ tests/models/test_norms.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import types
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import flax.nnx as nnx
 import jax
+import jax.numpy as jnp
 
 import models.placements as placements_module
-from models import NORMS, PLACEMENTS, ModelConfig
+from models import NORMS, PLACEMENTS, ModelConfig, Transformer
+from models.layers import Attention
 from models.placements import Placement
 
 # Placement fields that hold numbers, names or documentation, or act only between optimizer steps:
@@ -125,6 +134,41 @@ def placement_signature(placement: Placement) -> Hashable:
             }
         fields.append((field.name, _structural(value)))
     return tuple(fields)
+
+
+# The optional arguments of the attention call (default None): a new one is seen without editing this file.
+ATTENTION_OPTIONS = tuple(
+    name for name, parameter in inspect.signature(Attention.__call__).parameters.items() if parameter.default is None
+)
+
+
+@functools.cache
+def attention_arguments(placement: str) -> frozenset[str]:
+    """The optional arguments (`ATTENTION_OPTIONS`) that `placement`'s blocks pass to self-attention,
+    recorded while tracing a one-layer encoder (tracing only, nothing compiles): empty for a placement
+    whose structure sits only around the attention branch."""
+    passed: set[str] = set()
+    plain_call = Attention.__call__
+
+    def recording_call(self, *args, **kwargs):
+        passed.update(name for name in ATTENTION_OPTIONS if kwargs.get(name) is not None)
+        return plain_call(self, *args, **kwargs)
+
+    cfg = ModelConfig(**{**_PROBE_CFG, "layers": 1}, placement=placement, arch="encoder")
+    Attention.__call__ = recording_call
+    try:
+        jax.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))(jnp.zeros((1, 2), jnp.int32)))
+    finally:
+        Attention.__call__ = plain_call
+    return frozenset(passed)
+
+
+def attention_representatives() -> tuple[str, ...]:
+    """Pre-LN (the plain attention call) and every placement representative whose blocks pass the
+    attention something (`attention_arguments`), in registry order: the structures that an encoder's
+    unmasked attention can meet differently from a decoder's masked one. Everything else a stack
+    runs (stream wiring, norms, per-layer parameters, scan, site taps) is the same code in both."""
+    return tuple(dict.fromkeys(["pre", *(p for p in PLACEMENT_GROUPS if attention_arguments(p))]))
 
 
 def norm_signature(name: str) -> Hashable:

@@ -1,6 +1,6 @@
 """Structural invariants of the model zoo: every placement and norm builds in every arch, and every
-placement structure with every norm structure (tests/models/structural_signatures.py); causality; Post-LN
-statistics; Pre-LN identity; scan == layer loop; dropout determinism; depth-independent jaxpr.
+placement structure with every norm structure in both stack kinds (tests/models/structural_signatures.py);
+causality; Post-LN statistics; Pre-LN identity; scan == layer loop; dropout determinism; depth-independent jaxpr.
 
 Cost: compiling dominates (~1-2 s for one tiny model on this 2-core machine, most of it fixed
 per-compile overhead), so tests put many models into ONE jit (`jit_apply`) and compile at XLA
@@ -34,6 +34,7 @@ from tests.models.structural_signatures import (
     PLACEMENT_GROUPS,
     PLACEMENT_REPRESENTATIVES,
     PLACEMENT_SIGNATURES,
+    attention_representatives,
 )
 
 TINY = dict(d_model=8, heads=2, d_ff=16, vocab=16, layers=2, max_len=4, mix_post_fraction=0.5)
@@ -128,19 +129,29 @@ def test_fast_tier_builds_finite(arch):
     check_builds(fast_tier(arch))
 
 
+# The product tier's arch: encdec holds both stack kinds and every sublayer kind (a bidirectional
+# encoder, a causal decoder with cross-attention), so every norm slot a placement declares is built
+# there. The encoder-only and decoder-only archs are one of those stacks with its own embedding,
+# head and loss around it, which no (placement, norm) pair changes: the fast tier builds every
+# placement and every norm in them.
+PRODUCT_ARCH = "encdec"
+
+
 def slow_tier(placement: str) -> list[ModelConfig]:
     """The placement's combinations with one norm per norm signature (tests/models/structural_signatures.py)
-    that the fast tier does not already compile."""
+    in the product arch that the fast tier does not already compile."""
     fast = {label(c) for a in ARCHS for c in fast_tier(a)}
-    return [cfg_of(placement, n, a) for n in NORM_REPRESENTATIVES for a in ARCHS if f"{placement}/{n}/{a}" not in fast]
+    combos = [cfg_of(placement, n, PRODUCT_ARCH) for n in NORM_REPRESENTATIVES]
+    return [c for c in combos if label(c) not in fast]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("placement", [p for p in PLACEMENT_REPRESENTATIVES if slow_tier(p)])
 def test_full_product_builds_finite(placement):
     # Together with the fast tier (every placement and every norm, each in every arch) this covers every
-    # combination of a placement structure, a norm structure and an arch; combos already in the fast
-    # tier are not compiled twice. Why one entry per structure suffices: structural_signatures.py.
+    # combination of a placement structure and a norm structure in both stack kinds; combos already in
+    # the fast tier are not compiled twice. Why one entry per structure suffices: structural_signatures.py;
+    # why one arch: PRODUCT_ARCH.
     check_builds(slow_tier(placement))
 
 
@@ -154,11 +165,12 @@ def test_product_tiers_cover_everything():
     # the fast tier: every registry entry, in every arch
     assert {(p, a) for p, _, a in built} == {(p, a) for p in PLACEMENTS for a in ARCHS}
     assert {(n, a) for _, n, a in built} == {(n, a) for n in NORMS for a in ARCHS}
-    # the product tier: every (placement signature, norm signature, arch) the registries hold
+    # the product tier: every (placement signature, norm signature) the registries hold, in the product arch
     placement_sig, norm_sig = PLACEMENT_SIGNATURES, NORM_SIGNATURES
-    structures = {(placement_sig[p], norm_sig[n], a) for p, n, a in built}
-    assert structures == {(placement_sig[p], norm_sig[n], a) for p in PLACEMENTS for n in NORMS for a in ARCHS}
-    assert len(structures) == len(PLACEMENT_GROUPS) * len(NORM_GROUPS) * len(ARCHS)
+    structures = {(placement_sig[p], norm_sig[n]) for p, n, a in built if a == PRODUCT_ARCH}
+    assert structures == {(placement_sig[p], norm_sig[n]) for p in PLACEMENTS for n in NORMS}
+    assert len(structures) == len(PLACEMENT_GROUPS) * len(NORM_GROUPS)
+    assert PRODUCT_ARCH == "encdec" and {"encoder", "decoder"} == {s.name for s in cfg_of(arch=PRODUCT_ARCH).stacks()}
 
 
 # -- causality -----------------------------------------------------------------------------
@@ -188,7 +200,11 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement_structure(
     # the test would catch a missing or an over-eager mask. Parameters are jittered so that ReZero
     # (α = 0 at init: the identity) is not vacuously causal. One placement per structure: placements
     # of one structure differ by constants and init gains, which cannot move information between tokens.
-    cfgs = [cfg_of(p, arch=arch) for p in PLACEMENT_REPRESENTATIVES]
+    # The encoder arch: the structures its unmasked attention can meet differently from the decoder's
+    # masked one (structural_signatures.attention_representatives); the rest of its stack is the
+    # decoder's code, which the decoder rows run for every structure.
+    placements = attention_representatives() if arch == "encoder" else PLACEMENT_REPRESENTATIVES
+    cfgs = [cfg_of(p, arch=arch) for p in placements]
     base = np.asarray(TOKENS[:1])
     last_changed = base.copy()
     last_changed[0, -1] = (last_changed[0, -1] + 3) % TINY["vocab"]
@@ -223,8 +239,9 @@ def test_causal_decoder_and_bidirectional_encoder_for_every_placement_structure(
 
 def test_causality_covers_every_placement_structure():
     # causality (above) runs one placement per structure, derived from the registry: a placement with
-    # a new structure joins it by itself.
+    # a new structure joins it by itself (on the encoder arch if it passes the attention anything).
     assert {PLACEMENT_SIGNATURES[p] for p in PLACEMENT_REPRESENTATIVES} == set(PLACEMENT_SIGNATURES.values())
+    assert set(attention_representatives()) <= set(PLACEMENT_REPRESENTATIVES)
 
 
 # -- Post-LN statistics ----------------------------------------------------------------------

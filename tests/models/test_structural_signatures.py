@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 import models.placements as mp
 from models import NORMS, PLACEMENTS
+from models.layers import Attention
 from tests.models.structural_signatures import (
     NORM_GROUPS,
     NORM_REPRESENTATIVES,
@@ -16,6 +17,7 @@ from tests.models.structural_signatures import (
     PLACEMENT_GROUPS,
     PLACEMENT_REPRESENTATIVES,
     PLACEMENT_SIGNATURES,
+    attention_arguments,
     norm_signature,
     placement_signature,
     sub_operations,
@@ -101,3 +103,16 @@ def test_norm_signature_is_the_parameter_structure():
     assert norm_signature("layernorm") == (("bias", 1), ("gain", 1))
     assert norm_signature("identity") == norm_signature("detachnorm") == ()
     assert norm_signature("dyt") != norm_signature("derf")  # derf's shift
+
+
+def test_attention_arguments_see_what_each_block_passes_into_attention():
+    # The encoder's finite-difference grid (tests/analysis/probe/test_probes.py) relies on these: the
+    # recorder must see each kind of argument, and nothing for a placement that only wraps the branch.
+    plain = Attention.__call__
+    assert attention_arguments("hybrid") == {"qkv_norm"}
+    assert attention_arguments("normformer") == {"head_scale"}
+    assert attention_arguments("subln") == {"pre_out_norm"}
+    assert attention_arguments("ngpt") == {"qk_scale", "score_scale"}
+    for placement in ("pre", "post", "residual", "admin", "sandwich"):
+        assert attention_arguments(placement) == frozenset(), placement
+    assert Attention.__call__ is plain, "the recording call was left in place"

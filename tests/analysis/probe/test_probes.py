@@ -4,7 +4,8 @@ Every probe is recomputed here from first principles on the same model and batch
 does not go through analysis.probe.probes:
 
 * act_grad_norm: a central finite difference of the loss along a direction added at one site
-  (float64, every placement structure), and the norm of jax.grad with respect to that site's perturbation.
+  (float64, every placement structure on the decoder, those that reach inside attention on the
+  encoder), and the norm of jax.grad with respect to that site's perturbation.
 * param_grad_norm: jax.grad of loss_from_logits on `model(*inputs)` (the plain call, no probe
   sites), sliced per layer and summed per parameter group in numpy.
 * ln_jacobian_gain: the explicit Jacobian (jax.jacrev of the norm module, token by token) applied to
@@ -39,7 +40,12 @@ from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
 from models.block import sublayer_input_site
-from tests.models.structural_signatures import PLACEMENT_REPRESENTATIVES, PLACEMENT_SIGNATURES
+from tests.models.structural_signatures import (
+    PLACEMENT_REPRESENTATIVES,
+    PLACEMENT_SIGNATURES,
+    attention_arguments,
+    attention_representatives,
+)
 
 # Tiny shared sizes (every distinct shape compiles fresh).
 SMALL = dict(d_model=16, heads=2, d_ff=32, vocab=32)
@@ -109,17 +115,24 @@ FD_SITES = {
     "encoder": (("encoder", "resid_pre", 0), ("encoder", "resid_mid", LAYERS - 1)),
     "encdec": (("encoder", "resid_pre", 0), ("decoder", "resid_mid_cross", LAYERS - 1)),
 }
-# One placement per structure (tests/models/structural_signatures.py: placements of one structure
-# record and perturb the same sites along the same code path, differing by constants and init gains,
-# which jax.grad differentiates like any other number) on the decoder and on the encoder, and one
-# encdec. The fast tier's encoder cases: Pre-LN, the dual stream, per-head q/k/v norms; the rest of
-# the encoder grid is @slow (each case is one float64 compile).
-FAST_ENCODER = ("pre", "residual", "hybrid")
+# One placement per structure on the decoder (tests/models/structural_signatures.py: placements of one
+# structure record and perturb the same sites along the same code path, differing by constants and
+# init gains, which jax.grad differentiates like any other number), and one encdec.
+# The encoder differs from the decoder only inside self-attention (no causal mask) and in its loss on
+# `targets`: the stream wiring, norms, per-layer parameters, scan and site taps around the attention
+# branch are the same code in both stacks, and the decoder grid differentiates every structure of
+# them through it. So the encoder runs Pre-LN (the plain attention call, and the encoder's loss) and
+# every structure whose blocks pass something into the attention (structural_signatures.
+# attention_arguments: per-head q/k/v norms, head gains, a norm before W_O, q/k and score scales),
+# whose gradient meets the unmasked scores; a new structure of that kind joins by itself. Each case
+# is one float64 compile: the fast tier's encoder cases are Pre-LN and the per-head q/k/v norms.
+ENCODER_FD = attention_representatives()
+FAST_ENCODER = ("pre", "hybrid")
 FD_CASES = (
     [pytest.param("decoder", p, id=f"decoder-{p}") for p in sorted(PLACEMENT_REPRESENTATIVES)]
     + [
         pytest.param("encoder", p, id=f"encoder-{p}", marks=() if p in FAST_ENCODER else pytest.mark.slow)
-        for p in sorted(PLACEMENT_REPRESENTATIVES)
+        for p in sorted(ENCODER_FD)
     ]
     + [pytest.param("encdec", "b2t", id="encdec-b2t")]
 )
@@ -196,11 +209,15 @@ def test_act_grad_norm_matches_finite_differences(arch: str, placement: str) -> 
 
 
 # Every placement on the decoder: a constant's type (a numpy float64 scalar is not weakly typed) can
-# break strict promotion, and constants are what placements of one structure differ by. The encoder
-# and encdec (the unmasked and the cross-attention) with one placement per structure.
-PROMOTION_CASES = [("decoder", p) for p in sorted(PLACEMENTS)] + [
-    (a, p) for a in ARCHS if a != "decoder" for p in sorted(PLACEMENT_REPRESENTATIVES)
-]
+# break strict promotion, and constants are what placements of one structure differ by. encdec (the
+# cross-attention wiring, which only encdec runs) with one placement per structure; the encoder,
+# whose stack runs the decoder's code but for the unmasked attention and its loss, with the
+# placements of the encoder's finite-difference grid (ENCODER_FD, above: why).
+PROMOTION_CASES = (
+    [("decoder", p) for p in sorted(PLACEMENTS)]
+    + [("encoder", p) for p in sorted(ENCODER_FD)]
+    + [("encdec", p) for p in sorted(PLACEMENT_REPRESENTATIVES)]
+)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
@@ -226,11 +243,19 @@ def test_non_float32_forward_under_strict_promotion(dtype: str, placement: str, 
 def test_the_placement_tiers_cover_every_placement_structure() -> None:
     # Derived from the registry, so a placement with a new structure joins both tiers by itself.
     every = set(PLACEMENT_SIGNATURES.values())
-    for arch in ("decoder", "encoder"):
-        assert {PLACEMENT_SIGNATURES[c.values[1]] for c in FD_CASES if c.values[0] == arch} == every, arch
+    assert {PLACEMENT_SIGNATURES[c.values[1]] for c in FD_CASES if c.values[0] == "decoder"} == every
+    # the encoder: every attention call any placement makes, and every structure that passes the
+    # attention anything (Pre-LN for the plain call)
+    encoder = {c.values[1] for c in FD_CASES if c.values[0] == "encoder"}
+    assert {attention_arguments(p) for p in encoder} == {attention_arguments(p) for p in PLACEMENTS}
+    assert {PLACEMENT_SIGNATURES[p] for p in PLACEMENTS if attention_arguments(p)} <= {
+        PLACEMENT_SIGNATURES[p] for p in encoder
+    }
+    assert "pre" in encoder and not attention_arguments("pre")
     assert {p for a, p in PROMOTION_CASES if a == "decoder"} == set(PLACEMENTS)
-    for arch in ("encoder", "encdec"):
-        assert {PLACEMENT_SIGNATURES[p] for a, p in PROMOTION_CASES if a == arch} == every, arch
+    assert {p for a, p in PROMOTION_CASES if a == "encoder"} == encoder
+    assert {PLACEMENT_SIGNATURES[p] for a, p in PROMOTION_CASES if a == "encdec"} == every
+    assert {a for a, _ in PROMOTION_CASES} == set(ARCHS)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
@@ -788,13 +813,19 @@ def test_seed_groups_pad_the_last_group() -> None:
 
 
 def test_probe_at_init_with_batch_equals_probe_model() -> None:
-    """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s)."""
+    """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s).
+
+    Two seeds, the default and one that is not its index in the list (a seed not handed through, or
+    its position taken for it, would show): probe_model bakes the seed's probe key into its program,
+    so each seed compiles one of its own."""
     batch = random_batch(SEED_CFG, jax.random.key(11), BATCH, LENGTH)
+    seeds = [0, 2]
     # seq_len only shapes the random batch: with a given batch it is ignored, not checked
-    at_init = probe_at_init(SEED_CFG, seeds=SEEDS, probes=CHEAP_PROBES, batch=batch, seq_len=SEED_CFG.max_len + 1)
+    at_init = probe_at_init(SEED_CFG, seeds=seeds, probes=CHEAP_PROBES, batch=batch, seq_len=SEED_CFG.max_len + 1)
     models = pd.concat(
-        [probe_model(build_model(SEED_CFG, s), batch, CHEAP_PROBES, seed=s) for s in SEEDS], ignore_index=True
+        [probe_model(build_model(SEED_CFG, s), batch, CHEAP_PROBES, seed=s) for s in seeds], ignore_index=True
     )
+    assert sorted(at_init["seed"].unique()) == seeds
     _assert_same_values(at_init, models, "probe_at_init(batch=...) vs probe_model")
 
 

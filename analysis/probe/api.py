@@ -167,6 +167,18 @@ def probe_at_init(
     return to_frame(result, cfg, seeds, run=run)
 
 
+@functools.lru_cache(maxsize=16)
+def _model_program(cfg: ModelConfig, pcfg: ProbeConfig, plan: ExecutionPlan):
+    """probe_model's jitted program for one configuration: (state, batch, probe key) -> results.
+
+    The probe key is an argument, not a constant of the program, so every seed (and every later call,
+    in this process or, through the persistent cache, another one) runs the same compiled program,
+    and the key's random draws are computed as in probe_at_init's programs, which take seeds as
+    arguments too."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
+    return plan.jit(lambda state, batch, key: probe_program(graphdef, state, batch, cfg, pcfg, key))
+
+
 def probe_model(
     model: nnx.Module,
     batch: Mapping[str, jax.Array],
@@ -189,10 +201,9 @@ def probe_model(
     plan.check_model(cfg.dtype)
     pcfg = ProbeConfig(probes=probes if isinstance(probes, str) else tuple(probes))
     _, state = nnx.split(model)
-    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0), plan.model_ops())))[0]
-    key = probe_key(jax.random.key(seed))
     ensure_compilation_cache()
-    fn = plan.jit(lambda state, batch: probe_program(graphdef, state, batch, cfg, pcfg, key))
-    result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}))
+    fn = _model_program(cfg, pcfg, plan)
+    key = probe_key(jax.random.key(seed))
+    result = jax.device_get(fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, key))
     result = jax.tree.map(lambda a: np.asarray(a)[None], result)
     return to_frame(result, cfg, [seed], run=run)

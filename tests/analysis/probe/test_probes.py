@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis.execution.ops import PlannedLoop
 from analysis.probe import similarity
-from analysis.probe.api import _seed_groups, probe_at_init, probe_model
+from analysis.probe.api import _model_program, _seed_groups, probe_at_init, probe_model, study_plan
 from analysis.probe.loss import loss_from_logits, model_inputs, random_batch
 from analysis.probe.probes import CHEAP_PROBES, PROBES, ProbeConfig, probe_program, probe_program_with_grads
 from models import ARCHS, PLACEMENTS, ModelConfig, ModelOps, Transformer, build_model, init_state
@@ -816,8 +816,8 @@ def test_probe_at_init_with_batch_equals_probe_model() -> None:
     """probe_at_init(cfg, seeds, batch=b) row for seed s = probe_model(build_model(cfg, s), b, seed=s).
 
     Two seeds, the default and one that is not its index in the list (a seed not handed through, or
-    its position taken for it, would show): probe_model bakes the seed's probe key into its program,
-    so each seed compiles one of its own."""
+    its position taken for it, would show): probe_model takes the seed's probe key as an argument of
+    one program per configuration, so the second seed runs the first one's compiled program."""
     batch = random_batch(SEED_CFG, jax.random.key(11), BATCH, LENGTH)
     seeds = [0, 2]
     # seq_len only shapes the random batch: with a given batch it is ignored, not checked
@@ -827,6 +827,8 @@ def test_probe_at_init_with_batch_equals_probe_model() -> None:
     )
     assert sorted(at_init["seed"].unique()) == seeds
     _assert_same_values(at_init, models, "probe_at_init(batch=...) vs probe_model")
+    program = _model_program(SEED_CFG, ProbeConfig(probes=tuple(CHEAP_PROBES)), study_plan(None))
+    assert program._cache_size() == 1, "each seed compiled a program of its own"
 
 
 # ================================================================================================

@@ -193,7 +193,8 @@ def probe_model(
     The model's parameters run as `plan` says (default: as in `probe_at_init`), whatever ops it was
     built with. `seed` also keys the probes' randomness, as in `probe_at_init`, so a model built
     with `build_model(cfg, s)` probed here with `seed=s` gives the numbers `probe_at_init` gives for s
-    (up to float rounding; exactly with the same plan's ops).
+    (up to float rounding; exactly with the same plan's ops where the init profiles nothing: Admin's
+    ω profile, computed in build_model's own program, can differ in last bits).
     """
     cfg = model.cfg
     check_batch(cfg, batch)

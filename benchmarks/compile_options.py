@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.args import positive_int
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = r"""
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", action="store_true", help="each thread's CPU time in one compile, then stop")
     parser.add_argument("flag_sets", nargs="*", help='XLA_FLAGS strings; "" = lnscope\'s own (compared against)')
-    parser.add_argument("--rounds", type=int, default=1, help="processes per flag set, alternating")
+    parser.add_argument("--rounds", type=positive_int, default=1, help="processes per flag set, alternating")
     parser.add_argument("--jobs", choices=("none", "sample"), default="none", help="also digest the report's sample")
     args = parser.parse_args(argv)
     if args.threads:

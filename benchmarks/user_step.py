@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from benchmarks.args import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 Environment = Literal["glibc", "script", "mimalloc", "kernel", "peer"]
@@ -224,17 +226,6 @@ def parse_environments(text: str) -> tuple[Environment, ...]:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown environment(s) {bad or [text]}; valid: {', '.join(ENVIRONMENTS)}")
     return names  # type: ignore[return-value]
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1, the bad value named."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

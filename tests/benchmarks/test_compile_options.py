@@ -22,3 +22,10 @@ def test_the_sample_has_each_placement_and_each_other_kind():
 def test_no_flag_set_is_an_error():
     with pytest.raises(SystemExit):
         main([])
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_rounds_below_one_are_named_before_any_process(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["--rounds", bad, ""])
+    assert f"argument --rounds: {bad!r} is not a whole number >= 1" in capsys.readouterr().err
